@@ -28,7 +28,6 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
     /usr/bin/python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[test]' 2>&1 \
     | grep -v "^WARNING: Location 'file:" >&2 || true
 .venv/bin/python -c 'import orchestrator, torch' # fail here, not in the middle of a test run
