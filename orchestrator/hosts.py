@@ -1,0 +1,281 @@
+"""Host sets: which machines a run uses, in which order, with how many slots (GPUs/processes) each.
+
+    from orchestrator.hosts import resolve_hosts, expand, fold
+    hosts = resolve_hosts(hosts="node[01-04]", nproc_per_node=8)          # 4 x Host(slots=8)
+    hosts = resolve_hosts(hostfile="hostfiles/example-deepspeed.txt", include="node01:0,1@node03")
+    hosts.names    -> ["node01", "node03"]         hosts.folded -> "node[01,03]"
+    expand("gpu-[1-2]-[1-2]") -> ["gpu-1-1", "gpu-1-2", "gpu-2-1", "gpu-2-2"]
+    fold(["node3", "node1", "node2"]) -> "node[1-3]"
+
+Node-set syntax is ClusterShell's (the library parses it; we never parse brackets ourselves):
+`node[01-16]`, `gpu-[1-2]-[1-4]`, `a,b`, `node[1-8]!node3`, `n[1-8]&n[4-12]`, `n[1-8]^n[4-12]`.
+Order is kept where the user gave one: comma-separated parts keep their order (`b,a` -> b, a), each part
+expands in ClusterShell's order, duplicates keep their first place. An expression with a set operator
+(`!`, `&`, `^`) is a set, so it expands in ClusterShell's sorted order. Node groups (`@rack1`) are refused:
+they need a site-wide groups.conf the nodes may not share, and `@` separates hosts in --include.
+
+Host names must look like DNS names or IPv4 addresses (letters, digits, `.`, `-`, `_`, starting with a
+letter or digit): a name is passed to ssh as an argument, so `-oProxyCommand=...` or `a;rm -rf ~` must never
+get that far.
+
+Sources, first match wins: --hosts, --hostfile, then SLURM_JOB_NODELIST inside a Slurm job. Slots per host
+come from the hostfile (`host slots=N`), else SLURM_GPUS_PER_NODE when it is a plain count, else
+--nproc-per-node, else 1. --include/--exclude follow DeepSpeed's runner (parse_resource_filter):
+`NODE_SPEC[@NODE_SPEC...]`, `NODE_SPEC = NAME[:SLOT[,SLOT...]]`; NAME may be a node set here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
+
+from orchestrator.errors import ConfigError
+
+log = logging.getLogger("orchestrator.hosts")
+
+__all__ = ["Host", "HostList", "HostSetError", "expand", "fold", "apply_filter", "slurm_hosts", "resolve_hosts"]
+
+_VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_SET_OPERATORS = "!&^"
+_SPEC_SEPARATOR, _SLOTS_START, _SLOT_SEPARATOR = "@", ":", ","  # DeepSpeed's --include/--exclude syntax
+
+
+class HostSetError(ConfigError):
+    """A malformed node set; `.part` is the piece ClusterShell (or the name check) rejected."""
+
+    def __init__(self, field: str, value: str, part: str, fix: str):
+        self.part = part
+        super().__init__(field, value, f"bad part {part!r}: {fix}")
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One machine of a run.
+
+    slots:    how many processes (usually GPUs) the run may start there.
+    slot_ids: the device indices chosen with --include/--exclude (len == slots); None means 0..slots-1.
+    """
+
+    name: str
+    slots: int = 1
+    slot_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ConfigError("slots", self.slots, f"host {self.name} needs at least 1 slot")
+        if self.slot_ids is not None and len(self.slot_ids) != self.slots:
+            raise ConfigError("slot_ids", self.slot_ids, f"host {self.name}: give exactly {self.slots} slot ids")
+
+    @property
+    def devices(self) -> tuple[int, ...]:
+        """The slot (device) indices this host contributes, in order."""
+        return self.slot_ids if self.slot_ids is not None else tuple(range(self.slots))
+
+
+class HostList(list[Host]):
+    """The resolved, ordered hosts of a run: rank order follows list order."""
+
+    @property
+    def names(self) -> list[str]:
+        return [h.name for h in self]
+
+    @property
+    def folded(self) -> str:
+        return fold(self.names)
+
+    @property
+    def total_slots(self) -> int:
+        return sum(h.slots for h in self)
+
+
+def _split_top_level(expr: str) -> list[str]:
+    """Split on commas outside brackets (`a,n[1,3],b` -> a | n[1,3] | b); ClusterShell parses each part."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(expr):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            parts.append(expr[start:i])
+            start = i + 1
+    parts.append(expr[start:])
+    return parts
+
+
+def _nodeset(expr: str, field: str, whole: str) -> list[str]:
+    try:
+        return list(NodeSet(expr, resolver=RESOLVER_NOGROUP))
+    except NodeSetException as exc:
+        part = getattr(exc, "part", None) or expr
+        raise HostSetError(field, whole, part, f"{exc}; write ranges like node[01-16] or gpu-[1-2]-[1-4]") from None
+
+
+def _check_name(name: str, field: str, whole: str) -> str:
+    if name.startswith("@"):
+        raise HostSetError(field, whole, name, "node groups are not supported; list the hosts, e.g. node[1-4]")
+    if not _VALID_NAME.fullmatch(name):
+        raise HostSetError(
+            field, whole, name, "not a host name; use letters, digits, '.', '-', '_', starting with a letter or digit",
+        )
+    return name
+
+
+def expand(expr: str, *, field: str = "--hosts") -> list[str]:
+    """Expand a node-set expression into ordered, unique host names; ConfigError (naming `field`) if malformed."""
+    text = expr.strip()
+    if not text:
+        raise ConfigError(field, expr, "give at least one host, e.g. node[1-4]")
+    if any(op in text for op in _SET_OPERATORS):
+        parts = [text]  # set algebra: one ClusterShell expression, its order
+    else:
+        parts = [p.strip() for p in _split_top_level(text)]
+        if "" in parts:
+            raise HostSetError(field, expr, expr, "empty element between commas; remove the extra comma")
+    names: dict[str, None] = {}
+    for part in parts:
+        for name in _nodeset(part, field, expr):
+            names.setdefault(_check_name(name, field, expr))
+    if not names:
+        raise ConfigError(field, expr, "the expression selects no host; check the ! / & / ^ operands")
+    return list(names)
+
+
+def fold(names: Iterable[str], *, last_axis_only: bool = False) -> str:
+    """Fold host names into a ClusterShell node set string (sorted): node1,node2,node3 -> node[1-3].
+
+    last_axis_only folds only the last number of each name (gpu-1-[1-4],gpu-2-[1-4]): the form every
+    LLNL-hostlist reader (pdsh -w, Slurm nodelists) accepts.
+    """
+    ns = NodeSet.fromlist(list(names), resolver=RESOLVER_NOGROUP)
+    if last_axis_only:
+        ns.fold_axis = (-1,)
+    return str(ns)
+
+
+def _parse_specs(text: str, field: str, hosts: HostList) -> list[tuple[list[str], list[int] | None]]:
+    """`a:0,1@b` -> [(["a"], [0, 1]), (["b"], None)], checking names and slots against `hosts`."""
+    known = {h.name: h for h in hosts}
+    specs = []
+    for spec in text.split(_SPEC_SEPARATOR):
+        name_expr, has_slots, slot_text = spec.partition(_SLOTS_START)
+        names = expand(name_expr, field=field)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(
+                field, text, f"host {fold(unknown)} is not in the host list ({hosts.folded}); pick hosts from it"
+            )
+        slots = None
+        if has_slots:
+            try:
+                slots = [int(s) for s in slot_text.split(_SLOT_SEPARATOR)]
+            except ValueError:
+                raise ConfigError(
+                    field, text, f"bad slot list {slot_text!r} in {spec!r}; write HOST:0,1 (comma-separated indices)"
+                ) from None
+            for name in names:
+                missing = [s for s in slots if s not in known[name].devices]
+                if missing:
+                    raise ConfigError(
+                        field, text, f"host {name} has no slot {missing[0]} (it has {list(known[name].devices)})"
+                    )
+        specs.append((names, slots))
+    return specs
+
+
+def apply_filter(hosts: HostList, *, include: str | None = None, exclude: str | None = None) -> HostList:
+    """DeepSpeed's --include/--exclude on a resolved host list (semantics of runner.parse_resource_filter).
+
+    include: only the named hosts (all their slots, or the listed ones); a host named twice keeps its last spec.
+    exclude: drop whole hosts, or only the listed slots. Order stays that of `hosts`; hosts left with no
+    slot are dropped. include and exclude together is an error, as in DeepSpeed.
+    """
+    if include and exclude:
+        raise ConfigError("--include/--exclude", f"{include} / {exclude}", "they are mutually exclusive; use one")
+    if not include and not exclude:
+        return hosts
+    field, text = ("--include", include) if include else ("--exclude", exclude)
+    chosen: dict[str, list[int]] = {} if include else {h.name: list(h.devices) for h in hosts}
+    by_name = {h.name: h for h in hosts}
+    for names, slots in _parse_specs(text, field, hosts):
+        for name in names:
+            if include:
+                chosen[name] = list(slots) if slots is not None else list(by_name[name].devices)
+            else:
+                chosen[name] = [s for s in chosen[name] if slots is not None and s not in slots]
+    result = HostList()
+    for host in hosts:
+        ids = list(dict.fromkeys(chosen.get(host.name, [])))
+        if not ids:
+            continue
+        if tuple(ids) == host.devices:
+            result.append(host)
+        else:
+            result.append(replace(host, slots=len(ids), slot_ids=tuple(ids)))
+    if not result:
+        raise ConfigError(field, text, f"no host is left of {hosts.folded}; exclude fewer hosts")
+    return result
+
+
+def _slurm_gpus_per_node(environ: Mapping[str, str]) -> int | None:
+    """SLURM_GPUS_PER_NODE when it is a plain count (`4` or `a100:4`); anything fancier is ignored."""
+    value = environ.get("SLURM_GPUS_PER_NODE", "")
+    match = re.fullmatch(r"(?:[A-Za-z0-9_-]+:)?(\d+)", value)
+    return int(match.group(1)) if match and int(match.group(1)) > 0 else None
+
+
+def slurm_hosts(environ: Mapping[str, str], default_slots: int) -> HostList | None:
+    """The hosts of the enclosing Slurm job (SLURM_JOB_NODELIST), or None outside a job."""
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    if not nodelist:
+        return None
+    slots = _slurm_gpus_per_node(environ) or default_slots
+    return HostList(Host(name, slots) for name in expand(nodelist, field="SLURM_JOB_NODELIST"))
+
+
+def _check_slots(hosts: HostList, nproc_per_node: int, source: str) -> None:
+    short = [h for h in hosts if h.slots < nproc_per_node]
+    if short:
+        fewest = min(h.slots for h in short)
+        raise ConfigError(
+            "--nproc-per-node", nproc_per_node,
+            f"{fold(h.name for h in short)} offer only {fewest} slot(s) ({source}); "
+            f"use --nproc-per-node {fewest} or give those hosts more slots",
+        )
+
+
+def resolve_hosts(
+    *,
+    hosts: str | None = None,
+    hostfile: str | os.PathLike | None = None,
+    include: str | None = None,
+    exclude: str | None = None,
+    nproc_per_node: int | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> HostList:
+    """The one entry point for commands: node set / hostfile / Slurm job -> filtered, checked HostList.
+
+    Raises ConfigError (exit 2) for every bad input, before anything is started.
+    """
+    from orchestrator import hostfile as hostfile_mod  # hostfile builds on Host; imported here to avoid a cycle
+
+    if nproc_per_node is not None and nproc_per_node < 1:
+        raise ConfigError("--nproc-per-node", nproc_per_node, "use a positive integer")
+    if hosts is not None and hostfile is not None:
+        raise ConfigError("--hosts/--hostfile", f"{hosts} / {hostfile}", "give one of them, not both")
+    default_slots = nproc_per_node or 1
+    if hosts is not None:
+        resolved, source = HostList(Host(n, default_slots) for n in expand(hosts)), "--hosts"
+    elif hostfile is not None:
+        resolved, source = hostfile_mod.load(hostfile, default_slots=default_slots), f"hostfile {hostfile}"
+    else:
+        resolved, source = slurm_hosts(environ, default_slots), "SLURM_JOB_NODELIST"
+        if resolved is None:
+            raise ConfigError("--hosts", None, "give --hosts node[1-4] or --hostfile FILE, or run inside a Slurm job")
+    resolved = apply_filter(resolved, include=include, exclude=exclude)
+    if nproc_per_node is not None:
+        _check_slots(resolved, nproc_per_node, source)
+    log.debug("resolved %d hosts from %s: %s", len(resolved), source, resolved.folded)
+    return resolved

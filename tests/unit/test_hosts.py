@@ -1,0 +1,185 @@
+"""Host sets: node-set expansion and order, --include/--exclude (DeepSpeed semantics), Slurm, slot checks."""
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.hosts import Host, HostList, HostSetError, apply_filter, expand, fold, resolve_hosts
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ("node[01-03]", ["node01", "node02", "node03"]),
+        ("gpu-[1-2]-[1-2]", ["gpu-1-1", "gpu-1-2", "gpu-2-1", "gpu-2-2"]),
+        ("a,b", ["a", "b"]),
+        ("b,a", ["b", "a"]),  # user order kept
+        ("n[3,1],m1", ["n1", "n3", "m1"]),  # each part in ClusterShell order, parts in user order
+        ("a, b,a", ["a", "b"]),  # duplicates keep their first place
+        ("node[1-4]!node3", ["node1", "node2", "node4"]),
+        ("n[1-5]&n[4-9]", ["n4", "n5"]),
+        ("10.0.0.[1-2]", ["10.0.0.1", "10.0.0.2"]),
+        ("node[0-1]-ib", ["node0-ib", "node1-ib"]),
+    ],
+)
+def test_expand(expr, names):
+    assert expand(expr) == names
+
+
+def test_fold_is_clustershell_order_and_last_axis_for_hostlist_readers():
+    assert fold(["node3", "node1", "node2"]) == "node[1-3]"
+    assert fold(expand("node[1-8]!node3")) == "node[1-2,4-8]"
+    assert fold(expand("gpu-[1-2]-[1-4]"), last_axis_only=True) == "gpu-1-[1-4],gpu-2-[1-4]"
+
+
+@pytest.mark.parametrize(
+    ("expr", "part"),
+    [
+        ("node[1-", "node[1-"),
+        ("node[a-b]", None),
+        ("node[3-1]", None),
+        ("a,,b", None),
+        ("@rack1", "@rack1"),
+        ("node1;touch /tmp/x", "node1;touch /tmp/x"),
+        ("$(reboot)", "$(reboot)"),
+        ("-oProxyCommand=x", "-oProxyCommand=x"),
+        ("a`id`", "a`id`"),
+        ("a'b", "a'b"),
+    ],
+)
+def test_malformed_node_set_names_field_value_part_and_fix(expr, part):
+    with pytest.raises(HostSetError) as err:
+        expand(expr)
+    msg = str(err.value)
+    assert msg.startswith(f"--hosts={expr!r}: bad part ")
+    assert err.value.field == "--hosts" and err.value.exit_code == 2
+    if part is not None:
+        assert err.value.part == part
+    assert "; " in msg  # the fix follows the diagnosis
+
+
+@pytest.mark.parametrize("expr", ["", "  ", "n[1-2]!n[1-2]"])
+def test_empty_selection_is_an_error(expr):
+    with pytest.raises(ConfigError, match="--hosts"):
+        expand(expr)
+
+
+def _pool(**slots):
+    return HostList(Host(name, n) for name, n in slots.items())
+
+
+def _as_dict(hosts):
+    return {h.name: list(h.devices) for h in hosts}
+
+
+# Cases follow DeepSpeed's tests of runner.parse_resource_filter (tests/unit/launcher/test_run.py).
+def test_include_whole_host_and_slots():
+    pool = _pool(worker0=4, worker1=4)
+    assert _as_dict(apply_filter(pool, include="worker0@worker1:0,2")) == {"worker0": [0, 1, 2, 3], "worker1": [0, 2]}
+    assert _as_dict(apply_filter(pool, include="worker1:1")) == {"worker1": [1]}
+
+
+def test_include_keeps_pool_order_and_last_spec_wins():
+    pool = _pool(worker0=4, worker1=4)
+    assert list(_as_dict(apply_filter(pool, include="worker1@worker0"))) == ["worker0", "worker1"]
+    assert _as_dict(apply_filter(pool, include="worker0:0@worker0:1,1")) == {"worker0": [1]}
+
+
+def test_exclude_whole_host_and_slots():
+    pool = _pool(worker0=4, worker1=4)
+    assert _as_dict(apply_filter(pool, exclude="worker1:0")) == {"worker0": [0, 1, 2, 3], "worker1": [1, 2, 3]}
+    assert _as_dict(apply_filter(pool, exclude="worker0")) == {"worker1": [0, 1, 2, 3]}
+    assert _as_dict(apply_filter(pool, exclude="worker1:0,1,2,3")) == {"worker0": [0, 1, 2, 3]}
+
+
+def test_filter_names_may_be_node_sets():
+    pool = _pool(n1=2, n2=2, n3=2, n4=2)
+    assert _as_dict(apply_filter(pool, exclude="n[2-3]")) == {"n1": [0, 1], "n4": [0, 1]}
+    assert _as_dict(apply_filter(pool, include="n[1,4]:1")) == {"n1": [1], "n4": [1]}
+
+
+def test_filtered_host_carries_slot_ids_and_untouched_host_stays_equal():
+    pool = _pool(a=4, b=4)
+    result = apply_filter(pool, exclude="b:1")
+    assert result[0] == Host("a", 4)
+    assert result[1] == Host("b", 3, (0, 2, 3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"include": "ghost"}, "host ghost is not in the host list"),
+        ({"include": "a@ghost[1-2]:0"}, "host ghost[1-2] is not in the host list"),
+        ({"exclude": "ghost"}, "host ghost is not in the host list"),
+        ({"include": "a:7"}, "host a has no slot 7"),
+        ({"include": "a:x"}, "bad slot list 'x'"),
+        ({"include": "a:"}, "bad slot list ''"),
+        ({"include": "a", "exclude": "b"}, "mutually exclusive"),
+        ({"exclude": "a@b"}, "no host is left"),
+    ],
+)
+def test_bad_filters(kwargs, expected):
+    with pytest.raises(ConfigError) as err:
+        apply_filter(_pool(a=2, b=2), **kwargs)
+    assert expected in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_unknown_host_in_include_through_resolve():
+    with pytest.raises(ConfigError) as err:
+        resolve_hosts(hosts="node[1-4]", include="node9")
+    assert str(err.value).startswith("--include='node9': host node9 is not in the host list (node[1-4])")
+
+
+def test_resolve_from_hosts_gives_nproc_slots_in_order():
+    hosts = resolve_hosts(hosts="b,a[1-2]", nproc_per_node=4, environ={})
+    assert hosts == [Host("b", 4), Host("a1", 4), Host("a2", 4)]
+    assert hosts.names == ["b", "a1", "a2"] and hosts.folded == "a[1-2],b" and hosts.total_slots == 12
+    assert resolve_hosts(hosts="x", environ={}) == [Host("x", 1)]
+
+
+def test_slots_fewer_than_nproc_per_node(tmp_path):
+    path = tmp_path / "hf"
+    path.write_text("n1 slots=8\nn2 slots=2\nn3 slots=2\n")
+    with pytest.raises(ConfigError) as err:
+        resolve_hosts(hostfile=str(path), nproc_per_node=4)
+    msg = str(err.value)
+    assert msg.startswith("--nproc-per-node=4: n[2-3] offer only 2 slot(s)")
+    assert str(path) in msg and "use --nproc-per-node 2" in msg
+    with pytest.raises(ConfigError, match="n1 offer only 2 slot"):
+        resolve_hosts(hostfile=str(path), include="n1:0,1", nproc_per_node=4)
+    assert resolve_hosts(hostfile=str(path), include="n1", nproc_per_node=4).names == ["n1"]
+
+
+def test_slurm_job_nodelist_when_no_hosts_given():
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "gpu-[1-2]-[1-2]", "SLURM_GPUS_PER_NODE": "a100:4"}
+    hosts = resolve_hosts(environ=env)
+    assert hosts.names == ["gpu-1-1", "gpu-1-2", "gpu-2-1", "gpu-2-2"] and {h.slots for h in hosts} == {4}
+    assert resolve_hosts(hosts="x", environ=env).names == ["x"]  # explicit hosts win
+    fancy = dict(env, SLURM_GPUS_PER_NODE="a100:4,v100:2")  # not a plain count: ignored
+    assert {h.slots for h in resolve_hosts(environ=fancy, nproc_per_node=2)} == {2}
+
+
+def test_bad_slurm_nodelist_names_the_variable():
+    with pytest.raises(ConfigError, match="SLURM_JOB_NODELIST="):
+        resolve_hosts(environ={"SLURM_JOB_NODELIST": "n[1-"})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, "--hosts=None: give --hosts"),
+        ({"hosts": "a", "hostfile": "f"}, "give one of them"),
+        ({"hosts": "a", "nproc_per_node": 0}, "--nproc-per-node=0"),
+    ],
+)
+def test_bad_resolve_arguments(kwargs, expected):
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[")):
+        resolve_hosts(environ={}, **kwargs)
+
+
+def test_host_checks_its_slots():
+    with pytest.raises(ConfigError):
+        Host("a", 0)
+    with pytest.raises(ConfigError):
+        Host("a", 2, (0,))
+    assert Host("a", 2, (3, 5)).devices == (3, 5) and Host("a", 2).devices == (0, 1)
