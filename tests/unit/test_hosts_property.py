@@ -1,0 +1,91 @@
+"""Property tests: node sets fold/expand back, every hostfile format parses back what it rendered, and no
+input makes the parsers fail with anything but ConfigError."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.errors import ConfigError
+from orchestrator.hostfile import FORMATS, parse, render
+from orchestrator.hosts import Host, HostList, apply_filter, expand, fold
+
+settings.register_profile("orchestrator-unit", max_examples=150, deadline=None)
+settings.load_profile("orchestrator-unit")
+
+_prefix = st.sampled_from(["node", "gpu-", "n", "rack1-n", "a.b-", "x_"])
+_number = st.from_regex(r"[0-9]{1,3}", fullmatch=True)
+_suffix = st.sampled_from(["", "-ib", "-[1]"]).map(lambda s: s.replace("-[1]", "-1"))
+host_names = st.builds(lambda p, n, s: f"{p}{n}{s}", _prefix, _number, _suffix) | st.from_regex(
+    r"[a-z][a-z0-9]{0,6}", fullmatch=True
+)
+name_lists = st.lists(host_names, min_size=1, max_size=40, unique=True)
+
+
+@st.composite
+def host_lists(draw):
+    names = draw(name_lists)
+    hosts = HostList()
+    for name in names:
+        slots = draw(st.integers(1, 16))
+        ids = draw(st.none() | st.lists(st.integers(0, 63), min_size=slots, max_size=slots, unique=True))
+        hosts.append(Host(name, slots, tuple(ids) if ids else None))
+    return hosts
+
+
+@given(name_lists)
+def test_fold_then_expand_is_the_same_set(names):
+    assert sorted(expand(fold(names))) == sorted(names)
+    assert sorted(expand(fold(names, last_axis_only=True))) == sorted(names)
+
+
+@given(name_lists)
+def test_comma_list_keeps_user_order(names):
+    assert expand(",".join(names)) == names
+
+
+@given(name_lists, st.data())
+def test_set_difference_folds_back(names, data):
+    removed = data.draw(st.lists(st.sampled_from(names), unique=True, max_size=len(names) - 1))
+    # ClusterShell applies ',' '!' '&' '^' left to right, so 'A!b,c' is (A-b)+c: subtract one name at a time
+    expr = fold(names) + "".join(f"!{name}" for name in removed)
+    assert set(expand(expr)) == set(names) - set(removed)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@given(hosts=host_lists())
+def test_parse_render_round_trip(fmt, hosts):
+    back = parse(render(hosts, fmt), fmt, default_slots=3)
+    assert set(back.names) == set(hosts.names)
+    if fmt in ("deepspeed", "mpi"):
+        assert [(h.name, h.slots) for h in back] == [(h.name, h.slots) for h in hosts]
+    elif fmt == "json":
+        assert back == hosts
+    else:  # pdsh/slurm carry no slots
+        assert {h.slots for h in back} == {3}
+
+
+@given(hosts=host_lists(), data=st.data())
+def test_exclude_removes_exactly_the_named_hosts(hosts, data):
+    dropped = data.draw(st.lists(st.sampled_from(hosts.names), unique=True, max_size=len(hosts) - 1))
+    kept = apply_filter(hosts, exclude="@".join(dropped)) if dropped else hosts
+    assert kept.names == [n for n in hosts.names if n not in dropped]
+    assert apply_filter(hosts, include="@".join(hosts.names)) == hosts
+
+
+@given(st.text(max_size=40))
+def test_any_node_set_text_gives_names_or_config_error(text):
+    try:
+        names = expand(text)
+    except ConfigError:
+        return
+    assert names and all(n and n[0].isalnum() for n in names)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@given(text=st.text(max_size=80) | st.lists(st.sampled_from(["a slots=2", "b", "#c", "", "a", "[{", "x slots="])).map("\n".join))
+def test_any_hostfile_text_gives_hosts_or_config_error(fmt, text):
+    try:
+        hosts = parse(text, fmt)
+    except ConfigError:
+        return
+    assert hosts and len(set(hosts.names)) == len(hosts)
