@@ -113,11 +113,23 @@ def test_unknown_format():
 
 @pytest.mark.skipif(shutil.which("pdsh") is None, reason="pdsh not installed")
 def test_real_pdsh_reads_the_rendered_list():
-    names = [f"gpu-{a}-{b}" for a in (1, 2) for b in (1, 2, 3)] + ["node07", "node08", "x"]
+    names = [f"gpu-{a}-{b}" for a in (1, 2) for b in (1, 2, 3)] + ["node07", "node08", "x", "n0-ib", "n1-ib"]
     text = render(HostList(Host(n) for n in names), "pdsh").strip()
     out = subprocess.run(["pdsh", "-q", "-w", text], capture_output=True, text=True, check=True).stdout
     targets = out.split("-- Target nodes --")[1].strip()
     assert set(parse(targets, "pdsh").names) == set(names)
+
+
+@pytest.mark.skipif(shutil.which("scontrol") is None, reason="slurm-wlm (scontrol) not installed")
+def test_real_slurm_reads_the_rendered_nodelist(tmp_path):
+    names = [f"gpu-{a}-{b}" for a in (1, 2) for b in (1, 2, 3)] + ["node07", "node1", "n0-ib", "n1-ib", "x.y"]
+    conf = tmp_path / "slurm.conf"  # scontrol wants a config even to expand a hostlist offline
+    conf.write_text("ClusterName=t\nSlurmctldHost=localhost\nNodeName=localhost\nPartitionName=p Nodes=localhost\n")
+    text = render(HostList(Host(n) for n in names), "slurm").strip()
+    out = subprocess.run(["scontrol", "show", "hostnames", text], capture_output=True, text=True,
+                         env={"SLURM_CONF": str(conf), "PATH": "/usr/bin:/bin"}, timeout=30)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    assert sorted(out.stdout.split()) == sorted(names)
 
 
 # --- the CLI ---------------------------------------------------------------------------------------

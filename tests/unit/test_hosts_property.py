@@ -1,6 +1,10 @@
 """Property tests: node sets fold/expand back, every hostfile format parses back what it rendered, and no
 input makes the parsers fail with anything but ConfigError."""
 
+import os
+import shutil
+import subprocess
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -89,3 +93,29 @@ def test_any_hostfile_text_gives_hosts_or_config_error(fmt, text):
     except ConfigError:
         return
     assert hosts and len(set(hosts.names)) == len(hosts)
+
+
+def _expand_with_pdsh(text, tmp):
+    out = subprocess.run(["pdsh", "-q", "-w", text], capture_output=True, text=True, check=True, timeout=30).stdout
+    return parse(out.split("-- Target nodes --")[1].strip(), "pdsh").names
+
+
+def _expand_with_slurm(text, tmp):
+    conf = os.path.join(tmp, "slurm.conf")  # scontrol wants a config even to expand a hostlist offline
+    if not os.path.exists(conf):
+        with open(conf, "w") as f:
+            f.write("ClusterName=t\nSlurmctldHost=localhost\nNodeName=localhost\nPartitionName=p Nodes=localhost\n")
+    out = subprocess.run(["scontrol", "show", "hostnames", text], capture_output=True, text=True, timeout=30,
+                         env={"SLURM_CONF": conf, "PATH": "/usr/bin:/bin"})
+    assert not out.stderr, out.stderr
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize(("fmt", "tool", "reader"), [("pdsh", "pdsh", _expand_with_pdsh), ("slurm", "scontrol", _expand_with_slurm)])
+@settings(max_examples=40)
+@given(names=name_lists)
+def test_the_real_tool_reads_the_rendered_list(tmp_path_factory, fmt, tool, reader, names):
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} not installed")
+    text = render(HostList(Host(n) for n in names), fmt).strip()
+    assert sorted(reader(text, str(tmp_path_factory.getbasetemp()))) == sorted(names)
