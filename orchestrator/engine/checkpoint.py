@@ -1,0 +1,259 @@
+"""Sharded, reshardable, crash-safe checkpoints on torch.distributed.checkpoint (DCP).
+
+    ckpt = Checkpointer(run_dir, keep=3, async_save=args.async_checkpoint)   # every rank, after init
+    start = 0
+    resumed = ckpt.load_latest(model_parts, optimizers)      # every rank; None on a fresh run
+    if resumed:
+        start, extra = resumed
+        batches.load_state_dict(extra["data"])
+    for step in range(start + 1, steps + 1):
+        ...                                                   # train step `step`
+        if step % every == 0 or step == steps:
+            ckpt.save(step, model_parts, optimizers, extra={"data": batches.state_dict()})
+    ckpt.wait()                                               # before exit: the last async save is committed
+
+`model_parts` are this rank's modules (the pipeline stages it holds; one module without PP) and
+`optimizers` one optimizer per part, in the same order (a single module/optimizer may be passed bare).
+Parameter names must not depend on the layout (layers keep their global index under PP), so the model
+and optimizer state (optimizer state flattened to parameter names) load into any dp/tp/pp layout:
+DCP reshards on load. `extra` is global, JSON-able state (data position, anything the loop wants back);
+rank 0's copy is stored. Each rank's RNG state is stored too and restored when the same rank existed.
+
+On disk (run_dir/checkpoints/):
+    step-40/            complete: DCP shards + .metadata + meta.json {"step", "extra", "world_size", "time"}
+    .step-50.partial/   being written (or abandoned by a crash): never loaded, removed on the next start
+A save is written under the partial name and renamed to step-N/ by rank 0 only after DCP's metadata is
+written (which DCP does after every rank finished its shards), so step-N/ exists only when complete.
+load_latest() tries complete checkpoints newest first and skips one whose files are missing, truncated or
+unreadable, with a warning. keep-last-K deletes older complete checkpoints only after a newer one is
+committed, so keep=1 is safe with async saves. Async saves run on their own gloo group, so they never
+interleave with the training collectives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import warnings
+from collections import defaultdict
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+__all__ = ["Checkpointer", "complete_steps", "latest_complete_step"]
+
+log = logging.getLogger("orchestrator.engine.checkpoint")
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_PARTIAL_DIR = re.compile(r"^\.step-(\d+)\.partial$")
+_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+# One-process runs pass no_dist=True on purpose; DCP still warns about it on every save and load.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+
+def complete_steps(run_dir: str | Path) -> list[int]:
+    """Steps of the committed checkpoints under run_dir/checkpoints, ascending (no validation: see below)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(root)) if m)
+
+
+def latest_complete_step(run_dir: str | Path) -> int | None:
+    """The newest committed, intact checkpoint's step (what a restart resumes from), or None."""
+    for step in reversed(complete_steps(run_dir)):
+        if _problem(Path(run_dir) / "checkpoints" / f"step-{step}") is None:
+            return step
+    return None
+
+
+def _problem(path: Path) -> str | None:
+    """Why this committed checkpoint cannot be loaded (missing/truncated files, bad metadata), or None."""
+    try:
+        json.loads((path / "meta.json").read_text())
+        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as exc:  # noqa: BLE001 - any unreadable metadata means "skip this checkpoint"
+        return f"unreadable metadata ({type(exc).__name__}: {exc})"
+    needed: dict[str, int] = defaultdict(int)
+    for info in (metadata.storage_data or {}).values():
+        needed[info.relative_path] = max(needed[info.relative_path], info.offset + info.length)
+    for name, size in needed.items():
+        try:
+            actual = (path / name).stat().st_size
+        except FileNotFoundError:
+            return f"missing shard {name}"
+        if actual < size:
+            return f"truncated shard {name} ({actual} of {size} bytes)"
+    return None
+
+
+def _as_list(x: Any) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class Checkpointer:
+    """Save and resume one run's checkpoints. Construct and call save/load_latest on every rank."""
+
+    def __init__(self, run_dir: str | Path, *, keep: int = 0, async_save: bool = False):
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep, self.async_save = keep, async_save
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        # Async saves talk on their own gloo group: the default group is busy with training collectives.
+        self._group = dist.new_group(backend="gloo") if self.distributed and async_save else None
+        self._pending: Future | None = None
+        self._committed: Future | None = None
+        self.last_save_stall_s = 0.0  # time save() blocked the caller (the whole save when sync)
+
+    # ---- save -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def save(self, step: int, model_parts: Any, optimizers: Any, extra: dict | None = None) -> None:
+        """Checkpoint `step`. Sync: returns once step-N/ is committed. Async: returns after staging a copy;
+        the write and commit finish in the background (wait() joins them; the next save waits first)."""
+        self.wait()
+        begin = time.perf_counter()
+        state = self._state(model_parts, optimizers)
+        state["rng"] = self._rng_state()
+        meta = {"step": step, "extra": extra or {}, "world_size": self.world_size, "time": time.time()}
+        partial = self.root / f".step-{step}.partial"
+        if self.rank == 0:
+            partial.mkdir(parents=True, exist_ok=True)
+        if self.distributed:
+            dist.barrier()  # the directory exists before any rank writes into it
+        if self.async_save:
+            self._pending = dcp.async_save(state, checkpoint_id=str(partial), process_group=self._group,
+                                           no_dist=not self.distributed)
+            self._committed = committed = Future()
+            self._pending.add_done_callback(lambda fut: self._commit_after(fut, committed, step, partial, meta))
+        else:
+            dcp.save(state, checkpoint_id=str(partial), no_dist=not self.distributed)
+            if self.rank == 0:
+                self._commit(step, partial, meta)
+        self.last_save_stall_s = time.perf_counter() - begin
+        log.info("checkpoint step %d %s in %.2fs", step, "staged" if self.async_save else "saved",
+                 self.last_save_stall_s)
+
+    def wait(self) -> None:
+        """Block until the pending async save is written and committed; re-raise its failure."""
+        pending, committed, self._pending, self._committed = self._pending, self._committed, None, None
+        if pending is not None:
+            pending.result()
+            committed.result()
+
+    def _commit_after(self, fut: Future, committed: Future, step: int, partial: Path, meta: dict) -> None:
+        # Runs in DCP's writer thread when the async save finishes; only a successful one is committed.
+        try:
+            if fut.exception() is None and self.rank == 0:
+                self._commit(step, partial, meta)
+            committed.set_result(None)
+        except Exception as exc:  # noqa: BLE001 - handed to wait()
+            committed.set_exception(exc)
+
+    def _commit(self, step: int, partial: Path, meta: dict) -> None:
+        (partial / "meta.json").write_text(json.dumps(meta) + "\n")
+        final = self.root / f"step-{step}"
+        if final.exists():  # the same step saved again (a rerun past an old checkpoint): replace it
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        log.info("checkpoint step %d committed: %s", step, final)
+        if self.keep > 0:
+            for old in complete_steps(self.root.parent)[:-self.keep]:
+                shutil.rmtree(self.root / f"step-{old}", ignore_errors=True)
+
+    # ---- load -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_latest(self, model_parts: Any, optimizers: Any) -> tuple[int, dict] | None:
+        """Load the newest complete, intact checkpoint into model_parts/optimizers (any layout).
+
+        Returns (step, extra) or None when there is none; incomplete, truncated or unreadable ones are
+        skipped with a warning. Also removes partial directories left by a crash (no save is running yet).
+        """
+        candidates = self._candidates() if self.rank == 0 else None
+        if self.distributed:
+            box = [candidates]
+            dist.broadcast_object_list(box, src=0)  # every rank tries the same checkpoints in the same order
+            candidates = box[0]
+        for step in candidates:
+            path = self.root / f"step-{step}"
+            try:
+                extra = self._load(path, model_parts, optimizers)
+            # DCP gathers read errors and raises the same CheckpointException (a BaseException) on every rank
+            except (Exception, dcp.CheckpointException) as exc:  # noqa: BLE001
+                lines = str(exc).strip().splitlines() or [""]
+                log.warning("skipping checkpoint %s: cannot load it (%s: %s)", path, type(exc).__name__,
+                            lines[-1])  # the root cause; DCP's message starts with every rank's traceback
+                continue
+            log.info("resumed from %s", path)
+            return step, extra
+        return None
+
+    def _candidates(self) -> list[int]:
+        if self.root.is_dir():
+            for name in os.listdir(self.root):
+                if _PARTIAL_DIR.match(name):
+                    log.warning("removing incomplete checkpoint %s", self.root / name)
+                    shutil.rmtree(self.root / name, ignore_errors=True)
+        good = []
+        for step in reversed(complete_steps(self.root.parent)):
+            problem = _problem(self.root / f"step-{step}")
+            if problem:
+                log.warning("skipping checkpoint %s: %s", self.root / f"step-{step}", problem)
+            else:
+                good.append(step)
+        return good
+
+    def _load(self, path: Path, model_parts: Any, optimizers: Any) -> dict:
+        parts, optims = _as_list(model_parts), _as_list(optimizers)
+        state, keys = self._state(parts, optims, with_keys=True)
+        stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        rng = {k: v for k, v in self._rng_state().items() if f"rng.{k}" in stored}
+        state["rng"] = rng
+        dcp.load(state, checkpoint_id=str(path), no_dist=not self.distributed)
+        # DCP fills tensors in place but replaces non-tensor values (e.g. lr) in `state`: split from it.
+        for part, optim, (model_keys, optim_keys) in zip(parts, optims, keys):
+            set_state_dict(part, optim, options=_OPTIONS,
+                           model_state_dict={k: state["model"][k] for k in model_keys},
+                           optim_state_dict={k: state["optim"][k] for k in optim_keys})
+        self._set_rng_state(state["rng"])
+        return json.loads((path / "meta.json").read_text())["extra"]
+
+    # ---- state ------------------------------------------------------------------------------------
+    @staticmethod
+    def _state(model_parts: Any, optimizers: Any, with_keys: bool = False):
+        """{"model": ..., "optim": ...} merged over the parts (names do not collide: each parameter lives in
+        one part); with_keys also returns each part's (model keys, optimizer keys) to split them again."""
+        parts, optims = _as_list(model_parts), _as_list(optimizers)
+        if len(parts) != len(optims):
+            raise ValueError(f"one optimizer per model part expected: {len(parts)} parts, {len(optims)} optimizers")
+        model, optim, keys = {}, {}, []
+        for part, opt in zip(parts, optims):
+            model_sd, optim_sd = get_state_dict(part, opt, options=_OPTIONS)
+            model.update(model_sd)
+            optim.update(optim_sd)
+            keys.append((list(model_sd), list(optim_sd)))
+        state = {"model": model, "optim": optim}
+        return (state, keys) if with_keys else state
+
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        # Per-rank keys: only the rank that wrote one reads it back (same rank count or more).
+        rng = {f"rank{self.rank}.cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng[f"rank{self.rank}.cuda"] = torch.cuda.get_rng_state()
+        return rng
+
+    def _set_rng_state(self, rng: dict[str, torch.Tensor]) -> None:
+        if f"rank{self.rank}.cpu" in rng:
+            torch.set_rng_state(rng[f"rank{self.rank}.cpu"])
+        if f"rank{self.rank}.cuda" in rng:
+            torch.cuda.set_rng_state(rng[f"rank{self.rank}.cuda"])
+
