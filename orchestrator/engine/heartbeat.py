@@ -1,0 +1,78 @@
+"""Heartbeat files: every rank says which step it reached, where a supervisor can read it cheaply.
+
+    export ORCH_HEARTBEAT_DIR=/shared/run42/heartbeat     # set by the launcher; unset = no heartbeat
+    hb = Heartbeat.from_env(rank=3, local_rank=1, world_size=8)
+    hb.beat(step=17, status="training")                    # every step
+    read_heartbeats("/shared/run42/heartbeat")             # the supervisor: {"node2-rank3": {...}, ...}
+
+Contract (for the supervisor):
+- one file per rank: $ORCH_HEARTBEAT_DIR/<hostname>-rank<RANK>.json, replaced atomically (write to a
+  temporary name in the same directory, then rename), so a reader never sees a torn file;
+- content: {"rank", "local_rank", "world_size", "host", "pid", "step", "status", "time"} with time in Unix
+  seconds (time.time()) and status one of "starting" (before the first step: model build, checkpoint
+  load), "training", "checkpointing", "done", "failed";
+- written before the first step, after every step, and at exit. A rank whose file's "time" stops moving
+  while "status" is "starting" or "training" is stalled (a hung collective); compare with the step time in
+  metrics.jsonl to choose a timeout. Cost: one small write + rename per step (~50 us on a local disk).
+The directory may be node-local (the supervisor reads it over its own SSH channel) or shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Heartbeat", "read_heartbeats", "HEARTBEAT_ENV", "STATUSES"]
+
+HEARTBEAT_ENV = "ORCH_HEARTBEAT_DIR"
+STATUSES = ("starting", "training", "checkpointing", "done", "failed")
+
+
+@dataclass
+class Heartbeat:
+    """Writes this rank's heartbeat file; a no-op when no directory is configured."""
+
+    directory: Path | None
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @classmethod
+    def from_env(cls, *, rank: int, local_rank: int, world_size: int) -> Heartbeat:
+        value = os.environ.get(HEARTBEAT_ENV)
+        directory = Path(value) if value else None
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        return cls(directory, rank, local_rank, world_size)
+
+    @property
+    def path(self) -> Path | None:
+        if self.directory is None:
+            return None
+        return self.directory / f"{socket.gethostname()}-rank{self.rank}.json"
+
+    def beat(self, *, step: int, status: str = "training") -> None:
+        path = self.path
+        if path is None:
+            return
+        record = {"rank": self.rank, "local_rank": self.local_rank, "world_size": self.world_size,
+                  "host": socket.gethostname(), "pid": os.getpid(), "step": step, "status": status,
+                  "time": time.time()}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+
+
+def read_heartbeats(directory: str | os.PathLike) -> dict[str, dict]:
+    """Every rank's latest heartbeat, keyed by file stem; unreadable files are skipped."""
+    beats = {}
+    for path in Path(directory).glob("*-rank*.json"):
+        try:
+            beats[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return beats

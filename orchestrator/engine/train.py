@@ -1,0 +1,233 @@
+"""The training loop: one function every rank runs, for any dp_replicate x dp_shard x tp x pp layout.
+
+    cfg = load_config("tiny", steps=20, tp=2)
+    summary = train(cfg)          # under torchrun: every rank; alone: a 1-process gloo group
+    summary["losses"]             # rank 0: the loss of every step trained in this process
+
+Order of work: validate the layout (ConfigError before any process group, so every rank fails at once),
+join the process group, build the mesh, build the model on the meta device, split it into pipeline
+stages, parallelize each part (TP, AC, compile, FSDP2), materialize and initialise the weights, resume
+from the newest complete checkpoint, then train. Each step logs one line to <run_dir>/metrics.jsonl
+(rank 0) and one heartbeat per rank (see heartbeat.py). Identical seeds and global batches give the same
+losses for every layout (the parity tests hold this to 1e-5 in fp32).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.engine.config import EngineConfig, world_from_env
+from orchestrator.engine.parallel_dims import ParallelDims
+
+__all__ = ["train", "lr_at", "validate"]
+
+log = logging.getLogger("orchestrator.engine.train")
+
+
+def validate(cfg: EngineConfig, world_size: int | None = None) -> ParallelDims:
+    """Resolve and check the layout against this world (ConfigError on any mismatch); touches nothing."""
+    dims = ParallelDims.resolve(cfg.parallel, world_size=world_from_env()[2] if world_size is None else world_size)
+    dims.validate_for(cfg)
+    return dims
+
+
+def lr_at(step: int, cfg: EngineConfig) -> float:
+    """Linear warm-up to lr, then cosine decay to lr * min_lr_ratio at the last step (a pure function of
+    the step, so nothing about the schedule needs saving)."""
+    t = cfg.train
+    if t.warmup_steps and step <= t.warmup_steps:
+        return t.lr * step / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cosine)
+
+
+def train(cfg: EngineConfig) -> dict[str, Any]:
+    """Train cfg.train.steps steps (resuming if a checkpoint exists); returns a summary (losses on rank 0)."""
+    dims = validate(cfg)
+    if cfg.train.engine == "deepspeed":
+        from orchestrator.engine import deepspeed_engine
+
+        return deepspeed_engine.train(cfg)
+    rank, local_rank, world_size = world_from_env()
+    from orchestrator.engine.heartbeat import Heartbeat
+
+    heartbeat = Heartbeat.from_env(rank=rank, local_rank=local_rank, world_size=world_size)
+    heartbeat.beat(step=0, status="starting")
+    try:
+        summary = _Trainer(cfg, dims, rank=rank, local_rank=local_rank, heartbeat=heartbeat).run()
+    except BaseException:
+        heartbeat.beat(step=-1, status="failed")
+        raise
+    heartbeat.beat(step=summary["last_step"], status="done")
+    return summary
+
+
+class _Trainer:
+    """State of one rank's run; split from train() so each phase is a short method."""
+
+    def __init__(self, cfg: EngineConfig, dims: ParallelDims, *, rank: int, local_rank: int, heartbeat):
+        import torch
+
+        self.torch = torch
+        self.cfg, self.dims, self.rank, self.heartbeat = cfg, dims, rank, heartbeat
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            self.device = torch.device("cuda", local_rank)
+        else:
+            self.device = torch.device("cpu")
+        self._init_process_group()
+        self.mesh, self.dp_mesh = dims.build_mesh(self.device.type)
+
+    def _init_process_group(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            return
+        backend = "cpu:gloo,cuda:nccl" if self.device.type == "cuda" else "gloo"
+        if "MASTER_ADDR" in os.environ:  # torchrun / deepspeed / srun set the rendezvous
+            dist.init_process_group(backend, device_id=self.device if self.device.type == "cuda" else None)
+        else:  # a plain process: a world of one, so the same code (mesh, DCP) runs unchanged
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+    # ---- build ---------------------------------------------------------------------------------------
+    def _build_model(self) -> None:
+        from functools import partial
+
+        import torch.nn.functional as F
+
+        from orchestrator.engine.model import Transformer, init_weights
+        from orchestrator.engine.parallelize import parallelize_model
+        from orchestrator.engine.pipeline import build_pipeline, has_first_stage, has_last_stage
+
+        torch, cfg = self.torch, self.cfg
+        torch.manual_seed(cfg.train.seed)
+        with torch.device("meta"):
+            model = Transformer(cfg.model)
+        parallelize = partial(parallelize_model, mesh=self.mesh, dims=self.dims, cfg=cfg,
+                              device_type=self.device.type)
+        self.loss_fn = lambda logits, labels: F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        if self.dims.pp > 1:
+            self.parts, self.schedule = build_pipeline(model, mesh=self.mesh, dims=self.dims, cfg=cfg,
+                                                       device=self.device, loss_fn=self.loss_fn,
+                                                       parallelize=parallelize)
+        else:
+            self.parts, self.schedule = [parallelize(model)], None
+        self.first, self.last = has_first_stage(self.parts), has_last_stage(self.parts)
+        for part in self.parts:
+            part.to_empty(device=self.device)
+            init_weights(part, cfg=cfg.model, seed=cfg.train.seed)
+            part.train()
+        t = cfg.train
+        self.optimizers = [torch.optim.AdamW(part.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
+                                             weight_decay=t.weight_decay) for part in self.parts]
+
+    def _build_data(self) -> None:
+        from orchestrator.engine.data import build_batches
+
+        cfg, dp_mesh = self.cfg, self.dp_mesh
+        self.batches = build_batches(cfg.train.data, vocab_size=cfg.model.vocab_size, seed=cfg.train.seed,
+                                     global_batch=cfg.train.global_batch_size, seq_len=cfg.model.seq_len,
+                                     dp_rank=dp_mesh.get_local_rank(), dp_size=dp_mesh.size())
+
+    # ---- step ----------------------------------------------------------------------------------------
+    def _forward_backward(self, inputs, labels):
+        torch = self.torch
+        if self.schedule is None:
+            loss = self.loss_fn(self.parts[0](inputs), labels)
+            loss.backward()
+            return loss.detach()
+        losses: list = []
+        args = (inputs,) if self.first else ()
+        self.schedule.step(*args, target=labels if self.last else None, losses=losses)
+        if self.last:
+            return torch.stack([l.detach() for l in losses]).mean()
+        return torch.zeros((), device=self.device)
+
+    def _global_loss(self, loss):
+        """The global-batch mean loss on every rank: the ranks holding the last stage (dp x tp of them) each
+        contribute loss / (dp * tp); everyone else zero."""
+        import torch.distributed as dist
+
+        if self.dims.world_size == 1:
+            return loss.item()
+        share = loss / (self.dims.dp * self.dims.tp) if self.last else loss * 0
+        dist.all_reduce(share)
+        return share.item()
+
+    def _step(self, step: int) -> dict[str, Any]:
+        from orchestrator.engine.parallelize import clip_grad_norm
+
+        torch, cfg = self.torch, self.cfg
+        begin = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+        inputs, labels = (t.to(self.device, non_blocking=True) for t in next(self.batches))
+        loss = self._forward_backward(inputs, labels)
+        grad_norm = None
+        if cfg.train.grad_clip > 0:
+            pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
+            grad_norm = clip_grad_norm([p for part in self.parts for p in part.parameters()],
+                                       cfg.train.grad_clip, pp_group=pp_group)
+        for opt in self.optimizers:
+            opt.step()
+        loss_value = self._global_loss(loss)  # .item() also waits for the device
+        elapsed = time.perf_counter() - begin
+        tokens = cfg.train.global_batch_size * cfg.model.seq_len
+        record = {"step": step, "loss": loss_value, "lr": lr, "tokens_per_s": tokens / elapsed,
+                  "step_time_s": elapsed}
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        return record
+
+    # ---- run -----------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from orchestrator.engine.checkpoint import Checkpointer
+        from orchestrator.engine.metrics import MetricsWriter
+
+        cfg, t = self.cfg, self.cfg.train
+        self._build_model()
+        self._build_data()
+        run_dir = Path(t.run_dir)
+        ckpt = Checkpointer(run_dir, keep=t.keep_checkpoints, async_save=t.async_checkpoint)
+        start = 0
+        resumed = ckpt.load_latest(self.parts, self.optimizers)
+        if resumed is not None:
+            start, extra = resumed
+            self.batches.load_state_dict(extra["data"])
+            log.info("resumed at step %d", start)
+        writer = MetricsWriter(run_dir / "metrics.jsonl") if self.rank == 0 else None
+        losses = []
+        log.info("training %s (%.1fM params) on %s, %s", cfg.name, cfg.model.num_params() / 1e6,
+                 self.device, self.dims.describe())
+        try:
+            for step in range(start + 1, t.steps + 1):
+                record = self._step(step)
+                if step == start + 1 and start:
+                    record["resumed_from"] = start
+                if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.steps):
+                    self.heartbeat.beat(step=step, status="checkpointing")
+                    ckpt.save(step, self.parts, self.optimizers, extra={"data": self.batches.state_dict()})
+                    record["checkpoint_stall_s"] = ckpt.last_save_stall_s
+                self.heartbeat.beat(step=step)
+                losses.append(record["loss"])
+                if writer is not None:
+                    writer.write(record)
+            ckpt.wait()
+        finally:
+            if writer is not None:
+                writer.close()
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+        return {"losses": losses, "first_step": start + 1, "last_step": max(start, t.steps),
+                "layout": self.dims.describe()}
