@@ -1,0 +1,237 @@
+"""The launch plan: everything `orchestrator launch` will start, built by pure functions before any connection.
+
+    spec = LaunchSpec(program=("train.py", "--lr", "3e-4"), nproc_per_node=2,
+                      python=("/opt/venv/bin/python", "node[3-4]=/usr/local/bin/python3"),
+                      workdir=("/srv/job",), env=build_env_manifest(head_env=os.environ, env_args=["A=1"]))
+    plan = build_plan(spec, resolve_hosts(hosts="node[1-4]", nproc_per_node=2))
+    plan.nodes[1].argv      # node2's torchrun argv (rendezvous on node1)
+    plan.to_json()          # what --json prints (secrets redacted)
+    plan.describe()         # what --dry-run prints
+    plan.node_env(plan.nodes[1])   # the full, unredacted env node2's launcher gets
+
+Per-host values: --python and --workdir take `VALUE` (every host) or `NODESET=VALUE` (those hosts; later
+entries win), e.g. `--python /opt/venv/bin/python --python 'gpu[9-12]=/opt/py311/bin/python'`. A NODESET part
+never contains '/', so a plain path is never mistaken for one. Defaults: `python3` from each host's PATH and the
+remote login directory: nothing about the head's interpreter or cwd is assumed to exist on the nodes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.errors import ConfigError
+from orchestrator.hosts import Host, expand, fold
+from orchestrator.launch import deepspeed, torchrun
+from orchestrator.launch.env import EnvManifest, redact_argv, redact_value
+
+LAUNCHERS = ("torchrun", "deepspeed")
+DEFAULT_PYTHON = "python3"
+PORT_BASE, PORT_SPAN = 29500, 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchSpec:
+    """What the user asked for (validated by build_plan, which raises ConfigError)."""
+
+    program: tuple[str, ...]
+    """[script, args...] or, with module=True, [module, args...]: run on every rank."""
+    run_id: str
+    nproc_per_node: int | None = None
+    """Processes per node; None: each host's slots."""
+    module: bool = False
+    launcher: str = "torchrun"
+    master_addr: str | None = None
+    """Rendezvous address the nodes dial; default the first host's name."""
+    master_port: int | None = None
+    """Default: a port in 29500-30499 derived from the run id, so concurrent runs on one head host differ."""
+    python: tuple[str, ...] = ()
+    workdir: tuple[str, ...] = ()
+    env: EnvManifest = field(default_factory=EnvManifest)
+    run_dir: str = "runs"
+    """Base directory on the head; this run's files go to RUN_DIR/RUN_ID."""
+    node_log_dir: str = "/tmp"
+    """Where torchrun keeps its per-rank files (error files) on each node: NODE_LOG_DIR/orch-RUN_ID."""
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    host: str
+    node_rank: int
+    nproc: int
+    first_rank: int
+    python: str
+    workdir: str | None
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    """Node-specific variables on top of the manifest (CUDA_VISIBLE_DEVICES when slots were picked)."""
+
+    @property
+    def ranks(self) -> range:
+        return range(self.first_rank, self.first_rank + self.nproc)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    run_id: str
+    launcher: str
+    run_dir: str
+    master_addr: str
+    master_port: int
+    program: tuple[str, ...]
+    module: bool
+    env: EnvManifest
+    launcher_env: dict[str, str]
+    nodes: tuple[NodePlan, ...]
+    hostfile: str | None = None
+    """DeepSpeed hostfile text (deepspeed launcher only); written to the run dir."""
+
+    @property
+    def hosts(self) -> list[str]:
+        return [n.host for n in self.nodes]
+
+    @property
+    def world_size(self) -> int:
+        return sum(n.nproc for n in self.nodes)
+
+    def node(self, host: str) -> NodePlan:
+        return next(n for n in self.nodes if n.host == host)
+
+    def rank_location(self, rank: int) -> tuple[str, int] | None:
+        """Global rank -> (host, local rank), from the static node order."""
+        for n in self.nodes:
+            if rank in n.ranks:
+                return n.host, rank - n.first_rank
+        return None
+
+    def node_env(self, node: NodePlan) -> dict[str, str]:
+        """The full environment additions for one node's launcher (NOT redacted: this is what ranks get)."""
+        return {**self.env.values, **self.launcher_env, **node.env}
+
+    def to_json(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "launcher": self.launcher,
+            "run_dir": self.run_dir,
+            "rendezvous": {"master_addr": self.master_addr, "master_port": self.master_port, "backend": "static"},
+            "world_size": self.world_size,
+            "program": redact_argv(self.program),
+            "module": self.module,
+            "env": self.env.to_json(),
+            "hostfile": self.hostfile,
+            "nodes": [
+                {
+                    "host": n.host, "node_rank": n.node_rank, "nproc": n.nproc,
+                    "ranks": [n.ranks.start, n.ranks.stop - 1], "python": n.python, "workdir": n.workdir,
+                    "env": {k: redact_value(k, v) for k, v in n.env.items()}, "argv": redact_argv(n.argv),
+                }
+                for n in self.nodes
+            ],
+        }
+
+    def describe(self) -> list[str]:
+        """Human-readable plan for --dry-run: env once, then 'would run' per host (secrets redacted)."""
+        import shlex
+
+        lines = [
+            f"run {self.run_id}: {self.launcher}, {len(self.nodes)} nodes, world size {self.world_size}, "
+            f"rendezvous {self.master_addr}:{self.master_port}, run dir {self.run_dir}",
+            "env (every rank):",
+        ]
+        lines += [f"  {k}={shlex.quote(v)}  # {self.env.sources.get(k, 'launcher')}"
+                  for k, v in {**self.env.redacted(), **self.launcher_env}.items()]
+        for n in self.nodes:
+            where = f" in {n.workdir}" if n.workdir else ""
+            extra = "".join(f" {k}={shlex.quote(redact_value(k, v))}" for k, v in n.env.items())
+            lines.append(f"would run on {n.host} (node rank {n.node_rank}, ranks {n.ranks.start}-{n.ranks.stop - 1})"
+                         f"{where}:{extra} {shlex.join(redact_argv(n.argv))}")
+        return lines
+
+
+def default_master_port(run_id: str) -> int:
+    return PORT_BASE + zlib.crc32(run_id.encode()) % PORT_SPAN
+
+
+def per_host_values(values: Sequence[str], hosts: list[str], *, field: str, default: str | None) -> dict[str, str | None]:
+    """Resolve `VALUE` / `NODESET=VALUE` entries (later wins) into one value per host."""
+    result: dict[str, str | None] = dict.fromkeys(hosts, default)
+    for entry in values:
+        target, sep, value = entry.partition("=")
+        if sep and target and "/" not in target:
+            names = expand(target, field=field)
+            unknown = [n for n in names if n not in result]
+            if unknown:
+                raise ConfigError(field, entry, f"{fold(unknown)} is not one of the launch hosts ({fold(hosts)})")
+        else:
+            names, value = hosts, entry
+        if not value or "\0" in value:
+            raise ConfigError(field, entry, "give a non-empty value, e.g. /opt/venv/bin/python or node[1-2]=/srv/job")
+        for name in names:
+            result[name] = value
+    return result
+
+
+def _validate(spec: LaunchSpec, hosts: Sequence[Host]) -> None:
+    if spec.launcher not in LAUNCHERS:
+        raise ConfigError("--launcher", spec.launcher, f"use one of {', '.join(LAUNCHERS)}")
+    if not spec.program or not spec.program[0]:
+        raise ConfigError("SCRIPT_OR_MODULE", "", "give the script (or -m MODULE) after '--', e.g. -- train.py --lr 3e-4")
+    if spec.program[0].startswith("-"):
+        raise ConfigError("SCRIPT_OR_MODULE", spec.program[0], "the first word after '--' is the script or module")
+    if spec.module and not all(part.isidentifier() for part in spec.program[0].split(".")):
+        raise ConfigError("-m", spec.program[0], "give a dotted module name, e.g. -m orchestrator.engine")
+    if spec.nproc_per_node is not None and spec.nproc_per_node < 1:
+        raise ConfigError("--nproc-per-node", spec.nproc_per_node, "use a positive integer")
+    if spec.master_port is not None and not 1 <= spec.master_port <= 65535:
+        raise ConfigError("--master-port", spec.master_port, "use a TCP port 1-65535")
+    if not hosts:
+        raise ConfigError("--hosts", "", "give at least one host")
+    if any("\0" in arg for arg in spec.program):
+        raise ConfigError("SCRIPT_OR_MODULE", spec.program, "arguments cannot contain NUL bytes")
+    if any("\0" in v for v in spec.env.values.values()):
+        raise ConfigError("--env", "", "values cannot contain NUL bytes")
+
+
+def build_plan(spec: LaunchSpec, hosts: Sequence[Host]) -> LaunchPlan:
+    """Validate the spec against the resolved hosts and build every node's command. Pure; ConfigError on bad input."""
+    _validate(spec, hosts)
+    names = [h.name for h in hosts]
+    pythons = per_host_values(spec.python, names, field="--python", default=DEFAULT_PYTHON)
+    workdirs = per_host_values(spec.workdir, names, field="--workdir", default=None)
+    master_addr = spec.master_addr or names[0]
+    master_port = spec.master_port or default_master_port(spec.run_id)
+    nprocs = [spec.nproc_per_node or h.slots for h in hosts]
+    world_info = deepspeed.world_info_b64([(h.name, h.devices[:n]) for h, n in zip(hosts, nprocs)])
+    nodes, first_rank = [], 0
+    for node_rank, (host, nproc) in enumerate(zip(hosts, nprocs)):
+        python = pythons[host.name]
+        if spec.launcher == "torchrun":
+            argv = torchrun.torchrun_argv(
+                python=python, nnodes=len(hosts), node_rank=node_rank, nproc=nproc, master_addr=master_addr,
+                master_port=master_port, program=list(spec.program), module=spec.module,
+                log_dir=f"{spec.node_log_dir}/orch-{spec.run_id}",
+            )
+        else:
+            argv = deepspeed.deepspeed_argv(
+                python=python, world_info=world_info, node_rank=node_rank, master_addr=master_addr,
+                master_port=master_port, program=list(spec.program), module=spec.module,
+            )
+        # Devices picked with --include/--exclude: torchrun does not know slots, so pin them via the env
+        # (DeepSpeed's world_info carries the slot ids itself).
+        node_env = {}
+        if host.slot_ids is not None and spec.launcher == "torchrun":
+            node_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in host.slot_ids[:nproc])
+        nodes.append(NodePlan(host.name, node_rank, nproc, first_rank, python, workdirs[host.name], tuple(argv), node_env))
+        first_rank += nproc
+    hostfile_text = None
+    if spec.launcher == "deepspeed":
+        from orchestrator.hostfile import render
+
+        hostfile_text = render([Host(h.name, n) for h, n in zip(hosts, nprocs)], "deepspeed")
+    return LaunchPlan(
+        run_id=spec.run_id, launcher=spec.launcher, run_dir=f"{spec.run_dir.rstrip('/')}/{spec.run_id}",
+        master_addr=master_addr, master_port=master_port, program=tuple(spec.program), module=spec.module,
+        env=spec.env, launcher_env=torchrun.torchrun_env() if spec.launcher == "torchrun" else {},
+        nodes=tuple(nodes), hostfile=hostfile_text,
+    )
