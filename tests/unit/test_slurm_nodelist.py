@@ -1,0 +1,92 @@
+"""Node lists: our expansion (ClusterShell, via orchestrator.slurm.nodelist) against `scontrol show hostnames`.
+
+scontrol needs only a slurm.conf naming a cluster and a controller to expand host lists: no daemon is asked.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from orchestrator import slurm
+from orchestrator.errors import ConfigError
+
+pytestmark = pytest.mark.skipif(shutil.which("scontrol") is None, reason="needs scontrol (Debian: slurm-client)")
+
+CORPUS = [
+    "node1",
+    "node[1-4]",
+    "gpu[001-012]",                     # zero padding
+    "gpu[08-11]",                       # padding kept across a decade
+    "n[9-11]",                          # no padding, width grows
+    "n[1,3-5,7]",                       # commas inside brackets
+    "a[1-2],b[3-4],c",                  # commas outside brackets, order kept
+    "b1,a1,a[2-3]",                     # Slurm's order is the list's order, not sorted
+    "n[8-10],n[01-02]",                 # two groups of one prefix, different padding
+    "a[1-2]b[3-4]",                     # several bracket groups
+    "rack[1-2]-n[01-03]",               # a suffix after a bracket, before the next
+    "a[1,3]b[2]",
+    "n1-ib,n2-ib",                      # suffixes without brackets
+    "x[1-2],y[007-008],z",
+    "gpu-[1-2]-[1-2]",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def client_conf(tmp_path_factory):
+    conf = tmp_path_factory.mktemp("slurm") / "slurm.conf"
+    conf.write_text("ClusterName=corpus\nSlurmctldHost=localhost\n")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLURM_CONF", str(conf))
+    yield
+    mp.undo()
+
+
+@pytest.mark.parametrize("expr", CORPUS)
+def test_clustershell_matches_scontrol(expr):
+    ours = slurm.nodelist(expr, check=False)
+    assert ours == slurm.scontrol_hostnames(expr)
+    assert slurm.nodelist(expr) == ours
+
+
+def test_three_bracket_groups_same_hosts_slurm_order_wins():
+    """Slurm walks three bracket groups in its own order (r1n01c1 r1n01c2 r2n01c1 ...), ClusterShell
+    lexicographically: the same hosts, and nodelist() returns Slurm's order, which decides node ranks."""
+    expr = "r[1-2]n[01-02]c[1-2]"
+    ours, theirs = slurm.nodelist(expr, check=False), slurm.scontrol_hostnames(expr)
+    assert sorted(ours) == sorted(theirs) and len(theirs) == 8
+    assert slurm.nodelist(expr) == theirs
+
+
+@pytest.mark.parametrize("expr", ["n[1-2]-ib", "a[1-2]b[3-4]c"])
+def test_suffix_after_last_bracket_slurm_rejects_clustershell_expands(expr):
+    """Slurm 22.05 refuses a suffix after the last bracket; it never writes one, so ClusterShell's reading stands."""
+    with pytest.raises(ConfigError, match="Slurm rejects"):
+        slurm.scontrol_hostnames(expr)
+    assert slurm.nodelist(expr, check=False)[0].endswith(expr[-2:] if expr.endswith("ib") else "c")
+
+
+@pytest.mark.parametrize("expr", ["n[1-3", "n[3-1]", "n[a-b]", "n[1-2],,n3", ""])
+def test_malformed_lists_are_config_errors(expr):
+    with pytest.raises(ConfigError):
+        slurm.nodelist(expr)
+
+
+def test_allocation_from_env():
+    env = {"SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "node[2-3],node1", "SLURM_GPUS_ON_NODE": "2"}
+    alloc = slurm.allocation(env)
+    assert alloc == slurm.Allocation(job_id="42", nodes=["node2", "node3", "node1"], gpus_per_node=2)
+    assert alloc.first_node == "node2"
+    assert slurm.allocation({"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_PER_NODE": "a100:4"}).gpus_per_node == 4
+    assert slurm.allocation({}) is None
+
+
+def test_require_allocation_outside_a_job():
+    with pytest.raises(ConfigError, match="salloc"):
+        slurm.require_allocation("--via slurm", {})
+
+
+@pytest.mark.parametrize(("raw", "code"), [(0, 0), (512, 2), (256, 1), (15, 143), (9, 137)])
+def test_exit_code_from_wait_status(raw, code):
+    assert slurm.exit_code_from_status(raw) == code
