@@ -1,0 +1,128 @@
+"""`orchestrator launch`: one torchrun (or DeepSpeed launcher) per node, every rank's output in front of you.
+
+    $ orchestrator launch --hosts 'node[1-4]' --nproc-per-node 2 --python /opt/venv/bin/python \\
+          --env NCCL_DEBUG=INFO --env-file run.env -m orchestrator.launch.examples.allreduce
+    $ orchestrator launch --hostfile hostfiles/a100.txt --launcher deepspeed --workdir /srv/job -- train.py --ds ds.json
+    $ orchestrator launch --hosts 'node[1-2]' --nproc-per-node 8 --dry-run -- train.py     # would run ... per host
+    $ orchestrator launch --hosts 'node[1-2]' --nproc-per-node 8 --dry-run --json -- train.py   # the plan as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from orchestrator.cli.options import HostSelection, host_options, resolve_from_cli
+
+
+@click.command("launch")
+@host_options
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
+              help="Processes per node (default: each host's slots from the hostfile).")
+@click.option("--launcher", type=click.Choice(["torchrun", "deepspeed"]), default="torchrun", show_default=True)
+@click.option("--master-addr", default=None, metavar="ADDR",
+              help="Rendezvous address the nodes dial (default: the first host's name).")
+@click.option("--master-port", type=int, default=None, metavar="PORT",
+              help="Rendezvous port (default: 29500-30499, derived from the run id).")
+@click.option("--env", "env_args", multiple=True, metavar="NAME=VALUE", help="Set a variable on every rank (repeatable).")
+@click.option("--env-file", "env_files", multiple=True, metavar="FILE", help="NAME=VALUE lines for every rank (repeatable).")
+@click.option("--no-forward-env", is_flag=True,
+              help="Do not forward the head's NCCL_*, TORCH_*, CUDA_*, PYTHON*, OMP_*, GLOO_* variables.")
+@click.option("--workdir", multiple=True, metavar="[NODESET=]DIR",
+              help="Working directory on the nodes; NODESET=DIR for some hosts (repeatable, later wins).")
+@click.option("--python", multiple=True, metavar="[NODESET=]PATH",
+              help="Interpreter on the nodes (default python3); NODESET=PATH for some hosts (repeatable).")
+@click.option("-m", "--module", default=None, metavar="MODULE", help="Run a module (python -m) instead of a script.")
+@click.option("--run-dir", default="runs", show_default=True, help="Base directory for runs/<run_id>/ on the head.")
+@click.option("--run-id", default=None, help="Use this run id (default: a fresh one).")
+@click.option("--failure-grace", type=float, default=10.0, show_default=True,
+              help="Seconds other nodes get to exit on their own after the first node failed, before teardown.")
+@click.option("--dry-run", is_flag=True, help="Print what would run on each host and exit; connect to nothing.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable: the plan (with --dry-run) or plan + result as one JSON document on stdout.")
+@click.argument("program", nargs=-1, type=click.UNPROCESSED)
+def launch_command(host_selection: HostSelection, nproc_per_node, launcher, master_addr, master_port, env_args,
+                   env_files, no_forward_env, workdir, python, module, run_dir, run_id, failure_grace, dry_run,
+                   as_json, program) -> int:
+    """Start a multi-node torchrun/DeepSpeed job: plan, validate, then run it on every host.
+
+    Everything after `--` is the script and its arguments (or, with -m, the module's arguments).
+    """
+    from orchestrator.launch.env import build_env_manifest
+    from orchestrator.launch.plan import LaunchSpec, build_plan
+    from orchestrator.launch.rundir import new_run_id
+
+    hosts = resolve_from_cli(host_selection, nproc_per_node=nproc_per_node)
+    env = build_env_manifest(head_env=os.environ, env_files=env_files, env_args=env_args, forward=not no_forward_env)
+    spec = LaunchSpec(
+        program=((module,) if module else ()) + tuple(program), module=module is not None,
+        run_id=run_id or new_run_id(), nproc_per_node=nproc_per_node, launcher=launcher,
+        master_addr=master_addr, master_port=master_port, python=python, workdir=workdir, env=env, run_dir=run_dir,
+    )
+    plan = build_plan(spec, hosts)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps(plan.to_json(), indent=2))
+        else:
+            for line in plan.describe():
+                click.echo(line)
+        return 0
+    from orchestrator.launch.runner import run_plan
+
+    out = sys.stderr if as_json else sys.stdout
+
+    def sink(line: str, stream: str) -> None:
+        print(line, file=sys.stderr if stream == "stderr" else out, flush=True)
+
+    click.echo(f"[orch] run {plan.run_id}: {len(plan.nodes)} nodes x {plan.nodes[0].nproc} ({plan.launcher}), "
+               f"logs in {plan.run_dir}/logs/", err=True)
+    ssh_options = None  # TODO(fan-out): shared ssh options decorator
+    result = run_plan(plan, ssh=ssh_options, sink=sink, failure_grace=failure_grace)
+    _report(result)
+    if as_json:
+        click.echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}, indent=2))
+    return result.exit_code
+
+
+def _report(result) -> None:
+    """Per-host table, then the root cause (stderr: stdout may carry --json)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    table = Table(title=f"run {result.plan.run_id}", title_justify="left")
+    for column in ("host", "ranks", "exit", "time", "status"):
+        table.add_column(column)
+    failed = {f.host: f for f in result.failures}
+    for node in result.plan.nodes:
+        r = result.hosts.get(node.host)
+        status = ("ok" if r is not None and r.ok else
+                  result.unreachable.get(node.host) or (failed[node.host].headline() if node.host in failed else
+                                                        (r.error if r is not None and r.error else "failed")))
+        table.add_row(node.host, f"{node.ranks.start}-{node.ranks.stop - 1}",
+                      "-" if r is None or r.exit_code is None else str(r.exit_code),
+                      "-" if r is None else f"{r.duration_s:.1f}s", status)
+    console.print(table)
+    first = result.first_failure
+    if result.unreachable:
+        for host, why in result.unreachable.items():
+            click.echo(f"unreachable: {host}: {why}", err=True)
+    if first is not None:
+        click.echo(f"first failure: {first.describe()}", err=True)
+    if result.stopped_by is not None:
+        console.print(f"stopped by {signal_name(result.stopped_by)}", highlight=False)
+    if result.teardown is not None:
+        left = {h: why for h, why in result.teardown.items() if why != "clean"}
+        console.print(f"teardown: {'clean on every host' if not left else left}", highlight=False)
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+commands = [launch_command]

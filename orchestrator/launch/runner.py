@@ -1,0 +1,188 @@
+"""Execute a LaunchPlan over the remote layer: stream every rank's output, keep per-host logs, tear down.
+
+    result = run_plan(plan, ssh=SshOptions(config="ssh_config"), sink=lambda line, stream: print(line))
+    result.exit_code        # 0 ok, 1 a rank failed, 255 a host unreachable, 128+N stopped by signal N
+    result.first_failure    # Failure(host="node3", rank=5, ...): the root cause, see failures.py
+
+One agent-wrapped launcher (torchrun / deepspeed.launcher.launch) per node through
+orchestrator.remote.run_on_async, all under the plan's run id (ORCH_RUN_ID). Lines arrive per host and are
+printed as `host/rank: text` (rank lines, from torchrun's tee prefix) or `host: text` (the launcher's own lines),
+and appended to runs/<run_id>/logs/<host>.log.
+
+Stopping: SIGINT, SIGTERM or SIGHUP of this process close every session (each node's agent then kills its
+process group and every process carrying the run id, within 5 s), then teardown(run_id) runs on every reachable
+host and verifies nothing of the run is left. SIGKILL of this process closes the connections, which trips the
+same agent dead-man switch on each node. A node that exits non-zero gives the others `failure_grace` seconds to
+fail on their own (their errors are the cascade; first_failure picks the root cause), then the rest is stopped.
+An unreachable host stops the run at once: the other nodes would only wait for it in the rendezvous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE
+from orchestrator.launch.failures import LAST_LINES, Failure, first_failure, host_failure
+from orchestrator.launch.plan import LaunchPlan
+from orchestrator.launch.rundir import HostLogs, RunDir
+from orchestrator.launch.torchrun import split_rank_prefix
+
+log = logging.getLogger("orchestrator.launch.runner")
+
+Sink = Callable[[str, str], None]  # (formatted line, "stdout" | "stderr")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LOCAL_HOSTS = {"localhost"}
+
+
+@dataclass
+class LaunchResult:
+    plan: LaunchPlan
+    hosts: dict = field(default_factory=dict)
+    """host -> orchestrator.remote HostResult."""
+    failures: list[Failure] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)
+    """host -> why it could not be reached."""
+    stopped_by: int | None = None
+    """The signal that stopped the launcher, if any."""
+    teardown: dict[str, str] | None = None
+    """host -> 'clean' or why not, when a teardown ran."""
+
+    @property
+    def first_failure(self) -> Failure | None:
+        return first_failure(self.failures)
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by
+        if self.unreachable:
+            return EXIT_UNREACHABLE
+        return EXIT_FAILURE if self.failures else EXIT_OK
+
+    def to_json(self) -> dict:
+        first = self.first_failure
+        return {
+            "run_id": self.plan.run_id,
+            "exit_code": self.exit_code,
+            "stopped_by": signal.Signals(self.stopped_by).name if self.stopped_by else None,
+            "first_failure": first.to_json() if first else None,
+            "failures": [f.to_json() for f in self.failures],
+            "unreachable": self.unreachable,
+            "teardown": self.teardown,
+            "hosts": [
+                {"host": h, "exit_code": r.exit_code, "error": r.error, "duration_s": r.duration_s}
+                for h, r in self.hosts.items()
+            ],
+        }
+
+
+class _Collector:
+    """Per-host line handling: prefix, print, log, and keep the tails the failure analysis needs."""
+
+    def __init__(self, plan: LaunchPlan, logs: HostLogs, sink: Sink | None):
+        self.logs, self.sink = logs, sink
+        self.agent_lines = {h: deque(maxlen=200) for h in plan.hosts}
+        self.host_lines = {h: deque(maxlen=50) for h in plan.hosts}
+        self.rank_lines: dict[str, dict[int, deque]] = {h: {} for h in plan.hosts}
+
+    def on_line(self, host: str, stream: str, line: str) -> None:
+        rank, _local, body = split_rank_prefix(line)
+        if rank is None:
+            text = f"{host}: {body}"
+            self.agent_lines[host].append(body)
+        else:
+            text = f"{host}/{rank}: {body}"
+            self.rank_lines[host].setdefault(rank, deque(maxlen=LAST_LINES)).append(body)
+        self.host_lines[host].append(body)
+        self.logs.write(host, text)
+        if self.sink is not None:
+            self.sink(text, stream)
+
+    def failure(self, host: str, exit_code: int, head_time: float) -> Failure:
+        return host_failure(
+            host, exit_code=exit_code, agent_lines=list(self.agent_lines[host]),
+            rank_lines={r: list(d) for r, d in self.rank_lines[host].items()},
+            host_lines=list(self.host_lines[host]), head_time=head_time,
+        )
+
+
+def _transport_for(plan: LaunchPlan):
+    """localhost alone runs without sshd (non-root, one machine); anything else goes over SSH."""
+    if set(plan.hosts) <= LOCAL_HOSTS:
+        from orchestrator.remote.local import LocalTransport
+
+        return LocalTransport()
+    return None
+
+
+async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Sink | None = None,
+                         failure_grace: float = 10.0, handle_signals: bool = True) -> LaunchResult:
+    """Run the plan to completion (or stop); never raises for remote failures: they are in the result."""
+    from orchestrator.remote.fanout import run_on_async, teardown_async
+
+    rundir = RunDir(Path(plan.run_dir))
+    rundir.create()
+    rundir.write_json("plan.json", plan.to_json())
+    if plan.hostfile:
+        rundir.write_text("hostfile", plan.hostfile)
+    transport = transport or _transport_for(plan)
+    result = LaunchResult(plan)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    nodes = {n.host: n for n in plan.nodes}
+
+    def on_signal(signum: int) -> None:
+        if result.stopped_by is None:
+            log.warning("%s: stopping run %s on every host", signal.Signals(signum).name, plan.run_id)
+            result.stopped_by = signum
+        stop.set()
+
+    with rundir.host_logs(plan.hosts) as logs:
+        collector = _Collector(plan, logs, sink)
+
+        def on_result(r) -> None:
+            now = time.time()
+            if r.error is not None:
+                if r.error != "stopped":
+                    result.unreachable[r.host] = r.error
+                    stop.set()  # the others would wait for this host in the rendezvous until they time out
+                return
+            if r.exit_code != 0:
+                result.failures.append(collector.failure(r.host, r.exit_code, now))
+                if not stop.is_set():
+                    loop.call_later(failure_grace, stop.set)
+
+        if handle_signals:
+            for sig in STOP_SIGNALS:
+                loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            fan = await run_on_async(
+                plan.hosts, lambda h: nodes[h].argv, ssh=ssh, transport=transport, fanout=max(64, len(plan.hosts)),
+                env=lambda h: plan.node_env(nodes[h]), cwd=lambda h: nodes[h].workdir,
+                python=lambda h: nodes[h].python, run_id=plan.run_id, on_line=collector.on_line,
+                on_result=on_result, stop=stop,
+            )
+            result.hosts = dict(fan)
+            if stop.is_set() or result.failures:
+                reachable = [h for h in plan.hosts if h not in result.unreachable]
+                down = await teardown_async(plan.run_id, reachable, ssh=ssh, transport=transport,
+                                            python=lambda h: nodes[h].python)
+                result.teardown = {h: "clean" if r.ok else r.reason() for h, r in down.items()}
+        finally:
+            if handle_signals:
+                for sig in STOP_SIGNALS:
+                    loop.remove_signal_handler(sig)
+    rundir.write_json("result.json", result.to_json())
+    return result
+
+
+def run_plan(plan: LaunchPlan, **kwargs) -> LaunchResult:
+    """Blocking run_plan_async (installs SIGINT/SIGTERM/SIGHUP handlers for its duration)."""
+    return asyncio.run(run_plan_async(plan, **kwargs))
