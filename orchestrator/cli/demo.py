@@ -1,0 +1,55 @@
+"""`orchestrator demo`: the README's main job, a multi-node torch.distributed run on a throw-away cluster.
+
+    $ sudo orchestrator demo            # 4 sandbox hosts x 2 processes (gloo all-reduce), then torn down
+    $ orchestrator demo                 # non-root: the same job on localhost alone
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+
+@click.command("demo")
+@click.option("--nodes", type=click.IntRange(1, 64), default=4, show_default=True, help="Sandbox hosts (root).")
+@click.option("--nproc-per-node", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--name", default="demo", show_default=True, help="Sandbox name.")
+@click.option("--run-dir", default="runs", show_default=True)
+def demo_command(nodes: int, nproc_per_node: int, name: str, run_dir: str) -> int:
+    """Bring up a sandbox cluster, launch a multi-node all-reduce on it, show the result, tear it down."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator.launch.demo import run_demo
+
+    console = Console(stderr=True)
+
+    def interrupt(signum, frame):  # SIGTERM/SIGHUP outside the launch: unwind so the sandbox comes down
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+    outcome = run_demo(nodes=nodes, nproc=nproc_per_node, sandbox_name=name, run_dir=run_dir,
+                       say=lambda msg: console.print(f"[orch] {msg}", highlight=False),
+                       sink=lambda line, stream: print(line, flush=True))
+    table = Table(title=f"all_reduce over {outcome.launch.plan.world_size} ranks", title_justify="left")
+    for column in ("rank", "host", "local rank", "world size", "sum", "expected", "ok"):
+        table.add_column(column)
+    for r in outcome.rows:
+        table.add_row(str(r["rank"]), r["host"], str(r["local_rank"]), str(r["world_size"]), str(r["sum"]),
+                      str(r["expected"]), "yes" if r["sum"] == r["expected"] else "NO")
+    Console().print(table)
+    first = outcome.launch.first_failure
+    if first is not None:
+        click.echo(f"first failure: {first.describe()}", err=True)
+    for host, why in outcome.launch.unreachable.items():
+        click.echo(f"unreachable: {host}: {why}", err=True)
+    verdict = "ok" if outcome.ok else "FAILED"
+    click.echo(f"demo {verdict}: run {outcome.launch.plan.run_id}, logs in {outcome.launch.plan.run_dir}/logs/",
+               err=True)
+    return 0 if outcome.ok else (outcome.launch.exit_code or 1)
+
+
+commands = [demo_command]
