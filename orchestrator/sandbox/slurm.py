@@ -98,7 +98,8 @@ def render_slurm_conf(layout: SlurmLayout, *, hosts: list[tuple[str, str]], head
         "SchedulerType=sched/backfill", "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0",
         "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
         "SlurmdParameters=config_overrides",  # advertise `cpus` whatever the machine has
-        "ReturnToService=2", "SlurmctldTimeout=30", "SlurmdTimeout=30", "MessageTimeout=10",
+        # Generous timeouts: two shared cores under a load of 30+ must not turn a slow slurmd into a NODE_FAIL.
+        "ReturnToService=2", "SlurmctldTimeout=120", "SlurmdTimeout=300", "MessageTimeout=60", "TCPTimeout=15",
         "InactiveLimit=0", "MinJobAge=300", "KillWait=2", "Waittime=0", "MailProg=/bin/true",
         "JobRequeue=0",  # only jobs submitted with --requeue are requeued
     ]

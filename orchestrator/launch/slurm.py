@@ -1,0 +1,172 @@
+"""Launch through Slurm: one torchrun per node of the current allocation, all started by one `srun`.
+
+Head side, inside `salloc` or an sbatch script (what `launchers/srun-torchrun` and `launch --via slurm` run):
+
+    alloc = slurm.require_allocation("--via slurm")
+    plan = build_plan(spec, allocation_hosts(alloc, nproc_per_node=None))      # LAUNCH's pure planner
+    srun_argv(plan, alloc, srun_options=["--exclusive"])
+    # ['srun', '--nodes=4', '--ntasks=4', '--ntasks-per-node=1', '--kill-on-bad-exit=1', '--quit-on-interrupt',
+    #  '--nodelist=node[1-4]', '--exclusive', PY, '-m', 'orchestrator.launch.slurm', 'node', '--',
+    #  PY, '-m', 'torch.distributed.run', '--nnodes=4', '--node-rank=0', ...]
+    rc = run_srun(argv, env=plan.env.values)      # the env manifest rides in srun's environment, never in argv
+
+Node side (what srun starts once per node): `python -m orchestrator.launch.slurm node -- <node 0's torchrun argv>`
+puts SLURM_NODEID in --node-rank and runs torchrun in this process, so it can map how the ranks ended onto
+the job exit-code contract (launchers/README.md):
+
+    0  every rank finished
+    1  restartable: a rank crashed, was killed, or this node was told to stop because another node failed
+    2  do not requeue: a rank exited 2 (a configuration error; the same input would fail again)
+
+srun returns the highest exit code of its tasks, so a configuration error on one node (2) outranks the peers
+that --kill-on-bad-exit stopped (1). Anything else the job ends with (137 after SIGKILL, 143, node failure)
+counts as restartable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
+from orchestrator.hosts import Host, HostList, fold
+from orchestrator.slurm import Allocation
+
+log = logging.getLogger("orchestrator.launch.slurm")
+
+EXIT_DONE, EXIT_RESTARTABLE, EXIT_NO_REQUEUE = EXIT_OK, EXIT_FAILURE, EXIT_USAGE
+SRUN_FIXED = ("--ntasks-per-node=1", "--kill-on-bad-exit=1", "--quit-on-interrupt")
+# Readable rank prefixes in the job log (torchrun --tee); Slurm users read that file, not our runner.
+RANK_PREFIX = "[rank${rank}]: "
+NODE_ENTRY = ("-m", "orchestrator.launch.slurm", "node", "--")
+
+
+def allocation_hosts(alloc: Allocation, *, nproc_per_node: int | None) -> HostList:
+    """The allocation's nodes as launch hosts: slots = --nproc-per-node, else the GPUs Slurm gave, else 1."""
+    slots = nproc_per_node or alloc.gpus_per_node or 1
+    return HostList(Host(name, slots) for name in alloc.nodes)
+
+
+def srun_argv(plan, alloc: Allocation, *, srun_options: Sequence[str] = ()) -> list[str]:
+    """One srun step over the plan's nodes, starting the node entry with node 0's torchrun argv. Pure."""
+    if plan.launcher != "torchrun":
+        raise ConfigError("--launcher", plan.launcher, "--via slurm runs torchrun; use --launcher torchrun")
+    first = plan.nodes[0]
+    for field, values in (("--nproc-per-node", {n.nproc for n in plan.nodes}),
+                          ("--python", {n.python for n in plan.nodes}), ("--workdir", {n.workdir for n in plan.nodes})):
+        if len(values) > 1:
+            raise ConfigError(field, sorted(map(str, values)), "one srun starts the same command on every node; "
+                              "give one value for all nodes")
+    outside = [h for h in plan.hosts if h not in alloc.nodes]
+    if outside:
+        raise ConfigError("--hosts", fold(outside), f"not in Slurm job {alloc.job_id} ({fold(alloc.nodes)}); "
+                          "pick nodes of the allocation")
+    if any(n.env for n in plan.nodes):
+        raise ConfigError("--include", "slots", "under Slurm the allocation decides the GPUs; drop the slot lists")
+    for opt in srun_options:
+        if opt.split("=", 1)[0] in ("--ntasks-per-node", "--kill-on-bad-exit", "-n", "--ntasks", "-N", "--nodes",
+                                    "-w", "--nodelist"):
+            raise ConfigError("--srun-opt", opt, "the launcher sets it (one task per node on the plan's nodes); "
+                              "choose nodes with --hosts/--exclude instead")
+    chdir = [f"--chdir={first.workdir}"] if first.workdir else []
+    return ["srun", f"--nodes={len(plan.nodes)}", f"--ntasks={len(plan.nodes)}", *SRUN_FIXED,
+            f"--nodelist={fold(plan.hosts, last_axis_only=True)}", *chdir, *srun_options,
+            first.python, *NODE_ENTRY, *first.argv]
+
+
+def srun_env(plan, base: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """srun's environment: the caller's (srun forwards it, as Slurm users expect) plus the env manifest."""
+    return {**base, **plan.env.values, "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX}
+
+
+def run_srun(argv: list[str], env: Mapping[str, str]) -> int:
+    """Run the srun step in the foreground; Ctrl-C ends the step (srun --quit-on-interrupt) and returns 130."""
+    proc = subprocess.Popen(argv, env=dict(env))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)  # the terminal sent it too; this covers a signal aimed at us alone
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def maybe_requeue(rc: int, *, max_restarts: int, environ: Mapping[str, str] = os.environ) -> bool:
+    """After a restartable failure in a batch job, ask Slurm to requeue it (at most `max_restarts` times).
+
+    Exit 0 and 2 are never requeued: done, or a configuration error that would fail the same way again.
+    """
+    restarts = int(environ.get("SLURM_RESTART_COUNT") or 0)
+    job_id = environ.get("SLURM_JOB_ID")
+    if rc in (EXIT_DONE, EXIT_NO_REQUEUE) or not job_id or restarts >= max_restarts:
+        if rc not in (EXIT_DONE, EXIT_NO_REQUEUE):
+            log.warning("job %s: exit %d, not requeued (%d of %d restarts used)", job_id, rc, restarts, max_restarts)
+        return False
+    log.warning("job %s: restartable failure (exit %d): requeue %d of %d", job_id, rc, restarts + 1, max_restarts)
+    out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if out.returncode:
+        log.error("job %s: scontrol requeue failed: %s (was it submitted with --requeue?)", job_id, out.stderr.strip())
+    return out.returncode == 0
+
+
+# ---- node side --------------------------------------------------------------------------------------------
+def node_torchrun_args(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """[PY, -m, torch.distributed.run, ...node 0's args] -> torchrun's args with this node's --node-rank."""
+    if list(argv[1:3]) != ["-m", "torch.distributed.run"]:
+        raise ConfigError("node argv", list(argv[:3]), "expected PYTHON -m torch.distributed.run ...")
+    node_id = environ.get("SLURM_NODEID")
+    if node_id is None or not node_id.isdigit():
+        raise ConfigError("SLURM_NODEID", node_id, "the node entry runs under srun, one task per node")
+    args = list(argv[3:])
+    nnodes = next((a.split("=", 1)[1] for a in args if a.startswith("--nnodes=")), None)
+    step_nodes = environ.get("SLURM_STEP_NUM_NODES") or environ.get("SLURM_NNODES")
+    if nnodes and step_nodes and nnodes != step_nodes:
+        raise ConfigError("--nnodes", nnodes, f"the srun step has {step_nodes} nodes; start one task per node")
+    return [f"--node-rank={node_id}" if a.startswith("--node-rank=") else a for a in args]
+
+
+def exit_code_for(failure_codes: Sequence[int]) -> int:
+    """The node's exit code from its failed ranks' exit codes (negative: killed by that signal)."""
+    return EXIT_NO_REQUEUE if EXIT_USAGE in failure_codes else EXIT_RESTARTABLE
+
+
+def node_main(argv: Sequence[str]) -> int:
+    """Run this node's torchrun in-process and return the contract's exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun_main
+
+    args = node_torchrun_args(argv, os.environ)
+    try:
+        torchrun_main(args)
+    except ChildFailedError as exc:
+        codes = [f.exitcode for f in exc.failures.values()]
+        log.error("node %s: ranks failed with exit codes %s", os.environ.get("SLURMD_NODENAME", "?"), codes)
+        return exit_code_for(codes)
+    except SignalException as exc:  # Slurm stops this step (another node failed, scancel, Ctrl-C on srun)
+        log.warning("node %s: stopped by %s; ranks terminated", os.environ.get("SLURMD_NODENAME", "?"), exc.sigval)
+        return EXIT_RESTARTABLE
+    return EXIT_DONE
+
+
+def _entry(argv: list[str]) -> int:
+    if argv[:2] != ["node", "--"]:
+        print("usage: python -m orchestrator.launch.slurm node -- PYTHON -m torch.distributed.run ...", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING, format="[orch] %(levelname)s %(name)s: %(message)s")
+    try:
+        return node_main(argv[2:])
+    except ConfigError as exc:  # same wording as cli/main.py; this entry is srun's, not the user's
+        print(f"orchestrator: {exc.kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(_entry(sys.argv[1:]))
