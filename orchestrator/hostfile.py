@@ -144,7 +144,7 @@ def load(path: str | os.PathLike, *, default_slots: int = 1, fmt: str | None = N
     """Read a hostfile; fmt defaults to json for *.json and to the deepspeed/plain line format otherwise."""
     source = os.fspath(path)
     try:
-        with open(source, encoding="utf-8") as f:
+        with open(source, encoding="utf-8-sig") as f:  # -sig: a hostfile saved by a Windows editor has a BOM
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("--hostfile", source, f"cannot read it ({getattr(exc, 'strerror', None) or exc}); give an existing text file") from None

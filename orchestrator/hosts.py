@@ -40,6 +40,8 @@ log = logging.getLogger("orchestrator.hosts")
 
 __all__ = ["Host", "HostList", "HostSetError", "expand", "fold", "apply_filter", "slurm_hosts", "resolve_hosts"]
 
+MAX_HOSTS = 65536
+_BRACKETED, _RANGE = re.compile(r"\[([^\[\]]*)\]"), re.compile(r"(\d+)-(\d+)")
 _VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _SET_OPERATORS = "!&^"
 _SPEC_SEPARATOR, _SLOTS_START, _SLOT_SEPARATOR = "@", ":", ","  # DeepSpeed's --include/--exclude syntax
@@ -68,8 +70,9 @@ class Host:
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise ConfigError("slots", self.slots, f"host {self.name} needs at least 1 slot")
-        if self.slot_ids is not None and len(self.slot_ids) != self.slots:
-            raise ConfigError("slot_ids", self.slot_ids, f"host {self.name}: give exactly {self.slots} slot ids")
+        ids = self.slot_ids
+        if ids is not None and (len(ids) != self.slots or len(set(ids)) != len(ids) or min(ids) < 0):
+            raise ConfigError("slot_ids", ids, f"host {self.name}: give {self.slots} distinct slot ids >= 0")
 
     @property
     def devices(self) -> tuple[int, ...]:
@@ -106,11 +109,18 @@ def _split_top_level(expr: str) -> list[str]:
 
 
 def _nodeset(expr: str, field: str, whole: str) -> list[str]:
+    # ClusterShell's RangeSet holds every index of a range, so n[1-999999999] must be refused before parsing
+    for low, high in _RANGE.findall(" ".join(_BRACKETED.findall(expr))):
+        if int(high) - int(low) >= MAX_HOSTS:
+            raise HostSetError(field, whole, f"{low}-{high}", f"a range of at most {MAX_HOSTS} hosts")
     try:
-        return list(NodeSet(expr, resolver=RESOLVER_NOGROUP))
+        nodeset = NodeSet(expr, resolver=RESOLVER_NOGROUP)
     except NodeSetException as exc:
         part = getattr(exc, "part", None) or expr
         raise HostSetError(field, whole, part, f"{exc}; write ranges like node[01-16] or gpu-[1-2]-[1-4]") from None
+    if len(nodeset) > MAX_HOSTS:  # len() counts without expanding: gpu-[1-1000]-[1-1000] is still cheap here
+        raise HostSetError(field, whole, expr, f"{len(nodeset)} hosts; at most {MAX_HOSTS} (check the ranges)")
+    return list(nodeset)
 
 
 def _check_name(name: str, field: str, whole: str) -> str:
@@ -241,8 +251,8 @@ def _check_slots(hosts: HostList, nproc_per_node: int, source: str) -> None:
         fewest = min(h.slots for h in short)
         raise ConfigError(
             "--nproc-per-node", nproc_per_node,
-            f"{fold(h.name for h in short)} offer only {fewest} slot(s) ({source}); "
-            f"use --nproc-per-node {fewest} or give those hosts more slots",
+            f"{fold(h.name for h in short)} {'has' if len(short) == 1 else 'have'} only {fewest} slot(s) "
+            f"({source}); use --nproc-per-node {fewest} or give those hosts more slots",
         )
 
 

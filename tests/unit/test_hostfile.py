@@ -42,6 +42,12 @@ def test_bad_line_names_file_and_line(tmp_path, text, line, expected):
     assert expected in str(err.value)
 
 
+def test_crlf_and_bom_are_fine(tmp_path):
+    path = tmp_path / "hostfile"
+    path.write_bytes("\ufeffa slots=2\r\nb slots=2\r\n".encode())
+    assert load(path) == [Host("a", 2), Host("b", 2)]
+
+
 def test_duplicate_host_names_both_lines(tmp_path):
     path = tmp_path / "hostfile"
     path.write_text("node1 slots=8\n# x\nnode[0-2] slots=8\n")
@@ -173,7 +179,7 @@ def _run(*args, env=None):
         (["hosts", "expand", "--hostfile", "{hf}"], "a slots=1\nb slots=x\n", "{hf}:2="),
         (["hosts", "expand", "--hostfile", "{hf}"], "a slots=1\na slots=1\n", "already on line 1"),
         (["hosts", "render", "-w", "n[1-2]", "--include", "n3"], None, "host n3 is not in the host list"),
-        (["hosts", "render", "--hostfile", "{hf}", "--nproc-per-node", "8"], "a slots=4\n", "a offer only 4 slot"),
+        (["hosts", "render", "--hostfile", "{hf}", "--nproc-per-node", "8"], "a slots=4\n", "a has only 4 slot"),
     ],
 )
 def test_cli_bad_input_exits_2_without_traceback(tmp_path, args, hostfile_text, expected):

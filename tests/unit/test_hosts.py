@@ -19,6 +19,7 @@ from orchestrator.hosts import Host, HostList, HostSetError, apply_filter, expan
         ("n[1-5]&n[4-9]", ["n4", "n5"]),
         ("10.0.0.[1-2]", ["10.0.0.1", "10.0.0.2"]),
         ("node[0-1]-ib", ["node0-ib", "node1-ib"]),
+        ("rack1-200000,r[7-8]-1-900000", ["rack1-200000", "r7-1-900000", "r8-1-900000"]),
     ],
 )
 def test_expand(expr, names):
@@ -55,6 +56,13 @@ def test_malformed_node_set_names_field_value_part_and_fix(expr, part):
     if part is not None:
         assert err.value.part == part
     assert "; " in msg  # the fix follows the diagnosis
+
+
+def test_huge_sets_are_refused_before_expanding():
+    with pytest.raises(HostSetError, match="bad part '1-999999999': a range of at most"):
+        expand("n[1-999999999]")
+    with pytest.raises(HostSetError, match="1000000 hosts; at most"):
+        expand("gpu-[1-1000]-[1-1000]")
 
 
 @pytest.mark.parametrize("expr", ["", "  ", "n[1-2]!n[1-2]"])
@@ -143,9 +151,9 @@ def test_slots_fewer_than_nproc_per_node(tmp_path):
     with pytest.raises(ConfigError) as err:
         resolve_hosts(hostfile=str(path), nproc_per_node=4)
     msg = str(err.value)
-    assert msg.startswith("--nproc-per-node=4: n[2-3] offer only 2 slot(s)")
+    assert msg.startswith("--nproc-per-node=4: n[2-3] have only 2 slot(s)")
     assert str(path) in msg and "use --nproc-per-node 2" in msg
-    with pytest.raises(ConfigError, match="n1 offer only 2 slot"):
+    with pytest.raises(ConfigError, match="n1 has only 2 slot"):
         resolve_hosts(hostfile=str(path), include="n1:0,1", nproc_per_node=4)
     assert resolve_hosts(hostfile=str(path), include="n1", nproc_per_node=4).names == ["n1"]
 
@@ -180,6 +188,7 @@ def test_bad_resolve_arguments(kwargs, expected):
 def test_host_checks_its_slots():
     with pytest.raises(ConfigError):
         Host("a", 0)
-    with pytest.raises(ConfigError):
-        Host("a", 2, (0,))
+    for ids in [(0,), (1, 1), (-1, 0)]:
+        with pytest.raises(ConfigError):
+            Host("a", 2, ids)
     assert Host("a", 2, (3, 5)).devices == (3, 5) and Host("a", 2).devices == (0, 1)
