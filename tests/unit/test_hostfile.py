@@ -191,3 +191,9 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path, args, hostfile_text, 
     assert "Traceback" not in out.stderr
     assert out.stderr.startswith("orchestrator: config error: ")
     assert expected.format(hf=hf) in out.stderr
+
+
+def test_cli_uses_the_slurm_job_when_no_hosts_are_given():
+    env = {"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "gpu[07-09]", "SLURM_GPUS_PER_NODE": "4"}
+    out = CliRunner().invoke(cli, ["hosts", "render", "--format", "deepspeed", "-o", "-"], env=env)
+    assert out.exit_code == 0 and out.output == "gpu07 slots=4\ngpu08 slots=4\ngpu09 slots=4\n"

@@ -13,7 +13,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.hostfile import FORMATS, parse, render
 from orchestrator.hosts import Host, HostList, apply_filter, expand, fold
 
-settings.register_profile("orchestrator-unit", max_examples=150, deadline=None)
+settings.register_profile("orchestrator-unit", max_examples=100, deadline=None)
 settings.load_profile("orchestrator-unit")
 
 _prefix = st.sampled_from(["node", "gpu-", "n", "rack1-n", "a.b-", "x_"])
