@@ -1,0 +1,228 @@
+"""Node-side agent: runs one command of a run under the run's token, and kills all of it when the head goes away.
+
+    # what orchestrator.remote.fanout does for every remote process (the source travels inline, no install):
+    $ ssh node3 python3 -I -S -c "$(cat agent.py)" --run-id r42       # then, on its stdin, one JSON line:
+    {"argv": ["hostname"], "env": {"K": "V"}, "cwd": null}
+    # ...and stdin stays open: it is the control channel. Teardown of a whole run on a node:
+    $ ssh node3 python3 -I -S -c "$(cat agent.py)" --run-id r42 --teardown
+    {"signalled": 3, "remaining": 0}
+
+Why it exists: killing an ssh client that has no tty leaves the remote processes running. The agent is a
+dead-man switch: when its stdin closes (head killed, connection lost) or it gets SIGHUP/SIGTERM/SIGINT, it kills
+the command's session AND every process whose environment carries this agent's token (children that setsid'd
+too): SIGTERM, then SIGKILL after a grace, all within 5 s. When the command exits on its own, what it left
+behind is killed too: the agent is a child subreaper, so double-forked daemons are still its descendants and
+the cheap walk of its own process tree finds them (the /proc/*/environ scan is for the abnormal exits).
+
+The command gets ORCH_RUN_ID=<run id> (teardown kills by it: another run's processes, with another id,
+survive) and ORCH_RUN_AGENT=<agent pid> (what this agent kills: another agent of the same run on the same
+machine keeps its own). Env and argv come on stdin, never on the command line: nothing to quote, and values
+do not show in the node's process list. Stdlib only, Python 3.6+: this file is the whole program on the node.
+"""
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+RUN_TOKEN = "ORCH_RUN_ID"
+AGENT_TOKEN = "ORCH_RUN_AGENT"
+GRACE_S = 2.0  # SIGTERM first; SIGKILL what is still there after this
+DEADLINE_S = 4.5  # give up (and report what remains) before the 5 s promise runs out
+EXIT_NO_SPEC = 255  # the head went away before saying what to run
+
+
+def _environ_has(pid, entries):
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            fields = f.read().split(b"\0")
+    except OSError:  # gone, a zombie, or not ours to read
+        return False
+    return all(e in fields for e in entries)
+
+
+def find_tokened(entries):
+    """PIDs (other than this process) whose environment holds every `entries` item (b"NAME=value")."""
+    me = os.getpid()
+    return {int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) != me and _environ_has(int(n), entries)}
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def become_subreaper():
+    """PR_SET_CHILD_SUBREAPER: orphans of the command (double-forked, setsid'd) re-parent to the agent."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (ImportError, OSError, AttributeError):
+        return False
+
+
+def descendants(root):
+    """Every live process below `root`, from /proc/PID/task/TID/children (cheap: reads only our tree)."""
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            tids = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            todo.extend(k for k in kids if k not in found)
+            found.update(kids)
+    return found
+
+
+def reap(child, statuses):
+    """Reap every exited child (orphans re-parent to us as subreaper); keep the command's wait status."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid == child:
+            statuses.append(status)
+
+
+def kill_run(entries, pgid=0, scan=True, subreaper=False, child=0, statuses=None):
+    """Kill the process group `pgid`, our descendants (when subreaper) and, when `scan` (or no subreaper),
+    every process whose environment holds `entries`: SIGTERM, SIGKILL after GRACE_S. Return how many remain."""
+    statuses = [] if statuses is None else statuses
+    start = time.monotonic()
+    sig = signal.SIGTERM
+    while True:
+        reap(child, statuses)
+        pids = descendants(os.getpid()) if subreaper else set()
+        if scan or not subreaper:
+            pids |= find_tokened(entries)
+        pids = {p for p in pids if _alive(p)}
+        if pgid:
+            try:
+                os.killpg(pgid, sig)
+            except OSError:
+                pgid = 0  # the group is empty
+        if not pids and not pgid:
+            return 0
+        if time.monotonic() - start > DEADLINE_S:
+            return len(pids) or 1
+        if time.monotonic() - start > GRACE_S:
+            sig = signal.SIGKILL
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        time.sleep(0.05)
+
+
+def _exit_code(status):
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _read_spec():
+    """The first line on stdin: {"argv": [...], "env": {...}, "cwd": str|null}; None when stdin closed first."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            return None
+        data += chunk
+    return json.loads(data.split(b"\n", 1)[0].decode("utf-8"))
+
+
+def _exec_child(spec, env):
+    """In the forked child: new session, stdin from /dev/null, default signal dispositions, exec."""
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores SIGPIPE; exec would keep that
+        if spec.get("cwd"):
+            os.chdir(spec["cwd"])
+        os.execvpe(spec["argv"][0], spec["argv"], env)
+    except BaseException as exc:  # noqa: BLE001 - whatever failed, the child must not return into the agent
+        os.write(2, ("orchestrator agent: cannot run %r: %s\n" % (spec["argv"][0], exc)).encode())
+    os._exit(127)
+
+
+def run(run_id):
+    spec = _read_spec()
+    if spec is None:
+        return EXIT_NO_SPEC
+    env = dict(os.environ)
+    env.update(spec.get("env") or {})
+    env[RUN_TOKEN] = run_id
+    env[AGENT_TOKEN] = str(os.getpid())
+    mine = [("%s=%s" % (k, env[k])).encode() for k in (RUN_TOKEN, AGENT_TOKEN)]
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake select via the wakeup fd
+
+    subreaper = become_subreaper()
+    child = os.fork()
+    if child == 0:
+        _exec_child(spec, env)
+    statuses = []
+    watch = [0, wake_r]
+    while True:
+        reap(child, statuses)
+        if statuses:  # the command ended: kill what it left behind (its tree is ours), report its code
+            kill_run(mine, pgid=child, scan=False, subreaper=subreaper)
+            return _exit_code(statuses[0])
+        if stop:
+            kill_run(mine, pgid=child, subreaper=subreaper, child=child, statuses=statuses)
+            return 128 + stop[0]
+        try:
+            ready, _, _ = select.select(watch, [], [], 1.0)
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            os.read(wake_r, 512)
+        if 0 in ready and not os.read(0, 65536):  # control channel closed: the head is gone
+            kill_run(mine, pgid=child, subreaper=subreaper, child=child, statuses=statuses)
+            return EXIT_NO_SPEC
+
+
+def teardown(run_id):
+    """Kill every process of `run_id` on this machine and verify; exit 0 when none remains."""
+    entries = [("%s=%s" % (RUN_TOKEN, run_id)).encode()]
+    signalled = len(find_tokened(entries))
+    remaining = kill_run(entries)
+    sys.stdout.write(json.dumps({"signalled": signalled, "remaining": remaining}) + "\n")
+    return 0 if remaining == 0 else 1
+
+
+def main(args):
+    if len(args) < 2 or args[0] != "--run-id" or not args[1]:
+        sys.stderr.write("usage: agent --run-id ID [--teardown]   (command spec as one JSON line on stdin)\n")
+        return 2
+    if args[2:] == ["--teardown"]:
+        return teardown(args[1])
+    return run(args[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,320 @@
+"""Run a command on many hosts at once; every host gets a result, never first-error-wins.
+
+    from orchestrator.remote import SshOptions, run_on, teardown
+    result = run_on(["node1", "node2"], ["nvidia-smi", "-L"], ssh=SshOptions(config="ssh_config"),
+                    on_line=lambda host, stream, line: print(f"{host}: {line}"))
+    result.exit_code            # highest remote exit code; 255 when a host was unreachable or timed out
+    result.grouped_failures()   # ['node[03,07]: exit 255: connection refused']
+    teardown(result.run_id, ["node1", "node2"], ssh=...)   # kill whatever of the run is left, and verify
+
+Inside an event loop use `run_on_async` (same arguments, plus `stop=asyncio.Event()` to end every session
+early and `on_result=` to hear about each host as it finishes). Every remote process runs under the node-side
+agent (agent.py, sent inline) with the run id as its token, so closing a session, a timeout, a stop, or the
+death of this process kills the remote command and everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from ClusterShell.NodeSet import NodeSet
+
+from orchestrator.errors import EXIT_UNREACHABLE, ConfigError
+from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
+
+__all__ = ["FanoutResult", "HostCommand", "HostResult", "Transport", "new_run_id", "plan_commands",
+           "run_on", "run_on_async", "teardown", "teardown_async"]
+
+log = logging.getLogger("orchestrator.remote.fanout")
+
+DEFAULT_FANOUT = 64
+AGENT_SOURCE = Path(__file__).with_name("agent.py").read_text()
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+T = TypeVar("T")
+PerHost = T | Callable[[str], T]
+LineCallback = Callable[[str, str, str], None]  # (host, "stdout" | "stderr", line without newline)
+
+
+class Session(Protocol):
+    stdout: object  # AsyncIterator[str] of lines
+    stderr: object
+
+    def send(self, text: str) -> None: ...
+    async def wait(self) -> tuple[int | None, str | None]: ...
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """SshTransport and LocalTransport: open(host, argv) starts argv there with stdin as the control channel."""
+
+    async def open(self, host: str, argv: Sequence[str]) -> Session: ...
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class HostCommand:
+    """One host's part of the plan: what the agent will exec there."""
+
+    host: str
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    python: str = "python3"
+
+
+@dataclass
+class HostResult:
+    host: str
+    exit_code: int | None = None
+    """The remote exit code (128+N when killed by signal N); None when the command never reported one."""
+    signal: str | None = None
+    """Signal name ("KILL") when the remote agent itself was killed by a signal."""
+    duration_s: float = 0.0
+    error: str | None = None
+    """Why the host has no exit code of its own: "connection refused", "timed out after 5 s", "stopped"."""
+    tail: tuple[str, ...] = ()
+    """The last lines of output (stdout and stderr interleaved)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.exit_code == 0
+
+    @property
+    def code(self) -> int:
+        """The exit code this host contributes: 255 for unreachable / timed out / no status, like pdsh."""
+        return EXIT_UNREACHABLE if self.error is not None or self.exit_code is None else self.exit_code
+
+    def reason(self) -> str:
+        if self.error is not None:
+            return f"exit {self.code}: {self.error}"
+        if self.signal:
+            return f"exit {self.code}: killed by signal {self.signal}"
+        return f"exit {self.code}"
+
+
+class FanoutResult(Mapping[str, HostResult]):
+    """Every host -> its HostResult, in the order the hosts were given."""
+
+    def __init__(self, run_id: str, results: Iterable[HostResult]):
+        self.run_id = run_id
+        self._results = {r.host: r for r in results}
+
+    def __getitem__(self, host: str) -> HostResult:
+        return self._results[host]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    @property
+    def succeeded(self) -> list[str]:
+        return [h for h, r in self._results.items() if r.ok]
+
+    @property
+    def failed(self) -> list[str]:
+        return [h for h, r in self._results.items() if not r.ok]
+
+    @property
+    def exit_code(self) -> int:
+        """The highest remote exit code; 255 when any host was unreachable or timed out; 0 for no hosts."""
+        return max((r.code for r in self._results.values()), default=0)
+
+    def grouped_failures(self) -> list[str]:
+        """Failed hosts folded by identical reason: ['node[03,07]: exit 255: connection refused', ...]."""
+        groups: dict[str, list[str]] = {}
+        for r in self._results.values():
+            if not r.ok:
+                groups.setdefault(r.reason(), []).append(r.host)
+        return [f"{NodeSet.fromlist(hosts)}: {reason}" for reason, hosts in groups.items()]
+
+    def to_json(self) -> dict:
+        return {"run_id": self.run_id, "exit_code": self.exit_code,
+                "hosts": [asdict(r) | {"ok": r.ok} for r in self._results.values()]}
+
+
+def new_run_id() -> str:
+    """A fresh run id: time-ordered and unique enough to be the token of every process of the run."""
+    return time.strftime("r%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+
+
+def _check_run_id(run_id: str) -> str:
+    if not _RUN_ID.fullmatch(run_id):
+        raise ConfigError("--run-id", run_id, "use 1-64 characters from A-Z a-z 0-9 . _ -")
+    return run_id
+
+
+def _for(value: PerHost[T], host: str) -> T:
+    return value(host) if callable(value) else value
+
+
+def plan_commands(hosts: Sequence[str], argv: PerHost[Sequence[str]], *, env: PerHost[Mapping[str, str] | None] = None,
+                  cwd: PerHost[str | None] = None, python: PerHost[str] = "python3") -> list[HostCommand]:
+    """The per-host commands (pure); ConfigError for an empty argv or a bad env name. Each argument may be
+    a value for every host or a function host -> value."""
+    plan = []
+    for host in hosts:
+        host_argv = tuple(_for(argv, host))
+        if not host_argv or not all(isinstance(a, str) for a in host_argv):
+            raise ConfigError("command", list(host_argv), f"give the command for {host} as a non-empty list of strings")
+        host_env = dict(_for(env, host) or {})
+        for name, value in host_env.items():
+            if not _ENV_NAME.fullmatch(name) or not isinstance(value, str):
+                raise ConfigError("env", name, "use NAME=VALUE with NAME of letters, digits, _ (not starting with a digit)")
+        plan.append(HostCommand(host, host_argv, host_env, _for(cwd, host), _for(python, host)))
+    return plan
+
+
+def agent_argv(python: str, run_id: str, *, teardown: bool = False) -> list[str]:
+    """The remote command line: the agent's source inline (-I -S: ignore the node's PYTHON* env and site)."""
+    return [python, "-I", "-S", "-c", AGENT_SOURCE, "--run-id", run_id] + (["--teardown"] if teardown else [])
+
+
+def agent_spec(command: HostCommand) -> str:
+    """The JSON line the agent reads on stdin: user data travels here, never through a remote shell."""
+    return json.dumps({"argv": list(command.argv), "env": command.env, "cwd": command.cwd}) + "\n"
+
+
+def _signal_code(name: str | None) -> int | None:
+    try:
+        return 128 + signal.Signals[f"SIG{name}"].value if name else None
+    except KeyError:
+        return None
+
+
+async def _session(transport: Transport, host: str, argv: list[str], spec: str | None,
+                   emit: Callable[[str, str], None]) -> tuple[int | None, str | None]:
+    session = await transport.open(host, argv)
+    try:
+        if spec is not None:
+            session.send(spec)
+
+        async def pump(lines, stream: str) -> None:
+            async for line in lines:
+                emit(stream, line)
+
+        await asyncio.gather(pump(session.stdout, "stdout"), pump(session.stderr, "stderr"))
+        return await session.wait()
+    finally:
+        session.close()  # also on cancel (timeout, stop, Ctrl-C): the agent sees its stdin close and kills
+
+
+async def _run_host(transport: Transport, host: str, argv: list[str], spec: str | None, *,
+                    limit: asyncio.Semaphore, timeout: float | None, stop: asyncio.Event | None,
+                    on_line: LineCallback | None, tail_lines: int) -> HostResult:
+    tail: deque[str] = deque(maxlen=tail_lines)
+
+    def emit(stream: str, line: str) -> None:
+        tail.append(line)
+        if on_line is not None:
+            on_line(host, stream, line)
+
+    async with limit:
+        start = time.monotonic()
+        if stop is not None and stop.is_set():
+            return HostResult(host, error="stopped")
+        work = asyncio.ensure_future(_session(transport, host, argv, spec, emit))
+        waiters = {work} | ({asyncio.ensure_future(stop.wait())} if stop is not None else set())
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        error = None
+        try:
+            code, sig = await work
+        except asyncio.CancelledError:
+            if not work.cancelled():
+                raise
+            code, sig = None, None
+            error = f"timed out after {timeout:g} s" if stop is None or not stop.is_set() else "stopped"
+        except Exception as exc:  # noqa: BLE001 - any failure is this host's result, the others go on
+            log.debug("%s: session failed", host, exc_info=True)
+            code, sig, error = None, None, describe_error(exc)
+        if error is None and code is None:
+            code = _signal_code(sig)
+            if code is None:
+                error = "connection closed before the command exited"
+        return HostResult(host, code, sig, round(time.monotonic() - start, 3), error, tuple(tail))
+
+
+async def _fan(hosts: Sequence[str], argv_for: Callable[[str], list[str]], spec_for: Callable[[str], str | None], *,
+               run_id: str, ssh: SshOptions | None, transport: Transport | None, fanout: int,
+               timeout: float | None, stop: asyncio.Event | None, on_line: LineCallback | None,
+               on_result: Callable[[HostResult], None] | None, tail_lines: int) -> FanoutResult:
+    if fanout < 1:
+        raise ConfigError("--fanout", fanout, "use a positive number of parallel sessions, e.g. 64")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError("--timeout", timeout, "use a positive number of seconds")
+    own = transport is None
+    transport = transport or SshTransport(ssh or SshOptions())
+    limit = asyncio.Semaphore(fanout)
+
+    async def one(host: str) -> HostResult:
+        result = await _run_host(transport, host, argv_for(host), spec_for(host), limit=limit, timeout=timeout,
+                                 stop=stop, on_line=on_line, tail_lines=tail_lines)
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    try:
+        return FanoutResult(run_id, await asyncio.gather(*(one(h) for h in hosts)))
+    finally:
+        if own:
+            await transport.aclose()
+
+
+async def run_on_async(hosts: Sequence[str], argv: PerHost[Sequence[str]], *, ssh: SshOptions | None = None,
+                       transport: Transport | None = None, fanout: int = DEFAULT_FANOUT,
+                       env: PerHost[Mapping[str, str] | None] = None, cwd: PerHost[str | None] = None,
+                       python: PerHost[str] = "python3", run_id: str | None = None, timeout: float | None = None,
+                       on_line: LineCallback | None = None, on_result: Callable[[HostResult], None] | None = None,
+                       stop: asyncio.Event | None = None, tail_lines: int = 20) -> FanoutResult:
+    """Run `argv` (or argv(host)) on every host under the agent, at most `fanout` sessions at a time.
+
+    ssh/transport: how to reach hosts (default SshTransport(ssh)); a transport passed in stays open.
+    env, cwd, python: per run or per host (a function host -> value); env reaches the command, not the shell.
+    timeout: seconds per host, then the session is closed (the agent kills the command): exit 255.
+    stop: when set, every running session is closed and hosts not started get error "stopped".
+    """
+    run_id = _check_run_id(run_id or new_run_id())
+    plan = {c.host: c for c in plan_commands(hosts, argv, env=env, cwd=cwd, python=python)}
+    return await _fan(list(plan), lambda h: agent_argv(plan[h].python, run_id), lambda h: agent_spec(plan[h]),
+                      run_id=run_id, ssh=ssh, transport=transport, fanout=fanout, timeout=timeout, stop=stop,
+                      on_line=on_line, on_result=on_result, tail_lines=tail_lines)
+
+
+def run_on(hosts: Sequence[str], argv: PerHost[Sequence[str]], **kwargs) -> FanoutResult:
+    """Blocking run_on_async, for callers without an event loop (the CLI, scripts)."""
+    return asyncio.run(run_on_async(hosts, argv, **kwargs))
+
+
+async def teardown_async(run_id: str, hosts: Sequence[str], *, ssh: SshOptions | None = None,
+                         transport: Transport | None = None, fanout: int = DEFAULT_FANOUT,
+                         python: PerHost[str] = "python3", timeout: float | None = 30.0) -> FanoutResult:
+    """Kill every process carrying ORCH_RUN_ID=run_id on every host, and verify: a host is ok when none remains.
+
+    Processes of other runs (another id) are left alone; nothing is matched by name or pattern."""
+    _check_run_id(run_id)
+    return await _fan(list(hosts), lambda h: agent_argv(_for(python, h), run_id, teardown=True), lambda h: None,
+                      run_id=run_id, ssh=ssh, transport=transport, fanout=fanout, timeout=timeout, stop=None,
+                      on_line=None, on_result=None, tail_lines=5)
+
+
+def teardown(run_id: str, hosts: Sequence[str], **kwargs) -> FanoutResult:
+    """Blocking teardown_async."""
+    return asyncio.run(teardown_async(run_id, hosts, **kwargs))

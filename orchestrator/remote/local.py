@@ -1,0 +1,59 @@
+"""Local transport: the same sessions as SshTransport, for `localhost` without sshd (non-root, one machine).
+
+    transport = LocalTransport()
+    session = await transport.open("localhost", ["hostname"])   # exec'd directly: no shell, nothing to quote
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Sequence
+
+__all__ = ["LocalTransport"]
+
+_LINE_LIMIT = 1 << 20  # asyncio's default (64 KiB) would fail on long progress lines
+
+
+class LocalSession:
+    """A child process whose stdin is the control channel: closing it (or our death) trips the agent."""
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self._proc = proc
+
+    @property
+    def stdout(self) -> AsyncIterator[str]:
+        return _lines(self._proc.stdout)
+
+    @property
+    def stderr(self) -> AsyncIterator[str]:
+        return _lines(self._proc.stderr)
+
+    def send(self, text: str) -> None:
+        self._proc.stdin.write(text.encode())
+
+    async def wait(self) -> tuple[int | None, str | None]:
+        code = await self._proc.wait()
+        return (code, None) if code >= 0 else (None, signal.Signals(-code).name.removeprefix("SIG"))
+
+    def close(self) -> None:
+        if self._proc.stdin and not self._proc.stdin.is_closing():
+            self._proc.stdin.close()
+
+
+async def _lines(reader: asyncio.StreamReader) -> AsyncIterator[str]:
+    while line := await reader.readline():
+        yield line.decode("utf-8", "replace").rstrip("\n")
+
+
+class LocalTransport:
+    """Runs every session as a child of this process; `host` is only a label."""
+
+    async def open(self, host: str, argv: Sequence[str]) -> LocalSession:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, limit=_LINE_LIMIT)
+        return LocalSession(proc)
+
+    async def aclose(self) -> None:
+        pass

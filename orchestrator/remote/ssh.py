@@ -1,0 +1,231 @@
+"""SSH transport on asyncssh: one head process holds hundreds of sessions (numbers: docs/benchmarks/fanout.md).
+
+    opts = SshOptions(config="ssh_config", user="root", options=("StrictHostKeyChecking=accept-new",))
+    transport = SshTransport(opts)
+    session = await transport.open("node3", ["python3", "-c", "print(1)"])   # argv quoted here, once
+    async for line in session.stdout: ...
+    code, signal = await session.wait(); session.close()
+
+OpenSSH semantics kept: `options` (ssh -o) win over the config file (ssh -F, default ~/.ssh/config), and
+`user`/`port`/`connect_timeout` win over both. Host keys are always checked against UserKnownHostsFile
+(default ~/.ssh/known_hosts) unless StrictHostKeyChecking says otherwise: `accept-new` records keys of hosts
+not yet known and still refuses a changed key; `no`/`off` is the user's explicit choice and is logged as a
+warning. asyncssh never prompts, so BatchMode=yes is implied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import getpass
+import logging
+import os
+import shlex
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+from asyncssh.config import SSHClientConfig, SSHConfig
+
+from orchestrator.errors import ConfigError
+
+log = logging.getLogger("orchestrator.remote.ssh")
+
+__all__ = ["SshOptions", "SshTransport", "describe_error", "parse_ssh_option"]
+
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+# OpenSSH options this transport understands: asyncssh's config keywords plus the host key policy we add.
+_STRICT = "StrictHostKeyChecking"
+_IGNORED_OK = {"batchmode", "loglevel", "controlmaster", "controlpath", "controlpersist", "requesttty"}
+
+
+class _HostConfig(SSHClientConfig):
+    """asyncssh's OpenSSH config parser, taught StrictHostKeyChecking (asyncssh itself ignores the keyword)."""
+
+    _handlers = {**SSHClientConfig._handlers, _STRICT.lower(): (_STRICT, SSHConfig._set_string)}
+
+
+def parse_ssh_option(text: str) -> tuple[str, str]:
+    """'Key=Value' or 'Key Value' (as ssh -o takes it) -> (Key, Value); ConfigError otherwise."""
+    key, sep, value = text.strip().replace("=", " ", 1).partition(" ")
+    if not sep or not key or not value.strip() or not key.isalnum():
+        raise ConfigError("--ssh-option", text, "use Key=Value, e.g. --ssh-option StrictHostKeyChecking=accept-new")
+    return key, value.strip()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SshOptions:
+    """How to reach hosts over SSH; the same meaning as the OpenSSH client flags named below."""
+
+    config: str | None = None
+    """OpenSSH client config file (ssh -F); None: ~/.ssh/config when it exists."""
+    user: str | None = None
+    """Remote user (ssh -l); None: User from the config, else the local user."""
+    port: int | None = None
+    """Remote port (ssh -p); None: Port from the config, else 22."""
+    connect_timeout: float | None = None
+    """Seconds for TCP connect + handshake + auth (ssh -o ConnectTimeout); None: the config's, else 10 s."""
+    options: tuple[str, ...] = ()
+    """OpenSSH options as 'Key=Value' (ssh -o), applied before the config file like OpenSSH does."""
+
+    def __post_init__(self) -> None:
+        if self.config is not None and not Path(self.config).is_file():
+            raise ConfigError("--ssh-config", self.config, "name an existing OpenSSH client config file")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ConfigError("--port", self.port, "use a TCP port in 1..65535")
+        if self.connect_timeout is not None and not self.connect_timeout > 0:
+            raise ConfigError("--connect-timeout", self.connect_timeout, "use a positive number of seconds")
+        for text in self.options:
+            parse_ssh_option(text)
+
+    def config_paths(self, options_file: str | None) -> list[str]:
+        """Config files in precedence order: the -o options (as a file), then -F or ~/.ssh/config."""
+        paths = [options_file] if options_file else []
+        if self.config:
+            paths.append(self.config)
+        elif (default := Path("~/.ssh/config").expanduser()).is_file():
+            paths.append(str(default))
+        return paths
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, pdsh-like reason for a failed connection: 'connection refused', 'host key verification failed'."""
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return f"host key verification failed ({exc.reason})"
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return "permission denied (publickey)"
+    if isinstance(exc, asyncssh.ConnectionLost):
+        return "connection lost"
+    if isinstance(exc, asyncssh.DisconnectError):
+        return f"disconnected: {exc.reason}"
+    if isinstance(exc, socket.gaierror):
+        return "could not resolve hostname"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "connection timed out"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "no route to host"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+class _AcceptNewClient(asyncssh.SSHClient):
+    """StrictHostKeyChecking=accept-new: asyncssh asks us only about keys not in known_hosts."""
+
+    def __init__(self, known_hosts: list[str], host: str, port: int):
+        self._known_hosts, self._host, self._port = known_hosts, host, port
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        existing = [f for f in self._known_hosts if Path(f).is_file()]
+        if existing and any(asyncssh.match_known_hosts(existing, self._host, addr, port)[:2]):
+            return False  # the host is known with another key: a changed key is refused, as OpenSSH does
+        name = self._host if self._port == 22 else f"[{self._host}]:{self._port}"
+        Path(self._known_hosts[0]).parent.mkdir(parents=True, exist_ok=True)
+        with open(self._known_hosts[0], "a") as f:
+            f.write(f"{name} {key.export_public_key().decode().strip()}\n")
+        log.warning("%s: new host key recorded in %s (StrictHostKeyChecking=accept-new)", host, self._known_hosts[0])
+        return True
+
+
+class SshSession:
+    """One remote process on one SSH connection; closing it closes the connection (the agent's control channel)."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, proc: asyncssh.SSHClientProcess):
+        self._conn, self._proc = conn, proc
+
+    @property
+    def stdout(self) -> AsyncIterator[str]:
+        return _lines(self._proc.stdout)
+
+    @property
+    def stderr(self) -> AsyncIterator[str]:
+        return _lines(self._proc.stderr)
+
+    def send(self, text: str) -> None:
+        self._proc.stdin.write(text)
+
+    async def wait(self) -> tuple[int | None, str | None]:
+        """(exit code, signal name) once the remote process ended; (None, None) if the connection dropped first."""
+        await self._proc.wait_closed()
+        signal_name = self._proc.exit_signal[0] if self._proc.exit_signal else None
+        return self._proc.exit_status, signal_name
+
+    def close(self) -> None:
+        self._proc.close()
+        self._conn.close()
+
+
+async def _lines(reader: asyncssh.SSHReader) -> AsyncIterator[str]:
+    async for line in reader:
+        if not line:  # asyncssh's reader ends with one '' at EOF; a real empty line is '\n'
+            return
+        yield line.rstrip("\n")
+
+
+class SshTransport:
+    """Opens sessions with asyncssh, one connection per session, all in the caller's event loop."""
+
+    def __init__(self, options: SshOptions = SshOptions()):
+        self.options = options
+        self._options_file: str | None = None
+        self._warned_insecure = False
+        parsed = [parse_ssh_option(o) for o in options.options]
+        for key, _ in parsed:
+            if key.lower() not in _HostConfig._handlers and key.lower() not in _IGNORED_OK:
+                log.warning("--ssh-option %s is not supported by the asyncssh transport and is ignored", key)
+        if parsed:  # -o options become the first config file read, so they win like on the ssh command line
+            fd, self._options_file = tempfile.mkstemp(prefix="orch-ssh-options-", suffix=".conf")
+            with os.fdopen(fd, "w") as f:
+                f.writelines(f"{key} {value}\n" for key, value in parsed)
+
+    def connect_kwargs(self, host: str) -> dict:
+        """The asyncssh.connect() arguments for `host`: pure except for reading the config files."""
+        opts = self.options
+        paths = opts.config_paths(self._options_file)
+        config = _HostConfig.load(None, paths, False, False, False, getpass.getuser(),
+                                  opts.user or (), host, opts.port or ())
+        kwargs: dict = {"host": host, "config": paths or None}
+        if opts.user:
+            kwargs["username"] = opts.user
+        if opts.port:
+            kwargs["port"] = opts.port
+        if opts.connect_timeout is not None:
+            kwargs["connect_timeout"] = opts.connect_timeout
+        elif config.get("ConnectTimeout") is None:
+            kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT_S
+        known = list(config.get("UserKnownHostsFile") or [str(Path("~/.ssh/known_hosts").expanduser())])
+        known += list(config.get("GlobalKnownHostsFile") or [])
+        strict = str(config.get(_STRICT, "yes")).lower()
+        if strict in ("no", "off"):
+            kwargs["known_hosts"] = None
+            kwargs["_insecure"] = True
+        elif strict == "accept-new":
+            kwargs["known_hosts"] = known
+            port = opts.port or int(config.get("Port", 22))
+            kwargs["client_factory"] = lambda: _AcceptNewClient(known, host, port)
+        else:  # yes / ask (nobody to ask): refuse unknown and changed keys, even with UserKnownHostsFile none
+            kwargs["known_hosts"] = known
+        return kwargs
+
+    async def open(self, host: str, argv: Sequence[str]) -> SshSession:
+        kwargs = self.connect_kwargs(host)
+        if kwargs.pop("_insecure", False) and not self._warned_insecure:
+            self._warned_insecure = True
+            log.warning("host key checking is OFF (StrictHostKeyChecking=no): hosts are not authenticated")
+        conn = await asyncssh.connect(**kwargs)
+        try:
+            proc = await conn.create_process(shlex.join(argv), encoding="utf-8", errors="replace")
+        except BaseException:
+            conn.close()
+            raise
+        return SshSession(conn, proc)
+
+    async def aclose(self) -> None:
+        if self._options_file:
+            os.unlink(self._options_file)
+            self._options_file = None
