@@ -1,0 +1,132 @@
+"""The sandbox cluster itself, on real namespaces and real sshd: reachable, isolated, and gone after down."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.sandbox
+
+
+def ssh(config: Path, host: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["ssh", "-F", str(config), host, shlex.join(cmd)], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie awaiting its parent's wait() counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def test_every_host_answers_ssh_with_its_own_hostname(sandbox, ssh_config):
+    with ThreadPoolExecutor(16) as pool:
+        results = dict(zip(sandbox.hosts, pool.map(lambda h: ssh(ssh_config, h, "hostname"), sandbox.hosts)))
+    assert {h: r.stdout.strip() for h, r in results.items()} == {h: h for h in sandbox.hosts}
+    assert all(r.returncode == 0 for r in results.values()), {h: r.stderr for h, r in results.items() if r.returncode}
+
+
+def test_host_key_checking_stays_on(sandbox, ssh_config):
+    text = ssh_config.read_text()
+    assert "StrictHostKeyChecking yes" in text
+    assert sandbox.hosts[0] in sandbox.known_hosts.read_text()
+
+
+def test_hosts_resolve_each_other_and_reach_by_ssh(sandbox, ssh_config, hosts4):
+    a, b = hosts4[:2]
+    out = ssh(ssh_config, a, "ssh", "-F", str(ssh_config), b, "hostname")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == b
+    hosts_file = sandbox.exec(a, ["cat", "/etc/hosts"]).stdout
+    assert f"{sandbox.ip(b)} {b}" in hosts_file
+
+
+def test_package_install_stays_on_its_host(sandbox, ssh_config, hosts4):
+    name = f"/usr/local/lib/orch-test-{uuid.uuid4().hex}"
+    a, b = hosts4[:2]
+    assert ssh(ssh_config, a, "sh", "-c", f"echo installed > {name}").returncode == 0
+    assert sandbox.exec(a, ["cat", name]).stdout == "installed\n"
+    assert sandbox.exec(b, ["test", "-e", name]).returncode == 1
+    assert not os.path.exists(name)  # nor on the head
+
+
+def test_root_is_private_per_host(sandbox, hosts4):
+    a, b = hosts4[:2]
+    sandbox.exec(a, ["sh", "-c", "echo mine > /root/private-marker"], check=True)
+    assert sandbox.exec(b, ["test", "-e", "/root/private-marker"]).returncode == 1
+    assert not os.path.exists("/root/private-marker")
+
+
+def test_shared_venv_and_package_work_on_a_host(sandbox, ssh_config, hosts4):
+    code = "import orchestrator, torch, socket; print(socket.gethostname(), torch.tensor([2]).item())"
+    out = ssh(ssh_config, hosts4[2], sys.executable, "-c", code, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [hosts4[2], "2"]
+
+
+def test_daemon_started_in_a_host_is_recorded_and_stopped(sandbox, hosts4):
+    host = hosts4[3]
+    d = sandbox.start_daemon(host, ["sleep", "300"], name="test-sleeper")
+    assert d.pid in sandbox.pids(host)
+    assert any(x.name == "test-sleeper" for x in type(sandbox).load(sandbox.name).state.daemons)
+    assert sandbox.stop_daemon("test-sleeper", host)
+    assert d.pid not in sandbox.pids(host)
+
+
+def test_down_removes_everything_up_created(private_sandbox):
+    sb = private_sandbox(nodes=3)
+    sb.exec(sb.hosts[0], ["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 < /dev/null &"], check=True)
+    sb.start_daemon(sb.hosts[1], ["sleep", "300"], name="sleeper")
+    netns_names = [h.netns for h in sb.state.hosts]
+    pids = [p for h in sb.hosts for p in sb.pids(h)]
+    assert len(pids) >= 5  # 3 sshd + 2 sleeps
+    state_dir = sb.state.dir
+
+    sb.down()
+
+    assert not any(Path("/run/netns", n).exists() for n in netns_names)
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert sb.state.bridge not in links
+    assert not any(h.veth + "@" in links for h in sb.state.hosts)
+    assert state_dir not in Path("/proc/self/mountinfo").read_text()
+    assert not os.path.exists(state_dir)
+    assert not [p for p in pids if alive(p)]
+    sb.down()  # idempotent: a second down finds nothing and fails nothing
+
+
+def test_link_down_cuts_the_host_off_and_link_up_restores_it(private_sandbox):
+    sb = private_sandbox(nodes=2)
+    a, b = sb.hosts
+    probe = ["timeout", "2", "bash", "-c", f"exec 3<>/dev/tcp/{sb.ip(b)}/22"]  # no ping on the image: TCP to sshd
+    assert sb.exec(a, probe).returncode == 0
+    sb.link_down(b)
+    assert sb.exec(a, probe).returncode != 0
+    sb.link_up(b)
+    assert sb.exec(a, probe).returncode == 0
+
+
+def test_up_refuses_a_name_that_is_taken(sandbox):
+    from orchestrator.errors import ConfigError
+    from orchestrator.sandbox import Sandbox
+
+    with pytest.raises(ConfigError, match="already exists"):
+        Sandbox.up(sandbox.name, nodes=1)
+
+
+def test_cli_status_env_and_ssh_config(sandbox):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "orchestrator", "sandbox", *a, "--name", sandbox.name],  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    status = run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert '"sshd_alive": true' in status.stdout
+    assert run("ssh-config").stdout.strip() == str(sandbox.ssh_config)
+    assert f"ORCH_SANDBOX_SSH_CONFIG={sandbox.ssh_config}" in run("env").stdout
