@@ -100,7 +100,7 @@ def render_slurm_conf(layout: SlurmLayout, *, hosts: list[tuple[str, str]], head
         "SlurmdParameters=config_overrides",  # advertise `cpus` whatever the machine has
         # Generous timeouts: two shared cores under a load of 30+ must not turn a slow slurmd into a NODE_FAIL.
         "ReturnToService=2", "SlurmctldTimeout=120", "SlurmdTimeout=300", "MessageTimeout=60", "TCPTimeout=15",
-        "InactiveLimit=0", "MinJobAge=300", "KillWait=2", "Waittime=0", "MailProg=/bin/true",
+        "InactiveLimit=0", "MinJobAge=300", "KillWait=5", "Waittime=0", "MailProg=/bin/true",
         "JobRequeue=0",  # only jobs submitted with --requeue are requeued
     ]
     if gpus_per_node:
