@@ -53,7 +53,7 @@ def _render_slurm(hosts: HostList) -> str:
 
 def _render_json(hosts: HostList) -> str:
     rows = [{"host": h.name, "slots": h.slots} | ({"slot_ids": list(h.slot_ids)} if h.slot_ids else {}) for h in hosts]
-    return "[\n" + ",\n".join(f"  {json.dumps(row)}" for row in rows) + "\n]\n"  # one host per line: diffable
+    return "[\n" + ",\n".join(f"  {json.dumps(row)}" for row in rows) + "\n]\n"  # a host per line: diffable
 
 
 def _parse_slots(token: str, where: str, line: str) -> int | None:
@@ -77,7 +77,9 @@ def _parse_lines(text: str, source: str, default_slots: int) -> HostList:
             raise ConfigError(where, line, f"slots= given {len(slots)} times; {_LINE_HINT}")
         for name in expand(name_expr, field=where):
             if name in first_line:
-                raise ConfigError(where, line, f"host {name} is already on line {first_line[name]}; list each host once")
+                raise ConfigError(
+                    where, line, f"host {name} is already on line {first_line[name]}; list each host once"
+                )
             first_line[name] = lineno
             hosts.append(Host(name, slots[0] if slots else default_slots))
     if not hosts:
@@ -91,25 +93,36 @@ def _parse_nodelist(text: str, source: str, default_slots: int) -> HostList:
     return HostList(Host(n, default_slots) for n in expand(expr, field=source))
 
 
+_JSON_HINT = 'write a JSON list like [{"host": "node1", "slots": 8}] ("slot_ids": [0, 1] optional)'
+
+
+def _json_entry(row: object, where: str, default_slots: int) -> Host:
+    if not (isinstance(row, dict) and isinstance(row.get("host"), str) and set(row) <= {"host", "slots", "slot_ids"}):
+        raise ConfigError(where, row, _JSON_HINT)
+    slots, ids = row.get("slots", default_slots), row.get("slot_ids")
+    if type(slots) is not int or not (ids is None or isinstance(ids, list) and all(type(i) is int for i in ids)):
+        raise ConfigError(where, row, f"slots is an integer, slot_ids a list of integers; {_JSON_HINT}")
+    names = expand(row["host"], field=where)
+    if len(names) != 1:
+        raise ConfigError(where, row, "give one host per entry")
+    return Host(names[0], slots, tuple(ids) if ids is not None else None)
+
+
 def _parse_json(text: str, source: str, default_slots: int) -> HostList:
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{source}:{exc.lineno}", exc.msg, 'write a JSON list like [{"host": "node1", "slots": 8}]') from None
+        raise ConfigError(f"{source}:{exc.lineno}", exc.msg, _JSON_HINT) from None
     if not isinstance(rows, list) or not rows:
-        raise ConfigError(source, type(rows).__name__, 'write a non-empty JSON list like [{"host": "node1", "slots": 8}]')
-    hosts, seen = HostList(), set()
+        raise ConfigError(source, type(rows).__name__, f"not a non-empty list; {_JSON_HINT}")
+    hosts, first_entry = HostList(), {}
     for i, row in enumerate(rows):
-        where = f"{source}[{i}]"
-        ok = isinstance(row, dict) and isinstance(row.get("host"), str) and set(row) <= {"host", "slots", "slot_ids"}
-        slots, ids = (row.get("slots", default_slots), row.get("slot_ids")) if ok else (None, None)
-        if not ok or type(slots) is not int or not (ids is None or isinstance(ids, list) and all(type(s) is int for s in ids)):
-            raise ConfigError(where, row, 'each entry is {"host": NAME, "slots": N} with optional "slot_ids": [..]')
-        names = expand(row["host"], field=where)
-        if len(names) != 1 or names[0] in seen:
-            raise ConfigError(where, row, "give one host per entry and list each host once")
-        seen.add(names[0])
-        hosts.append(Host(names[0], slots, tuple(ids) if ids is not None else None))
+        host = _json_entry(row, f"{source}[{i}]", default_slots)
+        if host.name in first_entry:
+            raise ConfigError(f"{source}[{i}]", row, f"host {host.name} is already entry {first_entry[host.name]}; "
+                              "list each host once")
+        first_entry[host.name] = i
+        hosts.append(host)
     return hosts
 
 
@@ -147,12 +160,17 @@ def load(path: str | os.PathLike, *, default_slots: int = 1, fmt: str | None = N
         with open(source, encoding="utf-8-sig") as f:  # -sig: a hostfile saved by a Windows editor has a BOM
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("--hostfile", source, f"cannot read it ({getattr(exc, 'strerror', None) or exc}); give an existing text file") from None
-    return parse(text, fmt or ("json" if source.endswith(".json") else "deepspeed"), source=source, default_slots=default_slots)
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError("--hostfile", source, f"cannot read it ({reason}); give an existing text file") from None
+    fmt = fmt or ("json" if source.endswith(".json") else "deepspeed")
+    return parse(text, fmt, source=source, default_slots=default_slots)
 
 
 def default_path(fmt: str) -> str:
-    """Where `orchestrator hosts render` writes by default: hostfiles/<fmt>.rendered.txt (hosts.rendered.json for json; git ignores both)."""
+    """Where `orchestrator hosts render` writes by default (git ignores both names).
+
+    hostfiles/<fmt>.rendered.txt, or hostfiles/hosts.rendered.json for json.
+    """
     _format(fmt)
     return os.path.join("hostfiles", "hosts.rendered.json" if fmt == "json" else f"{fmt}.rendered.txt")
 
@@ -166,5 +184,6 @@ def write(hosts: list[Host], fmt: str, path: str | os.PathLike) -> str:
         with open(target, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as exc:
-        raise ConfigError("-o", target, f"cannot write it ({exc.strerror}); pick a writable path or '-' for stdout") from None
+        fix = f"cannot write it ({exc.strerror}); pick a writable path or '-' for stdout"
+        raise ConfigError("-o", target, fix) from None
     return target

@@ -36,7 +36,8 @@ def expand_command(host_selection: HostSelection, nproc_per_node: int | None, sh
 @click.option("--format", "fmt", type=click.Choice(["deepspeed", "mpi", "pdsh", "slurm", "json"]), default="deepspeed",
               show_default=True, help="Hostfile format.")
 @click.option("-o", "--output", metavar="FILE", default=None,
-              help="Where to write ('-' for stdout). Default: hostfiles/<format>.rendered.txt (json: hostfiles/hosts.rendered.json).")
+              help="Where to write ('-' for stdout). "
+              "Default: hostfiles/<format>.rendered.txt (json: hostfiles/hosts.rendered.json).")
 def render_command(host_selection: HostSelection, nproc_per_node: int | None, fmt: str, output: str | None) -> None:
     """Render the resolved hosts as a hostfile another tool reads."""
     from orchestrator import hostfile

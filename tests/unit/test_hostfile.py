@@ -99,11 +99,12 @@ def test_json_file_is_loaded_by_extension(tmp_path):
     ("text", "expected"),
     [
         ("[", "<hostfile>:1="),
-        ("{}", "write a non-empty JSON list"),
+        ("{}", "not a non-empty list"),
         ('[{"host": "a", "slots": "8"}]', "<hostfile>[0]="),
         ('[{"name": "a"}]', "<hostfile>[0]="),
-        ('[{"host": "a"}, {"host": "a"}]', "list each host once"),
+        ('[{"host": "a"}, {"host": "a"}]', "host a is already entry 0"),
         ('[{"host": "a[1-2]"}]', "one host per entry"),
+        ('[{"host": "a", "slot_ids": [0, "1"]}]', "slot_ids a list of integers"),
         ('[{"host": "a", "slots": 0}]', "at least 1 slot"),
     ],
 )

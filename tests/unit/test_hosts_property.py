@@ -85,8 +85,12 @@ def test_any_node_set_text_gives_names_or_config_error(text):
     assert names and all(n and n[0].isalnum() for n in names)
 
 
+_hostfile_like_lines = st.lists(st.sampled_from(["a slots=2", "b", "#c", "", "a", "[{", "x slots=", '{"host": "a"}']))
+_hostfile_like_lines = _hostfile_like_lines.map("\n".join)
+
+
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
-@given(text=st.text(max_size=80) | st.lists(st.sampled_from(["a slots=2", "b", "#c", "", "a", "[{", "x slots="])).map("\n".join))
+@given(text=st.text(max_size=80) | _hostfile_like_lines)
 def test_any_hostfile_text_gives_hosts_or_config_error(fmt, text):
     try:
         hosts = parse(text, fmt)
@@ -111,7 +115,9 @@ def _expand_with_slurm(text, tmp):
     return out.stdout.split()
 
 
-@pytest.mark.parametrize(("fmt", "tool", "reader"), [("pdsh", "pdsh", _expand_with_pdsh), ("slurm", "scontrol", _expand_with_slurm)])
+@pytest.mark.parametrize(
+    ("fmt", "tool", "reader"), [("pdsh", "pdsh", _expand_with_pdsh), ("slurm", "scontrol", _expand_with_slurm)]
+)
 @settings(max_examples=40)
 @given(names=name_lists)
 def test_the_real_tool_reads_the_rendered_list(tmp_path_factory, fmt, tool, reader, names):
