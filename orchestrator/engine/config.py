@@ -258,6 +258,13 @@ def load_config(name_or_file: str = "tiny", *, overrides: list[str] | tuple[str,
         if unknown:
             raise ConfigError(f"{section}.{sorted(unknown)[0]}", raw[section][sorted(unknown)[0]],
                               f"unknown field; fields: {', '.join(sorted(known))}")
+        for f in dataclasses.fields(cls):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            value = raw[section].get(f.name)
+            if f.type == "float" and isinstance(value, str):
+                try:
+                    raw[section][f.name] = float(value)
+                except ValueError:
+                    pass
         try:
             sections[section] = cls(**raw[section])
         except TypeError as exc:  # a value of the wrong type, e.g. a list for an int

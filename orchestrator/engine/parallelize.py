@@ -134,6 +134,9 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float, *, pp_group=None
     """
     from torch.distributed.tensor import DTensor
 
+    # A scalar norm on a 2-D (dp_shard, tp) mesh is reduced with two all-reduces; torch warns about that on
+    # every step, but for one scalar per step it costs nothing worth a flattened mesh.
+    logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     groups: dict[object, list[nn.Parameter]] = {}
     for p in params:
         if p.grad is not None:
