@@ -33,7 +33,7 @@ from ClusterShell.NodeSet import NodeSet
 from orchestrator.errors import EXIT_UNREACHABLE, ConfigError
 from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
-__all__ = ["FanoutResult", "HostCommand", "HostResult", "Transport", "new_run_id", "plan_commands",
+__all__ = ["FanoutResult", "HostCommand", "HostResult", "Transport", "default_transport", "new_run_id", "plan_commands",
            "run_on", "run_on_async", "teardown", "teardown_async"]
 
 log = logging.getLogger("orchestrator.remote.fanout")
@@ -189,6 +189,15 @@ def agent_spec(command: HostCommand) -> str:
     return json.dumps({"argv": list(command.argv), "env": command.env, "cwd": command.cwd}) + "\n"
 
 
+def default_transport(hosts: Sequence[str], ssh: SshOptions | None) -> Transport:
+    """SSH, except `localhost` alone with no SSH option given: then a local child process (no sshd needed)."""
+    if list(hosts) == ["localhost"] and (ssh is None or ssh == SshOptions()):
+        from orchestrator.remote.local import LocalTransport
+
+        return LocalTransport()
+    return SshTransport(ssh or SshOptions())
+
+
 def _signal_code(name: str | None) -> int | None:
     try:
         return 128 + signal.Signals[f"SIG{name}"].value if name else None
@@ -261,7 +270,7 @@ async def _fan(hosts: Sequence[str], argv_for: Callable[[str], list[str]], spec_
     if timeout is not None and not timeout > 0:
         raise ConfigError("--timeout", timeout, "use a positive number of seconds")
     own = transport is None
-    transport = transport or SshTransport(ssh or SshOptions())
+    transport = transport or default_transport(hosts, ssh)
     limit = asyncio.Semaphore(fanout)
 
     async def one(host: str) -> HostResult:
@@ -286,7 +295,7 @@ async def run_on_async(hosts: Sequence[str], argv: PerHost[Sequence[str]], *, ss
                        stop: asyncio.Event | None = None, tail_lines: int = 20) -> FanoutResult:
     """Run `argv` (or argv(host)) on every host under the agent, at most `fanout` sessions at a time.
 
-    ssh/transport: how to reach hosts (default SshTransport(ssh)); a transport passed in stays open.
+    ssh/transport: how to reach hosts (default_transport(hosts, ssh)); a transport passed in stays open.
     env, cwd, python: per run or per host (a function host -> value); env reaches the command, not the shell.
     timeout: seconds per host, then the session is closed (the agent kills the command): exit 255.
     stop: when set, every running session is closed and hosts not started get error "stopped".

@@ -1,0 +1,96 @@
+"""`orchestrator run`: one command on many hosts in parallel, like pdsh/clush, every host accounted for.
+
+    $ orchestrator run --hosts 'node[1-16]' --ssh-config sandbox.ssh -- uname -r
+    node3: 6.1.0-18-amd64
+    ...
+    $ orchestrator run -w 'node[1-16]' -b -- uname -r        # folded like dshbak: identical output once
+    $ orchestrator run -w 'node[1-64]' --fanout 128 --timeout 30 --table -- nvidia-smi -L
+    $ orchestrator run -w 'node[1-4]' --dry-run --json -- hostname  # the plan, connect to nothing
+
+Exit code: the highest remote exit code; 255 when a host was unreachable or timed out (like pdsh -S).
+Failures are summarised on stderr, grouped: `node[03,07]: exit 255: connection refused`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from orchestrator.cli.options import HostSelection, host_options, resolve_from_cli
+from orchestrator.cli.ssh_options import ssh_options
+
+
+def _emit(stream, text: str) -> None:
+    stream.write(text + "\n")
+    stream.flush()  # line by line: the output of long-running commands must show while they run
+
+
+@click.command("run", context_settings={"allow_interspersed_args": False})
+@host_options
+@ssh_options
+@click.option("-f", "--fanout", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Hosts running at the same time (like pdsh -f).")
+@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Per host: stop the command after this long (its processes are killed): exit 255.")
+@click.option("-b", "--fold", is_flag=True, help="Gather stdout and show identical output once per host set (dshbak -c).")
+@click.option("--env", "env_args", multiple=True, metavar="NAME=VALUE",
+              help="Set a variable for the command (repeatable); travels as data, not through a shell.")
+@click.option("--python", default="python3", show_default=True,
+              help="Interpreter on the hosts for the node-side agent that owns the command's processes.")
+@click.option("--run-id", default=None, help="Token for the command's processes (default: a fresh one).")
+@click.option("--table", is_flag=True, help="Print a per-host table (exit code, seconds, error) on stderr.")
+@click.option("--dry-run", is_flag=True, help="Print what would run on each host; connect to nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout: the plan (--dry-run) or every host's result.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float | None, fold: bool, env_args, python: str,
+                run_id: str | None, table: bool, dry_run: bool, as_json: bool, command: tuple[str, ...]) -> int:
+    """Run COMMAND (everything after `--`) on every host; `localhost` alone runs without SSH."""
+    from orchestrator.launch.env import parse_env_arg, redact_value
+    from orchestrator.remote import new_run_id, plan_commands, run_on
+    from orchestrator.remote.output import OutputFolder, prefixed, results_table, summary
+
+    hosts = resolve_from_cli(host_selection).names
+    env = dict(parse_env_arg(e) for e in env_args)
+    run_id = run_id or new_run_id()
+    plan = plan_commands(hosts, list(command), env=env, python=python)
+    if dry_run:
+        doc = {"run_id": run_id, "hosts": [{"host": c.host, "argv": list(c.argv), "python": c.python,
+                                            "env": {k: redact_value(k, v) for k, v in c.env.items()}} for c in plan]}
+        if as_json:
+            _emit(sys.stdout, json.dumps(doc, indent=2))
+        else:
+            import shlex
+
+            for c in doc["hosts"]:
+                env_text = " ".join(f"{k}={shlex.quote(v)}" for k, v in c["env"].items())
+                _emit(sys.stdout, f"would run on {c['host']}: {(env_text + ' ') if env_text else ''}{shlex.join(c['argv'])}")
+        return 0
+
+    folder = OutputFolder(hosts)
+
+    def on_line(host: str, stream: str, line: str) -> None:
+        if as_json:
+            return  # the tails are in the document
+        if fold and stream == "stdout":
+            folder.add(host, stream, line)
+        else:
+            _emit(sys.stdout if stream == "stdout" else sys.stderr, prefixed(host, line))
+
+    result = run_on(hosts, list(command), ssh=ssh, fanout=fanout, env=env, python=python, run_id=run_id,
+                    timeout=timeout, on_line=on_line)
+    if as_json:
+        _emit(sys.stdout, json.dumps(result.to_json(), indent=2))
+    elif fold:
+        _emit(sys.stdout, folder.render())
+    for line in summary(result):
+        _emit(sys.stderr, line)
+    if table:
+        from rich.console import Console
+
+        Console(stderr=True).print(results_table(result))
+    return result.exit_code
+
+
+commands = [run_command]
