@@ -17,6 +17,7 @@ remote login directory: nothing about the head's interpreter or cwd is assumed t
 
 from __future__ import annotations
 
+import shlex
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,21 +133,24 @@ class LaunchPlan:
 
     def describe(self) -> list[str]:
         """Human-readable plan for --dry-run: env once, then 'would run' per host (secrets redacted)."""
-        import shlex
-
         lines = [
             f"run {self.run_id}: {self.launcher}, {len(self.nodes)} nodes, world size {self.world_size}, "
             f"rendezvous {self.master_addr}:{self.master_port}, run dir {self.run_dir}",
             "env (every rank):",
         ]
-        lines += [f"  {k}={shlex.quote(v)}  # {self.env.sources.get(k, 'launcher')}"
+        lines += [f"  {k}={_shown(v)}  # {self.env.sources.get(k, 'launcher')}"
                   for k, v in {**self.env.redacted(), **self.launcher_env}.items()]
         for n in self.nodes:
             where = f" in {n.workdir}" if n.workdir else ""
-            extra = "".join(f" {k}={shlex.quote(redact_value(k, v))}" for k, v in n.env.items())
+            extra = "".join(f" {k}={_shown(redact_value(k, v))}" for k, v in n.env.items())
             lines.append(f"would run on {n.host} (node rank {n.node_rank}, ranks {n.ranks.start}-{n.ranks.stop - 1})"
                          f"{where}:{extra} {shlex.join(redact_argv(n.argv))}")
         return lines
+
+
+def _shown(value: str) -> str:
+    """Shell-quoted, with control characters escaped so the terminal shows them (e.g. torchrun's prefix marker)."""
+    return shlex.quote(value if value.isprintable() else value.encode("unicode_escape").decode())
 
 
 def default_master_port(run_id: str) -> int:
