@@ -13,8 +13,9 @@ Formats (FORMATS):
     mpi        OpenMPI's hostfile: `host slots=N` (mpirun --hostfile); `max_slots=M` is accepted and ignored
                on parse. Same parser as deepspeed. (MPICH's `host:N` is not rendered.)
     pdsh       one line, a folded node set for `pdsh -w "$(cat FILE)"` (no slots: parse gives default_slots).
-    slurm      one line, a folded Slurm nodelist for `sbatch/srun --nodelist` (no slots, like pdsh); names that
-               do not end in a digit (node0-ib) stay unfolded, as Slurm refuses node[0-1]-ib.
+    slurm      one line, a folded Slurm nodelist for `sbatch/srun --nodelist` (no slots). pdsh and slurm are
+               the same text: only a number that ends a name is folded (gpu-1-[1-4]; node0-ib stays as is),
+               the form both readers accept.
     json       `[{"host": "node1", "slots": 8}, ...]` in rank order; "slot_ids" only when --include/--exclude
                picked devices.
 parse(render(hosts, fmt), fmt) gives back the same host set; deepspeed, mpi and json also keep order and
@@ -39,16 +40,8 @@ def _render_slots_lines(hosts: HostList) -> str:
     return "".join(f"{h.name} slots={h.slots}\n" for h in hosts)
 
 
-def _render_pdsh(hosts: HostList) -> str:
+def _render_nodelist(hosts: HostList) -> str:
     return fold(hosts.names, last_axis_only=True) + "\n"
-
-
-def _render_slurm(hosts: HostList) -> str:
-    # Slurm's hostlist reader takes a bracket only at the end of a name: node[0-1] yes, node[0-1]-ib no
-    # ("Invalid hostlist"), so names that do not end in a digit stay unfolded.
-    numbered = [n for n in hosts.names if n[-1].isdigit()]
-    others = sorted(n for n in hosts.names if not n[-1].isdigit())
-    return ",".join(([fold(numbered, last_axis_only=True)] if numbered else []) + others) + "\n"
 
 
 def _render_json(hosts: HostList) -> str:
@@ -131,8 +124,8 @@ _Parser = Callable[[str, str, int], HostList]
 FORMATS: dict[str, tuple[_Renderer, _Parser]] = {
     "deepspeed": (_render_slots_lines, _parse_lines),
     "mpi": (_render_slots_lines, _parse_lines),
-    "pdsh": (_render_pdsh, _parse_nodelist),
-    "slurm": (_render_slurm, _parse_nodelist),
+    "pdsh": (_render_nodelist, _parse_nodelist),
+    "slurm": (_render_nodelist, _parse_nodelist),
     "json": (_render_json, _parse_json),
 }
 

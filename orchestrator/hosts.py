@@ -156,13 +156,16 @@ def expand(expr: str, *, field: str = "--hosts") -> list[str]:
 def fold(names: Iterable[str], *, last_axis_only: bool = False) -> str:
     """Fold host names into a ClusterShell node set string (sorted): node1,node2,node3 -> node[1-3].
 
-    last_axis_only folds only the last number of each name (gpu-1-[1-4],gpu-2-[1-4]): the form every
-    LLNL-hostlist reader (pdsh -w, Slurm nodelists) accepts.
+    last_axis_only folds only a number that ends a name (gpu-1-[1-4],gpu-2-[1-4]; node0-ib,node1-ib stay
+    unfolded): the form both pdsh -w and Slurm accept (Slurm refuses node[0-1]-ib as "Invalid hostlist").
     """
-    ns = NodeSet.fromlist(list(names), resolver=RESOLVER_NOGROUP)
-    if last_axis_only:
-        ns.fold_axis = (-1,)
-    return str(ns)
+    names = list(names)
+    if not last_axis_only:
+        return str(NodeSet.fromlist(names, resolver=RESOLVER_NOGROUP))
+    numbered = NodeSet.fromlist([n for n in names if n[-1:].isdigit()], resolver=RESOLVER_NOGROUP)
+    numbered.fold_axis = (-1,)
+    others = sorted({n for n in names if not n[-1:].isdigit()})
+    return ",".join(([str(numbered)] if numbered else []) + others)
 
 
 def _parse_specs(text: str, field: str, hosts: HostList) -> list[tuple[list[str], list[int] | None]]:

@@ -30,6 +30,8 @@ def test_fold_is_clustershell_order_and_last_axis_for_hostlist_readers():
     assert fold(["node3", "node1", "node2"]) == "node[1-3]"
     assert fold(expand("node[1-8]!node3")) == "node[1-2,4-8]"
     assert fold(expand("gpu-[1-2]-[1-4]"), last_axis_only=True) == "gpu-1-[1-4],gpu-2-[1-4]"
+    assert fold(["n1-ib", "n0-ib", "m2", "m1", "m1"], last_axis_only=True) == "m[1-2],n0-ib,n1-ib"
+    assert fold([], last_axis_only=True) == fold([]) == ""
 
 
 @pytest.mark.parametrize(
