@@ -7,11 +7,12 @@
     expand("gpu-[1-2]-[1-2]") -> ["gpu-1-1", "gpu-1-2", "gpu-2-1", "gpu-2-2"]
     fold(["node3", "node1", "node2"]) -> "node[1-3]"
 
-Node-set syntax is ClusterShell's (the library parses it; we never parse brackets ourselves):
+Node-set syntax is ClusterShell's, and ClusterShell parses it (we only split top-level commas, to keep order):
 `node[01-16]`, `gpu-[1-2]-[1-4]`, `a,b`, `node[1-8]!node3`, `n[1-8]&n[4-12]`, `n[1-8]^n[4-12]`.
 Order is kept where the user gave one: comma-separated parts keep their order (`b,a` -> b, a), each part
 expands in ClusterShell's order, duplicates keep their first place. An expression with a set operator
-(`!`, `&`, `^`) is a set, so it expands in ClusterShell's sorted order. Node groups (`@rack1`) are refused:
+(`!`, `&`, `^`) is a set, so it expands in ClusterShell's sorted order; operators and commas apply left to
+right (`n[1-4]!n2,n9` is (n[1-4] minus n2) plus n9). Node groups (`@rack1`) are refused:
 they need a site-wide groups.conf the nodes may not share, and `@` separates hosts in --include.
 
 Host names must look like DNS names or IPv4 addresses (letters, digits, `.`, `-`, `_`, starting with a
