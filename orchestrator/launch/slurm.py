@@ -139,11 +139,22 @@ def exit_code_for(failure_codes: Sequence[int]) -> int:
 
 def node_main(argv: Sequence[str]) -> int:
     """Run this node's torchrun in-process and return the contract's exit code."""
+    args = node_torchrun_args(argv, os.environ)
+    # srun stops the other nodes with SIGTERM when one fails (--kill-on-bad-exit). torchrun handles it while it
+    # runs; before that, and once its ranks are gone, a SIGTERM must not end this process as "143", which would
+    # outrank a peer's 2 in srun's exit code.
+    signal.signal(signal.SIGTERM, _stopped_by_slurm)
+    try:
+        return _run_torchrun(args)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _run_torchrun(args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
-    args = node_torchrun_args(argv, os.environ)
     try:
         torchrun_main(args)
     except ChildFailedError as exc:
@@ -154,6 +165,10 @@ def node_main(argv: Sequence[str]) -> int:
         log.warning("node %s: stopped by %s; ranks terminated", os.environ.get("SLURMD_NODENAME", "?"), exc.sigval)
         return EXIT_RESTARTABLE
     return EXIT_DONE
+
+
+def _stopped_by_slurm(signum, frame) -> None:
+    raise SystemExit(EXIT_RESTARTABLE)
 
 
 def _entry(argv: list[str]) -> int:
@@ -169,4 +184,9 @@ def _entry(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_entry(sys.argv[1:]))
+    code = _entry(sys.argv[1:])
+    # Skip interpreter shutdown: it puts SIGTERM back to its default action (and can take a while with torch
+    # loaded), so srun's SIGTERM to the surviving nodes would turn this node's exit code into 143.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

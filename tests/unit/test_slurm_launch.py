@@ -1,0 +1,109 @@
+"""Pure parts of the Slurm path: srun argv, node rank substitution, exit-code contract, sbatch script, requeue."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.launch import sbatch
+from orchestrator.launch import slurm as via_slurm
+from orchestrator.launch.env import build_env_manifest
+from orchestrator.launch.plan import LaunchSpec, build_plan
+from orchestrator.slurm import Allocation
+
+ALLOC = Allocation(job_id="7", nodes=["node1", "node2", "node3", "node4"], gpus_per_node=2)
+
+
+def plan_for(alloc=ALLOC, **kw):
+    spec = LaunchSpec(program=("train.py", "--lr", "3e-4"), run_id="r1", python=("/venv/bin/python",),
+                      env=build_env_manifest(head_env={}, env_args=["A=1", "HF_TOKEN=s3cret"]), **kw)
+    return build_plan(spec, via_slurm.allocation_hosts(alloc, nproc_per_node=kw.get("nproc_per_node")))
+
+
+def test_srun_argv_one_task_per_node_then_node_zero_torchrun():
+    plan = plan_for()
+    argv = via_slurm.srun_argv(plan, ALLOC, srun_options=["--exclusive"])
+    entry = argv.index("/venv/bin/python")
+    assert argv[:entry] == ["srun", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+                            "--quit-on-interrupt", "--nodelist=node[1-4]", "--exclusive"]
+    assert argv[entry:entry + 5] == ["/venv/bin/python", "-m", "orchestrator.launch.slurm", "node", "--"]
+    torchrun = argv[entry + 5:]
+    assert torchrun[:3] == ["/venv/bin/python", "-m", "torch.distributed.run"]
+    assert "--nnodes=4" in torchrun and "--nproc-per-node=2" in torchrun and "--master-addr=node1" in torchrun
+    assert torchrun[-3:] == ["train.py", "--lr", "3e-4"]
+    assert "s3cret" not in " ".join(argv)                # the env manifest travels in srun's environment
+
+
+def test_srun_env_carries_the_manifest():
+    env = via_slurm.srun_env(plan_for(), base={"PATH": "/bin"})
+    assert env["A"] == "1" and env["HF_TOKEN"] == "s3cret" and env["PATH"] == "/bin"
+
+
+def test_nproc_option_beats_allocation_gpus_and_default_is_one():
+    assert "--nproc-per-node=3" in plan_for(nproc_per_node=3).nodes[0].argv
+    no_gpus = Allocation(job_id="7", nodes=["a", "b"], gpus_per_node=None)
+    assert "--nproc-per-node=1" in plan_for(no_gpus).nodes[0].argv
+
+
+@pytest.mark.parametrize("opt", ["--ntasks-per-node=2", "-N", "--nodelist=node1", "--kill-on-bad-exit=0"])
+def test_srun_options_the_launcher_owns_are_refused(opt):
+    with pytest.raises(ConfigError, match="--srun-opt"):
+        via_slurm.srun_argv(plan_for(), ALLOC, srun_options=[opt])
+
+
+def test_node_rank_comes_from_slurm_nodeid():
+    argv = ["/py", "-m", "torch.distributed.run", "--nnodes=4", "--node-rank=0", "--nproc-per-node=2", "x.py"]
+    args = via_slurm.node_torchrun_args(argv, {"SLURM_NODEID": "3", "SLURM_STEP_NUM_NODES": "4"})
+    assert args == ["--nnodes=4", "--node-rank=3", "--nproc-per-node=2", "x.py"]
+    with pytest.raises(ConfigError, match="SLURM_NODEID"):
+        via_slurm.node_torchrun_args(argv, {})
+    with pytest.raises(ConfigError, match="--nnodes"):
+        via_slurm.node_torchrun_args(argv, {"SLURM_NODEID": "0", "SLURM_STEP_NUM_NODES": "2"})
+
+
+@pytest.mark.parametrize(("codes", "expected"), [([3], 1), ([-15], 1), ([1, 2], 2), ([2], 2), ([-9, 1], 1)])
+def test_exit_code_contract(codes, expected):
+    assert via_slurm.exit_code_for(codes) == expected
+
+
+def test_requeue_only_restartable_failures_and_within_budget(monkeypatch):
+    calls = []
+    monkeypatch.setattr(via_slurm.subprocess, "run",
+                        lambda argv, **kw: calls.append(argv) or type("R", (), {"returncode": 0, "stderr": ""})())
+    env = {"SLURM_JOB_ID": "9", "SLURM_RESTART_COUNT": "1"}
+    assert not via_slurm.maybe_requeue(0, max_restarts=3, environ=env)
+    assert not via_slurm.maybe_requeue(2, max_restarts=3, environ=env)      # config error: never
+    assert not via_slurm.maybe_requeue(1, max_restarts=1, environ=env)      # budget used
+    assert via_slurm.maybe_requeue(137, max_restarts=3, environ=env)
+    assert calls == [["scontrol", "requeue", "9"]]
+
+
+def spec(**kw):
+    base = dict(nodes=2, launch_args=("-m", "orchestrator.engine", "--", "--config", "tiny"), python="/venv/bin/python",
+                log_dir="/shared/runs")
+    return sbatch.SubmitSpec(**{**base, **kw})
+
+
+def test_sbatch_script_options_and_command():
+    text = sbatch.render_sbatch(spec(gpus_per_node=8, time="01:00:00", partition="gpu", account="ml",
+                                     exclude="node[3-4]", requeue=True, max_restarts=5))
+    for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --time=01:00:00", "#SBATCH --partition=gpu", "#SBATCH --account=ml",
+                 "#SBATCH --exclude=node[3-4]", "#SBATCH --requeue", "#SBATCH --output=/shared/runs/slurm-%j.out",
+                 "/venv/bin/python -m orchestrator slurm-launch --requeue-max 5 -m orchestrator.engine -- --config tiny"]:
+        assert line in text.splitlines()
+    assert text.startswith("#!/bin/bash\n")
+    assert "#SBATCH --no-requeue" in sbatch.render_sbatch(spec()).splitlines()
+
+
+def test_hostile_program_args_are_quoted_in_the_script():
+    text = sbatch.render_sbatch(spec(launch_args=("--", "x.py", "$(touch /tmp/pwn)", "a;b")))
+    assert "'$(touch /tmp/pwn)' 'a;b'" in text
+
+
+@pytest.mark.parametrize(("field", "kw"), [("--time", {"time": "banana"}), ("--partition", {"partition": "a b"}),
+                                           ("--exclude", {"exclude": "n1\n#SBATCH --x"}), ("--nodes", {"nodes": 0}),
+                                           ("--log-dir", {"log_dir": "runs"})])
+def test_bad_submit_input_is_config_error(field, kw):
+    with pytest.raises(ConfigError, match=field):
+        spec(**kw)
