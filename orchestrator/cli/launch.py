@@ -16,6 +16,7 @@ import sys
 import click
 
 from orchestrator.cli.options import HostSelection, host_options, resolve_from_cli
+from orchestrator.cli.ssh_options import ssh_options
 
 
 @click.command("launch")
@@ -43,15 +44,11 @@ from orchestrator.cli.options import HostSelection, host_options, resolve_from_c
 @click.option("--dry-run", is_flag=True, help="Print what would run on each host and exit; connect to nothing.")
 @click.option("--json", "as_json", is_flag=True,
               help="Machine-readable: the plan (with --dry-run) or plan + result as one JSON document on stdout.")
-@click.option("--ssh-config", default=None, metavar="FILE", help="OpenSSH client config (ssh -F).")
-@click.option("--ssh-option", "ssh_option", multiple=True, metavar="KEY=VALUE", help="ssh -o option (repeatable).")
-@click.option("--user", default=None, help="Remote user (ssh -l).")
-@click.option("--port", type=int, default=None, help="Remote SSH port (ssh -p).")
-@click.option("--connect-timeout", type=float, default=None, help="Seconds to connect to each host.")
+@ssh_options
 @click.argument("program", nargs=-1, type=click.UNPROCESSED)
 def launch_command(host_selection: HostSelection, nproc_per_node, launcher, master_addr, master_port, env_args,
                    env_files, no_forward_env, workdir, python, module, run_dir, run_id, failure_grace, dry_run,
-                   as_json, ssh_config, ssh_option, user, port, connect_timeout, program) -> int:
+                   as_json, ssh, program) -> int:
     """Start a multi-node torchrun/DeepSpeed job: plan, validate, then run it on every host.
 
     Everything after `--` is the script and its arguments (or, with -m, the module's arguments).
@@ -84,11 +81,7 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, mast
 
     click.echo(f"[orch] run {plan.run_id}: {len(plan.nodes)} nodes x {plan.nodes[0].nproc} ({plan.launcher}), "
                f"logs in {plan.run_dir}/logs/", err=True)
-    from orchestrator.remote.ssh import SshOptions
-
-    ssh_options = SshOptions(config=ssh_config, user=user, port=port, connect_timeout=connect_timeout,
-                             options=tuple(ssh_option))
-    result = run_plan(plan, ssh=ssh_options, sink=sink, failure_grace=failure_grace)
+    result = run_plan(plan, ssh=ssh, sink=sink, failure_grace=failure_grace)
     _report(result)
     if as_json:
         click.echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}, indent=2))

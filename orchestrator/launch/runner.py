@@ -38,7 +38,6 @@ log = logging.getLogger("orchestrator.launch.runner")
 
 Sink = Callable[[str, str], None]  # (formatted line, "stdout" | "stderr")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-LOCAL_HOSTS = {"localhost"}
 
 
 @dataclass
@@ -113,15 +112,6 @@ class _Collector:
         )
 
 
-def _transport_for(plan: LaunchPlan):
-    """localhost alone runs without sshd (non-root, one machine); anything else goes over SSH."""
-    if set(plan.hosts) <= LOCAL_HOSTS:
-        from orchestrator.remote.local import LocalTransport
-
-        return LocalTransport()
-    return None
-
-
 async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Sink | None = None,
                          failure_grace: float = 10.0, handle_signals: bool = True) -> LaunchResult:
     """Run the plan to completion (or stop); never raises for remote failures: they are in the result."""
@@ -132,7 +122,6 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
     rundir.write_json("plan.json", plan.to_json())
     if plan.hostfile:
         rundir.write_text("hostfile", plan.hostfile)
-    transport = transport or _transport_for(plan)
     result = LaunchResult(plan)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
