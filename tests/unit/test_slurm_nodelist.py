@@ -90,3 +90,12 @@ def test_require_allocation_outside_a_job():
 @pytest.mark.parametrize(("raw", "code"), [(0, 0), (512, 2), (256, 1), (15, 143), (9, 137)])
 def test_exit_code_from_wait_status(raw, code):
     assert slurm.exit_code_from_status(raw) == code
+
+
+def test_backend_falls_back_to_the_cli_when_pyslurm_cannot_load():
+    try:
+        import pyslurm  # noqa: F401
+    except Exception:
+        assert slurm.backend() == "cli"
+    else:
+        pytest.skip("pyslurm loads here")
