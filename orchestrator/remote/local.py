@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 
 __all__ = ["LocalTransport"]
 
-_LINE_LIMIT = 1 << 20  # asyncio's default (64 KiB) would fail on long progress lines
+_LINE_LIMIT = 1 << 20
+_AGENT_CLEANUP_S = 6.0  # asyncio's default (64 KiB) would fail on long progress lines
 
 
 class LocalSession:
@@ -49,11 +50,24 @@ async def _lines(reader: asyncio.StreamReader) -> AsyncIterator[str]:
 class LocalTransport:
     """Runs every session as a child of this process; `host` is only a label."""
 
+    def __init__(self) -> None:
+        self._procs: list[asyncio.subprocess.Process] = []
+
     async def open(self, host: str, argv: Sequence[str]) -> LocalSession:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, limit=_LINE_LIMIT)
+        self._procs.append(proc)
         return LocalSession(proc)
 
     async def aclose(self) -> None:
-        pass
+        """Wait for closed sessions' agents to finish their cleanup (bounded: they promise 5 s)."""
+        for proc in self._procs:
+            if proc.returncode is None:
+                LocalSession(proc).close()
+                try:
+                    await asyncio.wait_for(proc.wait(), _AGENT_CLEANUP_S)
+                except asyncio.TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+        self._procs.clear()

@@ -57,7 +57,7 @@ class OutputFolder:
 def summary(result: FanoutResult) -> list[str]:
     """A count line, then the failures grouped: ['64 hosts: 62 ok, 2 failed', 'node[3,7]: exit 255: ...']."""
     failed = result.failed
-    head = f"{len(result)} hosts: {len(result) - len(failed)} ok" + (f", {len(failed)} failed" if failed else "")
+    head = f"{len(result)} host{'' if len(result) == 1 else 's'}: {len(result) - len(failed)} ok" + (f", {len(failed)} failed" if failed else "")
     return [head, *result.grouped_failures()]
 
 

@@ -200,16 +200,18 @@ class SshTransport:
             kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT_S
         known = list(config.get("UserKnownHostsFile") or [str(Path("~/.ssh/known_hosts").expanduser())])
         known += list(config.get("GlobalKnownHostsFile") or [])
+        # A missing file means "no host known yet" (as in OpenSSH), not an error; and never an empty value,
+        # which asyncssh would replace with ~/.ssh/known_hosts.
+        existing = [f for f in known if os.path.exists(f)]
         strict = str(config.get(_STRICT, "yes")).lower()
         if strict in ("no", "off"):
             kwargs["known_hosts"] = None
             kwargs["_insecure"] = True
-        elif strict == "accept-new":
-            kwargs["known_hosts"] = known
+        else:  # yes / ask (nobody to ask) / accept-new: refuse changed keys, even with UserKnownHostsFile none
+            kwargs["known_hosts"] = existing or asyncssh.import_known_hosts("")
+        if strict == "accept-new":
             port = opts.port or int(config.get("Port", 22))
             kwargs["client_factory"] = lambda: _AcceptNewClient(known, host, port)
-        else:  # yes / ask (nobody to ask): refuse unknown and changed keys, even with UserKnownHostsFile none
-            kwargs["known_hosts"] = known
         return kwargs
 
     async def open(self, host: str, argv: Sequence[str]) -> SshSession:

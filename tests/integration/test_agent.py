@@ -1,0 +1,121 @@
+"""The node-side agent with real processes on this machine (no sshd needed: `localhost` runs locally).
+
+The dead-man switch over real SSH, and teardown on sandbox hosts, are in test_run.py / the sandbox test below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from orchestrator.remote import LocalTransport, run_on, run_on_async, teardown
+from run_tokens import tokened, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+# a command that hides processes from a naive process-group kill: one setsid'd, one double-forked
+ESCAPING = ["sh", "-c", "setsid sleep 300 & (sleep 300 &) ; echo started; sleep 300"]
+
+
+def rid(tag: str) -> str:
+    return f"t-{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def head(run_id: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-w", "localhost", "--run-id", run_id,
+                             "--", *ESCAPING], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_head_sigkill_kills_the_whole_run_and_spares_another():
+    a, b = rid("a"), rid("b")
+    heads = {a: head(a), b: head(b)}
+    try:
+        assert wait_for(lambda: len(tokened(a)) == 4 and len(tokened(b)) == 4), (tokened(a), tokened(b))
+        before_b = sorted(tokened(b))
+        heads[a].kill()  # SIGKILL: no cleanup on the head side at all
+        assert wait_for(lambda: not tokened(a), timeout=5), tokened(a)
+        assert sorted(tokened(b)) == before_b
+        heads[b].send_signal(signal.SIGTERM)
+        assert wait_for(lambda: not tokened(b), timeout=5), tokened(b)
+    finally:
+        for p in heads.values():
+            p.kill()
+            p.wait()
+
+
+def test_command_exit_kills_what_it_left_behind():
+    run_id = rid("exit")
+    result = run_on(["localhost"], ["sh", "-c", "setsid sleep 300 & (sleep 300 &); echo bye; exit 7"], run_id=run_id)
+    assert (result["localhost"].exit_code, result["localhost"].tail) == (7, ("bye",))
+    assert wait_for(lambda: not tokened(run_id), timeout=5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_agent_signal_kills_the_run(sig):
+    run_id = rid("sig")
+
+    async def scenario():
+        task = asyncio.ensure_future(run_on_async(["localhost"], ESCAPING, run_id=run_id, transport=LocalTransport()))
+        while len(tokened(run_id)) < 4:
+            await asyncio.sleep(0.05)
+        env = open(f"/proc/{tokened(run_id)[0]}/environ", "rb").read().split(b"\0")
+        agent = int(next(e for e in env if e.startswith(b"ORCH_RUN_AGENT=")).split(b"=", 1)[1])
+        os.kill(agent, sig)
+        return await task
+
+    result = asyncio.run(scenario())
+    assert result["localhost"].exit_code == 128 + sig
+    assert not tokened(run_id)
+
+
+def test_exit_codes_signals_cwd_env_and_exec_failure(tmp_path):
+    result = run_on(["localhost"], ["sh", "-c", "kill -9 $$"])
+    assert result["localhost"].exit_code == 137
+    result = run_on(["localhost"], ["sh", "-c", 'pwd; printf "%s\\n" "$V"'], cwd=str(tmp_path), env={"V": "$(id)\nx"})
+    assert result["localhost"].tail == (str(tmp_path), "$(id)", "x")
+    result = run_on(["localhost"], ["/nonexistent/cmd", "a"])
+    assert result["localhost"].exit_code == 127
+    assert "cannot run '/nonexistent/cmd'" in result["localhost"].tail[-1]
+
+
+def test_stop_event_and_timeout_kill_the_command():
+    run_id = rid("stop")
+
+    async def scenario():
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(run_on_async(["localhost"], ESCAPING, run_id=run_id, stop=stop))
+        while len(tokened(run_id)) < 4:
+            await asyncio.sleep(0.05)
+        stop.set()
+        return await task
+
+    assert asyncio.run(scenario())["localhost"].error == "stopped"
+    assert wait_for(lambda: not tokened(run_id), timeout=5)
+    run_id = rid("timeout")
+    result = run_on(["localhost"], ESCAPING, run_id=run_id, timeout=1)
+    assert result["localhost"].reason() == "exit 255: timed out after 1 s"
+    assert wait_for(lambda: not tokened(run_id), timeout=5)
+
+
+def test_teardown_kills_by_token_only():
+    a, b = rid("tda"), rid("tdb")
+    heads = {a: head(a), b: head(b)}
+    try:
+        assert wait_for(lambda: len(tokened(a)) == 4 and len(tokened(b)) == 4)
+        before_b = sorted(tokened(b))
+        down = teardown(a, ["localhost"])
+        assert down["localhost"].ok, down["localhost"]
+        assert json.loads(down["localhost"].tail[-1]) == {"signalled": 4, "remaining": 0}
+        assert not tokened(a) and sorted(tokened(b)) == before_b
+        assert teardown(b, ["localhost"])["localhost"].ok and not tokened(b)
+    finally:
+        for p in heads.values():
+            p.kill()
+            p.wait()

@@ -1,0 +1,127 @@
+"""`orchestrator run` and the remote layer against real sshd on sandbox hosts (no mocks).
+
+16 hosts with host prefixes and dshbak folding; unreachable and refusing hosts (per-host errors, exit 255,
+nothing left behind); hostile strings; the dead-man switch after SIGKILL of the head, with another run on the
+same hosts surviving, then teardown by token; host key checking.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from orchestrator.remote import SshOptions, run_on, teardown
+from run_tokens import tokened, wait_for
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(120)]
+
+
+def orch_run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", "run", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def on_hosts(sb, hosts, run_id: str) -> dict[str, int]:
+    """How many processes of the run live on each sandbox host."""
+    return {h: len(tokened(run_id, sb.pids(h))) for h in hosts}
+
+
+def test_run_on_16_hosts_prefixed_and_folded(sandbox, ssh_config):
+    hosts = sandbox.hosts[:16]
+    out = orch_run("-w", "node[1-16]", "--ssh-config", str(ssh_config), "--", "hostname")
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == sorted(f"{h}: {h}" for h in hosts)
+    assert "16 hosts: 16 ok" in out.stderr
+    out = orch_run("-w", "node[1-16]", "--ssh-config", str(ssh_config), "-b", "--", "uname", "-s")
+    assert (out.returncode, out.stdout) == (0, "----------------\nnode[1-16]\n----------------\nLinux\n"), out.stderr
+
+
+def test_unreachable_and_refusing_hosts_get_their_own_errors(sandbox, ssh_config, tmp_path):
+    unused_ip = ipaddress.ip_address(sandbox.ip("node1")) + 200  # inside the sandbox subnet, nobody there
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host ghost\n    HostName {unused_ip}\nHost refused\n    HostName {sandbox.ip('node1')}\n"
+                      f"    Port 2\n" + ssh_config.read_text())
+    run_id = f"t-unreach-{uuid.uuid4().hex[:6]}"
+    out = orch_run("-w", "node[1-2],ghost,refused", "--ssh-config", str(config), "--connect-timeout", "2",
+                   "--run-id", run_id, "--", "sh", "-c", "setsid sleep 300 & echo ran")
+    assert out.returncode == 255, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["node1: ran", "node2: ran"]
+    assert "4 hosts: 2 ok, 2 failed" in out.stderr
+    assert "refused: exit 255: connection refused" in out.stderr
+    assert any(line.startswith("ghost: exit 255: ") for line in out.stderr.splitlines()), out.stderr
+    assert on_hosts(sandbox, ["node1", "node2"], run_id) == {"node1": 0, "node2": 0}  # the setsid'd sleep too
+
+
+def test_hostile_strings_stay_inert(sandbox, ssh_config, tmp_path):
+    m = tmp_path / "pwn"  # /tmp is shared with the sandbox hosts: a file made there would show here
+    hostile = [f"node1;touch {m}-a", f"$(touch {m}-b)", f"`touch {m}-c`", "a'b\"c d", "line1\nline2", "--x=$HOME", "*"]
+    env_value = f"$(touch {m}-d);`touch {m}-e`'\"\nx"
+    out = orch_run("-w", "node[1-2]", "--ssh-config", str(ssh_config), "--env", f"EVIL={env_value}", "--",
+                   "sh", "-c", 'printf "%s\\n" "$@" "$EVIL"', "sh", *hostile)
+    assert out.returncode == 0, out.stderr
+    expected = "\n".join([*hostile, env_value]).splitlines()
+    for host in ("node1", "node2"):
+        assert [line.split(": ", 1)[1] for line in out.stdout.splitlines() if line.startswith(f"{host}: ")] == expected
+    for bad in ([f"node1;touch {m}-f"], ["node1", "--run-id", f"x;touch {m}-g"]):
+        out = orch_run("-w", *bad, "--ssh-config", str(ssh_config), "--", "true")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert not list(tmp_path.glob("pwn*"))
+
+
+def test_dead_man_switch_on_head_sigkill_spares_another_run(sandbox, ssh_config):
+    hosts = sandbox.hosts[:4]
+    a, b = (f"t-dm{x}-{uuid.uuid4().hex[:6]}" for x in "ab")
+    heads = {r: subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-w", ",".join(hosts), "--ssh-config",
+                                  str(ssh_config), "--run-id", r, "--", "sh", "-c", "setsid sleep 300 & sleep 300"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (a, b)}
+    try:
+        both = {h: 3 for h in hosts}  # sh, its setsid sleep, its sleep
+        assert wait_for(lambda: on_hosts(sandbox, hosts, a) == both and on_hosts(sandbox, hosts, b) == both), \
+            (on_hosts(sandbox, hosts, a), on_hosts(sandbox, hosts, b))
+        before = {h: sorted(tokened(b, sandbox.pids(h))) for h in hosts}
+        heads[a].kill()
+        assert wait_for(lambda: not any(on_hosts(sandbox, hosts, a).values()), timeout=5), on_hosts(sandbox, hosts, a)
+        assert {h: sorted(tokened(b, sandbox.pids(h))) for h in hosts} == before
+        down = teardown(b, hosts, ssh=SshOptions(config=str(ssh_config)))
+        assert (down.exit_code, down.failed) == (0, []), down.grouped_failures()
+        assert not any(on_hosts(sandbox, hosts, b).values())
+        assert heads[b].wait(timeout=30) == 143  # its commands were SIGTERMed by the teardown
+    finally:
+        for p in heads.values():
+            p.kill()
+            p.wait()
+
+
+def test_host_keys_are_checked(sandbox, ssh_config, tmp_path, caplog):
+    lines = sandbox.known_hosts.read_text().splitlines()
+    key = {line.split()[0].split(",")[0]: " ".join(line.split()[1:3]) for line in lines}
+    bad = tmp_path / "known_hosts_bad"
+    bad.write_text(f"node1,{sandbox.ip('node1')} {key['node2']}\n")  # node1 presenting node2's key = mismatch
+    text = ssh_config.read_text()
+    config = tmp_path / "ssh_config"
+    config.write_text(text.replace(str(sandbox.known_hosts), str(bad)))
+    marker = tmp_path / "ran"
+    out = orch_run("-w", "node1", "--ssh-config", str(config), "--", "touch", str(marker))
+    assert out.returncode == 255 and "node1: exit 255: host key verification failed" in out.stderr, out.stderr
+    assert not marker.exists()
+
+    new = tmp_path / "known_hosts_new"
+    config.write_text(text.replace(str(sandbox.known_hosts), str(new)))
+    unknown = run_on(["node1"], ["true"], ssh=SshOptions(config=str(config)))
+    assert unknown["node1"].error.startswith("host key verification failed")
+    accept = SshOptions(config=str(config), options=("StrictHostKeyChecking=accept-new",))
+    assert run_on(["node1"], ["true"], ssh=accept).exit_code == 0  # recorded ...
+    assert key["node1"] in new.read_text()
+    new.write_text(bad.read_text())
+    assert run_on(["node1"], ["true"], ssh=accept)["node1"].error.startswith("host key verification failed")  # ... a change is not
+
+    with caplog.at_level(logging.WARNING, logger="orchestrator.remote.ssh"):
+        insecure = SshOptions(config=str(config), options=("StrictHostKeyChecking=no",))
+        assert run_on(["node1"], ["true"], ssh=insecure).exit_code == 0  # the user's explicit choice ...
+    assert "host key checking is OFF" in caplog.text  # ... never a silent one

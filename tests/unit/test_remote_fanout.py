@@ -1,0 +1,86 @@
+"""Plans, agent argv quoting, results and grouping of orchestrator.remote.fanout (pure; no network)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.remote.fanout import (
+    AGENT_SOURCE, FanoutResult, HostResult, agent_argv, agent_spec, default_transport, plan_commands,
+)
+from orchestrator.remote.local import LocalTransport
+from orchestrator.remote.ssh import SshOptions, SshTransport
+
+HOSTILE = ["node1;touch /tmp/x", "$(touch /tmp/y)", "`id`", "a'b\"c", "line1\nline2", "--x=$HOME", "*", ""]
+
+
+def test_plan_per_host_values():
+    plan = plan_commands(["n1", "n2"], lambda h: ["echo", h], env={"A": "1"}, cwd=lambda h: f"/w/{h}",
+                         python=lambda h: "/opt/py" if h == "n2" else "python3")
+    assert [(c.host, c.argv, c.env, c.cwd, c.python) for c in plan] == [
+        ("n1", ("echo", "n1"), {"A": "1"}, "/w/n1", "python3"),
+        ("n2", ("echo", "n2"), {"A": "1"}, "/w/n2", "/opt/py")]
+
+
+@pytest.mark.parametrize("argv, env", [([], None), (["x", 3], None), (["x"], {"1BAD": "v"}), (["x"], {"A B": "v"}),
+                                       (["x"], {"A": 1})])
+def test_plan_rejects_bad_input(argv, env):
+    with pytest.raises(ConfigError):
+        plan_commands(["n1"], argv, env=env)
+
+
+def test_user_data_travels_as_json_not_through_a_shell():
+    (cmd,) = plan_commands(["n1"], ["printf", "%s\n", *HOSTILE], env={"EVIL": HOSTILE[1] + HOSTILE[4]})
+    assert json.loads(agent_spec(cmd)) == {"argv": ["printf", "%s\n", *HOSTILE], "env": {"EVIL": HOSTILE[1] + HOSTILE[4]},
+                                           "cwd": None}
+    assert agent_spec(cmd).count("\n") == 1  # one line: newlines inside values are escaped
+
+
+def test_agent_argv_quoted_once_round_trips():
+    argv = agent_argv("/opt/my python/bin/python3", "r-1")
+    assert argv[:5] == ["/opt/my python/bin/python3", "-I", "-S", "-c", AGENT_SOURCE]
+    assert shlex.split(shlex.join(argv)) == argv  # what the remote shell will hand to exec
+    assert agent_argv("python3", "r-1", teardown=True)[-3:] == ["--run-id", "r-1", "--teardown"]
+
+
+def test_default_transport():
+    assert isinstance(default_transport(["localhost"], None), LocalTransport)
+    assert isinstance(default_transport(["localhost"], SshOptions(user="root")), SshTransport)
+    assert isinstance(default_transport(["localhost", "n1"], None), SshTransport)
+
+
+def _result():
+    return FanoutResult("r1", [
+        HostResult("node01", 0), HostResult("node03", None, error="connection refused"),
+        HostResult("node02", 3), HostResult("node07", None, error="connection refused"),
+        HostResult("node04", 143, signal="TERM"), HostResult("node05", 3)])
+
+
+def test_result_accessors():
+    result = _result()
+    assert list(result) == ["node01", "node03", "node02", "node07", "node04", "node05"]  # the order given
+    assert result.succeeded == ["node01"]
+    assert result.failed == ["node03", "node02", "node07", "node04", "node05"]
+    assert result.exit_code == 255  # an unreachable host wins over remote codes
+    assert FanoutResult("r", [HostResult("a", 0), HostResult("b", 3)]).exit_code == 3
+    assert FanoutResult("r", []).exit_code == 0
+
+
+def test_grouped_failures_fold_hosts_with_the_same_reason():
+    assert _result().grouped_failures() == [
+        "node[03,07]: exit 255: connection refused", "node[02,05]: exit 3", "node04: exit 143: killed by signal TERM"]
+
+
+def test_host_without_exit_status_counts_as_255():
+    r = HostResult("n1", None)
+    assert (r.ok, r.code) == (False, 255)
+
+
+def test_to_json_is_serialisable():
+    doc = json.loads(json.dumps(_result().to_json()))
+    assert doc["exit_code"] == 255 and doc["hosts"][1] == {
+        "host": "node03", "exit_code": None, "signal": None, "duration_s": 0.0, "error": "connection refused",
+        "tail": [], "ok": False}
