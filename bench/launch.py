@@ -6,8 +6,8 @@ Both start the same job (orchestrator.launch.examples.allreduce, gloo) on the sa
 interpreter; runs are interleaved (A B A B ...) so load drift hits both alike. Reported per tool, as medians:
   wall      command start -> command exit (every rank did its all_reduce and exited)
   first     command start -> the first RESULT line on the head (ranks are running)
-Then one Ctrl-C test each: SIGINT to the launcher while the ranks sleep, and count the job's processes left on
-the hosts 5 s later (pdsh: ssh without a tty leaves remote commands running; launch: its agents kill them).
+Then one Ctrl-C test each: SIGINT to the launcher while the ranks sleep; when the job's last process on the hosts
+is gone, and how many are left 5 s later (pdsh: ssh without a tty leaves remote commands running; launch: its agents kill them).
 pdsh + torchrun is the usual hand-rolled way: one identical command per host, c10d rendezvous on the first host
 (no per-host --node-rank needed). DeepSpeed's own launcher is not compared here: it needs `deepspeed` installed.
 """
@@ -54,13 +54,15 @@ def pdsh_argv(hosts: list[str], nproc: int, port: int, run_id: str, *job: str) -
 
 
 def job_processes(sb, marker: str) -> list[int]:
-    """PIDs on the hosts whose command line or env carries this run's marker (the rdzv id / run id)."""
+    """PIDs on the hosts of this job: torchrun (marker in its command line) and its ranks (marker in their env
+    as TORCHELASTIC_RUN_ID with c10d, or our ORCH_RUN_ID)."""
+    tokens = [f"ORCH_RUN_ID={marker}".encode(), f"TORCHELASTIC_RUN_ID={marker}".encode()]
     pids = []
     for host in sb.hosts:
         for pid in sb.pids(host):
             try:
-                if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() or \
-                        f"ORCH_RUN_ID={marker}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() or any(t in env for t in tokens):
                     pids.append(pid)
             except OSError:
                 pass
@@ -82,6 +84,9 @@ def ctrl_c(argv: list[str], env: dict[str, str], sb, marker: str, ranks: int) ->
         proc.send_signal(signal.SIGINT)  # pdsh: the second ^C within 1 s aborts
     proc.wait(timeout=60)
     exit_s = time.monotonic() - t0
+    while job_processes(sb, marker) and time.monotonic() - t0 < 5.0:
+        time.sleep(0.1)
+    gone_s = time.monotonic() - t0
     time.sleep(max(0.0, 5.0 - (time.monotonic() - t0)))
     left = job_processes(sb, marker)
     for pid in left:  # what the launcher left behind is ours to clean up (we started it), by PID
@@ -89,14 +94,14 @@ def ctrl_c(argv: list[str], env: dict[str, str], sb, marker: str, ranks: int) ->
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    return len(left), exit_s
+    return len(left), exit_s, gone_s
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--nproc", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per tool (0: only the Ctrl-C test)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/launch.py needs root (it brings up a sandbox)")
@@ -130,14 +135,19 @@ def main() -> int:
         sb.down()
     print(f"\n{args.nodes} hosts x {args.nproc} processes, {args.runs} interleaved runs, load avg "
           f"{os.getloadavg()[0]:.1f} (2 cores)")
-    print(f"{'':8s} {'wall median':>12s} {'first-output median':>20s}")
+    if args.runs == 0:
+        results = {}
+    else:
+        print(f"{'':8s} {'wall median':>12s} {'first-output median':>20s}")
     med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in results.items()}
-    for tool in ("launch", "pdsh"):
+    for tool in med:
         print(f"{tool:8s} {med[tool]['wall']:10.2f} s {med[tool]['first']:18.2f} s")
-    print(f"ratio launch/pdsh: wall {med['launch']['wall'] / med['pdsh']['wall']:.2f}x, "
-          f"first output {med['launch']['first'] / med['pdsh']['first']:.2f}x")
-    for tool, (n, exit_s) in left.items():
-        print(f"Ctrl-C {tool:6s}: launcher exited after {exit_s:.2f} s; job processes left on the hosts 5 s later: {n}")
+    if med:
+        print(f"ratio launch/pdsh: wall {med['launch']['wall'] / med['pdsh']['wall']:.2f}x, "
+              f"first output {med['launch']['first'] / med['pdsh']['first']:.2f}x")
+    for tool, (n, exit_s, gone_s) in left.items():
+        gone = f"all gone after {gone_s:.2f} s" if not n else "still running"
+        print(f"Ctrl-C {tool:6s}: launcher exited after {exit_s:.2f} s; job processes {gone}; left 5 s later: {n}")
     return 0
 
 

@@ -192,3 +192,17 @@ def test_unreachable_host_exits_255_and_leaves_nothing(private_sandbox, tmp_path
     assert out.returncode == 255, out.stderr[-3000:]
     assert f"unreachable: {sb.hosts[2]}:" in out.stderr
     assert wait_gone(cluster, "t-unreach") == {}
+
+
+def test_deepspeed_launcher_one_per_host(cluster, tmp_path):
+    pytest.importorskip("deepspeed", reason="deepspeed not installed (optional extra)")
+    hosts = cluster.hosts[:2]
+    argv = launch_argv(cluster, tmp_path, "t-ds", "--launcher", "deepspeed", "-m", MODULE)
+    argv[argv.index("--hosts") + 1] = ",".join(hosts)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = results(out.stdout)
+    assert [(r["rank"], r["host"], r["local_rank"]) for r in rows] == [
+        (0, hosts[0], 0), (1, hosts[0], 1), (2, hosts[1], 0), (3, hosts[1], 1)]
+    assert all(r["sum"] == r["expected"] == 10 for r in rows)
+    assert (tmp_path / "t-ds" / "hostfile").read_text() == f"{hosts[0]} slots=2\n{hosts[1]} slots=2\n"

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-code", type=int, default=3)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--show-env", action="append", default=[])
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # DeepSpeed passes it
     parser.add_argument("extra", nargs="*", help="echoed back in the RESULT line")
     args = parser.parse_args(argv)
 
