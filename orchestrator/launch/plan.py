@@ -17,6 +17,7 @@ remote login directory: nothing about the head's interpreter or cwd is assumed t
 
 from __future__ import annotations
 
+import re
 import shlex
 import zlib
 from collections.abc import Sequence
@@ -26,10 +27,12 @@ from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, expand, fold
 from orchestrator.launch import deepspeed, torchrun
 from orchestrator.launch.env import EnvManifest, redact_argv, redact_value
+from orchestrator.launch.rundir import RUN_ID
 
 LAUNCHERS = ("torchrun", "deepspeed")
 DEFAULT_PYTHON = "python3"
 PORT_BASE, PORT_SPAN = 29500, 1000
+_ADDRESS = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9._:\[\]-]{0,252}\Z")  # names, IPv4, [IPv6]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +180,10 @@ def per_host_values(values: Sequence[str], hosts: list[str], *, field: str, defa
 
 
 def _validate(spec: LaunchSpec, hosts: Sequence[Host]) -> None:
+    if not RUN_ID.match(spec.run_id):
+        raise ConfigError("--run-id", spec.run_id, "use 1-64 characters from A-Z a-z 0-9 . _ - (it names a directory)")
+    if spec.master_addr is not None and not _ADDRESS.match(spec.master_addr):
+        raise ConfigError("--master-addr", spec.master_addr, "give a host name or IP address the nodes can reach")
     if spec.launcher not in LAUNCHERS:
         raise ConfigError("--launcher", spec.launcher, f"use one of {', '.join(LAUNCHERS)}")
     if not spec.program or not spec.program[0]:

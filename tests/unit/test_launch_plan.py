@@ -85,6 +85,9 @@ def test_picked_slots_become_cuda_visible_devices():
     (dict(nproc_per_node=0), "--nproc-per-node"),
     (dict(python=("",)), "--python"),
     (dict(program=("a.py", "x\0y")), "SCRIPT_OR_MODULE"),
+    (dict(run_id="../etc"), "--run-id"),
+    (dict(master_addr="-oProxyCommand=x"), "--master-addr"),
+    (dict(master_addr="a b"), "--master-addr"),
 ])
 def test_bad_spec_is_config_error(kw, field):
     with pytest.raises(ConfigError) as e:
