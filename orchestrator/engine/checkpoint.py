@@ -20,7 +20,7 @@ DCP reshards on load. `extra` is global, JSON-able state (data position, anythin
 rank 0's copy is stored. Each rank's RNG state is stored too and restored when the same rank existed.
 
 On disk (run_dir/checkpoints/):
-    step-40/            complete: DCP shards + .metadata + meta.json {"step", "extra", "world_size", "time"}
+    step-40/            complete: DCP shards + .metadata + meta.json {"format", "step", "extra", "world_size", "time"}
     .step-50.partial/   being written (or abandoned by a crash): never loaded, removed on the next start
 A save is written under the partial name and renamed to step-N/ by rank 0 only after DCP's metadata is
 written (which DCP does after every rank finished its shards), so step-N/ exists only when complete.
@@ -79,7 +79,9 @@ def latest_complete_step(run_dir: str | Path) -> int | None:
 def _problem(path: Path) -> str | None:
     """Why this committed checkpoint cannot be loaded (missing/truncated files, bad metadata), or None."""
     try:
-        json.loads((path / "meta.json").read_text())
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("format") == "deepspeed":  # the DeepSpeed path's own files; meta.json is its commit marker
+            return None
         metadata = dcp.FileSystemReader(str(path)).read_metadata()
     except Exception as exc:  # noqa: BLE001 - any unreadable metadata means "skip this checkpoint"
         return f"unreadable metadata ({type(exc).__name__}: {exc})"
@@ -124,7 +126,9 @@ class Checkpointer:
         begin = time.perf_counter()
         state = self._state(model_parts, optimizers)
         state["rng"] = self._rng_state()
-        meta = {"step": step, "extra": extra or {}, "world_size": self.world_size, "time": time.time()}
+        # Serialised now so a value JSON cannot hold fails here, not later in the background commit.
+        meta = json.dumps({"format": "dcp", "step": step, "extra": extra or {}, "world_size": self.world_size,
+                           "time": time.time()})
         partial = self.root / f".step-{step}.partial"
         if self.rank == 0:
             partial.mkdir(parents=True, exist_ok=True)
@@ -150,7 +154,7 @@ class Checkpointer:
             pending.result()
             committed.result()
 
-    def _commit_after(self, fut: Future, committed: Future, step: int, partial: Path, meta: dict) -> None:
+    def _commit_after(self, fut: Future, committed: Future, step: int, partial: Path, meta: str) -> None:
         # Runs in DCP's writer thread when the async save finishes; only a successful one is committed.
         try:
             if fut.exception() is None and self.rank == 0:
@@ -159,8 +163,8 @@ class Checkpointer:
         except Exception as exc:  # noqa: BLE001 - handed to wait()
             committed.set_exception(exc)
 
-    def _commit(self, step: int, partial: Path, meta: dict) -> None:
-        (partial / "meta.json").write_text(json.dumps(meta) + "\n")
+    def _commit(self, step: int, partial: Path, meta: str) -> None:
+        (partial / "meta.json").write_text(meta + "\n")
         final = self.root / f"step-{step}"
         if final.exists():  # the same step saved again (a rerun past an old checkpoint): replace it
             shutil.rmtree(final)

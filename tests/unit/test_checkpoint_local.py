@@ -137,3 +137,10 @@ def test_async_save_is_not_visible_until_committed(tmp_path):
     ckpt.wait()
     assert complete_steps(tmp_path) == [2]
     assert not list((tmp_path / "checkpoints").glob(".*partial"))
+
+
+def test_extra_that_json_cannot_hold_fails_at_save(tmp_path):
+    model, opt = make()
+    with pytest.raises(TypeError):
+        Checkpointer(tmp_path, async_save=True).save(1, model, opt, extra={"bad": object()})
+    assert complete_steps(tmp_path) == []
