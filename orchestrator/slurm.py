@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError, RemoteError
-from orchestrator.hosts import expand
+from orchestrator.hosts import expand, fold
 
 log = logging.getLogger("orchestrator.slurm")
 
@@ -244,8 +244,6 @@ def nodes() -> dict[str, Node]:
 
 # ---- acting -----------------------------------------------------------------------------------------------
 def _node_arg(names: Sequence[str]) -> str:
-    from orchestrator.hosts import fold
-
     if not names:
         raise ConfigError("nodes", list(names), "name at least one node")
     return fold(expand(",".join(names), field="nodes"))
