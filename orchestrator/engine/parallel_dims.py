@@ -104,9 +104,9 @@ class ParallelDims:
             if par.schedule == "interleaved-1f1b" and mb % rounds:
                 raise ConfigError("--microbatches", mb, f"interleaved-1f1b needs a multiple of pp={self.pp} "
                                   f"(or fewer than {2 * self.pp})")
-        if train.engine == "deepspeed" and (self.tp > 1 or self.dp_replicate > 1):
-            raise ConfigError("--engine", "deepspeed", "the DeepSpeed path supports data parallel (ZeRO) and pp only; "
-                              "drop --tp / --dp-replicate")
+        if train.engine == "deepspeed" and (self.tp > 1 or self.pp > 1 or self.dp_replicate > 1):
+            raise ConfigError("--engine", "deepspeed", f"runs data parallel (ZeRO) only, found {self.describe()}; "
+                              "use --engine torch for tp/pp/HSDP")
 
     def microbatches(self, par: ParallelConfig) -> int:
         """Pipeline microbatches per step (1 without a pipeline)."""

@@ -186,6 +186,13 @@ class _Trainer:
                   "step_time_s": elapsed}
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
+        if self.device.type == "cuda":
+            from orchestrator.engine.metrics import flops_per_token, mfu
+
+            value = mfu(tokens_per_s=record["tokens_per_s"], flops_per_token=flops_per_token(cfg.model),
+                        n_devices=self.dims.world_size, device_name=torch.cuda.get_device_name(self.device))
+            if value is not None:
+                record["mfu"] = value
         return record
 
     # ---- run -----------------------------------------------------------------------------------------
@@ -215,8 +222,9 @@ class _Trainer:
                     record["resumed_from"] = start
                 if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.steps):
                     self.heartbeat.beat(step=step, status="checkpointing")
+                    begin = time.perf_counter()  # the whole blocking time, waiting on the previous async save too
                     ckpt.save(step, self.parts, self.optimizers, extra={"data": self.batches.state_dict()})
-                    record["checkpoint_stall_s"] = ckpt.last_save_stall_s
+                    record["checkpoint_stall_s"] = time.perf_counter() - begin
                 self.heartbeat.beat(step=step)
                 losses.append(record["loss"])
                 if writer is not None:

@@ -1,7 +1,7 @@
 """Every parallel layout trains exactly like one process: real torchrun, gloo, fp32, the tiny config.
 
 One single-process run is the reference (module fixture); each layout trains the same seed and global batch
-for STEPS steps and its per-step losses (metrics.jsonl) must match to 1e-5. 2-4 processes per case, plus one
+for STEPS steps and its per-step losses (metrics.jsonl) must match to 1e-5; every rank leaves a final heartbeat. 2-4 processes per case, plus one
 8-process pp2 x dp2 x tp2 case (the machine has 2 cores: keep the matrix small).
 """
 
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from orchestrator.engine.heartbeat import read_heartbeats
 
 STEPS = 10
 TOLERANCE = 1e-5
@@ -25,9 +27,13 @@ def run_engine(run_dir: Path, nproc: int, *args: str) -> list[float]:
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                "-m", "orchestrator.engine", *common, *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         timeout=420)
+    heartbeat_dir = run_dir / "heartbeat"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=420,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "ORCH_HEARTBEAT_DIR": str(heartbeat_dir)})
     assert out.returncode == 0, out.stderr[-4000:]
+    beats = read_heartbeats(heartbeat_dir)
+    assert sorted(b["rank"] for b in beats.values()) == list(range(nproc)), "one heartbeat file per rank"
+    assert all(b["status"] == "done" and b["step"] == STEPS for b in beats.values()), beats
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     for r in records:
