@@ -169,19 +169,27 @@ class Sandbox:
         netns.check_host_tools()
         with contextlib.suppress(ConfigError):
             self.reload()
-        state = self.state
+        state, t = self.state, time.monotonic()
         stopped = self._stop_daemons(state.daemons)
         names = [h.netns for h in state.hosts]
         survivors = netns.kill_namespace_processes(names)
         if survivors:
             raise RemoteError(f"sandbox {state.name}: processes {survivors[:10]} survived SIGKILL; not removing it")
+        self.timings["down_kill"] = time.monotonic() - t
         netns.unmount_files([p for h in state.hosts for p in (h.mnt_ns, h.uts_ns)])
+        self.timings["down_umount"] = time.monotonic() - t
         netns.delete_network(state)
+        self.timings["down_network"] = time.monotonic() - t
         netns.unmount_files([str(state.ns_dir)])
+        self.timings["down_nsdir"] = time.monotonic() - t
         left = netns.mounts_under(Path(state.dir))
         if left:  # never delete through a mount (a share could be someone's venv)
             raise RemoteError(f"sandbox {state.name}: {left[:5]} still mounted; not deleting {state.dir}")
+        self.timings["down_check"] = time.monotonic() - t
+        with ThreadPoolExecutor(max_workers=8) as pool:  # per host in parallel: overlay dirs are many small trees
+            list(pool.map(lambda h: shutil.rmtree(h.dir, ignore_errors=True), state.hosts))
         shutil.rmtree(state.dir, ignore_errors=True)
+        self.timings["down_total"] = time.monotonic() - t
         return {"hosts": len(state.hosts), "daemons": stopped}
 
     def _down_quietly(self) -> None:

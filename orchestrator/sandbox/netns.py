@@ -14,6 +14,7 @@ namespace (what `ip netns pids` does), never by name.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from orchestrator.errors import ConfigError, RemoteError
@@ -115,12 +117,11 @@ def host_setup_script(state: SandboxState, host: HostState, *, sshd_config: Path
     prefixlen = state.subnet.split("/")[1]
     lines = [
         f"hostname {q(host.name)}",
-        f"ip addr add {host.ip}/{prefixlen} dev eth0",
-        "ip link set lo up",
-        "ip link set eth0 up",
+        f"printf '%s\\n' 'addr add {host.ip}/{prefixlen} dev eth0' 'link set lo up' 'link set eth0 up' | ip -batch -",
         # The new mount table is a copy of the head's: drop the namespace files it inherited (other hosts and
-        # other sandboxes), or they would keep those namespaces (and their veths) alive after their `down`.
-        # One umount for all of them: a loop of one exec per mount is O(hosts^2) for big sandboxes.
+        # other sandboxes), or they would keep those namespaces alive after their `down`. Whole directories
+        # first (/run/netns, every sandbox's ns/: a few umounts whatever the size), then any stray nsfs mount.
+        f"umount -l /run/netns {q(str(Path(state.dir).parent))}/*/ns 2>/dev/null || true",
         "findmnt -rn -t nsfs -o TARGET | xargs -r umount -l 2>/dev/null || true",
     ]
     for i, share in enumerate(state.shares):  # hold the shared paths before /root and the overlays hide them
@@ -210,11 +211,16 @@ def kill_namespace_processes(netns_names: list[str], *, grace: float = 2.0, dead
 
 
 def unmount_files(paths: list[str]) -> None:
-    for p in paths:
+    """Lazy unmount, in threads: dropping the last reference to a namespace waits for an RCU grace period in the
+    kernel, and those waits overlap when the umounts run side by side (256 hosts: ~10x faster than in a row)."""
+    def one(p: str) -> None:
         if _libc.umount2(p.encode(), MNT_DETACH) != 0:
             err = ctypes.get_errno()
-            if err not in (22, 2):  # EINVAL: not a mount point; ENOENT: gone
+            if err not in (errno.EINVAL, errno.ENOENT):  # not a mount point / already gone
                 log.warning("umount %s: %s", p, os.strerror(err))
+
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(paths)))) as pool:
+        list(pool.map(one, paths))
 
 
 def delete_network(state: SandboxState) -> None:
