@@ -94,3 +94,15 @@ def test_mfu_uses_six_n_plus_attention():
     assert mfu(tokens_per_s=1e5, flops_per_token=per_token, n_devices=1, device_name="NVIDIA H100 80GB HBM3") == \
         pytest.approx(1e5 * per_token / 989e12)
     assert mfu(tokens_per_s=1.0, flops_per_token=1.0, n_devices=1, device_name="cpu") is None
+
+
+def test_orchestrator_train_print_config_resolves_flags_and_sets():
+    from click.testing import CliRunner
+
+    from orchestrator.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["train", "--config", "tiny", "--tp", "2", "--set", "train.lr=3e-4",
+                                      "--print-config"])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads(result.output)
+    assert cfg["parallel"]["tp"] == 2 and cfg["train"]["lr"] == 3e-4 and cfg["model"]["n_layers"] == 4
