@@ -113,8 +113,11 @@ class _Collector:
 
 
 async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Sink | None = None,
-                         failure_grace: float = 10.0, handle_signals: bool = True) -> LaunchResult:
-    """Run the plan to completion (or stop); never raises for remote failures: they are in the result."""
+                         failure_grace: float = 10.0, handle_signals: bool = True,
+                         stop: asyncio.Event | None = None) -> LaunchResult:
+    """Run the plan to completion (or stop); never raises for remote failures: they are in the result.
+
+    stop: an event the caller may set to end the run early (the supervisor's hang detector); teardown follows."""
     from orchestrator.remote.fanout import run_on_async, teardown_async
 
     rundir = RunDir(Path(plan.run_dir))
@@ -124,7 +127,7 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
         rundir.write_text("hostfile", plan.hostfile)
     result = LaunchResult(plan)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
     nodes = {n.host: n for n in plan.nodes}
 
     def on_signal(signum: int) -> None:

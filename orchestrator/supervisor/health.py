@@ -1,0 +1,71 @@
+"""Health checks between attempts: is the host reachable, does the check command pass; and a process probe
+that tells a stopped or stuck rank from the ranks waiting for it.
+
+    health = await check_hosts(["n1", "n2"], ssh=ssh, command=["nvidia-smi", "-L"], timeout=20)
+    health        # {"n1": "ok", "n2": "unreachable: connection refused"}
+    states = await probe_pids({"n2": [4242, 4243]}, ssh=ssh)
+    states        # {"n2": {4242: "T", 4243: "S"}}   (state letters of /proc/PID/stat; "gone" when it exited)
+
+Both run through the fan-out (the same SSH transport and node-side agent as the run), under their own run
+ids, so a check that hangs is killed with its session. The check command is an argv list (no shell); on GPU
+nodes e.g. `nvidia-smi -L`, in tests a command the test controls. Exit 0 = healthy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from orchestrator.remote.fanout import new_run_id, run_on_async
+
+__all__ = ["check_hosts", "probe_pids"]
+
+log = logging.getLogger("orchestrator.supervisor.health")
+
+_PROBE = ("import sys\n"
+          "for p in sys.argv[1:]:\n"
+          "    try:\n"
+          "        s = open('/proc/%s/stat' % p).read().rsplit(')', 1)[1].split()[0]\n"
+          "    except OSError:\n"
+          "        s = 'gone'\n"
+          "    print(p, s)\n")
+
+
+async def check_hosts(hosts: Sequence[str], *, ssh=None, transport=None, command: Sequence[str] | None = None,
+                      timeout: float = 20.0, python: str | Callable[[str], str] = "python3") -> dict[str, str]:
+    """host -> "ok", or why not ("unreachable: ...", "check failed: exit 1: <last line>")."""
+    if not hosts:
+        return {}
+    argv = list(command) if command else ["true"]
+    result = await run_on_async(list(hosts), argv, ssh=ssh, transport=transport, timeout=timeout, python=python,
+                                run_id=new_run_id() + "-health")
+    health = {}
+    for host, r in result.items():
+        if r.error is not None:
+            health[host] = f"unreachable: {r.error}"
+        elif r.exit_code != 0:
+            last = r.tail[-1] if r.tail else ""
+            health[host] = f"check failed: exit {r.exit_code}" + (f": {last}" if last else "")
+        else:
+            health[host] = "ok"
+    return health
+
+
+async def probe_pids(pids: dict[str, list[int]], *, ssh=None, transport=None, timeout: float = 10.0,
+                     python: str | Callable[[str], str] = "python3") -> dict[str, dict[int, str]]:
+    """host -> {pid: state letter}; hosts that did not answer are left out."""
+    hosts = [h for h, p in pids.items() if p]
+    if not hosts:
+        return {}
+    result = await run_on_async(hosts, lambda h: [_py(python, h), "-c", _PROBE, *map(str, pids[h])], ssh=ssh,
+                                transport=transport, timeout=timeout, python=python, run_id=new_run_id() + "-probe",
+                                tail_lines=max(len(p) for p in pids.values()) + 5)
+    states: dict[str, dict[int, str]] = {}
+    for host, r in result.items():
+        if r.ok:
+            states[host] = {int(p): s for p, s in (line.split() for line in r.tail if len(line.split()) == 2)}
+    return states
+
+
+def _py(python: str | Callable[[str], str], host: str) -> str:
+    return python(host) if callable(python) else python

@@ -1,0 +1,317 @@
+"""The supervised run: launch, watch, tear down, health-check, exclude/replace/shrink, relaunch; until done.
+
+    cfg = SupervisorConfig(spec=LaunchSpec(program=("orchestrator.engine", "--config", "tiny",
+                                                    "--run-dir", "runs/t1"), module=True, run_id="t1",
+                                           nproc_per_node=2, python=(".venv/bin/python",)),
+                           hosts=resolve_hosts(hosts="node[1-4]", nproc_per_node=2), spares=[Host("node5", 2)],
+                           run_dir=Path("runs/t1"), limits=Limits(min_nodes=2, max_nodes=4, nproc_per_node=2))
+    summary = asyncio.run(Supervisor(cfg, ssh=SshOptions(config="ssh_config")).run())
+    summary["outcome"], summary["exit_code"], summary["ettr"]       # 'done', 0, 0.83
+
+Each attempt is one orchestrator.launch plan (run id RUNID-aN, its logs under RUN_DIR/attempts/RUNID-aN/),
+with ORCH_HEARTBEAT_DIR=RUN_DIR/heartbeat added to the ranks' env. The program must resume by itself from
+the newest complete checkpoint under its run dir (the engine does: `--run-dir` the same on every attempt);
+RUN_DIR is the program's `--run-dir` when it has one, so events.jsonl sits next to metrics.jsonl and
+checkpoints/ (what `orchestrator plot` and `orchestrator status` read). The run dir must be visible to the
+head and every node (a shared file system, as checkpoints must be anyway).
+
+While an attempt runs, three detectors watch it (detect.py): the first torchrun "failed (exitcode" line
+(a rank exit, within ~0.3 s), the runner's own results (a node's launcher exit, a lost control connection),
+and the heartbeat files (a hang after --hang-timeout; the stalled ranks' processes are probed so a stopped or
+stuck one is named). Then the runner tears the attempt down on every host (verified), the hosts and spares
+are health-checked, the culprit is named (diagnosis), policy.decide() picks the next host list, and after a
+backoff the next attempt starts. Exit codes: 0 done; 1 gave up; 128+N stopped by signal N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from orchestrator.errors import EXIT_FAILURE, EXIT_OK
+from orchestrator.hosts import Host
+from orchestrator.launch.env import EnvManifest
+from orchestrator.launch.plan import LaunchPlan, LaunchSpec, build_plan
+from orchestrator.supervisor import policy
+from orchestrator.supervisor.detect import MetricsTail, RankExit, parse_rank_exit, stalled_ranks
+from orchestrator.supervisor.events import EventLog, read_events, read_metrics, summarize
+
+__all__ = ["Supervisor", "SupervisorConfig", "attempt_plan", "diagnose", "newest_checkpoint"]
+
+log = logging.getLogger("orchestrator.supervisor.loop")
+
+HEARTBEAT_ENV = "ORCH_HEARTBEAT_DIR"  # the engine's contract (orchestrator/engine/heartbeat.py)
+_BAD_STATES = {"T": "stopped (SIGSTOP)", "t": "stopped by a tracer", "D": "in uninterruptible sleep (D)",
+               "Z": "a zombie"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisorConfig:
+    spec: LaunchSpec
+    """The launch as the user gave it; run_id is the supervised run's id."""
+    hosts: list[Host]
+    run_dir: Path
+    spares: list[Host] = field(default_factory=list)
+    limits: policy.Limits = policy.Limits()
+    hang_timeout: float = 60.0
+    startup_timeout: float = 600.0
+    health_command: tuple[str, ...] = ()
+    health_timeout: float = 20.0
+    failure_grace: float = 2.0
+    poll_s: float = 0.2
+
+
+def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host]) -> LaunchPlan:
+    """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env."""
+    spec = cfg.spec
+    heartbeat = (cfg.run_dir / "heartbeat").resolve()
+    env = EnvManifest(values={**spec.env.values, HEARTBEAT_ENV: str(heartbeat)},
+                      sources={**spec.env.sources, HEARTBEAT_ENV: "supervisor"})
+    return build_plan(replace(spec, run_id=f"{spec.run_id}-a{number}", run_dir=str(cfg.run_dir / "attempts"),
+                              env=env), hosts)
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[int | None, list[str]]:
+    """(newest intact checkpoint step, warnings about damaged newer ones) under run_dir/checkpoints/."""
+    from orchestrator.engine.checkpoint import _problem, complete_steps
+
+    skipped = []
+    for step in reversed(complete_steps(run_dir)):
+        why = _problem(run_dir / "checkpoints" / f"step-{step}")
+        if why is None:
+            return step, skipped
+        skipped.append(f"step-{step}: {why}")
+    return None, skipped
+
+
+@dataclass
+class _Attempt:
+    number: int
+    plan: LaunchPlan
+    launched_at: float
+    rank_exit: RankExit | None = None
+    hang: list[dict] | None = None
+    probe: dict | None = None
+    result: object = None
+    error: str | None = None
+    first_step_seen: bool = False
+    last_step: int | None = None
+
+
+class Supervisor:
+    def __init__(self, cfg: SupervisorConfig, *, ssh=None, transport=None, sink=None):
+        self.cfg, self.ssh, self.transport, self.sink = cfg, ssh, transport, sink
+        self.run_dir = cfg.run_dir
+        self.events = EventLog(cfg.run_dir)
+        self.heartbeat_dir = cfg.run_dir / "heartbeat"
+        self.state = policy.PolicyState()
+        self.step_seen: dict[int, float] = {}
+        self.metrics = MetricsTail(cfg.run_dir / "metrics.jsonl")
+        self.started_at = time.time()
+
+    # ---- the whole run ------------------------------------------------------------------------------------
+    async def run(self) -> dict:
+        cfg = self.cfg
+        hosts, spares = list(cfg.hosts), list(cfg.spares)
+        self.events.emit("start", run_id=cfg.spec.run_id, hosts=[h.name for h in hosts],
+                         spares=[h.name for h in spares], limits=asdict(cfg.limits),
+                         hang_timeout=cfg.hang_timeout, program=list(cfg.spec.program))
+        number, end, exit_code = 0, None, EXIT_FAILURE
+        try:
+            while True:
+                attempt = await self._attempt(number, hosts)
+                result = attempt.result
+                if result is not None and result.stopped_by is not None:
+                    end, exit_code = ("stopped", {"reason": f"signal {result.stopped_by}"}), 128 + result.stopped_by
+                    break
+                if attempt.error is None and attempt.hang is None and result is not None and result.exit_code == 0:
+                    end, exit_code = ("done", {}), EXIT_OK
+                    break
+                decision, diagnosis = await self._recover(attempt, hosts, spares)
+                if decision.action == "give_up":
+                    end = ("gave_up", {"reason": decision.reason, "last_cause": diagnosis["cause"]})
+                    break
+                hosts = self._apply(decision, hosts, spares)
+                resume, skipped = newest_checkpoint(self.run_dir)
+                lost = None if attempt.last_step is None else attempt.last_step - (resume or 0)
+                self.events.emit("restart", attempt=number + 1, resume_step=resume, skipped_checkpoints=skipped,
+                                 steps_lost=lost, backoff_s=round(decision.backoff_s, 2), cause=diagnosis["cause"],
+                                 hosts=[h.name for h in hosts])
+                await asyncio.sleep(decision.backoff_s)
+                number += 1
+        except asyncio.CancelledError:
+            end, exit_code = ("stopped", {"reason": "cancelled"}), 130
+            raise
+        finally:
+            kind, extra = end or ("stopped", {"reason": "supervisor error"})
+            summary = summarize(read_events(self.run_dir) + [{"event": kind, "time": time.time(), **extra}],
+                                read_metrics(self.run_dir))
+            self.events.emit(kind, **extra, summary=summary)
+            self.events.close()
+        return summary | {"exit_code": exit_code}
+
+    # ---- one attempt ----------------------------------------------------------------------------------------
+    async def _attempt(self, number: int, hosts: list[Host]) -> _Attempt:
+        from orchestrator.engine.heartbeat import read_heartbeats
+        from orchestrator.launch.runner import run_plan_async
+
+        plan = attempt_plan(self.cfg, number, hosts)
+        shutil.rmtree(self.heartbeat_dir, ignore_errors=True)  # last attempt's beats would look like a hang
+        self.heartbeat_dir.mkdir(parents=True)
+        resume, skipped = newest_checkpoint(self.run_dir)
+        policy.note_launch(self.state, resume)
+        attempt = _Attempt(number, plan, time.time())
+        self.events.emit("launch", attempt=number, run_id=plan.run_id, hosts=plan.hosts, world_size=plan.world_size,
+                         resume_step=resume, skipped_checkpoints=skipped, logs=str(Path(plan.run_dir) / "logs"))
+        stop = asyncio.Event()
+
+        def sink(line: str, stream: str) -> None:
+            if attempt.rank_exit is None and not stop.is_set() and (found := parse_rank_exit(line)) is not None:
+                attempt.rank_exit = found
+                node = plan.node(found.host) if found.host in plan.hosts else None
+                self.events.emit("failure", attempt=number, kind="rank_exit", host=found.host,
+                                 rank=node.first_rank + found.local_rank if node else None,
+                                 local_rank=found.local_rank, exitcode=found.exitcode, signal=found.signal,
+                                 pid=found.pid, since_launch_s=round(found.seen_at - attempt.launched_at, 3))
+            if self.sink is not None:
+                self.sink(line, stream)
+
+        task = asyncio.ensure_future(run_plan_async(plan, ssh=self.ssh, transport=self.transport, sink=sink,
+                                                    failure_grace=self.cfg.failure_grace, stop=stop))
+        while not task.done():
+            await asyncio.wait({task}, timeout=self.cfg.poll_s)
+            self._poll_metrics(attempt)
+            if stop.is_set() or attempt.rank_exit is not None or task.done():
+                continue
+            stalled = stalled_ranks(read_heartbeats(self.heartbeat_dir), now=time.time(),
+                                    hang_timeout=self.cfg.hang_timeout, startup_timeout=self.cfg.startup_timeout,
+                                    launched_at=attempt.launched_at, expected=plan.world_size)
+            if stalled:
+                attempt.hang = stalled
+                self.events.emit("failure", attempt=number, kind="hang", hang_timeout=self.cfg.hang_timeout,
+                                 stalled=[{k: b.get(k) for k in ("host", "rank", "step", "status", "time", "pid",
+                                                                 "missing")} for b in stalled])
+                attempt.probe = await self._probe(stalled)
+                stop.set()
+        try:
+            attempt.result = task.result()
+        except Exception as exc:  # noqa: BLE001 - a launcher-side error is one more failure to recover from
+            log.warning("attempt %d: launcher error: %s", number, exc, exc_info=True)
+            attempt.error = f"{type(exc).__name__}: {exc}"
+            self.events.emit("failure", attempt=number, kind="launcher_error", error=attempt.error)
+        self._poll_metrics(attempt)
+        return attempt
+
+    async def _probe(self, stalled: list[dict]) -> dict:
+        from orchestrator.supervisor.health import probe_pids
+
+        pids: dict[str, list[int]] = {}
+        for beat in stalled:
+            if beat.get("host") and beat.get("pid"):
+                pids.setdefault(beat["host"], []).append(int(beat["pid"]))
+        try:
+            return await probe_pids(pids, ssh=self.ssh, transport=self.transport, timeout=self.cfg.health_timeout)
+        except Exception as exc:  # noqa: BLE001 - the probe only sharpens the diagnosis
+            log.warning("process probe failed: %s", exc)
+            return {}
+
+    def _poll_metrics(self, attempt: _Attempt) -> None:
+        for record in self.metrics.poll():
+            step, seen = record["step"], record["seen_at"]
+            attempt.last_step = step
+            if not attempt.first_step_seen:
+                attempt.first_step_seen = True
+                policy.note_success(self.state)
+                resumed = record.get("resumed_from")
+                since = self.step_seen.get(resumed) if resumed else self.started_at
+                lost = None
+                if attempt.number > 0 and since is not None:
+                    lost = round(seen - since - float(record.get("step_time_s") or 0.0), 3)
+                self.events.emit("first_step", attempt=attempt.number, step=step, resumed_from=resumed,
+                                 since_launch_s=round(seen - attempt.launched_at, 3), time_lost_s=lost)
+            self.step_seen[step] = seen
+
+    # ---- between attempts -------------------------------------------------------------------------------
+    async def _recover(self, attempt: _Attempt, hosts: list[Host], spares: list[Host]):
+        from orchestrator.supervisor.health import check_hosts
+
+        names = [h.name for h in hosts] + [s.name for s in spares]
+        health = await check_hosts(names, ssh=self.ssh, transport=self.transport,
+                                   command=self.cfg.health_command or None, timeout=self.cfg.health_timeout)
+        self.events.emit("health", attempt=attempt.number, results=health,
+                         command=list(self.cfg.health_command) or ["true"])
+        diagnosis = diagnose(attempt, health)
+        self.events.emit("diagnosis", attempt=attempt.number, **diagnosis)
+        blame = policy.blame_from(signal=diagnosis.get("signal"), kind=diagnosis["cause"], host=diagnosis.get("host"))
+        checkpoint, _ = newest_checkpoint(self.run_dir)
+        decision = policy.decide([h.name for h in hosts], spares=[s.name for s in spares], blame=blame,
+                                 health=health, checkpoint_step=checkpoint, state=self.state, limits=self.cfg.limits)
+        for host, why in decision.excluded.items():
+            self.events.emit("exclude", host=host, reason=why)
+        for old, new in decision.replaced.items():
+            self.events.emit("replace", host=old, spare=new)
+        if decision.shrunk:
+            self.events.emit("shrink", from_nodes=decision.shrunk[0], to_nodes=decision.shrunk[1],
+                             world_size=decision.shrunk[1] * self.cfg.limits.nproc_per_node)
+        return decision, diagnosis
+
+    def _apply(self, decision: policy.Decision, hosts: list[Host], spares: list[Host]) -> list[Host]:
+        """The next attempt's hosts; spares used or excluded leave the spare list, healthy leftovers join it."""
+        by_name = {h.name: h for h in hosts + spares}
+        chosen = [by_name[n] for n in decision.hosts]
+        left_out = [h for h in hosts if h.name not in decision.hosts and h.name not in decision.excluded]
+        spares[:] = [s for s in spares if s.name not in decision.hosts] + left_out
+        return chosen
+
+
+def diagnose(attempt: _Attempt, health: dict[str, str]) -> dict:
+    """Name the culprit of a failed attempt: the root cause, not the cascade (pure over what was observed).
+
+    Order of evidence: a probed process that is stopped/stuck (hang); a non-cascade first failure from the
+    runner's analysis (torchrun's reports); the first rank exit the head saw if it was a signal; a host that
+    failed its health check (a lost node: its peers' errors are the cascade); otherwise the first failure."""
+    plan, result = attempt.plan, attempt.result
+    unhealthy = {h: why for h, why in health.items() if why != "ok" and h in plan.hosts}
+    if attempt.error is not None:
+        return {"cause": "launcher_error", "host": None, "detail": attempt.error}
+    if attempt.hang is not None:
+        for host, states in (attempt.probe or {}).items():
+            for pid, state in states.items():
+                if state in _BAD_STATES:
+                    beat = next((b for b in attempt.hang if b.get("pid") == pid), {})
+                    return {"cause": "hang", "host": host, "rank": beat.get("rank"), "pid": pid,
+                            "detail": f"rank {beat.get('rank')} (pid {pid}) is {_BAD_STATES[state]}"}
+        if unhealthy:
+            host = next(iter(unhealthy))
+            return {"cause": "node_lost", "host": host, "detail": f"heartbeats stopped; {host}: {unhealthy[host]}"}
+        first = attempt.hang[0]
+        return {"cause": "hang", "host": first.get("host"), "rank": first.get("rank"),
+                "detail": f"no heartbeat for {len(attempt.hang)} rank(s) since step {first.get('step')}"}
+    first = result.first_failure if result is not None else None
+    if first is not None and not first.cascade:
+        return _from_failure(first)
+    seen = attempt.rank_exit
+    if seen is not None and seen.signal not in (None, "SIGTERM", "SIGINT") and seen.host not in unhealthy:
+        node = plan.node(seen.host) if seen.host in plan.hosts else None
+        return {"cause": "killed", "host": seen.host, "rank": node.first_rank + seen.local_rank if node else None,
+                "signal": seen.signal, "exit_code": seen.exitcode, "detail": f"killed by {seen.signal}"}
+    if unhealthy:
+        host = next(iter(unhealthy))
+        return {"cause": "node_lost", "host": host, "detail": unhealthy[host],
+                "cascade": [f.headline() for f in (result.failures if result is not None else [])]}
+    if result is not None and result.unreachable:
+        host, why = next(iter(result.unreachable.items()))
+        return {"cause": "node_lost", "host": host, "detail": f"control connection lost: {why}"}
+    if first is not None:
+        return _from_failure(first)
+    return {"cause": "unknown", "host": None, "detail": f"exit code {getattr(result, 'exit_code', None)}"}
+
+
+def _from_failure(f) -> dict:
+    return {"cause": "killed" if f.signal and f.signal not in ("SIGTERM", "SIGINT") else "crash",
+            "host": f.host, "rank": f.rank, "signal": f.signal, "exit_code": f.rank_exitcode,
+            "detail": f.headline(), "last_lines": f.last_lines}
