@@ -5,6 +5,7 @@
     $ orchestrator run --ssh-config "$(orchestrator sandbox ssh-config)" --hosts 'node[1-16]' -- uptime
     $ eval "$(orchestrator sandbox env)"                 # ORCH_SANDBOX_SSH_CONFIG=... ORCH_SANDBOX_HOSTS=...
     $ orchestrator sandbox status
+    $ orchestrator sandbox exec node3 -- ip -br addr    # inside a host without ssh
     $ orchestrator sandbox down
 """
 
@@ -106,6 +107,22 @@ def env_command(name: str) -> None:
 
     for key, value in Sandbox.load(name).env().items():
         click.echo(f"export {key}={shlex.quote(value)}")
+
+
+@sandbox_group.command("exec", context_settings={"ignore_unknown_options": True})
+@_NAME
+@click.argument("host")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(name: str, host: str, argv: tuple[str, ...]) -> int:
+    """Run ARGV inside HOST's namespaces without ssh (nsenter); exits with its exit code.
+
+    orchestrator sandbox exec node3 -- ip -br addr
+    """
+    import subprocess
+
+    from orchestrator.sandbox import Sandbox
+
+    return subprocess.run(Sandbox.load(name).nsenter_argv(host, list(argv))).returncode
 
 
 @sandbox_group.command("list")

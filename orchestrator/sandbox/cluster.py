@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,24 @@ def _starttime(pid: int) -> int | None:
     return None if fields[0] in "ZX" else int(fields[19])
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM/SIGHUP during `up` raise KeyboardInterrupt, so the half-built sandbox is rolled back, not leaked."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 class Sandbox:
     """A running sandbox, backed by its state file. Build one with `Sandbox.up(...)` or `Sandbox.load(name)`."""
 
@@ -83,6 +102,11 @@ class Sandbox:
            progress: Callable[[str], None] | None = None, ready_timeout: float | None = None) -> Sandbox:
         validate_name(name)
         netns.check_host_tools()
+        with _terminate_as_interrupt():
+            return cls._up(name, nodes=nodes, prefix=prefix, shares=shares, progress=progress, ready_timeout=ready_timeout)
+
+    @classmethod
+    def _up(cls, name, *, nodes, prefix, shares, progress, ready_timeout) -> Sandbox:
         say = progress or (lambda msg: log.info("%s", msg))
         t0 = time.monotonic()
         sdir = state_dir(name)

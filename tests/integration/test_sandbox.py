@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -130,3 +132,39 @@ def test_cli_status_env_and_ssh_config(sandbox):
     assert '"sshd_alive": true' in status.stdout
     assert run("ssh-config").stdout.strip() == str(sandbox.ssh_config)
     assert f"ORCH_SANDBOX_SSH_CONFIG={sandbox.ssh_config}" in run("env").stdout
+
+
+def test_up_refuses_names_that_exist_and_are_not_its_own():
+    from orchestrator.errors import ConfigError
+    from orchestrator.sandbox import Sandbox
+    from orchestrator.sandbox.plan import plan_sandbox
+
+    name = f"pt{os.getpid()}-taken"
+    bridge = plan_sandbox(name, nodes=1).bridge
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        with pytest.raises(ConfigError, match="not this sandbox's"):
+            Sandbox.up(name, nodes=1)
+        assert not Path("/tmp/orchestrator-sandbox", name).exists()
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], check=True)
+
+
+def test_sigterm_during_up_rolls_back():
+    name = f"pt{os.getpid()}-sigterm"
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "sandbox", "up", "--nodes", "16", "--name", name],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = Path("/tmp/orchestrator-sandbox", name, "state.json")
+    deadline = time.monotonic() + 60
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=120)
+    if rc == 0:  # up won the race: nothing to roll back
+        from orchestrator.sandbox import Sandbox
+
+        Sandbox.load(name).down()
+        pytest.skip("sandbox up finished before SIGTERM arrived")
+    assert rc == 130, proc.stderr.read()
+    assert not state.parent.exists()
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"orch-{name}")]

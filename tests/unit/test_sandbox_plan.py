@@ -103,3 +103,11 @@ def test_cli_refuses_non_root_with_exit_2():
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
     assert out.returncode == 2, out.stderr
     assert "needs root" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_down_of_an_unknown_sandbox_is_a_config_error(tmp_path):
+    env = {**os.environ, "ORCH_SANDBOX_ROOT": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "sandbox", "down", "--name", "nothing-here"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2
+    assert "no sandbox recorded" in out.stderr and "Traceback" not in out.stderr
