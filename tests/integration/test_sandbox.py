@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,3 +169,18 @@ def test_sigterm_during_up_rolls_back():
     assert rc == 130, proc.stderr.read()
     assert not state.parent.exists()
     assert not [n for n in os.listdir("/run/netns") if n.startswith(f"orch-{name}")]
+
+
+def test_shared_path_under_root_is_visible_and_writable_on_hosts(private_sandbox, tmp_path):
+    shared = Path(f"/root/.orch-share-test-{os.getpid()}-{uuid.uuid4().hex[:6]}")  # like a venv under /root
+    shared.mkdir()
+    try:
+        (shared / "from-head").write_text("head\n")
+        sb = private_sandbox(nodes=1, shares=[str(shared)])
+        host = sb.hosts[0]
+        assert sb.exec(host, ["cat", str(shared / "from-head")]).stdout == "head\n"
+        sb.exec(host, ["sh", "-c", f"echo host > {shared}/from-host"], check=True)
+        assert (shared / "from-host").read_text() == "host\n"
+        assert sb.exec(host, ["ls", "-A", "/root"]).stdout.split() == [shared.name]  # the rest of /root stays private
+    finally:
+        shutil.rmtree(shared)
