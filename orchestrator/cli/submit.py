@@ -131,12 +131,12 @@ def slurm_launch_command(env_args, env_files, nproc_per_node, python, module, no
                       run_id=run_id or new_run_id(), nproc_per_node=nproc_per_node, master_port=master_port,
                       python=(python or sys.executable,), workdir=(workdir,) if workdir else (), env=env)
     plan = build_plan(spec, via_slurm.allocation_hosts(alloc, nproc_per_node=nproc_per_node))
-    argv = via_slurm.srun_argv(plan, alloc, srun_options=srun_opts)
     if dry_run:
+        argv = via_slurm.srun_argv(plan, alloc, srun_options=srun_opts)
         click.echo(json.dumps({"plan": plan.to_json(), "srun": redact_argv(argv)}, indent=2) if as_json
                    else f"would run: {shlex.join(redact_argv(argv))}")
         return 0
-    rc = via_slurm.run_srun(argv, via_slurm.srun_env(plan))
+    rc = via_slurm.run_via_slurm(plan, srun_options=srun_opts, alloc=alloc)
     if requeue_max:
         via_slurm.maybe_requeue(rc, max_restarts=requeue_max)
     return rc

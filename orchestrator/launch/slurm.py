@@ -8,7 +8,8 @@ Head side, inside `salloc` or an sbatch script (what `launchers/srun-torchrun` a
     # ['srun', '--nodes=4', '--ntasks=4', '--ntasks-per-node=1', '--kill-on-bad-exit=1', '--quit-on-interrupt',
     #  '--nodelist=node[1-4]', '--exclusive', PY, '-m', 'orchestrator.launch.slurm', 'node', '--',
     #  PY, '-m', 'torch.distributed.run', '--nnodes=4', '--node-rank=0', ...]
-    rc = run_srun(argv, env=plan.env.values)      # the env manifest rides in srun's environment, never in argv
+    rc = run_srun(argv, srun_env(plan))           # the env manifest rides in srun's environment, never in argv
+    rc = run_via_slurm(plan, srun_options=[...])  # the same in one call: what `launch --via slurm` uses
 
 Node side (what srun starts once per node): `python -m orchestrator.launch.slurm node -- <node 0's torchrun argv>`
 puts SLURM_NODEID in --node-rank and runs torchrun in this process, so it can map how the ranks ended onto
@@ -34,7 +35,7 @@ from collections.abc import Mapping, Sequence
 
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
 from orchestrator.hosts import Host, HostList, fold
-from orchestrator.slurm import Allocation
+from orchestrator.slurm import Allocation, require_allocation
 
 log = logging.getLogger("orchestrator.launch.slurm")
 
@@ -96,6 +97,15 @@ def run_srun(argv: list[str], env: Mapping[str, str]) -> int:
             proc.kill()
             proc.wait()
         raise
+
+
+def run_via_slurm(plan, *, srun_options: Sequence[str] = (), alloc: Allocation | None = None) -> int:
+    """`launch --via slurm`: run the plan as one srun step of the enclosing allocation; returns srun's exit code.
+
+    ConfigError (exit 2, nothing started) outside an allocation or when the plan does not fit one srun step.
+    """
+    alloc = alloc or require_allocation("--via slurm")
+    return run_srun(srun_argv(plan, alloc, srun_options=srun_options), srun_env(plan))
 
 
 def maybe_requeue(rc: int, *, max_restarts: int, environ: Mapping[str, str] = os.environ) -> bool:

@@ -157,6 +157,23 @@ def test_slurm_launch_inside_salloc_runs_4x2_ranks(cluster):
 
 
 @pytest.mark.parametrize(("rank_exit", "job_exit"), [(3, 1), (2, 2)])
+def test_launch_via_slurm_in_an_sbatch_script_runs_4x2_ranks(cluster, tmp_path):
+    """`orchestrator launch --via slurm` (the LAUNCH command's hook onto orchestrator.launch.slurm)."""
+    help_text = subprocess.run([*ORCH, "launch", "--help"], capture_output=True, text=True).stdout
+    if "--via" not in help_text:
+        pytest.skip("orchestrator launch has no --via option yet (hook: orchestrator.launch.slurm.run_via_slurm)")
+    sb, _ = cluster
+    script = f"""#!/bin/bash
+#SBATCH --nodes=4
+#SBATCH --gpus-per-node=2
+#SBATCH --output={tmp_path}/%j.out
+{' '.join(ORCH)} launch --via slurm --python {sys.executable} -m {ALLREDUCE}
+"""
+    job_id, log = sbatch(script, tmp_path)
+    assert wait_job(job_id) == 0, log.read_text()
+    assert_ranks(results(log.read_text()), sb.hosts, nproc=2)
+
+
 def test_failed_rank_gives_the_contract_exit_code(cluster, rank_exit, job_exit):
     """A crash (exit 3) on one node -> 1 (restartable); a config error (exit 2) -> 2 (do not requeue)."""
     sb, _ = cluster
