@@ -20,7 +20,6 @@ hostname can match SlurmctldHost without touching the machine's hostname. Daemon
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import socket
@@ -33,7 +32,6 @@ from orchestrator.errors import ConfigError, RemoteError
 from orchestrator.hosts import fold
 from orchestrator.sandbox.plan import HEAD_NAME
 
-log = logging.getLogger("orchestrator.sandbox.slurm")
 
 PARTITION = "debug"
 REQUIRED = {"munged": "munge", "/usr/sbin/slurmctld": "slurmctld", "/usr/sbin/slurmd": "slurmd",
