@@ -13,6 +13,7 @@ which orchestrator.provision.gate judges.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -71,7 +72,7 @@ class InstallPlan:
 
     def argv(self) -> list[str]:
         """The ansible-playbook command this plan amounts to (inventory: the file run_install writes)."""
-        inventory = self.inventory if isinstance(self.inventory, str) else str(self.workdir / "inventory" / "hosts.yml")
+        inventory = self.inventory if isinstance(self.inventory, str) else str(self.workdir / "inventory" / "hosts.json")
         argv = ["ansible-playbook", "-i", inventory, "--forks", str(self.forks), str(self.playbook)]
         if self.tags:
             argv += ["--tags", ",".join(self.tags)]
@@ -79,8 +80,8 @@ class InstallPlan:
             argv += ["--skip-tags", ",".join(self.skip_tags)]
         if self.check:
             argv.append("--check")
-        for key, value in self.extra_vars.items():
-            argv += ["-e", f"{key}={value}"]
+        if self.extra_vars:
+            argv += ["-e", json.dumps(dict(self.extra_vars), sort_keys=True)]
         return argv
 
 
