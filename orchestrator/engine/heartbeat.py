@@ -3,6 +3,7 @@
     export ORCH_HEARTBEAT_DIR=/shared/run42/heartbeat     # set by the launcher; unset = no heartbeat
     hb = Heartbeat.from_env(rank=3, local_rank=1, world_size=8)
     hb.beat(step=17, status="training")                    # every step
+    hb.beat(status="failed")                               # on the way out of an exception: keeps step 17
     read_heartbeats("/shared/run42/heartbeat")             # the supervisor: {"node2-rank3": {...}, ...}
 
 Contract (for the supervisor):
@@ -40,6 +41,8 @@ class Heartbeat:
     rank: int
     local_rank: int
     world_size: int
+    step: int = 0
+    """The last step reported (a "failed" beat repeats it, so the supervisor sees how far the rank got)."""
 
     @classmethod
     def from_env(cls, *, rank: int, local_rank: int, world_size: int) -> Heartbeat:
@@ -55,12 +58,14 @@ class Heartbeat:
             return None
         return self.directory / f"{socket.gethostname()}-rank{self.rank}.json"
 
-    def beat(self, *, step: int, status: str = "training") -> None:
+    def beat(self, *, step: int | None = None, status: str = "training") -> None:
+        """Report `step` (default: the last one reported) with `status`."""
+        self.step = self.step if step is None or step < 0 else step
         path = self.path
         if path is None:
             return
         record = {"rank": self.rank, "local_rank": self.local_rank, "world_size": self.world_size,
-                  "host": socket.gethostname(), "pid": os.getpid(), "step": step, "status": status,
+                  "host": socket.gethostname(), "pid": os.getpid(), "step": self.step, "status": status,
                   "time": time.time()}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record))

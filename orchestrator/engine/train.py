@@ -62,7 +62,7 @@ def train(cfg: EngineConfig) -> dict[str, Any]:
     try:
         summary = _Trainer(cfg, dims, rank=rank, local_rank=local_rank, heartbeat=heartbeat).run()
     except BaseException:
-        heartbeat.beat(step=-1, status="failed")
+        heartbeat.beat(status="failed")
         raise
     heartbeat.beat(step=summary["last_step"], status="done")
     return summary

@@ -78,6 +78,8 @@ def test_heartbeat_files_are_replaced_atomically_and_readable(tmp_path, monkeypa
     first = json.loads(beats[0].path.read_text())
     assert first["status"] == "training" and first["rank"] == 0 and first["pid"] > 0 and first["time"] > 0
     assert not list((tmp_path / "hb").glob(".*tmp")), "no temporary files left behind"
+    beats[0].beat(status="failed")
+    assert json.loads(beats[0].path.read_text())["step"] == 5, "a failure keeps the last step"
 
 
 def test_heartbeat_is_off_without_the_env(monkeypatch):
