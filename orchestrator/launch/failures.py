@@ -13,7 +13,8 @@ rank, exit code or signal) and a log line with a microsecond timestamp (`E1123 1
   2. the node-side failure time (torchrun's timestamp; clocks are assumed NTP-synced), when every failed node
      reported one; otherwise the time the head saw that node's launcher exit.
 Without a torchrun report (deepspeed launcher, or torchrun itself failed) the rank comes from torch's own
-`[rankN]:` traceback prefix when there is one.
+`[rankN]:` traceback prefix when there is one; otherwise the failure names the host and its launcher's exit
+code (DeepSpeed's launcher logs neither the failed rank nor its pid: it reports the last-spawned command).
 """
 
 from __future__ import annotations

@@ -102,7 +102,10 @@ class _Collector:
         self.host_lines[host].append(body)
         self.logs.write(host, text)
         if self.sink is not None:
-            self.sink(text, stream)
+            try:
+                self.sink(text, stream)
+            except OSError:  # terminal gone (SIGHUP, closed pipe): keep logging to the run dir, keep the run
+                self.sink = None
 
     def failure(self, host: str, exit_code: int, head_time: float) -> Failure:
         return host_failure(
