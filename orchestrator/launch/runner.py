@@ -154,6 +154,7 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
                 if not stop.is_set():
                     loop.call_later(failure_grace, stop.set)
 
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         if handle_signals:
             for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, on_signal, sig)
@@ -174,6 +175,7 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
             if handle_signals:
                 for sig in STOP_SIGNALS:
                     loop.remove_signal_handler(sig)
+                    signal.signal(sig, previous[sig])  # the caller's handlers (e.g. demo: tear the sandbox down)
     rundir.write_json("result.json", result.to_json())
     return result
 
