@@ -40,13 +40,15 @@ def demo_command(nodes: int, nproc_per_node: int, name: str, run_dir: str) -> in
     for r in outcome.rows:
         table.add_row(str(r["rank"]), r["host"], str(r["local_rank"]), str(r["world_size"]), str(r["sum"]),
                       str(r["expected"]), "yes" if r["sum"] == r["expected"] else "NO")
-    Console().print(table)
+    if outcome.rows:
+        Console().print(table)
     first = outcome.launch.first_failure
     if first is not None:
         click.echo(f"first failure: {first.describe()}", err=True)
     for host, why in outcome.launch.unreachable.items():
         click.echo(f"unreachable: {host}: {why}", err=True)
-    verdict = "ok" if outcome.ok else "FAILED"
+    stopped = outcome.launch.stopped_by
+    verdict = "ok" if outcome.ok else f"stopped by signal {stopped}" if stopped else "FAILED"
     click.echo(f"demo {verdict}: run {outcome.launch.plan.run_id}, logs in {outcome.launch.plan.run_dir}/logs/",
                err=True)
     return 0 if outcome.ok else (outcome.launch.exit_code or 1)
