@@ -9,7 +9,6 @@ with an unreachable host.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
