@@ -156,7 +156,6 @@ def test_slurm_launch_inside_salloc_runs_4x2_ranks(cluster):
     assert_ranks(results(out.stdout + out.stderr), sb.hosts, nproc=2)
 
 
-@pytest.mark.parametrize(("rank_exit", "job_exit"), [(3, 1), (2, 2)])
 def test_launch_via_slurm_in_an_sbatch_script_runs_4x2_ranks(cluster, tmp_path):
     """`orchestrator launch --via slurm` (the LAUNCH command's hook onto orchestrator.launch.slurm)."""
     help_text = subprocess.run([*ORCH, "launch", "--help"], capture_output=True, text=True).stdout
@@ -174,6 +173,7 @@ def test_launch_via_slurm_in_an_sbatch_script_runs_4x2_ranks(cluster, tmp_path):
     assert_ranks(results(log.read_text()), sb.hosts, nproc=2)
 
 
+@pytest.mark.parametrize(("rank_exit", "job_exit"), [(3, 1), (2, 2)])
 def test_failed_rank_gives_the_contract_exit_code(cluster, rank_exit, job_exit):
     """A crash (exit 3) on one node -> 1 (restartable); a config error (exit 2) -> 2 (do not requeue)."""
     sb, _ = cluster
