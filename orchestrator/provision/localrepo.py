@@ -1,10 +1,10 @@
 """A local package mirror for hosts without a route out: a flat apt repository plus a wheel directory,
 served over HTTP from the head.
 
-    from orchestrator.provision.localrepo import plan_debs, fetch_debs, build_flat_repo, serve
-    specs = plan_debs(["docker.io", "rdma-core"])          # what the head would install: ["containerd=1.6.20~ds1-1+deb12u3", ...]
-    fetch_debs(specs, ".cache/install/repo")                # apt-get download, skipping files already cached
-    build_flat_repo(".cache/install/repo")                  # Packages, Packages.gz, Release (dpkg-scanpackages)
+    from orchestrator.provision.localrepo import build_mirror, plan_debs, serve
+    plan_debs(["docker.io", "rdma-core"])       # what the head would install: ["containerd=1.6.20~ds1-1+deb12u3", ...]
+    build_mirror(".cache/install/repo", roles_dir="playbooks/roles", roles=["common", "rdma"],
+                 wheels=["nvidia-nccl-cu12==2.32.3"])   # apt-get download (cached), pip download, Packages + Release
     server = serve(".cache/install/repo", bind="10.80.255.254")   # python -m http.server; server.url, server.stop()
     # hosts: common_apt_mirror_url=server.url, common_apt_mirror_trusted=true (see playbooks/roles/common)
 
@@ -32,7 +32,22 @@ from orchestrator.errors import ConfigError, RemoteError
 
 log = logging.getLogger("orchestrator.provision.localrepo")
 
-__all__ = ["parse_simulation", "plan_debs", "fetch_debs", "build_flat_repo", "serve", "RepoServer"]
+__all__ = ["role_packages", "parse_simulation", "plan_debs", "fetch_debs", "fetch_wheels", "build_flat_repo",
+           "build_mirror", "serve", "RepoServer"]
+
+def role_packages(roles_dir: str | os.PathLike, roles: list[str], family: str = "Debian") -> list[str]:
+    """The packages the roles install on `family` (their vars/<family>.yml `*_packages` lists): what a mirror needs."""
+    import yaml
+
+    packages = []
+    for role in roles:
+        path = Path(roles_dir) / role / "vars" / f"{family}.yml"
+        if path.exists():
+            for key, value in (yaml.safe_load(path.read_text()) or {}).items():
+                if key.endswith("_packages") and isinstance(value, list):
+                    packages += [p for p in value if "{{" not in p]
+    return packages
+
 
 _INST = re.compile(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) ")
 
@@ -71,6 +86,16 @@ def fetch_debs(specs: list[str], repo_dir: str | os.PathLike) -> list[str]:
     return missing
 
 
+def fetch_wheels(requirements: list[str], wheel_dir: str | os.PathLike) -> None:
+    """pip download each requirement (no dependencies) into wheel_dir unless a wheel of that name-version is there."""
+    target = Path(wheel_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    for req in requirements:
+        name, _, version = req.partition("==")
+        if not list(target.glob(f"{name.replace('-', '_')}-{version or ''}*.whl")):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(target), req], check=True)
+
+
 def build_flat_repo(repo_dir: str | os.PathLike) -> Path:
     """Write Packages, Packages.gz and a Release (with hashes) for a flat repo: `deb [trusted=yes] URL ./`."""
     repo = Path(repo_dir)
@@ -84,6 +109,15 @@ def build_flat_repo(repo_dir: str | os.PathLike) -> Path:
         lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {name}")
     (repo / "Release").write_text("\n".join(lines) + "\n")
     return repo
+
+
+def build_mirror(repo_dir: str | os.PathLike, *, roles_dir: str | os.PathLike, roles: list[str],
+                 wheels: list[str] = ()) -> Path:
+    """Everything the roles install (with dependencies) plus `wheels` (pip requirements) -> a flat repo in repo_dir."""
+    fetch_debs(plan_debs(role_packages(roles_dir, roles)), repo_dir)
+    if wheels:
+        fetch_wheels(list(wheels), Path(repo_dir) / "wheels")
+    return build_flat_repo(repo_dir)
 
 
 @dataclass

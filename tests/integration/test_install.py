@@ -34,21 +34,9 @@ NCCL_WHEEL = "nvidia-nccl-cu12==2.32.3"
 USER, HOME = "trainer", "/var/lib/trainer"  # /home is shared by all test hosts; /var is private to each
 
 
-def _role_packages() -> list[str]:
-    """The Debian packages of the roles that run here (from the roles' own vars, so the mirror cannot drift)."""
-    packages = []
-    for role in ("common", "rdma", "rootless_docker"):
-        packages += next(v for k, v in yaml.safe_load((ROLES / role / "vars" / "Debian.yml").read_text()).items()
-                         if k.endswith("_packages"))
-    return packages
-
-
 def _mirror(bind: str) -> localrepo.RepoServer:
-    localrepo.fetch_debs(localrepo.plan_debs(_role_packages()), CACHE)
-    wheels = CACHE / "wheels"
-    if not list(wheels.glob("nvidia_nccl_cu12-2.32.3-*.whl")):
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), NCCL_WHEEL], check=True)
-    localrepo.build_flat_repo(CACHE)
+    """The packages of the roles that run here (read from the roles' vars, so the mirror cannot drift)."""
+    localrepo.build_mirror(CACHE, roles_dir=ROLES, roles=["common", "rdma", "rootless_docker"], wheels=[NCCL_WHEEL])
     return localrepo.serve(CACHE, bind=bind)
 
 
