@@ -26,8 +26,9 @@ A save is written under the partial name and renamed to step-N/ by rank 0 only a
 written (which DCP does after every rank finished its shards), so step-N/ exists only when complete.
 load_latest() tries complete checkpoints newest first and skips one whose files are missing, truncated or
 unreadable, with a warning. keep-last-K deletes older complete checkpoints only after a newer one is
-committed, so keep=1 is safe with async saves. Async saves run on their own gloo group, so they never
-interleave with the training collectives.
+committed, so keep=1 is safe with async saves. Async saves copy the state in a background thread (the
+next optimizer step waits for that copy through a step pre-hook), then write on their own gloo group, so
+they never interleave with the training collectives; the train loop only calls wait() before it exits.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 __all__ = ["Checkpointer", "complete_steps", "latest_complete_step"]
@@ -113,15 +115,26 @@ class Checkpointer:
         self.world_size = dist.get_world_size() if self.distributed else 1
         # Async saves talk on their own gloo group: the default group is busy with training collectives.
         self._group = dist.new_group(backend="gloo") if self.distributed and async_save else None
+        # Async staging: the copy of the state is taken in a background thread while the next step's
+        # forward/backward runs; a pre-hook on every optimizer makes step() wait for the copy before it
+        # changes any parameter (no call for the train loop to remember). The stager keeps its buffers
+        # between saves. On a GPU it copies into pinned memory without blocking the compute stream.
+        accel = torch.accelerator.is_available()
+        self._stager = DefaultStager(StagingOptions(use_pinned_memory=accel, use_shared_memory=False,
+                                                    use_async_staging=True, use_non_blocking_copy=accel)) \
+            if async_save else None
+        self._staging: Future | None = None
+        self._hooks: list = []
         self._pending: Future | None = None
         self._committed: Future | None = None
-        self.last_save_stall_s = 0.0  # time save() blocked the caller (the whole save when sync)
+        self.last_save_stall_s = 0.0  # time the save held training up: the call, plus an optimizer step's wait
 
     # ---- save -------------------------------------------------------------------------------------
     @torch.no_grad()
     def save(self, step: int, model_parts: Any, optimizers: Any, extra: dict | None = None) -> None:
-        """Checkpoint `step`. Sync: returns once step-N/ is committed. Async: returns after staging a copy;
-        the write and commit finish in the background (wait() joins them; the next save waits first)."""
+        """Checkpoint `step`. Sync: returns once step-N/ is committed. Async: returns at once; the copy, the
+        write and the commit finish in the background (the next optimizer step waits for the copy only;
+        wait() joins everything; the next save waits first)."""
         self.wait()
         begin = time.perf_counter()
         state = self._state(model_parts, optimizers)
@@ -135,8 +148,10 @@ class Checkpointer:
         if self.distributed:
             dist.barrier()  # the directory exists before any rank writes into it
         if self.async_save:
-            self._pending = dcp.async_save(state, checkpoint_id=str(partial), process_group=self._group,
-                                           no_dist=not self.distributed)
+            response = dcp.async_save(state, checkpoint_id=str(partial), process_group=self._group,
+                                      async_stager=self._stager, no_dist=not self.distributed)
+            self._staging, self._pending = response.staging_completion, response.upload_completion
+            self._hooks = [opt.register_step_pre_hook(self._before_optimizer_step) for opt in _as_list(optimizers)]
             self._committed = committed = Future()
             self._pending.add_done_callback(lambda fut: self._commit_after(fut, committed, step, partial, meta))
         else:
@@ -149,10 +164,24 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until the pending async save is written and committed; re-raise its failure."""
+        self._wait_staged()
         pending, committed, self._pending, self._committed = self._pending, self._committed, None, None
         if pending is not None:
             pending.result()
             committed.result()
+
+    def _wait_staged(self) -> None:
+        staging, self._staging = self._staging, None
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if staging is not None:
+            staging.result()
+
+    def _before_optimizer_step(self, *_: Any) -> None:
+        begin = time.perf_counter()
+        self._wait_staged()
+        self.last_save_stall_s += time.perf_counter() - begin
 
     def _commit_after(self, fut: Future, committed: Future, step: int, partial: Path, meta: str) -> None:
         # Runs in DCP's writer thread when the async save finishes; only a successful one is committed.

@@ -1,6 +1,6 @@
 """Checkpoint resume across process groups and layouts, with the real engine under real torchrun (gloo, fp32).
 
-One uninterrupted run (pp2 x tp2, 4 processes) saves at steps 4 and 8. The run "stops" after step 4: a copy
+One uninterrupted run (pp2 x tp2, 4 processes) saves asynchronously at steps 4 and 8. The run "stops" after step 4: a copy
 of its run dir keeps only checkpoints/step-4 (or a truncated step-8 too), and a new process group resumes
 it with the same layout, with dp4, and as one process. Steps 5-8 must reproduce the uninterrupted run.
 """
@@ -46,7 +46,7 @@ def losses(run_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("resume") / "uninterrupted"
-    run_engine(run_dir, 4, "--pp", "2", "--tp", "2")
+    run_engine(run_dir, 4, "--pp", "2", "--tp", "2", "--async-checkpoint")  # saves overlap the next steps
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-4", "step-8"]
     assert sorted(losses(run_dir)) == list(range(1, STEPS + 1))
     return run_dir

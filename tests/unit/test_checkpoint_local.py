@@ -3,6 +3,7 @@ corrupt checkpoints skipped, async save committed by wait(). Multi-process layou
 
 import json
 import logging
+import time
 
 import pytest
 import torch
@@ -144,3 +145,26 @@ def test_extra_that_json_cannot_hold_fails_at_save(tmp_path):
     with pytest.raises(TypeError):
         Checkpointer(tmp_path, async_save=True).save(1, model, opt, extra={"bad": object()})
     assert complete_steps(tmp_path) == []
+
+
+def test_async_save_holds_the_state_of_its_step_while_training_goes_on(tmp_path, monkeypatch):
+    from torch.distributed.checkpoint.staging import DefaultStager
+
+    stage = DefaultStager._stage
+
+    def slow_stage(self, state_dict, **kw):  # a slow copy: training reaches optimizer.step() before it ends
+        time.sleep(0.3)
+        return stage(self, state_dict, **kw)
+
+    monkeypatch.setattr(DefaultStager, "_stage", slow_stage)
+    model, opt = make()
+    train(model, opt, 2)
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = Checkpointer(tmp_path, async_save=True)
+    ckpt.save(2, model, opt)
+    train(model, opt, 3, start=2)  # optimizer steps wait for the background copy, then change the weights
+    ckpt.wait()
+    model2, opt2 = make()
+    assert Checkpointer(tmp_path).load_latest(model2, opt2)[0] == 2
+    for k, v in model2.state_dict().items():
+        assert torch.equal(v, snapshot[k])
