@@ -10,6 +10,7 @@ activation checkpointing and compile wrap whole blocks, and FSDP2 shards what is
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 from torch import nn
@@ -91,6 +92,9 @@ def apply_compile(model: nn.Module) -> None:
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, dtype: torch.dtype, pp_enabled: bool) -> None:
     """FSDP2 per block, then the root. With a pipeline, keep parameters gathered between microbatches."""
+    # FSDP2 warns on every forward when a wrapped module returns a view (TP's to_local outputs do): the
+    # model never modifies those outputs in place, which is the case the warning is about.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     reshard = not pp_enabled
     if model.tok_embeddings is not None:

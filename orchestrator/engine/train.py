@@ -210,6 +210,7 @@ class _Trainer:
         if resumed is not None:
             start, extra = resumed
             self.batches.load_state_dict(extra["data"])
+            self.heartbeat.beat(step=start, status="starting")
             log.info("resumed at step %d", start)
         writer = MetricsWriter(run_dir / "metrics.jsonl") if self.rank == 0 else None
         losses = []
