@@ -83,3 +83,31 @@ def test_split_layers_is_contiguous_and_balanced():
 def test_interleaved_stages_loop_over_the_pp_ranks():
     assert stage_ids(pp_rank=1, pp=4, stages_per_rank=2) == [1, 5]
     assert stage_ids(pp_rank=0, pp=2, stages_per_rank=1) == [0]
+
+
+def test_stage_parameter_names_and_weights_do_not_depend_on_the_split():
+    import torch
+
+    from orchestrator.engine.model import Transformer, init_weights
+    from orchestrator.engine.pipeline import _stage_module
+
+    cfg = load_config("tiny").model
+    full = Transformer(cfg)
+    init_weights(full, cfg=cfg, seed=7)
+    with torch.device("meta"):
+        skeleton = Transformer(cfg)
+    ranges = split_layers(n_layers=cfg.n_layers, n_stages=3)
+    stages = [_stage_module(skeleton, s, 3, ranges[s]) for s in range(3)]
+    names = [set(dict(stage.named_parameters())) for stage in stages]
+    assert set.union(*names) == set(dict(full.named_parameters())), "the stages hold exactly the full model"
+    assert sum(map(len, names)) == len(dict(full.named_parameters())), "no parameter lives on two stages"
+    assert "layers.3.attention.wq.weight" in names[2] and "tok_embeddings.weight" in names[0]
+    last = stages[2].to_empty(device="cpu")
+    init_weights(last, cfg=cfg, seed=7)
+    for name, param in last.named_parameters():
+        assert torch.equal(param, full.get_parameter(name)), name
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))
+    hidden = full.tok_embeddings(tokens)
+    for layer in list(full.layers.values())[:ranges[2][0]]:
+        hidden = layer(hidden, full.rope)
+    assert torch.allclose(last(hidden), full(tokens), atol=1e-6), "the last stage continues the full forward"
