@@ -112,7 +112,8 @@ class ParallelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and value != -1):
                 raise ConfigError(f"--{name.replace('_', '-')}", value, "use a positive integer or -1 (infer)")
         if [self.dp_shard, self.dp_replicate, self.tp, self.pp].count(-1) > 1:
-            raise ConfigError(message="at most one of --dp-shard, --dp-replicate, --tp, --pp may be -1 (infer)")
+            raise ConfigError(message="at most one of --dp-shard, --dp-replicate, --tp, --pp may be -1 (infer); "
+                              "--dp-shard defaults to -1, so give it a value (e.g. --dp-shard 1) to infer another")
         if self.schedule not in SCHEDULES:
             raise ConfigError("--schedule", self.schedule, f"use one of {', '.join(SCHEDULES)}")
         if self.microbatches < 0:
