@@ -159,9 +159,11 @@ class Sandbox:
         self.timings["files"] = time.monotonic() - t
         say(f"starting {len(state.hosts)} hosts (namespaces, overlays, sshd)")
         t = time.monotonic()
-        with ThreadPoolExecutor(max_workers=min(16, len(state.hosts))) as pool:
-            list(pool.map(lambda h: netns.run_host_setup(h, netns.host_setup_script(state, h, sshd_config=sshd_configs[h.name])),
-                          state.hosts))
+        errors = netns.start_hosts([netns.host_spec(state, h, sshd_config=sshd_configs[h.name]) for h in state.hosts])
+        failed = {h: e for h, e in errors.items() if e}
+        if failed or len(errors) != len(state.hosts):
+            first = next(iter(failed.items()), ("?", "no result"))
+            raise RemoteError(f"sandbox {state.name}: {len(failed) or 'some'} hosts failed to start; {first[0]}: {first[1]}")
         self.timings["hosts"] = time.monotonic() - t
         say("waiting for sshd on every host")
         t = time.monotonic()

@@ -1,9 +1,9 @@
 """Kernel plumbing for sandbox hosts: bridge, network/UTS/mount namespaces, overlays, and taking them down.
 
-    check_host_tools()                          # root + ip/unshare/nsenter/sshd/findmnt, else ConfigError
+    check_host_tools()                          # root + ip/nsenter/mount/sshd, else ConfigError
     conflicts = existing_conflicts(plan)        # names already on this machine -> up refuses
     create_network(plan)                        # one `ip -batch`: bridge, netns, veth pairs
-    run_host_setup(host, script)                # nsenter --net + unshare --uts --mount: hostname, mounts, sshd
+    start_hosts([host_spec(...), ...])          # hostinit.py: namespaces, hostname, mounts, sshd (syscalls)
     kill_namespace_processes(netns_names)       # SIGTERM, then SIGKILL, everything living in those netns
     delete_network(state)                       # netns and bridge (veths go with their netns)
 
@@ -18,10 +18,10 @@ import errno
 import json
 import logging
 import os
-import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,8 +33,8 @@ from orchestrator.sandbox.state import HostState, SandboxState
 log = logging.getLogger("orchestrator.sandbox.netns")
 
 NETNS_DIR = Path("/run/netns")
-REQUIRED_TOOLS = {"ip": "iproute2", "unshare": "util-linux", "nsenter": "util-linux", "findmnt": "util-linux",
-                  "mount": "mount", "/usr/sbin/sshd": "openssh-server"}
+REQUIRED_TOOLS = {"ip": "iproute2", "nsenter": "util-linux", "mount": "mount", "/usr/sbin/sshd": "openssh-server"}
+HOSTINIT = Path(__file__).with_name("hostinit.py")
 MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -110,37 +110,40 @@ def mounts_under(path: Path) -> list[str]:
     return found
 
 
-def host_setup_script(state: SandboxState, host: HostState, *, sshd_config: Path) -> str:
-    """Runs inside the host's new namespaces: hostname, address, overlays, private /root /run /dev/shm, shares, sshd."""
-    q = shlex.quote
+def host_spec(state: SandboxState, host: HostState, *, sshd_config: Path) -> dict:
+    """What hostinit.py does for one host: namespaces, hostname, address, mounts, then sshd."""
     hdir = Path(host.dir)
     prefixlen = state.subnet.split("/")[1]
-    lines = [
-        f"hostname {q(host.name)}",
-        f"printf '%s\\n' 'addr add {host.ip}/{prefixlen} dev eth0' 'link set lo up' 'link set eth0 up' | ip -batch -",
-        # The new mount table is a copy of the head's: drop the namespace files it inherited (other hosts and
-        # other sandboxes), or they would keep those namespaces alive after their `down`. Whole directories
-        # first (/run/netns, every sandbox's ns/: a few umounts whatever the size), then any stray nsfs mount.
-        f"umount -l /run/netns {q(str(Path(state.dir).parent))}/*/ns 2>/dev/null || true",
-        "findmnt -rn -t nsfs -o TARGET | xargs -r umount -l 2>/dev/null || true",
-    ]
-    for i, share in enumerate(state.shares):  # hold the shared paths before /root and the overlays hide them
-        lines.append(f"mount --rbind {q(share)} {q(str(hdir / 'share' / str(i)))}")
-    for d in OVERLAY_DIRS:
-        up, work = hdir / "ovl" / f"up{d.replace('/', '_')}", hdir / "ovl" / f"wk{d.replace('/', '_')}"
-        lines.append(f"mount -t overlay overlay -o {q(f'lowerdir={d},upperdir={up},workdir={work}')} {d}")
-    lines += [
-        f"mount --bind {q(str(hdir / 'root'))} /root",
-        "mount -t tmpfs -o mode=755,size=64m tmpfs /run",
-        "mount -t tmpfs -o mode=1777 tmpfs /dev/shm",
-        "mkdir -p /run/sshd /run/lock",
-    ]
-    for i, share in enumerate(state.shares):
-        stage = q(str(hdir / "share" / str(i)))
-        make = f"mkdir -p {q(share)}" if Path(share).is_dir() else f"mkdir -p {q(str(Path(share).parent))}; touch {q(share)}"
-        lines += [make, f"mount --rbind {stage} {q(share)}", f"umount -l {stage}"]
-    lines.append(f"exec /usr/sbin/sshd -f {q(str(sshd_config))} -E {q(str(hdir / 'sshd.log'))}")
-    return "\n".join(lines) + "\n"
+    return {
+        "name": host.name, "netns": str(NETNS_DIR / host.netns), "uts_file": host.uts_ns, "mnt_file": host.mnt_ns,
+        "ip_batch": f"addr add {host.ip}/{prefixlen} dev eth0\nlink set lo up\nlink set eth0 up\n",
+        # a few whole directories of namespace files (this and every other sandbox), whatever their size
+        "drop_mounts": [str(NETNS_DIR), *sorted(str(p) for p in Path(state.dir).parent.glob("*/ns"))],
+        "overlays": [[d, str(hdir / "ovl" / f"up{d.replace('/', '_')}"), str(hdir / "ovl" / f"wk{d.replace('/', '_')}")]
+                     for d in OVERLAY_DIRS],
+        "root_dir": str(hdir / "root"),
+        "shares": [[share, str(hdir / "share" / str(i))] for i, share in enumerate(state.shares)],
+        "sshd_argv": ["/usr/sbin/sshd", "-f", str(sshd_config), "-E", str(hdir / "sshd.log")],
+    }
+
+
+def start_hosts(specs: list[dict], *, workers: int = 4) -> dict[str, str | None]:
+    """Run hostinit.py in `workers` processes side by side; {host: None if up, else the error}."""
+    chunks = [c for c in (specs[i::workers] for i in range(workers)) if c]
+
+    def run(chunk: list[dict]) -> dict[str, str | None]:
+        out = subprocess.run([sys.executable, "-I", "-S", str(HOSTINIT)], input=json.dumps(chunk),
+                             capture_output=True, text=True)
+        try:
+            return json.loads(out.stdout)
+        except ValueError:
+            return {s["name"]: f"hostinit failed (exit {out.returncode}): {out.stderr.strip()[-500:]}" for s in chunk}
+
+    results: dict[str, str | None] = {}
+    with ThreadPoolExecutor(max_workers=len(chunks) or 1) as pool:
+        for part in pool.map(run, chunks):
+            results.update(part)
+    return results
 
 
 def prepare_host_dirs(state: SandboxState, host: HostState, etc_files: dict[str, str]) -> None:
@@ -157,14 +160,6 @@ def prepare_host_dirs(state: SandboxState, host: HostState, etc_files: dict[str,
         (etc_upper / name).write_text(text)
     Path(host.uts_ns).touch()
     Path(host.mnt_ns).touch()
-
-
-def run_host_setup(host: HostState, script: str) -> None:
-    argv = ["nsenter", f"--net=/run/netns/{host.netns}", "unshare", f"--uts={host.uts_ns}", f"--mount={host.mnt_ns}",
-            "--propagation", "private", "sh", "-ec", script]
-    out = subprocess.run(argv, capture_output=True, text=True)
-    if out.returncode:
-        raise RemoteError(f"sandbox host {host.name}: set-up failed (exit {out.returncode}): {out.stderr.strip()}")
 
 
 def netns_pids(netns_names: list[str]) -> dict[str, list[int]]:

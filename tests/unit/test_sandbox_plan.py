@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.sandbox.netns import host_setup_script
+from orchestrator.sandbox.netns import host_spec
 from orchestrator.sandbox.plan import (HEAD_NAME, choose_subnet, host_ip, plan_sandbox, render_etc_hosts,
                                        render_ssh_config, short_id)
 from orchestrator.sandbox.state import DaemonState, HostState, SandboxState
@@ -88,12 +88,14 @@ def test_missing_state_is_a_config_error(tmp_path):
         SandboxState.load(tmp_path / "nothing")
 
 
-def test_setup_script_quotes_paths_and_shares_after_the_private_root(tmp_path):
-    state = _state(tmp_path, shares=["/root/my venv"])
-    script = host_setup_script(state, state.hosts[0], sshd_config=tmp_path / "sshd_config")
-    assert "'/root/my venv'" in script
-    assert script.index("/root/my venv") < script.index("/root\n") < script.rindex("/root/my venv")
-    assert script.rstrip().splitlines()[-1].startswith("exec /usr/sbin/sshd")
+def test_host_spec_mounts_shares_and_drops_namespace_dirs(tmp_path):
+    state = _state(tmp_path / "x", shares=["/root/my venv"])
+    spec = host_spec(state, state.hosts[0], sshd_config=tmp_path / "sshd_config")
+    assert spec["shares"] == [["/root/my venv", str(Path(state.hosts[0].dir) / "share" / "0")]]
+    assert [o[0] for o in spec["overlays"]] == ["/etc", "/opt", "/usr", "/var"]
+    assert spec["drop_mounts"][0] == "/run/netns"
+    assert "addr add 10.80.0.1/16 dev eth0" in spec["ip_batch"]
+    assert spec["sshd_argv"][:3] == ["/usr/sbin/sshd", "-f", str(tmp_path / "sshd_config")]
 
 
 def test_cli_refuses_non_root_with_exit_2():
