@@ -1,8 +1,9 @@
 """Node-side agent: runs one command of a run under the run's token, and kills all of it when the head goes away.
 
     # what orchestrator.remote.fanout does for every remote process (the source travels inline, no install):
-    $ ssh node3 python3 -I -S -c "$(cat agent.py)" --run-id r42       # then, on its stdin, one JSON line:
-    {"argv": ["hostname"], "env": {"K": "V"}, "cwd": null}
+    $ ssh node3 python3 -I -S -c "$(cat agent.py)" --run-id r42
+    # then on its stdin the command, length-prefixed, NUL-separated (argv and env cannot hold NUL):
+    #   "<nbytes>\n" + "<cwd>\0<argc>\0<argv...>\0<NAME=value>\0..."      (see encode_spec)
     # ...and stdin stays open: it is the control channel. Teardown of a whole run on a node:
     $ ssh node3 python3 -I -S -c "$(cat agent.py)" --run-id r42 --teardown
     {"signalled": 3, "remaining": 0}
@@ -17,15 +18,20 @@ the cheap walk of its own process tree finds them (the /proc/*/environ scan is f
 The command gets ORCH_RUN_ID=<run id> (teardown kills by it: another run's processes, with another id,
 survive) and ORCH_RUN_AGENT=<agent pid> (what this agent kills: another agent of the same run on the same
 machine keeps its own). Env and argv come on stdin, never on the command line: nothing to quote, and values
-do not show in the node's process list. Stdlib only, Python 3.6+: this file is the whole program on the node.
+do not show in the node's process list. Stdlib only, Python 3.6+: this file is the whole program on the node,
+started once per host per command, so it imports little (no json, no enum-based `signal`): on a busy node
+every millisecond of start-up is paid by every host.
 """
 
-import json
 import os
 import select
-import signal
 import sys
 import time
+
+try:
+    import _signal as signal  # the C module: same functions and constants, without importing enum
+except ImportError:  # pragma: no cover - other interpreters
+    import signal
 
 RUN_TOKEN = "ORCH_RUN_ID"
 AGENT_TOKEN = "ORCH_RUN_AGENT"
@@ -137,15 +143,30 @@ def _exit_code(status):
     return os.WEXITSTATUS(status)
 
 
+def encode_spec(argv, env, cwd):
+    """The command as the head sends it on stdin (used by orchestrator.remote.fanout; decode_spec reverses it)."""
+    fields = [cwd or "", str(len(argv))] + list(argv) + ["%s=%s" % kv for kv in sorted(env.items())]
+    payload = "\0".join(fields).encode("utf-8", "surrogateescape")
+    return b"%d\n" % len(payload) + payload
+
+
+def decode_spec(payload):
+    fields = payload.split(b"\0")
+    argc = int(fields[1])
+    env = dict(item.split(b"=", 1) for item in fields[2 + argc:])
+    return {"cwd": fields[0], "argv": fields[2:2 + argc], "env": env}
+
+
 def _read_spec():
-    """The first line on stdin: {"argv": [...], "env": {...}, "cwd": str|null}; None when stdin closed first."""
+    """The command from stdin (see encode_spec); None when stdin closed first."""
     data = b""
-    while b"\n" not in data:
+    while b"\n" not in data or len(data) < data.index(b"\n") + 1 + int(data.split(b"\n", 1)[0]):
         chunk = os.read(0, 65536)
         if not chunk:
             return None
         data += chunk
-    return json.loads(data.split(b"\n", 1)[0].decode("utf-8"))
+    size, rest = data.split(b"\n", 1)
+    return decode_spec(rest[:int(size)])
 
 
 def _exec_child(spec, env):
@@ -155,11 +176,12 @@ def _exec_child(spec, env):
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores SIGPIPE; exec would keep that
-        if spec.get("cwd"):
+        if spec["cwd"]:
             os.chdir(spec["cwd"])
         os.execvpe(spec["argv"][0], spec["argv"], env)
     except BaseException as exc:  # noqa: BLE001 - whatever failed, the child must not return into the agent
-        os.write(2, ("orchestrator agent: cannot run %r: %s\n" % (spec["argv"][0], exc)).encode())
+        name = spec["argv"][0].decode("utf-8", "replace")
+        os.write(2, ("orchestrator agent: cannot run '%s': %s\n" % (name, exc)).encode("utf-8", "replace"))
     os._exit(127)
 
 
@@ -167,11 +189,11 @@ def run(run_id):
     spec = _read_spec()
     if spec is None:
         return EXIT_NO_SPEC
-    env = dict(os.environ)
-    env.update(spec.get("env") or {})
-    env[RUN_TOKEN] = run_id
-    env[AGENT_TOKEN] = str(os.getpid())
-    mine = [("%s=%s" % (k, env[k])).encode() for k in (RUN_TOKEN, AGENT_TOKEN)]
+    env = dict(os.environb)
+    env.update(spec["env"])
+    env[RUN_TOKEN.encode()] = run_id.encode()
+    env[AGENT_TOKEN.encode()] = str(os.getpid()).encode()
+    mine = [b"%s=%s" % (k.encode(), env[k.encode()]) for k in (RUN_TOKEN, AGENT_TOKEN)]
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -211,7 +233,7 @@ def teardown(run_id):
     entries = [("%s=%s" % (RUN_TOKEN, run_id)).encode()]
     signalled = len(find_tokened(entries))
     remaining = kill_run(entries)
-    sys.stdout.write(json.dumps({"signalled": signalled, "remaining": remaining}) + "\n")
+    sys.stdout.write('{"signalled": %d, "remaining": %d}\n' % (signalled, remaining))
     return 0 if remaining == 0 else 1
 
 

@@ -16,7 +16,6 @@ death of this process kills the remote command and everything it started.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import secrets
@@ -31,6 +30,7 @@ from typing import Protocol, TypeVar
 from ClusterShell.NodeSet import NodeSet
 
 from orchestrator.errors import EXIT_UNREACHABLE, ConfigError
+from orchestrator.remote.agent import encode_spec
 from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
 __all__ = ["FanoutResult", "HostCommand", "HostResult", "Transport", "default_transport", "new_run_id", "plan_commands",
@@ -52,7 +52,7 @@ class Session(Protocol):
     stdout: object  # AsyncIterator[str] of lines
     stderr: object
 
-    def send(self, text: str) -> None: ...
+    def send(self, data: bytes) -> None: ...
     async def wait(self) -> tuple[int | None, str | None]: ...
     def close(self) -> None: ...
 
@@ -184,9 +184,9 @@ def agent_argv(python: str, run_id: str, *, teardown: bool = False) -> list[str]
     return [python, "-I", "-S", "-c", AGENT_SOURCE, "--run-id", run_id] + (["--teardown"] if teardown else [])
 
 
-def agent_spec(command: HostCommand) -> str:
-    """The JSON line the agent reads on stdin: user data travels here, never through a remote shell."""
-    return json.dumps({"argv": list(command.argv), "env": command.env, "cwd": command.cwd}) + "\n"
+def agent_spec(command: HostCommand) -> bytes:
+    """What the agent reads on stdin: user data travels here, never through a remote shell."""
+    return encode_spec(command.argv, command.env, command.cwd)
 
 
 def default_transport(hosts: Sequence[str], ssh: SshOptions | None) -> Transport:
@@ -205,7 +205,7 @@ def _signal_code(name: str | None) -> int | None:
         return None
 
 
-async def _session(transport: Transport, host: str, argv: list[str], spec: str | None,
+async def _session(transport: Transport, host: str, argv: list[str], spec: bytes | None,
                    emit: Callable[[str, str], None]) -> tuple[int | None, str | None]:
     session = await transport.open(host, argv)
     try:
@@ -222,7 +222,7 @@ async def _session(transport: Transport, host: str, argv: list[str], spec: str |
         session.close()  # also on cancel (timeout, stop, Ctrl-C): the agent sees its stdin close and kills
 
 
-async def _run_host(transport: Transport, host: str, argv: list[str], spec: str | None, *,
+async def _run_host(transport: Transport, host: str, argv: list[str], spec: bytes | None, *,
                     limit: asyncio.Semaphore, timeout: float | None, stop: asyncio.Event | None,
                     on_line: LineCallback | None, tail_lines: int) -> HostResult:
     tail: deque[str] = deque(maxlen=tail_lines)
@@ -261,7 +261,7 @@ async def _run_host(transport: Transport, host: str, argv: list[str], spec: str 
         return HostResult(host, code, sig, round(time.monotonic() - start, 3), error, tuple(tail))
 
 
-async def _fan(hosts: Sequence[str], argv_for: Callable[[str], list[str]], spec_for: Callable[[str], str | None], *,
+async def _fan(hosts: Sequence[str], argv_for: Callable[[str], list[str]], spec_for: Callable[[str], bytes | None], *,
                run_id: str, ssh: SshOptions | None, transport: Transport | None, fanout: int,
                timeout: float | None, stop: asyncio.Event | None, on_line: LineCallback | None,
                on_result: Callable[[HostResult], None] | None, tail_lines: int) -> FanoutResult:

@@ -30,8 +30,8 @@ class LocalSession:
     def stderr(self) -> AsyncIterator[str]:
         return _lines(self._proc.stderr)
 
-    def send(self, text: str) -> None:
-        self._proc.stdin.write(text.encode())
+    def send(self, data: bytes) -> None:
+        self._proc.stdin.write(data)
 
     async def wait(self) -> tuple[int | None, str | None]:
         code = await self._proc.wait()

@@ -17,18 +17,45 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import getpass
+import functools
 import logging
 import os
 import shlex
 import socket
 import tempfile
+import types
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
-from asyncssh.config import SSHClientConfig, SSHConfig
+
+
+def _import_asyncssh():
+    """Import asyncssh without the ~0.1-0.2 s its import spends looking for liboqs (optional post-quantum KEX):
+    ctypes.util.find_library runs ldconfig, then gcc and ld, twice, on every start of the CLI. A glob of the
+    usual library directories answers the same question without a process."""
+    import ctypes.util
+    import glob
+
+    real = ctypes.util.find_library
+
+    def find_library(name: str):
+        if name not in ("oqs", "liboqs"):
+            return real(name)
+        hits = [p for pattern in ("/usr/lib*/liboqs.so*", "/usr/lib/*-linux-gnu/liboqs.so*", "/usr/local/lib*/liboqs.so*")
+                for p in sorted(glob.glob(pattern))]
+        return hits[0] if hits else None
+
+    ctypes.util.find_library = find_library
+    try:
+        import asyncssh
+    finally:
+        ctypes.util.find_library = real
+    return asyncssh
+
+
+asyncssh = _import_asyncssh()
+from asyncssh.config import SSHClientConfig, SSHConfig  # noqa: E402 - after the import above
 
 from orchestrator.errors import ConfigError
 
@@ -42,10 +69,14 @@ _STRICT = "StrictHostKeyChecking"
 _IGNORED_OK = {"batchmode", "loglevel", "controlmaster", "controlpath", "controlpersist", "requesttty"}
 
 
-class _HostConfig(SSHClientConfig):
-    """asyncssh's OpenSSH config parser, taught StrictHostKeyChecking (asyncssh itself ignores the keyword)."""
-
-    _handlers = {**SSHClientConfig._handlers, _STRICT.lower(): (_STRICT, SSHConfig._set_string)}
+# Two process-wide lessons for asyncssh's OpenSSH config reader, both needed to fan out to hundreds of hosts:
+# 1. it ignores StrictHostKeyChecking; registering the keyword makes the ONE parse per host that asyncssh does
+#    anyway also give us the host key policy (the reader only records the value; SshTransport acts on it);
+# 2. it splits every line of the config with shlex (pure Python, ~50 us a line) on every connection: with one
+#    `Host nodeN` block per node that is O(hosts^2) (256 hosts: ~13 s of CPU). Lines repeat from host to host,
+#    so the split is cached.
+SSHClientConfig._handlers.setdefault(_STRICT.lower(), (_STRICT, SSHConfig._set_string))
+asyncssh.config.shlex = types.SimpleNamespace(split=functools.lru_cache(maxsize=1 << 16)(lambda s: tuple(shlex.split(s))))
 
 
 def parse_ssh_option(text: str) -> tuple[str, str]:
@@ -146,8 +177,8 @@ class SshSession:
     def stderr(self) -> AsyncIterator[str]:
         return _lines(self._proc.stderr)
 
-    def send(self, text: str) -> None:
-        self._proc.stdin.write(text)
+    def send(self, data: bytes) -> None:
+        self._proc.stdin.write(data)
 
     async def wait(self) -> tuple[int | None, str | None]:
         """(exit code, signal name) once the remote process ended; (None, None) if the connection dropped first."""
@@ -162,9 +193,9 @@ class SshSession:
 
 async def _lines(reader: asyncssh.SSHReader) -> AsyncIterator[str]:
     async for line in reader:
-        if not line:  # asyncssh's reader ends with one '' at EOF; a real empty line is '\n'
+        if not line:  # asyncssh's reader ends with one b'' at EOF; a real empty line is b'\n'
             return
-        yield line.rstrip("\n")
+        yield line.decode("utf-8", "replace").rstrip("\n")
 
 
 class SshTransport:
@@ -176,7 +207,7 @@ class SshTransport:
         self._warned_insecure = False
         parsed = [parse_ssh_option(o) for o in options.options]
         for key, _ in parsed:
-            if key.lower() not in _HostConfig._handlers and key.lower() not in _IGNORED_OK:
+            if key.lower() not in SSHClientConfig._handlers and key.lower() not in _IGNORED_OK:
                 log.warning("--ssh-option %s is not supported by the asyncssh transport and is ignored", key)
         if parsed:  # -o options become the first config file read, so they win like on the ssh command line
             fd, self._options_file = tempfile.mkstemp(prefix="orch-ssh-options-", suffix=".conf")
@@ -184,16 +215,14 @@ class SshTransport:
                 f.writelines(f"{key} {value}\n" for key, value in parsed)
 
     def connect_kwargs(self, host: str) -> dict:
-        """The asyncssh.connect() arguments for `host`: pure except for reading the config files."""
+        """The asyncssh.connect() arguments for `host` (reads the config and key files, nothing else)."""
         opts = self.options
         paths = opts.config_paths(self._options_file)
-        config = _HostConfig.load(None, paths, False, False, False, getpass.getuser(),
-                                  opts.user or (), host, opts.port or ())
-        kwargs: dict = {"host": host, "config": paths or None}
-        if opts.user:
-            kwargs["username"] = opts.user
-        if opts.port:
-            kwargs["port"] = opts.port
+        # parse the config once here; config=() below makes asyncssh reuse this parse instead of reading again
+        base = asyncssh.SSHClientConnectionOptions(config=paths or None, host=host, username=opts.user or (),
+                                                   port=opts.port or ())
+        config = base.config
+        kwargs: dict = {"host": host, "options": base, "config": ()}
         if opts.connect_timeout is not None:
             kwargs["connect_timeout"] = opts.connect_timeout
         elif config.get("ConnectTimeout") is None:
@@ -221,7 +250,7 @@ class SshTransport:
             log.warning("host key checking is OFF (StrictHostKeyChecking=no): hosts are not authenticated")
         conn = await asyncssh.connect(**kwargs)
         try:
-            proc = await conn.create_process(shlex.join(argv), encoding="utf-8", errors="replace")
+            proc = await conn.create_process(shlex.join(argv), encoding=None)  # bytes: lines decoded in _lines
         except BaseException:
             conn.close()
             raise

@@ -11,6 +11,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.remote.fanout import (
     AGENT_SOURCE, FanoutResult, HostResult, agent_argv, agent_spec, default_transport, plan_commands,
 )
+from orchestrator.remote.agent import decode_spec
 from orchestrator.remote.local import LocalTransport
 from orchestrator.remote.ssh import SshOptions, SshTransport
 
@@ -32,11 +33,13 @@ def test_plan_rejects_bad_input(argv, env):
         plan_commands(["n1"], argv, env=env)
 
 
-def test_user_data_travels_as_json_not_through_a_shell():
-    (cmd,) = plan_commands(["n1"], ["printf", "%s\n", *HOSTILE], env={"EVIL": HOSTILE[1] + HOSTILE[4]})
-    assert json.loads(agent_spec(cmd)) == {"argv": ["printf", "%s\n", *HOSTILE], "env": {"EVIL": HOSTILE[1] + HOSTILE[4]},
-                                           "cwd": None}
-    assert agent_spec(cmd).count("\n") == 1  # one line: newlines inside values are escaped
+def test_user_data_travels_as_data_not_through_a_shell():
+    (cmd,) = plan_commands(["n1"], ["printf", "%s\n", *HOSTILE], env={"EVIL": HOSTILE[1] + HOSTILE[4], "B": "x=y"},
+                           cwd="/w d")
+    size, payload = agent_spec(cmd).split(b"\n", 1)
+    assert int(size) == len(payload)
+    assert decode_spec(payload) == {"argv": [a.encode() for a in ["printf", "%s\n", *HOSTILE]], "cwd": b"/w d",
+                                    "env": {b"EVIL": (HOSTILE[1] + HOSTILE[4]).encode(), b"B": b"x=y"}}
 
 
 def test_agent_argv_quoted_once_round_trips():

@@ -66,8 +66,10 @@ def test_ssh_options_validation(kwargs, field):
 def test_config_file_is_honoured(config, tmp_path):
     (tmp_path / "known_hosts").write_text("")
     kw = SshTransport(SshOptions(config=config)).connect_kwargs("gpu1")
-    assert kw["host"] == "gpu1" and kw["config"] == [config]  # asyncssh applies HostName/Port/User itself
-    assert "username" not in kw and "port" not in kw and "connect_timeout" not in kw  # config's ConnectTimeout 7
+    options = kw["options"]
+    assert (kw["host"], kw["config"]) == ("gpu1", ())  # () = reuse the parse in `options`, do not read again
+    assert (options.host, options.port, options.username) == ("10.0.0.1", 2201, "alice")
+    assert "connect_timeout" not in kw and options.connect_timeout == 7
     assert kw["known_hosts"] == [f"{tmp_path}/known_hosts"]
 
 
@@ -80,11 +82,28 @@ def test_command_line_wins_over_config(config):
     transport = SshTransport(SshOptions(config=config, user="bob", port=22, connect_timeout=2,
                                         options=("StrictHostKeyChecking=no",)))
     kw = transport.connect_kwargs("gpu1")
-    assert (kw["username"], kw["port"], kw["connect_timeout"]) == ("bob", 22, 2)
+    assert (kw["options"].username, kw["options"].port, kw["connect_timeout"]) == ("bob", 22, 2)
     assert kw["known_hosts"] is None  # the user's explicit choice
-    options_file = kw["config"][0]
-    assert open(options_file).read() == "StrictHostKeyChecking no\n" and kw["config"][1] == config
+    assert open(transport._options_file).read() == "StrictHostKeyChecking no\n"
     asyncio.run(transport.aclose())
+
+
+def test_many_host_blocks_are_split_once(tmp_path):
+    """One `Host nodeN` block per node must not cost O(hosts^2) shlex splits."""
+    import shlex as real_shlex
+
+    path = tmp_path / "big"
+    path.write_text("".join(f"Host n{i}\n    HostName 10.1.{i // 250}.{i % 250 + 1}\n" for i in range(300)))
+    calls = []
+    original = real_shlex.split
+    real_shlex.split = lambda s: calls.append(s) or original(s)
+    try:
+        transport = SshTransport(SshOptions(config=str(path)))
+        hosts = [transport.connect_kwargs(f"n{i}")["options"].host for i in (5, 250, 299)]
+    finally:
+        real_shlex.split = original
+    assert hosts == ["10.1.0.6", "10.1.1.1", "10.1.1.50"]
+    assert len(calls) <= 600  # each distinct line once (the cache may already hold some)
 
 
 def test_ssh_option_comes_before_config(config):
