@@ -1,15 +1,17 @@
-"""Start-up and teardown of a multi-node torchrun job: `orchestrator launch` vs plain pdsh + torchrun.
+"""Start-up and Ctrl-C behaviour of multi-node jobs: `orchestrator launch` vs the usual hand-rolled launchers.
 
-    sudo .venv/bin/python bench/launch.py --nodes 4 --nproc 2 --runs 5
+    sudo .venv/bin/python bench/launch.py --pair torchrun --nodes 4 --nproc 2 --runs 5
+    sudo .venv/bin/python bench/launch.py --pair deepspeed --nodes 2 --nproc 1 --runs 3   # needs deepspeed
 
-Both start the same job (orchestrator.launch.examples.allreduce, gloo) on the same sandbox hosts with the same
-interpreter; runs are interleaved (A B A B ...) so load drift hits both alike. Reported per tool, as medians:
+Pairs (same job, same interpreter, same sandbox hosts; runs interleaved A B A B so load drift hits both alike):
+  torchrun   `orchestrator launch` vs pdsh -R ssh + one identical torchrun per host (c10d rendezvous on host 1)
+  deepspeed  `orchestrator launch --launcher deepspeed` vs DeepSpeed's own runner (`deepspeed --hostfile`, pdsh)
+The job is orchestrator.launch.examples.allreduce (gloo). Reported as medians:
   wall      command start -> command exit (every rank did its all_reduce and exited)
   first     command start -> the first RESULT line on the head (ranks are running)
-Then one Ctrl-C test each: SIGINT to the launcher while the ranks sleep; when the job's last process on the hosts
-is gone, and how many are left 5 s later (pdsh: ssh without a tty leaves remote commands running; launch: its agents kill them).
-pdsh + torchrun is the usual hand-rolled way: one identical command per host, c10d rendezvous on the first host
-(no per-host --node-rank needed). DeepSpeed's own launcher is not compared here: it needs `deepspeed` installed.
+Then a Ctrl-C test per tool: two jobs A and B of that tool on the same hosts; once every rank of both runs,
+SIGINT to A's launcher; report when A's last process on the hosts was gone, how many of A are left 5 s later,
+and how many of B's processes survived (B is innocent: all of them should).
 """
 
 from __future__ import annotations
@@ -23,82 +25,119 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = "orchestrator.launch.examples.allreduce"
+PAIRS = {"torchrun": ("launch", "pdsh"), "deepspeed": ("launch-ds", "deepspeed")}
 
 
-def timed(argv: list[str], env: dict[str, str], on_first=None) -> tuple[float, float | None, int]:
-    start = time.monotonic()
-    first: list[float] = []
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    for line in proc.stdout:
-        if "RESULT " in line and not first:
-            first.append(time.monotonic() - start)
-    rc = proc.wait()
-    return time.monotonic() - start, first[0] if first else None, rc
+@dataclass
+class Job:
+    argv: list[str]
+    tokens: list[bytes]
+    """env entries (b"NAME=value") or command-line fragments that mark this job's processes on the hosts."""
 
 
-def launch_argv(hosts: list[str], nproc: int, ssh_config: Path, run_id: str, *job: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator", "launch", "--hosts", ",".join(hosts), "--nproc-per-node",
-            str(nproc), "--ssh-config", str(ssh_config), "--python", sys.executable, "--run-id", run_id,
-            "--run-dir", "/tmp/orch-bench-runs", "--env", "OMP_NUM_THREADS=1", "-m", MODULE, "--", *job]
+def make_job(tool: str, sb, nproc: int, n: int, *job_args: str) -> Job:
+    """The n-th job of `tool` (n picks a unique run id / port)."""
+    hosts, tag, port = sb.hosts, f"bench-{tool}-{n}-{os.getpid()}", 29100 + n
+    if tool in ("launch", "launch-ds"):
+        argv = [sys.executable, "-m", "orchestrator", "launch", "--hosts", ",".join(hosts), "--nproc-per-node",
+                str(nproc), "--ssh-config", str(sb.ssh_config), "--python", sys.executable, "--run-id", tag,
+                "--run-dir", "/tmp/orch-bench-runs", "--env", "OMP_NUM_THREADS=1", "--master-port", str(port)]
+        argv += ["--launcher", "deepspeed"] if tool == "launch-ds" else []
+        return Job(argv + ["-m", MODULE, "--", *job_args], [f"ORCH_RUN_ID={tag}".encode()])
+    if tool == "pdsh":
+        remote = shlex.join(["env", "OMP_NUM_THREADS=1", sys.executable, "-m", "torch.distributed.run",
+                             f"--nnodes={len(hosts)}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
+                             f"--rdzv-endpoint={hosts[0]}:{port}", f"--rdzv-id={tag}", "-m", MODULE, *job_args])
+        return Job(["pdsh", "-R", "ssh", "-f", "64", "-w", ",".join(hosts), remote],
+                   [f"TORCHELASTIC_RUN_ID={tag}".encode(), tag.encode()])
+    hostfile = Path(f"/tmp/orch-bench-{os.getpid()}.hostfile")
+    hostfile.write_text("".join(f"{h} slots={nproc}\n" for h in hosts))
+    argv = [str(Path(sys.executable).with_name("deepspeed")), "--hostfile", str(hostfile), "--no_ssh_check",
+            "--master_addr", hosts[0], "--master_port", str(port), "--module", MODULE, *job_args]
+    return Job(argv, [f"MASTER_PORT={port}".encode(), f"--master_port={port}".encode()])
 
 
-def pdsh_argv(hosts: list[str], nproc: int, port: int, run_id: str, *job: str) -> list[str]:
-    remote = shlex.join(["env", "OMP_NUM_THREADS=1", sys.executable, "-m", "torch.distributed.run",
-                         f"--nnodes={len(hosts)}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
-                         f"--rdzv-endpoint={hosts[0]}:{port}", f"--rdzv-id={run_id}", "-m", MODULE, *job])
-    return ["pdsh", "-R", "ssh", "-f", "64", "-w", ",".join(hosts), remote]
-
-
-def job_processes(sb, marker: str) -> list[int]:
-    """PIDs on the hosts of this job: torchrun (marker in its command line) and its ranks (marker in their env
-    as TORCHELASTIC_RUN_ID with c10d, or our ORCH_RUN_ID)."""
-    tokens = [f"ORCH_RUN_ID={marker}".encode(), f"TORCHELASTIC_RUN_ID={marker}".encode()]
+def job_processes(sb, job: Job) -> list[int]:
     pids = []
     for host in sb.hosts:
         for pid in sb.pids(host):
             try:
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() or any(t in env for t in tokens):
-                    pids.append(pid)
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
-                pass
+                continue
+            if any(t in env or t in cmdline for t in job.tokens):
+                pids.append(pid)
     return pids
 
 
-def ctrl_c(argv: list[str], env: dict[str, str], sb, marker: str, ranks: int) -> tuple[int, float]:
-    """Start, wait until every rank printed RESULT, SIGINT the launcher (twice for pdsh), count leftovers at +5 s."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    seen = []
+def start(job: Job, env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen(job.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                            cwd=ROOT, start_new_session=True)  # own session: a terminal ^C hits only this bench
+    seen: list[str] = []
     threading.Thread(target=lambda: [seen.append(l) for l in proc.stdout if "RESULT " in l], daemon=True).start()
-    deadline = time.monotonic() + 300
-    while len(seen) < ranks and time.monotonic() < deadline:
-        time.sleep(0.2)
+    return proc, seen
+
+
+def timed(job: Job, env: dict[str, str]) -> tuple[float, float | None, int]:
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    if proc.poll() is None and argv[0] == "pdsh":
-        proc.send_signal(signal.SIGINT)  # pdsh: the second ^C within 1 s aborts
-    proc.wait(timeout=60)
-    exit_s = time.monotonic() - t0
-    while job_processes(sb, marker) and time.monotonic() - t0 < 5.0:
-        time.sleep(0.1)
-    gone_s = time.monotonic() - t0
-    time.sleep(max(0.0, 5.0 - (time.monotonic() - t0)))
-    left = job_processes(sb, marker)
-    for pid in left:  # what the launcher left behind is ours to clean up (we started it), by PID
+    first: list[float] = []
+    proc = subprocess.Popen(job.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+    for line in proc.stdout:
+        if "RESULT " in line and not first:
+            first.append(time.monotonic() - t0)
+    rc = proc.wait()
+    return time.monotonic() - t0, first[0] if first else None, rc
+
+
+def kill_pids(pids: list[int]) -> None:
+    """What a launcher left behind is ours to remove (this bench started it): by PID, never by name."""
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    return len(left), exit_s, gone_s
+
+
+def ctrl_c(tool: str, sb, nproc: int, env: dict[str, str]) -> dict[str, float | int]:
+    a, b = (make_job(tool, sb, nproc, n, "--sleep", "600") for n in (90, 91))
+    (pa, seen_a), (pb, seen_b) = start(a, env), start(b, env)
+    ranks = len(sb.hosts) * nproc
+    deadline = time.monotonic() + 300
+    while (len(seen_a) < ranks or len(seen_b) < ranks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    b_before = len(job_processes(sb, b))
+    t0 = time.monotonic()
+    pa.send_signal(signal.SIGINT)
+    if tool == "pdsh":
+        time.sleep(0.3)
+        pa.send_signal(signal.SIGINT)  # pdsh: a second ^C within 1 s aborts
+    pa.wait(timeout=60)
+    exit_s = time.monotonic() - t0
+    while job_processes(sb, a) and time.monotonic() - t0 < 5.0:
+        time.sleep(0.1)
+    gone_s = time.monotonic() - t0
+    time.sleep(max(0.0, 5.0 - (time.monotonic() - t0)))
+    left_a, alive_b = job_processes(sb, a), job_processes(sb, b)
+    pb.send_signal(signal.SIGINT)
+    try:
+        pb.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pb.kill()
+    time.sleep(2)
+    kill_pids(left_a + job_processes(sb, b))
+    return {"exit_s": exit_s, "gone_s": gone_s if not left_a else float("nan"), "left_a": len(left_a),
+            "b_before": b_before, "b_alive": len(alive_b)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pair", choices=sorted(PAIRS), default="torchrun")
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per tool (0: only the Ctrl-C test)")
@@ -108,46 +147,37 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from orchestrator.sandbox import Sandbox
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PDSH_SSH_ARGS_APPEND": ""}
+    tools = PAIRS[args.pair]
     sb = Sandbox.up(f"bl{os.getpid() % 10000}", nodes=args.nodes)
-    env["PDSH_SSH_ARGS_APPEND"] = f"-F {sb.ssh_config}"
-    hosts = sb.hosts
-    results: dict[str, dict[str, list[float]]] = {"launch": {"wall": [], "first": []}, "pdsh": {"wall": [], "first": []}}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PDSH_SSH_ARGS_APPEND": f"-F {sb.ssh_config}"}
+    times: dict[str, dict[str, list[float]]] = {t: {"wall": [], "first": []} for t in tools}
+    cc = {}
     try:
         for i in range(args.runs):
-            for tool in ("launch", "pdsh"):
-                run_id = f"bench-{tool}-{i}-{os.getpid()}"
-                argv = (launch_argv(hosts, args.nproc, sb.ssh_config, run_id) if tool == "launch"
-                        else pdsh_argv(hosts, args.nproc, 29400 + i, run_id))
-                wall, first, rc = timed(argv, env)
-                if rc != 0:
-                    print(f"{tool} run {i}: exit {rc}", file=sys.stderr)
-                results[tool]["wall"].append(wall)
-                results[tool]["first"].append(first if first is not None else float("nan"))
-                print(f"run {i} {tool:6s} wall {wall:6.2f} s  first rank output {first or float('nan'):6.2f} s",
-                      flush=True)
-        left = {}
-        left["launch"] = ctrl_c(launch_argv(hosts, args.nproc, sb.ssh_config, f"bench-cc-l-{os.getpid()}", "--sleep", "600"),
-                                env, sb, f"bench-cc-l-{os.getpid()}", len(hosts) * args.nproc)
-        left["pdsh"] = ctrl_c(pdsh_argv(hosts, args.nproc, 29399, f"bench-cc-p-{os.getpid()}", "--sleep", "600"),
-                              env, sb, f"bench-cc-p-{os.getpid()}", len(hosts) * args.nproc)
+            for tool in tools:
+                wall, first, rc = timed(make_job(tool, sb, args.nproc, i), env)
+                times[tool]["wall"].append(wall)
+                times[tool]["first"].append(first if first is not None else float("nan"))
+                print(f"run {i} {tool:9s} wall {wall:6.2f} s  first rank output {first or float('nan'):6.2f} s"
+                      f"{'' if rc == 0 else f'  (exit {rc})'}", flush=True)
+        for tool in tools:
+            cc[tool] = ctrl_c(tool, sb, args.nproc, env)
     finally:
         sb.down()
-    print(f"\n{args.nodes} hosts x {args.nproc} processes, {args.runs} interleaved runs, load avg "
-          f"{os.getloadavg()[0]:.1f} (2 cores)")
-    if args.runs == 0:
-        results = {}
-    else:
-        print(f"{'':8s} {'wall median':>12s} {'first-output median':>20s}")
-    med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in results.items()}
-    for tool in med:
-        print(f"{tool:8s} {med[tool]['wall']:10.2f} s {med[tool]['first']:18.2f} s")
-    if med:
-        print(f"ratio launch/pdsh: wall {med['launch']['wall'] / med['pdsh']['wall']:.2f}x, "
-              f"first output {med['launch']['first'] / med['pdsh']['first']:.2f}x")
-    for tool, (n, exit_s, gone_s) in left.items():
-        gone = f"all gone after {gone_s:.2f} s" if not n else "still running"
-        print(f"Ctrl-C {tool:6s}: launcher exited after {exit_s:.2f} s; job processes {gone}; left 5 s later: {n}")
+    print(f"\n{args.pair}: {args.nodes} hosts x {args.nproc} processes, {args.runs} interleaved runs, "
+          f"load avg {os.getloadavg()[0]:.1f} (2 cores)")
+    if args.runs:
+        med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in times.items()}
+        print(f"{'':10s} {'wall median':>12s} {'first-output median':>20s}")
+        for tool in tools:
+            print(f"{tool:10s} {med[tool]['wall']:10.2f} s {med[tool]['first']:18.2f} s")
+        ours, anchor = tools
+        print(f"ratio {ours}/{anchor}: wall {med[ours]['wall'] / med[anchor]['wall']:.2f}x, "
+              f"first output {med[ours]['first'] / med[anchor]['first']:.2f}x")
+    for tool, r in cc.items():
+        print(f"Ctrl-C {tool:9s}: launcher exited after {r['exit_s']:.2f} s; its processes gone after "
+              f"{r['gone_s']:.2f} s, left 5 s later: {r['left_a']}; other job of the same tool: "
+              f"{r['b_alive']} of {r['b_before']} processes survived")
     return 0
 
 
