@@ -1,0 +1,81 @@
+"""One docker daemon per sandbox host, reachable the way a real node's daemon is (its standard socket).
+
+    from orchestrator.containers.daemon import start_docker
+    sb = Sandbox.up("demo", nodes=4)
+    start_docker(sb)                      # dockerd in every host; /run/docker.sock inside each host
+    sb.exec("node2", ["docker", "info"])  # the host's own daemon (its /run is private)
+    sb.down()                             # stops them by PID like every recorded daemon
+
+Each host has a private /run, so the standard socket /run/docker.sock (and dockerd's own containerd under
+/run/docker) is per host with no DOCKER_HOST needed. The data root lives in the host's scratch dir on the
+head's disk (not on the /var overlay, where overlay2 cannot stack). Rootful with `--iptables=false
+--bridge=none`: a rootful daemon with its default networking would set the FORWARD policy to DROP and cut
+the sandbox bridge; containers use `--network host`, the way training containers run anyway. Rootless
+(dockerd-rootless.sh) needs /dev/net/tun usable by the user, which this kind of test machine does not give;
+on real nodes the provisioning roles set it up (containers/README.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from orchestrator.errors import ConfigError, RemoteError
+
+log = logging.getLogger("orchestrator.containers.daemon")
+
+DAEMON_NAME = "dockerd"
+SOCKET = "/run/docker.sock"
+
+
+def dockerd_argv(data_root: str | Path) -> list[str]:
+    """The daemon's command line inside one host (pure)."""
+    return ["dockerd", "--data-root", str(data_root), "-H", f"unix://{SOCKET}", "--iptables=false",
+            "--ip6tables=false", "--bridge=none", "--storage-driver", "overlay2", "--log-level", "warn"]
+
+
+def data_root(sb, host: str) -> Path:
+    return sb.host_dir(host) / "docker"
+
+
+def start_docker(sb, hosts: list[str] | None = None, *, timeout: float = 60.0,
+                 data_roots: dict[str, Path] | None = None) -> dict[str, float]:
+    """Start dockerd in each host (all by default) and wait until every one answers; seconds to ready per host.
+
+    data_roots: host -> data root instead of the default (a tiny tmpfs to simulate a full disk)."""
+    if shutil.which("dockerd") is None:
+        raise ConfigError("dockerd", "not found", "install the docker engine (apt-get install docker.io)")
+    hosts = list(hosts or sb.hosts)
+    started = {}
+    for host in hosts:
+        root = (data_roots or {}).get(host) or data_root(sb, host)
+        root.mkdir(parents=True, exist_ok=True)
+        sb.start_daemon(host, dockerd_argv(root), name=DAEMON_NAME)
+        started[host] = time.monotonic()
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts) or 1)) as pool:
+        ready = dict(zip(hosts, pool.map(lambda h: _wait_ready(sb, h, started[h], timeout), hosts)))
+    failed = [h for h, t in ready.items() if t is None]
+    if failed:
+        raise RemoteError(f"docker daemon did not answer in {timeout:g} s on {', '.join(failed)};"
+                          f" see {sb.state.dir}/daemons/<host>-{DAEMON_NAME}.log")
+    return ready
+
+
+def _wait_ready(sb, host: str, t0: float, timeout: float) -> float | None:
+    while time.monotonic() - t0 < timeout:
+        done = sb.exec(host, ["docker", "-H", f"unix://{SOCKET}", "version", "--format", "{{.Server.Version}}"])
+        if done.returncode == 0:
+            return round(time.monotonic() - t0, 3)
+        time.sleep(0.2)
+    return None
+
+
+def stop_docker(sb, host: str) -> bool:
+    """Stop one host's daemon (fault injection: an unreachable daemon); `down` stops the others."""
+    stopped = sb.stop_daemon(DAEMON_NAME, host, timeout=20)
+    subprocess.run(sb.nsenter_argv(host, ["rm", "-f", SOCKET]), check=False)
+    return stopped
