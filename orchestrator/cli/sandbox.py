@@ -48,8 +48,8 @@ def up_command(name: str, nodes: int, prefix: str, shares: tuple[str, ...], as_j
         return
     hosts = sb.hosts
     console.print(f"sandbox {name}: {len(hosts)} hosts {hosts[0]}..{hosts[-1]} on {sb.state.bridge} "
-                  f"({sb.state.subnet}) up in {sb.timings['total']:.1f} s")
-    console.print(f"  ssh -F {sb.ssh_config} {hosts[0]} hostname")
+                  f"({sb.state.subnet}) up in {sb.timings['total']:.1f} s", soft_wrap=True)
+    console.print(f"  ssh -F {sb.ssh_config} {hosts[0]} hostname", soft_wrap=True)
     click.echo(str(sb.ssh_config))
 
 
