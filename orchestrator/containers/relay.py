@@ -1,0 +1,211 @@
+"""Node-side image relay: receive an image tar, forward it to the next node while loading it into local docker.
+
+    python3 -I -S -c "$(cat relay.py)" < control     # started by load.py over SSH; stdlib only
+    # stdin, line 1:  {"image_id": "sha256:..", "size": N, "token": "..", "socket": null}
+    # stdout:         {"event": "ready", "have": false, "port": 41234, "error": null, "socket": "/run/docker.sock"}
+    # stdin, line 2:  {"go": true, "source": "stdin" | "tcp", "next": "node3:41234" | null}
+    # then the data:  N bytes + one line {"sha256": ".."} on stdin (source stdin) or from the previous node
+    #                 (source tcp, after the token line); forwarded byte for byte to `next`
+    # stdout:         {"event": "progress", "bytes": n} ... {"event": "done", "error": null, "image_id": ..}
+
+Loading goes through the Engine API on the node's socket (POST /images/load, chunked), the call the docker
+SDK and `docker load` make, so nothing lands on disk but docker's own layers. A failed local load does not
+stop the forwarding: the next nodes are unaffected. The sha256 of what arrived is compared with the head's
+(sent after the data) and the loaded image id is looked up afterwards. When stdin closes before the end
+(the head died or gave up), the relay exits at once.
+"""
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+CHUNK = 1 << 20
+
+
+def emit(**event):
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path, timeout=600):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def default_socket():
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        return host[len("unix://"):]
+    rootless = os.path.join(os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}"), "docker.sock")
+    return rootless if os.path.exists(rootless) else "/run/docker.sock"
+
+
+def api(sock_path, method, path):
+    conn = UnixHTTP(sock_path, timeout=30)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def has_image(sock_path, image_id):
+    status, body = api(sock_path, "GET", f"/images/{image_id}/json")
+    if status == 200:
+        return True
+    if status == 404:
+        return False
+    raise OSError(f"docker answered {status}: {body[:200]!r}")
+
+
+class Loader:
+    """POST /images/load with a chunked body; remembers the first error and then swallows further data."""
+
+    def __init__(self, sock_path):
+        self.error = None
+        self.conn = UnixHTTP(sock_path)
+        self.conn.putrequest("POST", "/images/load?quiet=1")
+        self.conn.putheader("Content-Type", "application/x-tar")
+        self.conn.putheader("Transfer-Encoding", "chunked")
+        self.conn.endheaders()
+
+    def write(self, data):
+        if self.error is None:
+            try:
+                self.conn.send(b"%x\r\n%s\r\n" % (len(data), data))
+            except OSError as exc:  # docker closed the request (disk full, bad tar): its answer says why
+                self.error = f"docker stopped reading: {exc}"
+
+    def finish(self):
+        try:
+            if self.error is None:
+                self.conn.send(b"0\r\n\r\n")
+            resp = self.conn.getresponse()
+            body = resp.read().decode("utf-8", "replace")
+        except OSError as exc:
+            return self.error or f"docker load: {exc}"
+        finally:
+            self.conn.close()
+        messages = []
+        for line in body.splitlines():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                messages.append(line)
+                continue
+            if isinstance(msg, dict) and (msg.get("error") or msg.get("message")) and resp.status != 200:
+                messages.append(msg.get("error") or msg.get("message"))
+            elif isinstance(msg, dict) and msg.get("error"):
+                messages.append(msg["error"])
+        if resp.status != 200 or messages:
+            return "docker load: " + ("; ".join(m.strip() for m in messages if m.strip()) or f"HTTP {resp.status}")
+        return self.error
+
+
+def watch_stdin_eof(control):
+    """The head's session is our lifeline: when it closes, stop everything."""
+    control.read()
+    os._exit(3)
+
+
+def receive(source, size, forward, loader, report):
+    """Copy exactly `size` bytes from `source` to forward and loader; then the trailer line. -> (sha, trailer)."""
+    digest, got, last = hashlib.sha256(), 0, 0.0
+    while got < size:
+        data = source.read(min(CHUNK, size - got))
+        if not data:
+            raise EOFError(f"upstream closed after {got} of {size} bytes")
+        got += len(data)
+        digest.update(data)
+        forward(data)
+        loader.write(data)
+        if time.monotonic() - last > 0.3:
+            last = time.monotonic()
+            report(got)
+    report(got)
+    trailer = source.readline()
+    forward(trailer)
+    return digest.hexdigest(), json.loads(trailer or b"{}")
+
+
+def main():
+    control = sys.stdin.buffer
+    spec = json.loads(control.readline())
+    sock_path = spec.get("socket") or default_socket()
+    listener, have, error = None, False, None
+    try:
+        have = has_image(sock_path, spec["image_id"])
+    except OSError as exc:
+        error = f"docker daemon not reachable at {sock_path}: {exc.strerror or exc}"
+    if not have and error is None:
+        listener = socket.create_server(("", 0), backlog=2)
+    emit(event="ready", have=have, error=error, socket=sock_path, port=listener.getsockname()[1] if listener else None)
+    go = json.loads(control.readline() or b"{}")
+    if not go.get("go"):
+        return
+    if go["source"] == "tcp":
+        listener.settimeout(120)
+        conn, _ = listener.accept()
+        conn.settimeout(600)
+        source = conn.makefile("rb")
+        if source.readline().strip() != spec["token"].encode():
+            emit(event="done", error="upstream did not present this load's token")
+            return
+        threading.Thread(target=watch_stdin_eof, args=(control,), daemon=True).start()
+    else:
+        source = control
+    listener.close()
+    nxt = None
+    if go.get("next"):
+        host, port = go["next"].rsplit(":", 1)
+        nxt = socket.create_connection((host, int(port)), timeout=60)
+        nxt.sendall(spec["token"].encode() + b"\n")
+    forward_error = []
+
+    def forward(data):
+        if nxt is not None and not forward_error:
+            try:
+                nxt.sendall(data)
+            except OSError as exc:
+                forward_error.append(str(exc))
+
+    t0 = time.monotonic()
+    loader = Loader(sock_path)
+    try:
+        sha, trailer = receive(source, spec["size"], forward, loader, lambda n: emit(event="progress", bytes=n))
+    except (EOFError, OSError, ValueError) as exc:
+        loader.error = loader.error or "transfer incomplete"
+        loader.finish()
+        emit(event="done", error=f"transfer failed: {exc}")
+        return
+    finally:
+        if nxt is not None:
+            nxt.close()
+    error = loader.finish()
+    if error is None and trailer.get("sha256") != sha:
+        error = f"sha256 mismatch: received {sha}, the head sent {trailer.get('sha256')}"
+    found = False
+    try:
+        found = has_image(sock_path, spec["image_id"])
+    except OSError as exc:
+        error = error or f"docker daemon not reachable after load: {exc}"
+    if error is None and not found:
+        error = f"loaded, but image {spec['image_id']} is not on this node (the tar holds another image?)"
+    emit(event="done", error=error, sha256=sha, image_id=spec["image_id"] if found else None,
+         seconds=round(time.monotonic() - t0, 3), forward_error=forward_error[0] if forward_error else None)
+
+
+if __name__ == "__main__":
+    main()
