@@ -5,6 +5,7 @@
     sb.exec("node3", ["hostname"]).stdout         # 'node3\\n'  (nsenter into the host, no ssh)
     sb.start_daemon("node3", ["slurmd", "-D"], name="slurmd")   # recorded, stopped by PID on down
     sb.link_down("node3"); sb.link_up("node3")    # fault injection: cable pulled / plugged back
+    sb.private_dir("node3", "/var/lib/docker")    # a plain per-host dir there (not the overlay)
     Sandbox.load("default").down()                # removes exactly what up created
 
 A host is: a network namespace on bridge `orchbr-<short>`, a UTS namespace (hostname), a mount namespace with
@@ -355,6 +356,16 @@ class Sandbox:
             self.reload()
             yield self.state
             self.state.save()
+
+    def private_dir(self, host: str, target: str) -> Path:
+        """Give `host` its own plain directory at `target` (e.g. /var/lib/docker, whose overlay2 driver cannot
+        sit on the copy-on-write /var): a directory on the head bind-mounted there; gone with the sandbox."""
+        if not target.startswith("/") or ".." in Path(target).parts:
+            raise ConfigError("target", target, "use an absolute path without '..'")
+        source = self.host_dir(host) / "dirs" / target.strip("/").replace("/", "_")
+        source.mkdir(parents=True, exist_ok=True)
+        self.exec(host, ["sh", "-c", 'mkdir -p "$1" && mount --bind "$0" "$1"', str(source), target], check=True)
+        return source
 
     def link_down(self, host: str) -> None:
         """Pull the host's cable: its bridge-side veth goes down; processes and sockets on the host stay."""

@@ -184,3 +184,21 @@ def test_shared_path_under_root_is_visible_and_writable_on_hosts(private_sandbox
         assert sb.exec(host, ["ls", "-A", "/root"]).stdout.split() == [shared.name]  # the rest of /root stays private
     finally:
         shutil.rmtree(shared)
+
+
+def test_private_dir_is_a_plain_directory_per_host(sandbox, hosts4):
+    a, b = hosts4[:2]
+    target = f"/var/lib/orch-test-{uuid.uuid4().hex[:8]}"
+    src = sandbox.private_dir(a, target)
+    sandbox.exec(a, ["sh", "-c", f"echo x > {target}/f"], check=True)
+    assert (src / "f").read_text() == "x\n"
+    fstype = sandbox.exec(a, ["findmnt", "-no", "FSTYPE", target]).stdout.strip()
+    assert fstype != "overlay"
+    assert sandbox.exec(b, ["test", "-e", target]).returncode == 1
+
+
+def test_two_sandboxes_side_by_side_and_down_spares_the_other(sandbox, ssh_config, private_sandbox):
+    other = private_sandbox(nodes=2)
+    assert other.state.subnet != sandbox.state.subnet and other.state.bridge != sandbox.state.bridge
+    other.down()
+    assert ssh(ssh_config, sandbox.hosts[0], "hostname").stdout.strip() == sandbox.hosts[0]
