@@ -52,13 +52,13 @@ def pytest_runtest_setup(item):
 
 
 def _remove_stale_sandboxes() -> None:
-    """Sandboxes of earlier pytest runs that were killed before their teardown: pt<pid> with <pid> gone, or with
-    <pid> reused by this very process (at session start none of ours exists yet)."""
+    """Sandboxes of earlier pytest runs that were killed before their teardown: pt<pid>... with <pid> gone, and
+    pt<our pid> itself (a reused pid: only this fixture makes that name). Other pt<our pid>-* are live tests'."""
     from orchestrator.sandbox import Sandbox, list_sandboxes
 
     for name in list_sandboxes():
         m = re.fullmatch(r"pt(\d+)(?:-.*)?", name)
-        if m and (int(m.group(1)) == os.getpid() or not os.path.exists(f"/proc/{m.group(1)}")):
+        if m and (name == f"pt{os.getpid()}" or not os.path.exists(f"/proc/{m.group(1)}")):
             try:
                 Sandbox.load(name).down()
             except Exception as exc:  # noqa: BLE001 - a leftover must not block this run
