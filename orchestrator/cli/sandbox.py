@@ -32,8 +32,12 @@ def sandbox_group() -> None:
 @click.option("--share", "shares", multiple=True, metavar="PATH",
               help="Also bind-mount PATH (read-write, same path) into every host. The active venv and this checkout "
                    "are shared automatically when they live under /root.")
+@click.option("--slurm", is_flag=True, help="Also start munged, slurmctld (on the head) and one slurmd per host.")
+@click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --slurm: fake GPUs per host, offered as gres/gpu.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sandbox (hosts, IPs, ssh config) as JSON on stdout.")
-def up_command(name: str, nodes: int, prefix: str, shares: tuple[str, ...], as_json: bool) -> None:
+def up_command(name: str, nodes: int, prefix: str, shares: tuple[str, ...], slurm: bool, gpus_per_node: int,
+               as_json: bool) -> None:
     """Create NODES hosts, start their sshd and wait until every one answers."""
     from rich.console import Console
 
@@ -43,6 +47,15 @@ def up_command(name: str, nodes: int, prefix: str, shares: tuple[str, ...], as_j
     with console.status("sandbox: starting") as status:
         sb = Sandbox.up(name, nodes=nodes, prefix=prefix, shares=shares,
                         progress=lambda msg: status.update(f"sandbox {name}: {msg}"))
+        if slurm:
+            from orchestrator.sandbox.slurm import start_slurm
+
+            status.update(f"sandbox {name}: starting Slurm")
+            try:
+                start_slurm(sb, gpus_per_node=gpus_per_node)
+            except BaseException:
+                sb.down()  # up is all or nothing: no half-made cluster left behind
+                raise
     if as_json:
         click.echo(json.dumps(_describe(sb)))
         return
@@ -105,7 +118,14 @@ def env_command(name: str) -> None:
     """Shell exports for the sandbox: eval "$(orchestrator sandbox env)"."""
     from orchestrator.sandbox import Sandbox
 
-    for key, value in Sandbox.load(name).env().items():
+    from orchestrator.sandbox.slurm import SlurmCluster
+
+    sb = Sandbox.load(name)
+    env = sb.env()
+    slurm = SlurmCluster.find(sb)
+    if slurm is not None:
+        env.update(slurm.env())
+    for key, value in env.items():
         click.echo(f"export {key}={shlex.quote(value)}")
 
 
