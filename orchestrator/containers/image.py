@@ -47,7 +47,7 @@ def read_image_tar(path: str | os.PathLike) -> ImageTar:
     """Read manifest.json of a docker-archive tar; ConfigError when the file is missing or not an image."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError("IMAGE", str(path), "name an existing image tar (from `docker save` or `images build`)")
+        raise ConfigError("IMAGE", str(path), "name an existing image tar (from `docker save` or `orchestrator images build-test`)")
     try:
         with tarfile.open(p, "r:") as tar:
             manifest = json.load(tar.extractfile("manifest.json"))
@@ -114,8 +114,11 @@ def _layer(paths: list[str]) -> bytes:
 
 
 def build_test_image(out: str | os.PathLike, *, tag: str = "orch-test:cpu", venv: str | os.PathLike | None = None,
-                     extra_paths: tuple[str, ...] = ()) -> ImageTar:
-    """Write a docker-archive at `out` with python3 (+ the venv when given); returns what it holds."""
+                     venv_layer: bool = True, extra_paths: tuple[str, ...] = ()) -> ImageTar:
+    """Write a docker-archive at `out` with python3 (+ the venv when given); returns what it holds.
+
+    venv_layer=False: only the system libraries the venv's extension modules need go in; the venv itself is
+    bind-mounted at run time (small test images that still run torch)."""
     stdlib = f"/usr/lib/python{sys.version_info.major}.{sys.version_info.minor}"
     base_paths = [PYTHON, os.path.realpath(PYTHON), stdlib, "/etc/passwd", "/etc/group", *extra_paths]
     layers = []
@@ -125,9 +128,12 @@ def build_test_image(out: str | os.PathLike, *, tag: str = "orch-test:cpu", venv
         if not Path(venv_dir, "pyvenv.cfg").is_file():
             raise ConfigError("--venv", str(venv), "name a virtualenv directory (it has pyvenv.cfg)")
         binaries += _extension_modules(Path(venv_dir))
-    base_paths += sorted(_shared_libs(binaries))
+    libs = _shared_libs(binaries)
+    if venv is not None:  # the venv's bundled libraries (torch/lib) belong to the venv, not to the base layer
+        libs = {p for p in libs if not os.path.realpath(p).startswith(venv_dir + os.sep)}
+    base_paths += sorted(libs)
     layers.append(_layer(base_paths))
-    if venv is not None:
+    if venv is not None and venv_layer:
         layers.append(_layer([venv_dir]))
     return _write_archive(Path(out), tag, layers)
 
