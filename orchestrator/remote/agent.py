@@ -64,12 +64,20 @@ def _alive(pid):
 
 
 def become_subreaper():
-    """PR_SET_CHILD_SUBREAPER: orphans of the command (double-forked, setsid'd) re-parent to the agent."""
-    try:
-        import ctypes
+    """PR_SET_CHILD_SUBREAPER: orphans of the command (double-forked, setsid'd) re-parent to the agent.
 
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
-    except (ImportError, OSError, AttributeError):
+    Through _ctypes, not ctypes: the ctypes package costs a few ms of start-up on every host."""
+    try:
+        import _ctypes
+
+        class Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL  # returns a C int
+
+        class Libc:
+            _handle = _ctypes.dlopen(None, os.RTLD_NOW)
+
+        return Function(("prctl", Libc))(36, 1, 0, 0, 0) == 0
+    except (ImportError, OSError, AttributeError, TypeError):
         return False
 
 

@@ -53,6 +53,9 @@ class LocalTransport:
     def __init__(self) -> None:
         self._procs: list[asyncio.subprocess.Process] = []
 
+    def prepare(self, hosts: Sequence[str]) -> None:
+        pass  # nothing to work out ahead: no connections
+
     async def open(self, host: str, argv: Sequence[str]) -> LocalSession:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

@@ -205,6 +205,8 @@ class SshTransport:
         self.options = options
         self._options_file: str | None = None
         self._warned_insecure = False
+        self._prepared: dict[str, dict] = {}
+        self._known_hosts: dict[tuple[str, ...], asyncssh.SSHKnownHosts] = {}
         parsed = [parse_ssh_option(o) for o in options.options]
         for key, _ in parsed:
             if key.lower() not in SSHClientConfig._handlers and key.lower() not in _IGNORED_OK:
@@ -237,14 +239,28 @@ class SshTransport:
             kwargs["known_hosts"] = None
             kwargs["_insecure"] = True
         else:  # yes / ask (nobody to ask) / accept-new: refuse changed keys, even with UserKnownHostsFile none
-            kwargs["known_hosts"] = existing or asyncssh.import_known_hosts("")
+            kwargs["known_hosts"] = self._read_known_hosts(tuple(existing))
         if strict == "accept-new":
             port = opts.port or int(config.get("Port", 22))
             kwargs["client_factory"] = lambda: _AcceptNewClient(known, host, port)
         return kwargs
 
+    def _read_known_hosts(self, files: tuple[str, ...]) -> asyncssh.SSHKnownHosts:
+        """Parsed once per transport: asyncssh would re-read every file for every connection (O(hosts^2))."""
+        if files not in self._known_hosts:
+            self._known_hosts[files] = asyncssh.read_known_hosts(list(files)) if files else asyncssh.import_known_hosts("")
+        return self._known_hosts[files]
+
+    def prepare(self, hosts: Sequence[str]) -> None:
+        """Work out every host's connection settings up front (config, keys, known_hosts: CPU only).
+
+        Done before the first connection starts, so that on a busy head this work cannot eat into the
+        connect timeout of the connections already under way."""
+        for host in hosts:
+            self._prepared[host] = self.connect_kwargs(host)
+
     async def open(self, host: str, argv: Sequence[str]) -> SshSession:
-        kwargs = self.connect_kwargs(host)
+        kwargs = self._prepared.pop(host, None) or self.connect_kwargs(host)
         if kwargs.pop("_insecure", False) and not self._warned_insecure:
             self._warned_insecure = True
             log.warning("host key checking is OFF (StrictHostKeyChecking=no): hosts are not authenticated")

@@ -64,13 +64,13 @@ def test_ssh_options_validation(kwargs, field):
 
 
 def test_config_file_is_honoured(config, tmp_path):
-    (tmp_path / "known_hosts").write_text("")
+    (tmp_path / "known_hosts").write_text("gpu1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHfEWoO8lmtz3uvaWYzJkWtWvOWlCMMx1qJiOmbqfDEz\n")
     kw = SshTransport(SshOptions(config=config)).connect_kwargs("gpu1")
     options = kw["options"]
     assert (kw["host"], kw["config"]) == ("gpu1", ())  # () = reuse the parse in `options`, do not read again
     assert (options.host, options.port, options.username) == ("10.0.0.1", 2201, "alice")
     assert "connect_timeout" not in kw and options.connect_timeout == 7
-    assert kw["known_hosts"] == [f"{tmp_path}/known_hosts"]
+    assert len(kw["known_hosts"].match("gpu1", "10.0.0.1", None)[0]) == 1  # our file, parsed once
 
 
 def test_missing_known_hosts_file_trusts_nobody(config):
@@ -120,7 +120,7 @@ def test_host_keys_checked_by_default_even_with_no_known_hosts_file(config):
 
 def test_accept_new_installs_the_recording_client(config, tmp_path):
     kw = SshTransport(SshOptions(config=config)).connect_kwargs("new1")
-    assert kw["known_hosts"] is not None and callable(kw["client_factory"])
+    assert isinstance(kw["known_hosts"], asyncssh.SSHKnownHosts) and callable(kw["client_factory"])
     assert kw["client_factory"]()._known_hosts == [f"{tmp_path}/kh_new"]
 
 
