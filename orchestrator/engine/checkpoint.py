@@ -142,11 +142,7 @@ class Checkpointer:
         # Serialised now so a value JSON cannot hold fails here, not later in the background commit.
         meta = json.dumps({"format": "dcp", "step": step, "extra": extra or {}, "world_size": self.world_size,
                            "time": time.time()})
-        partial = self.root / f".step-{step}.partial"
-        if self.rank == 0:
-            partial.mkdir(parents=True, exist_ok=True)
-        if self.distributed:
-            dist.barrier()  # the directory exists before any rank writes into it
+        partial = self.root / f".step-{step}.partial"  # DCP's writer creates it on every rank
         if self.async_save:
             response = dcp.async_save(state, checkpoint_id=str(partial), process_group=self._group,
                                       async_stager=self._stager, no_dist=not self.distributed)
