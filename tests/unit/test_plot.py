@@ -35,10 +35,18 @@ def test_history_splits_attempts_and_marks_the_resume(run_dir):
 
 
 def test_events_name_the_cause(run_dir):
-    write_jsonl(run_dir / "events.jsonl", [{"event": "launch"}, {"event": "failure", "cause": "rank 2 SIGKILL"},
-                                           {"event": "restart", "cause": "rank 2 exited -9"}])
+    """The supervisor's log (orchestrator/supervisor/events.py): restart events carry resume_step and cause."""
+    write_jsonl(run_dir / "events.jsonl", [
+        {"event": "launch", "attempt": 0, "resume_step": None}, {"event": "failure", "kind": "rank_exit", "rank": 2},
+        {"event": "restart", "attempt": 1, "resume_step": 4, "steps_lost": 3, "cause": "rank 2 exited -9"},
+        {"event": "first_step", "attempt": 1, "step": 5, "resumed_from": 4}])
     (restart,) = read_history(run_dir).restarts
     assert restart.step == 4 and "rank 2 exited -9" in restart.label
+
+
+def test_event_without_a_step_takes_it_from_the_metrics(run_dir):
+    write_jsonl(run_dir / "events.jsonl", [{"event": "restart", "cause": "hang"}])
+    assert [(r.step, r.label) for r in read_history(run_dir).restarts] == [(4, "restart: hang")]
 
 
 def test_cli_writes_a_png(run_dir):
