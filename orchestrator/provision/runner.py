@@ -66,6 +66,7 @@ class InstallPlan:
             "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp"),
             "ANSIBLE_LOCAL_TEMP": str(self.workdir / "tmp"),
+            "ANSIBLE_GATHER_TIMEOUT": "60",  # a busy host answers slowly; a timed-out fact is silently missing
             "ANSIBLE_DEPRECATION_WARNINGS": "False",
             "ANSIBLE_NOCOLOR": "True",
         }
@@ -212,6 +213,8 @@ def run_install(plan: InstallPlan, *, on_update: Callable[[HostReport], None] | 
         cmdline=shlex.join(cmdline) or None, quiet=True, event_handler=collector, rotate_artifacts=3,
     )
     elapsed = time.monotonic() - started
+    if runner.status == "canceled":  # ansible-runner took the SIGINT and stopped ansible-playbook: pass it on
+        raise KeyboardInterrupt
     for name, report in collector.reports.items():
         report.done, report.task = True, ""
         if on_update:

@@ -153,3 +153,27 @@ def test_gpu_count_reads_vendor_and_class(tmp_path):
     script = ROLES / "gpu_detect" / "files" / "count-gpus.sh"
     assert subprocess.run(["sh", str(script), str(tmp_path)], capture_output=True, text=True).stdout == "2\n"
     assert subprocess.run(["sh", str(script), str(tmp_path / "none")], capture_output=True, text=True).stdout == "0\n"
+
+
+def test_rdma_discovery_finds_active_ports_roce_gid_and_the_socket_interface(tmp_path):
+    """rdma-discover.sh on a fake /sys/class/infiniband: an IB HCA, a RoCE HCA with a RoCE v2 GID, a port down."""
+    def port(dev, num, state, layer, gids=()):
+        p = tmp_path / dev / "ports" / str(num)
+        (p / "gid_attrs" / "types").mkdir(parents=True)
+        (p / "gids").mkdir()
+        (p / "state").write_text(state + "\n")
+        (p / "link_layer").write_text(layer + "\n")
+        for index, (kind, gid) in enumerate(gids):
+            (p / "gid_attrs" / "types" / str(index)).write_text(kind + "\n")
+            (p / "gids" / str(index)).write_text(gid + "\n")
+
+    port("mlx5_0", 1, "4: ACTIVE", "InfiniBand")
+    port("mlx5_1", 1, "1: DOWN", "InfiniBand")
+    port("mlx5_2", 1, "4: ACTIVE", "Ethernet", [("IB/RoCE v1", "fe80:0000:0000:0000:0000:0000:0000:0001"),
+                                                ("RoCE v2", "fe80:0000:0000:0000:0000:0000:0000:0001"),
+                                                ("RoCE v2", "0000:0000:0000:0000:0000:ffff:0a00:0001")])
+    script = ROLES / "rdma" / "files" / "rdma-discover.sh"
+    lines = subprocess.run(["sh", str(script), str(tmp_path)], capture_output=True, text=True).stdout.splitlines()
+    assert lines[:3] == ["port mlx5_0 1 ACTIVE InfiniBand -", "port mlx5_1 1 DOWN InfiniBand -",
+                         "port mlx5_2 1 ACTIVE Ethernet 2"]
+    assert lines[3].startswith("netdev ") and len(lines) == 4
