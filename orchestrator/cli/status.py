@@ -36,14 +36,12 @@ def _snapshot(run_dir: Path):
         table.add_column(column)
     beats = read_heartbeats(run_dir / "heartbeat") if (run_dir / "heartbeat").is_dir() else {}
     now = time.time()
-    seen = set()
     for beat in sorted(beats.values(), key=lambda b: b.get("rank", 0)):
-        seen.add(beat.get("host"))
         table.add_row(str(beat.get("host")), str(beat.get("rank")), str(beat.get("step")), str(beat.get("status")),
                       f"{now - float(beat.get('time', now)):.1f}s ago")
-    for host in (launch or {}).get("hosts", []):
-        if host not in seen:
-            table.add_row(host, "-", "-", "no heartbeat yet", "-")
+    missing = (launch or {}).get("world_size", 0) - len(beats)
+    if missing > 0 and summary["outcome"] == "running":
+        table.add_row(",".join(launch["hosts"]), "-", "-", f"{missing} rank(s) without a heartbeat yet", "-")
     return table, summary
 
 

@@ -26,8 +26,12 @@ backoff the next attempt starts. Exit codes: 0 done; 1 gave up; 128+N stopped by
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import os
+import re
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -44,6 +48,7 @@ __all__ = ["Supervisor", "SupervisorConfig", "attempt_plan", "diagnose", "newest
 
 log = logging.getLogger("orchestrator.supervisor.loop")
 
+_STEP_DIR = re.compile(r"step-\d+\Z")
 HEARTBEAT_ENV = "ORCH_HEARTBEAT_DIR"  # the engine's contract (orchestrator/engine/heartbeat.py)
 _BAD_STATES = {"T": "stopped (SIGSTOP)", "t": "stopped by a tracer", "D": "in uninterruptible sleep (D)",
                "Z": "a zombie"}
@@ -76,7 +81,13 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host]) -> Launc
 
 
 def newest_checkpoint(run_dir: Path) -> tuple[int | None, list[str]]:
-    """(newest intact checkpoint step, warnings about damaged newer ones) under run_dir/checkpoints/."""
+    """(newest intact checkpoint step, warnings about damaged newer ones) under run_dir/checkpoints/.
+
+    The engine's own validation (it reads DCP metadata, so it imports torch: seconds on a busy head) runs only
+    when a committed checkpoint exists; Supervisor.run() warms that import up in the background."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir() or not any(_STEP_DIR.match(name) for name in os.listdir(root)):
+        return None, []
     from orchestrator.engine.checkpoint import _problem, complete_steps
 
     skipped = []
@@ -117,6 +128,7 @@ class Supervisor:
     async def run(self) -> dict:
         cfg = self.cfg
         hosts, spares = list(cfg.hosts), list(cfg.spares)
+        threading.Thread(target=importlib.import_module, args=("orchestrator.engine.checkpoint",), daemon=True).start()
         self.events.emit("start", run_id=cfg.spec.run_id, hosts=[h.name for h in hosts],
                          spares=[h.name for h in spares], limits=asdict(cfg.limits),
                          hang_timeout=cfg.hang_timeout, program=list(cfg.spec.program))
@@ -272,8 +284,9 @@ def diagnose(attempt: _Attempt, health: dict[str, str]) -> dict:
     """Name the culprit of a failed attempt: the root cause, not the cascade (pure over what was observed).
 
     Order of evidence: a probed process that is stopped/stuck (hang); a non-cascade first failure from the
-    runner's analysis (torchrun's reports); the first rank exit the head saw if it was a signal; a host that
-    failed its health check (a lost node: its peers' errors are the cascade); otherwise the first failure."""
+    runner's analysis (torchrun's reports); the first rank exit the head saw if it was a signal (even when the
+    host is unreachable afterwards: the health check excludes it anyway); a host that failed its health check (a
+    lost node says nothing: its peers' errors are the cascade); otherwise the first failure."""
     plan, result = attempt.plan, attempt.result
     unhealthy = {h: why for h, why in health.items() if why != "ok" and h in plan.hosts}
     if attempt.error is not None:
@@ -295,7 +308,7 @@ def diagnose(attempt: _Attempt, health: dict[str, str]) -> dict:
     if first is not None and not first.cascade:
         return _from_failure(first)
     seen = attempt.rank_exit
-    if seen is not None and seen.signal not in (None, "SIGTERM", "SIGINT") and seen.host not in unhealthy:
+    if seen is not None and seen.signal not in (None, "SIGTERM", "SIGINT"):
         node = plan.node(seen.host) if seen.host in plan.hosts else None
         return {"cause": "killed", "host": seen.host, "rank": node.first_rank + seen.local_rank if node else None,
                 "signal": seen.signal, "exit_code": seen.exitcode, "detail": f"killed by {seen.signal}"}

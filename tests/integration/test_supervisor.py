@@ -1,10 +1,14 @@
 """`orchestrator supervise` under fault injection on real sandbox hosts (sshd, torchrun, gloo, the tiny engine).
 
-Each case starts a supervised run of the engine (12 steps, a checkpoint every 3) on 2 hosts x 1 process of the
-session sandbox (its last hosts, so link faults stay away from the hosts other tests use), injects one fault
-from this process (signals by the PID in the rank's heartbeat file; a lost node = its run processes killed and
-its link taken down via the Sandbox API), and checks: the run finished every step, a resume never lost more
-than one checkpoint interval, and events.jsonl names the right cause and reaction.
+A supervised run of the engine (a checkpoint every 3 steps) on 2 hosts x 1 process of the session sandbox (its
+last 3 hosts, so link faults stay away from the hosts other tests use). Faults are injected from this process:
+signals by the PID in the rank's heartbeat file; a lost node = its link taken down and its processes killed
+(Sandbox API). Each run must finish every step, no resume may lose more than one checkpoint interval (two where
+the newest checkpoint was corrupted on purpose), and events.jsonl must name the right cause and reaction.
+
+Cold starts dominate (torch import, gloo rendezvous: 10-40 s per attempt on 2 busy cores), so faults share
+runs: one run takes faults 1, 2, 3 and 6 one after another (attempts 0-3), one takes 4 and 5 together, and
+the always-crashing script has its own short run.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -102,18 +105,120 @@ def one(evs: list[dict], kind: str) -> dict:
     return found[0]
 
 
-def test_sigkill_of_one_rank(sandbox, hosts, tmp_path):
-    run_dir = tmp_path / "kill"
-    proc = supervise(sandbox, run_dir, hosts[:2])
-    beat = wait_for(lambda: heartbeat(run_dir, 1, 4), what="rank 1 at step 4")
-    os.kill(beat["pid"], signal.SIGKILL)
-    evs = finish(proc, run_dir)
-    check_completed(run_dir, evs)
-    failure = next(e for e in evs if e["event"] == "failure")
-    assert (failure["kind"], failure["host"], failure["rank"], failure["signal"]) == ("rank_exit", hosts[1], 1,
-                                                                                       "SIGKILL")
-    diagnosis = one(evs, "diagnosis")
-    assert (diagnosis["cause"], diagnosis["host"], diagnosis["rank"]) == ("killed", hosts[1], 1)
+def lose_node(sandbox, host: str) -> None:
+    """The node is gone: cable pulled first (so no FIN/RST reaches its peers), then its processes killed."""
+    sandbox.link_down(host)
+    sshd = sandbox.state.host(host).sshd_pid
+    for pid in sandbox.pids(host):
+        if pid != sshd:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def at_attempt(run_dir: Path, attempt: int, after: int = EVERY + 1) -> dict:
+    """Rank 1's heartbeat once attempt `attempt` trained `after` steps past its resume point: past its next
+    checkpoint, so every attempt makes progress (else the no-progress rule would rightly give up)."""
+    def ready():
+        launches = [e for e in events(run_dir) if e["event"] == "launch"]
+        if len(launches) != attempt + 1:
+            return None
+        return heartbeat(run_dir, 1, (launches[-1]["resume_step"] or 0) + after)
+    return wait_for(ready, timeout=180, what=f"attempt {attempt} training")
+
+
+def wait_event(run_dir: Path, kind: str, count: int) -> None:
+    wait_for(lambda: sum(e["event"] == kind for e in events(run_dir)) >= count, timeout=120,
+             what=f"{count} {kind} events")
+
+
+@pytest.mark.timeout(420)
+def test_kill_hang_lost_node_and_unreachable_host_in_one_run(sandbox, hosts, tmp_path):
+    """Fault 1 (SIGKILL of a rank: same hosts again), 2 (SIGSTOP: hang by heartbeat timeout, the stopped rank
+    named), 3 (node lost, a spare given: replaced), 6 (a rank killed and its host unreachable at relaunch:
+    excluded; no spare left, so the run shrinks within --nodes 1:2)."""
+    a, b, spare = hosts
+    run_dir = tmp_path / "faults"
+    proc = supervise(sandbox, run_dir, [a, b], "--spare-hosts", spare, "--nodes", "1:2", "--hang-timeout", "5",
+                     "--max-restarts", "4", steps=24)
+    try:
+        os.kill(at_attempt(run_dir, 0)["pid"], signal.SIGKILL)                      # fault 1
+        stopped = at_attempt(run_dir, 1)
+        os.kill(stopped["pid"], signal.SIGSTOP)                                      # fault 2
+        at_attempt(run_dir, 2)
+        lose_node(sandbox, b)                                                        # fault 3
+        os.kill(at_attempt(run_dir, 3)["pid"], signal.SIGKILL)                      # fault 6 (rank 1 is on spare)
+        wait_event(run_dir, "failure", 4)
+        sandbox.link_down(spare)
+        evs = finish(proc, run_dir)
+    finally:
+        sandbox.link_up(b)
+        sandbox.link_up(spare)
+    check_completed(run_dir, evs, steps=24)
+    assert proc.returncode == 0
+    diagnoses = [(e["cause"], e["host"], e.get("rank")) for e in evs if e["event"] == "diagnosis"]
+    assert diagnoses == [("killed", b, 1), ("hang", b, 1), ("node_lost", b, None), ("killed", spare, 1)]
+    failures = [e for e in evs if e["event"] == "failure"]
+    assert [f["kind"] for f in failures][:2] == ["rank_exit", "hang"] and failures[0]["signal"] == "SIGKILL"
+    hang = [e for e in evs if e["event"] == "diagnosis"][1]
+    assert hang["pid"] == stopped["pid"] and "stopped (SIGSTOP)" in hang["detail"]
+    excluded = [(e["host"], e["reason"].split(":")[0] + ":" + e["reason"].split(":")[1]) for e in evs
+                if e["event"] == "exclude"]
+    assert excluded == [(b, "health check: unreachable"), (spare, "health check: unreachable")]
+    assert one(evs, "replace")["host"] == b and one(evs, "replace")["spare"] == spare
+    assert (one(evs, "shrink")["from_nodes"], one(evs, "shrink")["to_nodes"]) == (2, 1)
+    launches = [e for e in evs if e["event"] == "launch"]
+    assert [e["hosts"] for e in launches] == [[a, b], [a, b], [a, b], [a, spare], [a]]
+    summary = evs[-1]["summary"]
+    assert summary["restarts"] == 4 and summary["time_lost_s"] > 0 and 0 < summary["ettr"] < 1
+
+
+def test_lost_node_without_spare_shrinks_and_skips_a_corrupt_checkpoint(sandbox, hosts, tmp_path):
+    """Fault 4 (node lost, no spare: dp 2 -> 1, the dp-2 checkpoint resharded on load) and fault 5 (the newest
+    checkpoint truncated before the restart: the previous one is used)."""
+    a, b, _ = hosts
+    run_dir = tmp_path / "shrink"
+    proc = supervise(sandbox, run_dir, [a, b], "--nodes", "1:2", "--hang-timeout", "5")
+    try:
+        wait_for(lambda: heartbeat(run_dir, 1, 7), what="rank 1 at step 7 (two checkpoints)")
+        lose_node(sandbox, b)
+        wait_event(run_dir, "failure", 1)
+        newest = max((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+        shard = max(newest.glob("*.distcp"), key=lambda p: p.stat().st_size)
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+        evs = finish(proc, run_dir)
+    finally:
+        sandbox.link_up(b)
+    check_completed(run_dir, evs, max_gap=2 * EVERY)
+    assert (one(evs, "diagnosis")["cause"], one(evs, "diagnosis")["host"]) == ("node_lost", b)
+    shrink = one(evs, "shrink")
+    assert (shrink["from_nodes"], shrink["to_nodes"], shrink["world_size"]) == (2, 1, 1)
+    newest_step = int(newest.name[5:])
     restart = one(evs, "restart")
-    assert restart["hosts"] == hosts[:2] and restart["resume_step"] in (3, 6) and proc.returncode == 0
+    assert restart["resume_step"] == newest_step - EVERY
+    assert any(s.startswith(f"step-{newest_step}: truncated shard") for s in restart["skipped_checkpoints"])
+    launches = [e for e in evs if e["event"] == "launch"]
+    assert [e["world_size"] for e in launches] == [2, 1] and launches[1]["resume_step"] == newest_step - EVERY
+    resumed = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+               if "resumed_from" in line]
+    assert [r["resumed_from"] for r in resumed] == [newest_step - EVERY]  # loaded into the 1-rank layout
+
+
+def test_always_crashing_script_gives_up_after_max_restarts(sandbox, hosts, tmp_path):
+    """Fault 7: a script that always crashes: 1 + 2 attempts, then a clear summary; the host is not blamed."""
+    run_dir = tmp_path / "crash"
+    script = tmp_path / "crash.py"
+    script.write_text("import sys\nprint('deliberate crash before any step', flush=True)\nsys.exit(3)\n")
+    proc = supervise(sandbox, run_dir, hosts[:1], "--max-restarts", "2", "--no-progress-attempts", "5",
+                     "--run-id", "crash", program=["--", str(script)])
+    evs = finish(proc, run_dir / "launch" / "crash")  # no --run-dir in the program: RUN_DIR/RUN_ID
+    assert proc.returncode == 1
+    end = evs[-1]
+    assert end["event"] == "gave_up" and end["reason"].startswith("max restarts reached (2)")
+    assert [e["cause"] for e in evs if e["event"] == "diagnosis"] == ["crash"] * 3
+    assert all(e["exit_code"] == 3 for e in evs if e["event"] == "diagnosis")
     assert not [e for e in evs if e["event"] == "exclude"]
+    log = (tmp_path / "crash.supervisor.log").read_text()
+    assert "outcome: gave_up (max restarts reached (2)" in log and "deliberate crash" in log
