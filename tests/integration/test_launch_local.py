@@ -1,8 +1,12 @@
 """`orchestrator launch` / `demo` on localhost alone (local transport, no sshd, no root): real torchrun, gloo."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +35,41 @@ def test_failing_rank_on_localhost_is_named(tmp_path):
     assert "first failure: localhost/0 (local rank 0): exit code 9" in out.stderr
     doc = json.loads(out.stdout)  # --json: exactly one document on stdout, rank output went to stderr
     assert doc["result"]["first_failure"]["rank"] == 0 and doc["plan"]["world_size"] == 2
+
+
+def _run_processes(run_id: str) -> list[int]:
+    token = f"ORCH_RUN_ID={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if token in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_sighup_tears_down_the_local_run(tmp_path):
+    run_id = f"t-hup-{os.getpid()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "launch", "--hosts", "localhost", "--nproc-per-node", "1",
+         "--python", sys.executable, "--run-dir", str(tmp_path), "--run-id", run_id, "--env", "OMP_NUM_THREADS=1",
+         "-m", "orchestrator.launch.examples.allreduce", "--", "--sleep", "600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:  # wait until the rank runs
+            if "RESULT " in line:
+                break
+        assert _run_processes(run_id)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 128 + signal.SIGHUP
+        deadline = time.monotonic() + 10
+        while _run_processes(run_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _run_processes(run_id) == []
+        assert "teardown: clean on every host" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
