@@ -143,6 +143,9 @@ class LaunchPlan:
         ]
         lines += [f"  {k}={_shown(v)}  # {self.env.sources.get(k, 'launcher')}"
                   for k, v in {**self.env.redacted(), **self.launcher_env}.items()]
+        if self.hostfile:
+            lines.append(f"DeepSpeed hostfile ({self.run_dir}/hostfile; its world info is in each --world_info):")
+            lines += [f"  {line}" for line in self.hostfile.splitlines()]
         for n in self.nodes:
             where = f" in {n.workdir}" if n.workdir else ""
             extra = "".join(f" {k}={_shown(redact_value(k, v))}" for k, v in n.env.items())

@@ -104,6 +104,7 @@ def test_deepspeed_plan_without_deepspeed_installed():
     info = next(a for a in argv if a.startswith("--world_info=")).split("=", 1)[1]
     assert json.loads(base64.urlsafe_b64decode(info)) == {f"node{i}": [0, 1] for i in range(1, 5)}
     assert "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE" not in plan.node_env(plan.nodes[0])
+    assert "  node4 slots=2" in plan.describe()
 
 
 def test_world_info_matches_deepspeed_encoding():
