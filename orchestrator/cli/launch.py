@@ -39,7 +39,7 @@ from orchestrator.cli.ssh_options import ssh_options
 @click.option("-m", "--module", default=None, metavar="MODULE", help="Run a module (python -m) instead of a script.")
 @click.option("--run-dir", default="runs", show_default=True, help="Base directory for runs/<run_id>/ on the head.")
 @click.option("--run-id", default=None, help="Use this run id (default: a fresh one).")
-@click.option("--failure-grace", type=float, default=10.0, show_default=True,
+@click.option("--failure-grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds other nodes get to exit on their own after the first node failed, before teardown.")
 @click.option("--dry-run", is_flag=True, help="Print what would run on each host and exit; connect to nothing.")
 @click.option("--json", "as_json", is_flag=True,
