@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.engine.checkpoint import complete_steps, latest_complete_step
+
 pytestmark = pytest.mark.slow
 
 try:
@@ -54,7 +56,7 @@ def test_zero_matches_single_process_torch(torch_reference, tmp_path, stage):
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--no_local_rank",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--module", "orchestrator.engine",
            "--engine", "deepspeed", "--set", f"train.zero_stage={stage}", "--config", "tiny", "--steps", str(STEPS),
-           "--run-dir", str(run_dir)]
+           "--run-dir", str(run_dir), "--checkpoint-every", "3"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=400, cwd=REPO)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert "shm_comm_op built" not in out.stdout + out.stderr  # the CPU JIT op stays skipped
@@ -62,3 +64,5 @@ def test_zero_matches_single_process_torch(torch_reference, tmp_path, stage):
     assert len(ds) == STEPS
     diff = max(abs(a - b) for a, b in zip(ds, torch_reference))
     assert diff <= 1e-5, f"ZeRO-{stage} losses differ from torch by {diff}: {ds} vs {torch_reference}"
+    # DeepSpeed's own checkpoints, committed with meta.json where the supervisor looks for them
+    assert complete_steps(run_dir) == [3, 6] and latest_complete_step(run_dir) == 6
