@@ -63,6 +63,8 @@ def container_argv(plan: LaunchPlan, node: NodePlan, spec: ContainerSpec) -> lis
         argv += ["--gpus", "all"]
     for name in env_names:
         argv += ["-e", name]
+    if "PYTHONUNBUFFERED" not in env_names:  # torchrun's tee writes to a pipe: lines must arrive as they happen
+        argv += ["-e", "PYTHONUNBUFFERED=1"]
     if node.workdir:
         argv += ["-v", f"{node.workdir}:{node.workdir}", "-w", node.workdir]
     for m in spec.mounts:

@@ -1,0 +1,102 @@
+"""A 2-host torch job (gloo) whose ranks run inside docker containers; Ctrl-C leaves no container, no process.
+
+    sudo .venv/bin/python -m pytest tests/integration/test_container_launch.py -q
+
+The image is the small test image (python3 and the system libraries torch needs); the venv and this checkout
+are bind-mounted at their own paths (the workdir mount), the way a real image would carry them inside.
+Runs `orchestrator launch --container` when the launch command has the option, else the same library call
+(`orchestrator.containers.run.run_in_containers`) from a tiny driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.sandbox
+
+REPO = str(Path(__file__).resolve().parents[2])
+DRIVER = """
+import json, os, sys
+from orchestrator.containers.run import ContainerSpec, run_in_containers
+from orchestrator.hosts import resolve_hosts
+from orchestrator.launch.env import build_env_manifest
+from orchestrator.launch.plan import LaunchSpec, build_plan
+from orchestrator.launch.rundir import new_run_id
+from orchestrator.remote.ssh import SshOptions
+ssh_config, hosts, image, workdir, python, run_dir, *program = sys.argv[1:]
+env = build_env_manifest(head_env=os.environ, env_files=(), env_args=("OMP_NUM_THREADS=1",), forward=False)
+spec = LaunchSpec(program=tuple(program), module=True, run_id=new_run_id(), nproc_per_node=2, workdir=(workdir,),
+                  env=env, run_dir=run_dir)
+plan = build_plan(spec, resolve_hosts(hosts=hosts, nproc_per_node=2))
+res = run_in_containers(plan, ContainerSpec(image=image, python=python, shm_size="256m"),
+                        ssh=SshOptions(config=ssh_config), sink=lambda line, stream: print(line, flush=True))
+print("RESULT-JSON " + json.dumps(res.to_json()), flush=True)
+sys.exit(res.exit_code)
+"""
+
+
+def _has_container_option() -> bool:
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "launch", "--help"], capture_output=True, text=True)
+    return "--container" in out.stdout
+
+
+def launch_argv(sb, image: str, run_dir: Path, program: list[str]) -> list[str]:
+    python = f"{sys.prefix}/bin/python"
+    if _has_container_option():
+        return [sys.executable, "-m", "orchestrator", "launch", "--container", image, "--container-python", python,
+                "--hosts", ",".join(sb.hosts), "--nproc-per-node", "2", "--ssh-config", str(sb.ssh_config),
+                "--workdir", REPO, "--run-dir", str(run_dir), "--env", "OMP_NUM_THREADS=1", "-m", *program]
+    return [sys.executable, "-c", DRIVER, str(sb.ssh_config), ",".join(sb.hosts), image, REPO, python, str(run_dir),
+            *program]
+
+
+def test_torch_job_in_containers_and_ctrl_c_leaves_nothing(private_sandbox, tmp_path):
+    if shutil.which("dockerd") is None:
+        pytest.skip("dockerd not installed (apt-get install docker.io)")
+    from orchestrator.containers.daemon import start_docker
+    from orchestrator.containers.image import build_test_image
+    from orchestrator.containers.load import load_image
+    from orchestrator.remote.ssh import SshOptions
+
+    image = build_test_image(tmp_path / "img.tar", tag="orch-test:torch", venv=sys.prefix, venv_layer=False)
+    sb = private_sandbox(nodes=2)
+    start_docker(sb)
+    loaded = load_image(image.path, sb.hosts, ssh=SshOptions(config=str(sb.ssh_config)))
+    assert all(r.ok for r in loaded.values()), loaded
+    baseline = {h: set(sb.pids(h)) for h in sb.hosts}  # sshd, dockerd, containerd
+
+    argv = launch_argv(sb, "orch-test:torch", tmp_path / "runs",
+                       ["orchestrator.launch.examples.allreduce", "--sleep", "120"])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    results, lines = [], []
+    deadline = time.monotonic() + 150
+    while len(results) < 4 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "RESULT {" in line:
+            results.append(json.loads(line.split("RESULT ", 1)[1]))
+    assert len(results) == 4, "".join(lines[-30:])
+    assert all(r["sum"] == r["expected"] == 10 for r in results)
+    assert {r["host"] for r in results} == set(sb.hosts)
+    for h in sb.hosts:  # the ranks really are in a container labelled with the run id
+        labels = sb.exec(h, ["docker", "ps", "--format", "{{.Label \"orch.run\"}}"]).stdout.split()
+        assert len(labels) == 1, labels
+
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 128 + signal.SIGINT, out[-3000:]
+    for h in sb.hosts:
+        assert sb.exec(h, ["docker", "ps", "-aq"]).stdout.strip() == "", h
+        assert set(sb.pids(h)) <= baseline[h], [Path(f"/proc/{p}/cmdline").read_text() for p in set(sb.pids(h)) - baseline[h]]
