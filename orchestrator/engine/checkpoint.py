@@ -20,15 +20,17 @@ DCP reshards on load. `extra` is global, JSON-able state (data position, anythin
 rank 0's copy is stored. Each rank's RNG state is stored too and restored when the same rank existed.
 
 On disk (run_dir/checkpoints/):
-    step-40/            complete: DCP shards + .metadata + meta.json {"format", "step", "extra", "world_size", "time"}
+    step-40/            complete: DCP shards, .metadata, meta.json {format, step, extra, world_size, time}
     .step-50.partial/   being written (or abandoned by a crash): never loaded, removed on the next start
 A save is written under the partial name and renamed to step-N/ by rank 0 only after DCP's metadata is
 written (which DCP does after every rank finished its shards), so step-N/ exists only when complete.
 load_latest() tries complete checkpoints newest first and skips one whose files are missing, truncated or
-unreadable, with a warning. keep-last-K deletes older complete checkpoints only after a newer one is
-committed, so keep=1 is safe with async saves. Async saves copy the state in a background thread (the
-next optimizer step waits for that copy through a step pre-hook), then write on their own gloo group, so
-they never interleave with the training collectives; the train loop only calls wait() before it exits.
+unreadable, with a warning (and refuses to start over when none loads). The run dir must be on a file
+system every rank sees (DCP's rule: rank 0 writes the metadata, every rank its shards). keep-last-K
+deletes older complete checkpoints only after a newer one is committed, so keep=1 is safe with async
+saves. Async saves copy the state in a background thread (the next optimizer step waits for that copy
+through a step pre-hook), then write on their own gloo group, so they never interleave with the training
+collectives; the train loop only calls wait() before it exits.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from orchestrator.errors import ConfigError
 
 __all__ = ["Checkpointer", "complete_steps", "latest_complete_step"]
 
@@ -204,42 +208,47 @@ class Checkpointer:
     def load_latest(self, model_parts: Any, optimizers: Any) -> tuple[int, dict] | None:
         """Load the newest complete, intact checkpoint into model_parts/optimizers (any layout).
 
-        Returns (step, extra) or None when there is none; incomplete, truncated or unreadable ones are
-        skipped with a warning. Also removes partial directories left by a crash (no save is running yet).
+        Returns (step, extra), or None when no checkpoint was ever committed. Incomplete (partial
+        directories, removed here: no save runs yet), truncated or unreadable ones are skipped with a
+        warning. When checkpoints exist but none loads, raises ConfigError instead of silently starting
+        over (a failed load may also have half-filled the model).
         """
-        candidates = self._candidates() if self.rank == 0 else None
-        if self.distributed:
-            box = [candidates]
-            dist.broadcast_object_list(box, src=0)  # every rank tries the same checkpoints in the same order
-            candidates = box[0]
-        for step in candidates:
+        steps = self._committed_newest_first() if self.rank == 0 else None
+        steps = self._from_rank0(steps)  # every rank tries the same checkpoints in the same order
+        failures = []
+        for step in steps:
             path = self.root / f"step-{step}"
-            try:
-                extra = self._load(path, model_parts, optimizers)
-            # DCP gathers read errors and raises the same CheckpointException (a BaseException) on every rank
-            except (Exception, dcp.CheckpointException) as exc:  # noqa: BLE001
-                lines = str(exc).strip().splitlines() or [""]
-                log.warning("skipping checkpoint %s: cannot load it (%s: %s)", path, type(exc).__name__,
-                            lines[-1])  # the root cause; DCP's message starts with every rank's traceback
-                continue
-            log.info("resumed from %s", path)
-            return step, extra
+            problem = self._from_rank0(_problem(path) if self.rank == 0 else None)
+            if problem is None:
+                try:
+                    extra = self._load(path, model_parts, optimizers)
+                    log.info("resumed from %s", path)
+                    return step, extra
+                # DCP gathers read errors and raises one CheckpointException (a BaseException) on every rank
+                except (Exception, dcp.CheckpointException) as exc:  # noqa: BLE001
+                    lines = str(exc).strip().splitlines() or [""]  # DCP's message opens with every traceback
+                    problem = f"cannot load it ({type(exc).__name__}: {lines[-1]})"
+            log.warning("skipping checkpoint %s: %s", path, problem)
+            failures.append(f"step-{step}: {problem}")
+        if failures:
+            raise ConfigError("--run-dir", str(self.root.parent), f"holds checkpoints but none loads ("
+                              f"{'; '.join(failures)}); move {self.root} away to start over")
         return None
 
-    def _candidates(self) -> list[int]:
+    def _from_rank0(self, value: Any) -> Any:
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _committed_newest_first(self) -> list[int]:
         if self.root.is_dir():
             for name in os.listdir(self.root):
                 if _PARTIAL_DIR.match(name):
                     log.warning("removing incomplete checkpoint %s", self.root / name)
                     shutil.rmtree(self.root / name, ignore_errors=True)
-        good = []
-        for step in reversed(complete_steps(self.root.parent)):
-            problem = _problem(self.root / f"step-{step}")
-            if problem:
-                log.warning("skipping checkpoint %s: %s", self.root / f"step-{step}", problem)
-            else:
-                good.append(step)
-        return good
+        return list(reversed(complete_steps(self.root.parent)))
 
     def _load(self, path: Path, model_parts: Any, optimizers: Any) -> dict:
         parts, optims = _as_list(model_parts), _as_list(optimizers)

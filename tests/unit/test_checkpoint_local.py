@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from orchestrator.engine.checkpoint import Checkpointer, complete_steps, latest_complete_step
+from orchestrator.errors import ConfigError
 
 
 class Tiny(nn.Module):
@@ -168,3 +169,12 @@ def test_async_save_holds_the_state_of_its_step_while_training_goes_on(tmp_path,
     assert Checkpointer(tmp_path).load_latest(model2, opt2)[0] == 2
     for k, v in model2.state_dict().items():
         assert torch.equal(v, snapshot[k])
+
+
+def test_no_loadable_checkpoint_refuses_to_start_over(tmp_path):
+    model, opt = make()
+    Checkpointer(tmp_path).save(1, model, opt)
+    damage_payload(tmp_path / "checkpoints/step-1")
+    with pytest.raises(ConfigError, match="none loads") as err:
+        Checkpointer(tmp_path).load_latest(*make())
+    assert err.value.field == "--run-dir" and "step-1" in str(err.value)
