@@ -6,6 +6,7 @@
 Starts its own sandbox (orchestrator.sandbox, max of the host counts, removed at the end) and then measures:
 
 1. wall time of `true` on N hosts, each tool as a fresh command (interpreter start-up included), fan-out 64,
+   plus the head's CPU time (user+sys of the tool and its head-side children: pdsh's ssh clients too),
    the same OpenSSH client config (sandbox ssh_config: host keys checked, curve25519 KEX) for all three;
    one warm-up round, then --runs rounds with the tool order rotated each round (load drift hits all alike);
 2. head memory per held session: each tool holds N sessions running `sleep 30` (fan-out N so all are open at
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -55,13 +57,16 @@ def write_clush_conf(directory: Path, cfg: Path) -> None:
         f"ssh_options: -F {cfg}\n")
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, head CPU seconds: user+sys of the tool and all its head-side children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode:
         raise SystemExit(f"bench: {' '.join(argv[:6])} ... exit {out.returncode}:\n{out.stderr[-2000:]}")
-    return wall
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def tree(pid: int) -> list[int]:
@@ -115,14 +120,13 @@ def held_memory(tool: str, n: int, cfg: Path, env: dict[str, str]) -> tuple[floa
         pids = tree(head.pid)
         return sum(pss_kb(p) for p in pids) / 1024 / n, len(pids)
     finally:
-        for pid in reversed(tree(head.pid)):  # ours: the dead-man switch ends the remote sleeps; pdsh/clush: not
-            os.kill(pid, signal.SIGKILL)
-        head.wait()
-        for pid in remote_sleeps(arg):  # what this benchmark started and the tool left behind
+        # ours: the dead-man switch ends the remote sleeps; pdsh leaves them: kill what this benchmark started
+        for pid in [*reversed(tree(head.pid)), *remote_sleeps(arg)]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        head.wait()
 
 
 def main() -> int:
@@ -147,18 +151,21 @@ def main() -> int:
             write_clush_conf(Path(tmp) / "clush", cfg)
             env = tool_env(cfg, Path(tmp) / "clush")
             walls: dict[tuple[str, int], list[float]] = {}
+            cpus: dict[tuple[str, int], list[float]] = {}
             for n in time_hosts:
                 for tool in tools:
                     timed(tool_argv(tool, n, cfg, 64, ["true"]), env)  # warm-up: page cache, sshd forks
                 for i in range(args.runs):
                     for tool in tools[i % 3:] + tools[:i % 3]:
-                        walls.setdefault((tool, n), []).append(timed(tool_argv(tool, n, cfg, 64, ["true"]), env))
+                        wall, cpu = timed(tool_argv(tool, n, cfg, 64, ["true"]), env)
+                        walls.setdefault((tool, n), []).append(wall)
+                        cpus.setdefault((tool, n), []).append(cpu)
             print(f"\nwall time of `true`, fan-out 64, {args.runs} interleaved runs each (seconds)")
             for n in time_hosts:
                 for tool in tools:
                     w = walls[(tool, n)]
                     print(f"  {n:4d} hosts  {tool:13s} median {statistics.median(w):6.3f}  min {min(w):6.3f}"
-                          f"  max {max(w):6.3f}")
+                          f"  max {max(w):6.3f}   head CPU median {statistics.median(cpus[(tool, n)]):6.3f}")
                 med = {t: statistics.median(walls[(t, n)]) for t in tools}
                 print(f"  {n:4d} hosts  ratio orchestrator/pdsh {med['orchestrator'] / med['pdsh']:.2f}x"
                       f"  orchestrator/clush {med['orchestrator'] / med['clush']:.2f}x")

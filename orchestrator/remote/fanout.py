@@ -290,7 +290,8 @@ async def _fan(hosts: Sequence[str], argv_for: Callable[[str], list[str]], spec_
     own = transport is None
     transport = transport or default_transport(hosts, ssh)
     limit = asyncio.Semaphore(fanout)
-    transport.prepare(hosts)  # plan, then act: no connect timer runs while the head does per-host set-up
+    if hasattr(transport, "prepare"):  # plan, then act: no connect timer runs while the head does per-host set-up
+        transport.prepare(hosts)
 
     async def one(host: str) -> HostResult:
         result = await _run_host(transport, host, argv_for(host), spec_for(host), limit=limit, timeout=timeout,

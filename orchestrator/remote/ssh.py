@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 def _import_asyncssh():
     """Import asyncssh without the ~0.1-0.2 s its import spends looking for liboqs (optional post-quantum KEX):
     ctypes.util.find_library runs ldconfig, then gcc and ld, twice, on every start of the CLI. A glob of the
@@ -64,7 +63,7 @@ log = logging.getLogger("orchestrator.remote.ssh")
 __all__ = ["SshOptions", "SshTransport", "describe_error", "parse_ssh_option"]
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
-# OpenSSH options this transport understands: asyncssh's config keywords plus the host key policy we add.
+HANDSHAKE_TIMEOUT_S = 60.0  # SSH handshake + login, after the TCP connect (see SshTransport.open)
 _STRICT = "StrictHostKeyChecking"
 _IGNORED_OK = {"batchmode", "loglevel", "controlmaster", "controlpath", "controlpersist", "requesttty"}
 
@@ -98,7 +97,8 @@ class SshOptions:
     port: int | None = None
     """Remote port (ssh -p); None: Port from the config, else 22."""
     connect_timeout: float | None = None
-    """Seconds for TCP connect + handshake + auth (ssh -o ConnectTimeout); None: the config's, else 10 s."""
+    """Seconds for the TCP connect (ssh -o ConnectTimeout); None: the config's, else 10 s. The SSH handshake
+    and login after it get up to HANDSHAKE_TIMEOUT_S."""
     options: tuple[str, ...] = ()
     """OpenSSH options as 'Key=Value' (ssh -o), applied before the config file like OpenSSH does."""
 
@@ -198,6 +198,25 @@ async def _lines(reader: asyncssh.SSHReader) -> AsyncIterator[str]:
         yield line.decode("utf-8", "replace").rstrip("\n")
 
 
+async def _tcp_connect(host: str, port: int, family: int) -> socket.socket:
+    """A connected non-blocking socket to host:port (each resolved address in turn), for asyncssh.connect(sock=)."""
+    loop = asyncio.get_running_loop()
+    error: BaseException = OSError(errno.EHOSTUNREACH, f"no address for {host}")
+    for fam, kind, proto, _, addr in await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM):
+        sock = socket.socket(fam, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise error
+
+
 class SshTransport:
     """Opens sessions with asyncssh, one connection per session, all in the caller's event loop."""
 
@@ -264,6 +283,16 @@ class SshTransport:
         if kwargs.pop("_insecure", False) and not self._warned_insecure:
             self._warned_insecure = True
             log.warning("host key checking is OFF (StrictHostKeyChecking=no): hosts are not authenticated")
+        options = kwargs["options"]
+        timeout = kwargs.pop("connect_timeout", None) or options.connect_timeout or DEFAULT_CONNECT_TIMEOUT_S
+        if options.tunnel or options.proxy_command:  # asyncssh's own connect through the jump host / proxy
+            kwargs["connect_timeout"] = timeout
+        else:
+            # The connect timeout is for the TCP connect: that is what tells an unreachable host. The handshake
+            # and login then get HANDSHAKE_TIMEOUT_S: with hundreds of them queued on one busy head, asyncssh's
+            # timeout over the whole would fail reachable hosts for the head's own slowness.
+            kwargs["sock"] = await asyncio.wait_for(_tcp_connect(options.host, options.port, options.family), timeout)
+            kwargs["connect_timeout"] = max(HANDSHAKE_TIMEOUT_S, timeout)
         conn = await asyncssh.connect(**kwargs)
         try:
             proc = await conn.create_process(shlex.join(argv), encoding=None)  # bytes: lines decoded in _lines
