@@ -13,7 +13,10 @@ import click
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("-o", "--output", metavar="PNG", default=None, help="Where to write (default: RUN_DIR/training.png).")
 def plot_command(run_dir: str, output: str | None) -> None:
-    """Plot loss and tokens/s over steps from RUN_DIR/metrics.jsonl (restarts from events.jsonl)."""
+    """PNG of loss and tokens/s over steps, restarts marked.
+
+    Reads RUN_DIR/metrics.jsonl, and RUN_DIR/events.jsonl when the supervisor wrote one.
+    """
     from orchestrator.engine.plot import plot_run
 
     click.echo(str(plot_run(run_dir, output)))
