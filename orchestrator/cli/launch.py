@@ -24,6 +24,10 @@ from orchestrator.cli.ssh_options import ssh_options
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
               help="Processes per node (default: each host's slots from the hostfile).")
 @click.option("--launcher", type=click.Choice(["torchrun", "deepspeed"]), default="torchrun", show_default=True)
+@click.option("--via", type=click.Choice(["ssh", "slurm"]), default="ssh", show_default=True,
+              help="slurm: inside salloc/sbatch, one `srun --ntasks-per-node=1 --kill-on-bad-exit=1` step "
+                   "over the allocation's nodes (or --hosts among them).")
+@click.option("--srun-opt", "srun_opts", multiple=True, metavar="OPT", help="Extra srun option with --via slurm.")
 @click.option("--master-addr", default=None, metavar="ADDR",
               help="Rendezvous address the nodes dial (default: the first host's name).")
 @click.option("--master-port", type=int, default=None, metavar="PORT",
@@ -46,7 +50,7 @@ from orchestrator.cli.ssh_options import ssh_options
               help="Machine-readable: the plan (with --dry-run) or plan + result as one JSON document on stdout.")
 @ssh_options
 @click.argument("program", nargs=-1, type=click.UNPROCESSED)
-def launch_command(host_selection: HostSelection, nproc_per_node, launcher, master_addr, master_port, env_args,
+def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via, srun_opts, master_addr, master_port, env_args,
                    env_files, no_forward_env, workdir, python, module, run_dir, run_id, failure_grace, dry_run,
                    as_json, ssh, program) -> int:
     """Start a multi-node torchrun/DeepSpeed job: plan, validate, then run it on every host.
@@ -65,6 +69,8 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, mast
         master_addr=master_addr, master_port=master_port, python=python, workdir=workdir, env=env, run_dir=run_dir,
     )
     plan = build_plan(spec, hosts)
+    if via == "slurm":
+        return launch_via_slurm(plan, srun_opts, dry_run=dry_run, as_json=as_json)
     if dry_run:
         if as_json:
             click.echo(json.dumps(plan.to_json(), indent=2))
@@ -86,6 +92,23 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, mast
     if as_json:
         click.echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}, indent=2))
     return result.exit_code
+
+
+def launch_via_slurm(plan, srun_opts, *, dry_run: bool, as_json: bool, what: str = "--via slurm") -> int:
+    """--via slurm (and slurm-launch): the plan as one srun step of the enclosing allocation (exit 2 outside one)."""
+    import shlex
+
+    from orchestrator import slurm
+    from orchestrator.launch import slurm as via_slurm
+    from orchestrator.launch.env import redact_argv
+
+    alloc = slurm.require_allocation(what)
+    argv = via_slurm.srun_argv(plan, alloc, srun_options=srun_opts)  # validates before anything starts
+    if dry_run:
+        click.echo(json.dumps({"plan": plan.to_json(), "srun": redact_argv(argv)}, indent=2) if as_json
+                   else f"would run: {shlex.join(redact_argv(argv))}")
+        return 0
+    return via_slurm.run_via_slurm(plan, srun_options=srun_opts, alloc=alloc)
 
 
 def _report(result) -> None:

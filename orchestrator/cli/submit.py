@@ -117,11 +117,10 @@ def submit_command(nodes, gpus_per_node, time_limit, partition, account, exclude
 def slurm_launch_command(env_args, env_files, nproc_per_node, python, module, no_forward_env, workdir, master_port,
                          run_id, srun_opts, requeue_max, dry_run, as_json, program) -> int:
     """Inside a Slurm allocation: one torchrun per node via one srun, rendezvous on the first node."""
-    import shlex
-
     from orchestrator import slurm
+    from orchestrator.cli.launch import launch_via_slurm
     from orchestrator.launch import slurm as via_slurm
-    from orchestrator.launch.env import build_env_manifest, redact_argv
+    from orchestrator.launch.env import build_env_manifest
     from orchestrator.launch.plan import LaunchSpec, build_plan
     from orchestrator.launch.rundir import new_run_id
 
@@ -131,13 +130,8 @@ def slurm_launch_command(env_args, env_files, nproc_per_node, python, module, no
                       run_id=run_id or new_run_id(), nproc_per_node=nproc_per_node, master_port=master_port,
                       python=(python or sys.executable,), workdir=(workdir,) if workdir else (), env=env)
     plan = build_plan(spec, via_slurm.allocation_hosts(alloc, nproc_per_node=nproc_per_node))
-    if dry_run:
-        argv = via_slurm.srun_argv(plan, alloc, srun_options=srun_opts)
-        click.echo(json.dumps({"plan": plan.to_json(), "srun": redact_argv(argv)}, indent=2) if as_json
-                   else f"would run: {shlex.join(redact_argv(argv))}")
-        return 0
-    rc = via_slurm.run_via_slurm(plan, srun_options=srun_opts, alloc=alloc)
-    if requeue_max:
+    rc = launch_via_slurm(plan, srun_opts, dry_run=dry_run, as_json=as_json, what="slurm-launch")
+    if requeue_max and not dry_run:
         via_slurm.maybe_requeue(rc, max_restarts=requeue_max)
     return rc
 
