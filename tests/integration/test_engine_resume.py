@@ -1,8 +1,9 @@
 """Checkpoint resume across process groups and layouts, with the real engine under real torchrun (gloo, fp32).
 
-One uninterrupted run (pp2 x tp2, 4 processes) saves asynchronously at steps 4 and 8. The run "stops" after step 4: a copy
-of its run dir keeps only checkpoints/step-4 (or a truncated step-8 too), and a new process group resumes
-it with the same layout, with dp4, and as one process. Steps 5-8 must reproduce the uninterrupted run.
+One uninterrupted run (pp2 x tp2, 4 processes) saves asynchronously at steps 4 and 8. The run "stops" after
+step 4: a copy of its run dir keeps only checkpoints/step-4 (or a truncated step-8 too), and a new process
+group resumes it with the same layout, with dp4, and as one process. Steps 5-8 must reproduce the
+uninterrupted run to 1e-5.
 """
 
 import json
