@@ -78,7 +78,7 @@ def run_one(tool: str, sb, work: Path, n: int) -> dict:
                 "--ssh-config", str(sb.ssh_config), "--python", sys.executable, "--run-dir", str(run_dir / "launch"),
                 "--env", "OMP_NUM_THREADS=1", "--backoff", "0", "--failure-grace", "1",
                 "-m", "orchestrator.engine", "--", *engine_args(run_dir)]
-        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(argv, stdout=open(run_dir / "supervise.log", "w"), stderr=subprocess.STDOUT))
     else:
         port = 29300 + n
         for host in hosts:
@@ -116,7 +116,12 @@ def run_one(tool: str, sb, work: Path, n: int) -> dict:
     first = watch.steps[0][0] if watch.steps else None
     resumed = next(((t, r) for t, r in watch.steps if "resumed_from" in r), None)
     if tool == "supervise":
-        evs = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        path = run_dir / "events.jsonl"
+        evs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        if not evs:
+            print(f"supervise run {n} wrote no events; see {run_dir}/supervise.log", file=sys.stderr)
+            return {"tool": tool, "completed": False, "cold_s": None, "detect_s": None, "resumed_s": None,
+                    "lost": None, "killed_step": killed_step}
         launch0 = next(e["time"] for e in evs if e["event"] == "launch")
         detect_at = next((e["time"] for e in evs if e["event"] == "failure"), None)
         cold = first - launch0 if first else None

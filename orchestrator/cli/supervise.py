@@ -54,12 +54,24 @@ def parse_nodes(text: str | None, available: int) -> tuple[int, int]:
     return lo, hi
 
 
+def _check_unsupported(extra: dict) -> None:
+    """Launch options this command does not act on yet must keep their defaults (never silently ignored)."""
+    defaults = {p.name: p.default for p in launch_command.params}
+    for name, value in extra.items():
+        if value != defaults.get(name) and value not in ((), None):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(flag, value, "not supported by `orchestrator supervise` yet (supervised runs go over "
+                              "SSH; under Slurm use `orchestrator submit --max-restarts` for requeues)")
+
+
 def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, master_addr, master_port, env_args,
                env_files, no_forward_env, workdir, python, module, run_dir, run_id, dry_run, as_json, ssh_config,
                ssh_option, user, port, connect_timeout, program, nodes, spare_hosts, max_restarts, hang_timeout,
                startup_timeout, health_check, health_timeout, no_progress_attempts, max_host_failures, backoff,
-               backoff_max, model_parallel, global_batch, failure_grace) -> int:
+               backoff_max, model_parallel, global_batch, failure_grace, **extra) -> int:
     import asyncio
+
+    _check_unsupported(extra)
 
     from orchestrator.hosts import Host, expand
     from orchestrator.launch.env import build_env_manifest

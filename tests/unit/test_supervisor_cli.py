@@ -1,0 +1,54 @@
+"""`orchestrator supervise` planning (dry run: nothing started, nothing written) and bad input."""
+
+import json
+
+import pytest
+
+from orchestrator.cli.main import main
+from orchestrator.cli.supervise import parse_nodes
+
+
+class Out:
+    def __init__(self, code, output):
+        self.exit_code, self.output = code, output
+
+
+def run(*args, capsys=None):
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return Out(exit_info.value.code, captured.out + captured.err)
+
+
+def test_dry_run_json_has_the_plan_limits_and_heartbeat_env(tmp_path, capsys):
+    out = run("supervise", "--hosts", "n[1-3]", "--nproc-per-node", "2", "--nodes", "1:2", "--spare-hosts", "s1",
+              "--dry-run", "--json", "-m", "orchestrator.engine", "--", "--tp", "2", "--run-dir", str(tmp_path / "r"), capsys=capsys)
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert doc["run_dir"] == str(tmp_path / "r")
+    assert [n["host"] for n in doc["plan"]["nodes"]] == ["n1", "n2"]
+    assert doc["spares"] == ["s1", "n3"]  # hosts beyond MAX wait as spares
+    assert doc["limits"]["model_parallel"] == 2 and doc["limits"]["min_nodes"] == 1
+    assert doc["plan"]["env"]["values"]["ORCH_HEARTBEAT_DIR"] == str((tmp_path / "r" / "heartbeat").resolve())
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_nodes_range_is_exit_2(capsys):
+    out = run("supervise", "--hosts", "n[1-2]", "--nodes", "3:4", "--dry-run", "--", "train.py", capsys=capsys)
+    assert out.exit_code == 2 and "--nodes" in out.output
+
+
+def test_spare_that_is_a_run_host_is_exit_2(capsys):
+    out = run("supervise", "--hosts", "n[1-2]", "--spare-hosts", "n2", "--dry-run", "--", "train.py", capsys=capsys)
+    assert out.exit_code == 2 and "--spare-hosts" in out.output
+
+
+def test_parse_nodes():
+    assert parse_nodes(None, 4) == (4, 4)
+    assert parse_nodes("2:3", 4) == (2, 3)
+    assert parse_nodes("2", 4) == (2, 2)
+
+
+def test_via_slurm_is_refused_not_ignored(capsys):
+    out = run("supervise", "--hosts", "n[1-2]", "--via", "slurm", "--dry-run", "--", "train.py", capsys=capsys)
+    assert out.exit_code == 2 and "--via" in out.output
