@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(180)
 
 def test_demo_on_localhost_reports_every_rank(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    outcome = run_demo(nproc=2, run_dir=str(tmp_path), as_root=False)
+    outcome = run_demo(nproc=2, run_dir=str(tmp_path), job="allreduce", as_root=False)
     assert outcome.ok, outcome.launch.to_json()
     assert [(r["rank"], r["local_rank"], r["world_size"], r["sum"]) for r in outcome.rows] == [(0, 0, 2, 3), (1, 1, 2, 3)]
     log = (tmp_path / outcome.launch.plan.run_id / "logs" / "localhost.log").read_text()
