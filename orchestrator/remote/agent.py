@@ -247,7 +247,7 @@ def teardown(run_id):
 
 def main(args):
     if len(args) < 2 or args[0] != "--run-id" or not args[1]:
-        sys.stderr.write("usage: agent --run-id ID [--teardown]   (command spec as one JSON line on stdin)\n")
+        sys.stderr.write("usage: agent --run-id ID [--teardown]   (the command comes on stdin, see encode_spec)\n")
         return 2
     if args[2:] == ["--teardown"]:
         return teardown(args[1])

@@ -65,6 +65,7 @@ __all__ = ["SshOptions", "SshTransport", "describe_error", "parse_ssh_option"]
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 HANDSHAKE_TIMEOUT_S = 60.0  # SSH handshake + login, after the TCP connect (see SshTransport.open)
 _STRICT = "StrictHostKeyChecking"
+# -o options that mean nothing to asyncssh but are harmless to drop quietly (pdsh/ansible users pass them)
 _IGNORED_OK = {"batchmode", "loglevel", "controlmaster", "controlpath", "controlpersist", "requesttty"}
 
 
