@@ -37,7 +37,10 @@ from orchestrator.errors import OrchestratorError
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Override any config field, e.g. --set train.lr=3e-4 (repeatable).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as JSON and exit.")
-def train_command(config_name: str, overrides: tuple[str, ...], print_config: bool, **flags) -> int | None:
+# DeepSpeed's launcher appends --local_rank=N to every rank's argv; the engine reads LOCAL_RANK instead.
+@click.option("--local_rank", "--local-rank", "local_rank", type=int, hidden=True)
+def train_command(config_name: str, overrides: tuple[str, ...], print_config: bool, local_rank: int | None,
+                  **flags) -> int | None:
     """Train a decoder-only transformer; resumes from the newest complete checkpoint in --run-dir."""
     from orchestrator.engine.config import load_config
 
