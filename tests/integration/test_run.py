@@ -71,6 +71,9 @@ def test_hostile_strings_stay_inert(sandbox, ssh_config, tmp_path):
     for bad in ([f"node1;touch {m}-f"], ["node1", "--run-id", f"x;touch {m}-g"]):
         out = orch_run("-w", *bad, "--ssh-config", str(ssh_config), "--", "true")
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    hostile_hosts = [f"-oProxyCommand=touch {m}-h", f"node1;touch {m}-i", f"$(touch {m}-j)"]  # through the API
+    result = run_on(hostile_hosts, ["true"], ssh=SshOptions(config=str(ssh_config), connect_timeout=2))
+    assert result.exit_code == 255 and all(r.error for r in result.values()), result.grouped_failures()
     assert not list(tmp_path.glob("pwn*"))
 
 
