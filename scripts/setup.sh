@@ -30,7 +30,13 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[test]' 2>&1 \
     | grep -v "^WARNING: Location 'file:" >&2 || true
-.venv/bin/python -c 'import orchestrator, torch' # fail here, not in the middle of a test run
+# DeepSpeed, the engine's second path: built from its sdist without JIT ops, against the torch already here
+# (build isolation would fetch another torch).
+if ! .venv/bin/python -c 'import deepspeed' 2>/dev/null; then
+    DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --no-build-isolation -c requirements/constraints.txt \
+        'deepspeed==0.19.8' 2>&1 | grep -v "^WARNING: Location 'file:" >&2 || true
+fi
+.venv/bin/python -c 'import orchestrator, torch, deepspeed' # fail here, not in the middle of a test run
 
 case $mode in
     install) ;;
