@@ -4,10 +4,12 @@
     sb = Sandbox.up("demo", nodes=4)
     start_docker(sb)                      # dockerd in every host; /run/docker.sock inside each host
     sb.exec("node2", ["docker", "info"])  # the host's own daemon (its /run is private)
+    docker_host(sb, "node2")              # 'unix://.../hosts/node2/docker.sock': DOCKER_HOST on the head
     sb.down()                             # stops them by PID like every recorded daemon
 
 Each host has a private /run, so the standard socket /run/docker.sock (and dockerd's own containerd under
-/run/docker) is per host with no DOCKER_HOST needed. The data root lives in the host's scratch dir on the
+/run/docker) is per host with no DOCKER_HOST needed inside it; a second socket in the host's scratch dir
+lets a user on the head reach it with DOCKER_HOST=docker_host(sb, host). The data root lives in the host's scratch dir on the
 head's disk (not on the /var overlay, where overlay2 cannot stack). Rootful with `--iptables=false
 --bridge=none`: a rootful daemon with its default networking would set the FORWARD policy to DROP and cut
 the sandbox bridge; containers use `--network host`, the way training containers run anyway. Rootless
@@ -32,14 +34,20 @@ DAEMON_NAME = "dockerd"
 SOCKET = "/run/docker.sock"
 
 
-def dockerd_argv(data_root: str | Path) -> list[str]:
-    """The daemon's command line inside one host (pure)."""
-    return ["dockerd", "--data-root", str(data_root), "-H", f"unix://{SOCKET}", "--iptables=false",
+def dockerd_argv(data_root: str | Path, head_socket: str | Path | None = None) -> list[str]:
+    """The daemon's command line inside one host (pure); head_socket: a second socket the head can reach."""
+    extra = ["-H", f"unix://{head_socket}"] if head_socket else []
+    return ["dockerd", "--data-root", str(data_root), "-H", f"unix://{SOCKET}", *extra, "--iptables=false",
             "--ip6tables=false", "--bridge=none", "--storage-driver", "overlay2", "--log-level", "warn"]
 
 
 def data_root(sb, host: str) -> Path:
     return sb.host_dir(host) / "docker"
+
+
+def docker_host(sb, host: str) -> str:
+    """DOCKER_HOST for a user on the head to talk to `host`'s daemon (a second socket in the host's dir)."""
+    return f"unix://{sb.host_dir(host) / 'docker.sock'}"
 
 
 def start_docker(sb, hosts: list[str] | None = None, *, timeout: float = 60.0,
@@ -54,7 +62,7 @@ def start_docker(sb, hosts: list[str] | None = None, *, timeout: float = 60.0,
     for host in hosts:
         root = (data_roots or {}).get(host) or data_root(sb, host)
         root.mkdir(parents=True, exist_ok=True)
-        sb.start_daemon(host, dockerd_argv(root), name=DAEMON_NAME)
+        sb.start_daemon(host, dockerd_argv(root, sb.host_dir(host) / "docker.sock"), name=DAEMON_NAME)
         started[host] = time.monotonic()
     with ThreadPoolExecutor(max_workers=min(16, len(hosts) or 1)) as pool:
         ready = dict(zip(hosts, pool.map(lambda h: _wait_ready(sb, h, started[h], timeout), hosts)))

@@ -2,7 +2,7 @@
 
     spec = ContainerSpec(image="train:1", mounts=("/data:/data:ro", "/ckpt:/ckpt"), gpus=True)
     plan = containerize(build_plan(launch_spec, hosts), spec)     # pure: every node's argv becomes docker run ...
-    result = run_in_containers(plan, spec, ssh=ssh, sink=print)   # run_plan, then remove the run's containers
+    result = run_containerized(plan, ssh=ssh, sink=print)          # run_plan, then remove the run's containers
     remove_run_containers(run_id, hosts, ssh=ssh)                  # exactly the containers labelled orch.run=ID
 
 A node's command becomes `docker run --rm --init --network host --ipc host [--gpus all] --shm-size S
@@ -97,14 +97,13 @@ def remove_run_containers(run_id: str, hosts: Sequence[str], *, docker: str = "d
     return {h: "clean" if r.ok else r.reason() for h, r in result.items()}
 
 
-def run_in_containers(plan: LaunchPlan, spec: ContainerSpec, *, ssh=None, **kwargs):
-    """run_plan on the containerized plan; then the run's containers are removed on every reachable host."""
+def run_containerized(plan: LaunchPlan, *, docker: str = "docker", ssh=None, **kwargs):
+    """run_plan on a containerize()d plan; then the run's containers are removed on every reachable host
+    (also after Ctrl-C). Anything left is reported in result.teardown."""
     from orchestrator.launch.runner import run_plan
 
-    cplan = containerize(plan, spec)
-    result = run_plan(cplan, ssh=ssh, **kwargs)
-    reachable = [h for h in cplan.hosts if h not in result.unreachable]
-    left = remove_run_containers(plan.run_id, reachable, docker=spec.docker, ssh=ssh,
-                                 python=lambda h: cplan.node(h).python)
+    result = run_plan(plan, ssh=ssh, **kwargs)
+    reachable = [h for h in plan.hosts if h not in result.unreachable]
+    left = remove_run_containers(plan.run_id, reachable, docker=docker, ssh=ssh, python=lambda h: plan.node(h).python)
     result.teardown = {**(result.teardown or {}), **{h: f"containers: {why}" for h, why in left.items() if why != "clean"}}
     return result

@@ -5,7 +5,7 @@
 The image is the small test image (python3 and the system libraries torch needs); the venv and this checkout
 are bind-mounted at their own paths (the workdir mount), the way a real image would carry them inside.
 Runs `orchestrator launch --container` when the launch command has the option, else the same library call
-(`orchestrator.containers.run.run_in_containers`) from a tiny driver.
+(`orchestrator.containers.run.run_containerized`) from a tiny driver.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.sandbox
 REPO = str(Path(__file__).resolve().parents[2])
 DRIVER = """
 import json, os, sys
-from orchestrator.containers.run import ContainerSpec, run_in_containers
+from orchestrator.containers.run import ContainerSpec, containerize, run_containerized
 from orchestrator.hosts import resolve_hosts
 from orchestrator.launch.env import build_env_manifest
 from orchestrator.launch.plan import LaunchSpec, build_plan
@@ -37,8 +37,8 @@ env = build_env_manifest(head_env=os.environ, env_files=(), env_args=("OMP_NUM_T
 spec = LaunchSpec(program=tuple(program), module=True, run_id=new_run_id(), nproc_per_node=2, workdir=(workdir,),
                   env=env, run_dir=run_dir)
 plan = build_plan(spec, resolve_hosts(hosts=hosts, nproc_per_node=2))
-res = run_in_containers(plan, ContainerSpec(image=image, python=python, shm_size="256m"),
-                        ssh=SshOptions(config=ssh_config), sink=lambda line, stream: print(line, flush=True))
+plan = containerize(plan, ContainerSpec(image=image, python=python, shm_size="256m"))
+res = run_containerized(plan, ssh=SshOptions(config=ssh_config), sink=lambda line, stream: print(line, flush=True))
 print("RESULT-JSON " + json.dumps(res.to_json()), flush=True)
 sys.exit(res.exit_code)
 """

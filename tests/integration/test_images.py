@@ -71,6 +71,11 @@ def test_load_on_four_hosts_then_skip(docker_hosts):
     assert {h: r["status"] for h, r in hosts.items()} == {f"n{i}": "loaded" for i in range(1, 5)}
     for h in hosts:
         assert image_id_on(sb, h, "orch-test:cpu") == image.image_id
+    from orchestrator.containers.daemon import docker_host  # the head reaches a host's daemon too (DOCKER_HOST)
+
+    seen = subprocess.run(["docker", "-H", docker_host(sb, "n2"), "image", "inspect", "--format", "{{.Id}}",
+                           "orch-test:cpu"], capture_output=True, text=True)
+    assert seen.stdout.strip() == image.image_id, seen.stderr
     rc, again = load(sb, image.path, "n[1-4]")
     assert rc == 0 and {r["status"] for r in again.values()} == {"skipped"}
     listed = json.loads(cli(sb, "ls", "--hosts", "n[1-4]", "--json").stdout)
