@@ -12,14 +12,22 @@ Each host has a private /run, so the standard socket /run/docker.sock (and docke
 lets a user on the head reach it with DOCKER_HOST=docker_host(sb, host). The data root lives in the host's scratch dir on the
 head's disk (not on the /var overlay, where overlay2 cannot stack). Rootful with `--iptables=false
 --bridge=none`: a rootful daemon with its default networking would set the FORWARD policy to DROP and cut
-the sandbox bridge; containers use `--network host`, the way training containers run anyway. Rootless
-(dockerd-rootless.sh) needs /dev/net/tun usable by the user, which this kind of test machine does not give;
-on real nodes the provisioning roles set it up (containers/README.md).
+the sandbox bridge; containers use `--network host`, the way training containers run anyway.
+
+    start_docker(sb, rootless=True)       # dockerd-rootless.sh as user `orchdock` in each host instead
+    rootless_socket(sb, "node2")          # '/run/user/UID/docker.sock' inside the host (images load --docker-socket)
+
+Rootless here runs rootlesskit with the host network (DOCKERD_ROOTLESS_ROOTLESSKIT_NET=host, port driver
+none: /dev/net/tun is not usable by users on this kind of machine), `--ip-forward=false`. It loads, lists and
+removes images; `docker run --network host` is refused by it on this machine (setns into the host network from
+the user namespace: operation not permitted), so container launches in the sandbox use the rootful daemon. On
+real nodes the provisioning roles set rootless up with slirp4netns / host networking (containers/README.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -32,6 +40,9 @@ log = logging.getLogger("orchestrator.containers.daemon")
 
 DAEMON_NAME = "dockerd"
 SOCKET = "/run/docker.sock"
+ROOTLESS_USER = "orchdock"
+ROOTLESS_SCRIPT = "/usr/share/docker.io/contrib/dockerd-rootless.sh"
+SUBID_RANGE = "200000:65536"
 
 
 def dockerd_argv(data_root: str | Path, head_socket: str | Path | None = None) -> list[str]:
@@ -50,22 +61,26 @@ def docker_host(sb, host: str) -> str:
     return f"unix://{sb.host_dir(host) / 'docker.sock'}"
 
 
-def start_docker(sb, hosts: list[str] | None = None, *, timeout: float = 60.0,
+def start_docker(sb, hosts: list[str] | None = None, *, timeout: float = 60.0, rootless: bool = False,
                  data_roots: dict[str, Path] | None = None) -> dict[str, float]:
     """Start dockerd in each host (all by default) and wait until every one answers; seconds to ready per host.
 
     data_roots: host -> data root instead of the default (a tiny tmpfs to simulate a full disk)."""
-    if shutil.which("dockerd") is None:
-        raise ConfigError("dockerd", "not found", "install the docker engine (apt-get install docker.io)")
+    if shutil.which("dockerd") is None or (rootless and not Path(ROOTLESS_SCRIPT).exists()):
+        raise ConfigError("dockerd", "not found", "install the docker engine (apt-get install docker.io rootlesskit uidmap)")
     hosts = list(hosts or sb.hosts)
-    started = {}
+    started, sockets = {}, {}
     for host in hosts:
         root = (data_roots or {}).get(host) or data_root(sb, host)
         root.mkdir(parents=True, exist_ok=True)
-        sb.start_daemon(host, dockerd_argv(root, sb.host_dir(host) / "docker.sock"), name=DAEMON_NAME)
+        if rootless:
+            sockets[host] = _start_rootless(sb, host, root)
+        else:
+            sockets[host] = SOCKET
+            sb.start_daemon(host, dockerd_argv(root, sb.host_dir(host) / "docker.sock"), name=DAEMON_NAME)
         started[host] = time.monotonic()
     with ThreadPoolExecutor(max_workers=min(16, len(hosts) or 1)) as pool:
-        ready = dict(zip(hosts, pool.map(lambda h: _wait_ready(sb, h, started[h], timeout), hosts)))
+        ready = dict(zip(hosts, pool.map(lambda h: _wait_ready(sb, h, started[h], timeout, sockets[h]), hosts)))
     failed = [h for h, t in ready.items() if t is None]
     if failed:
         raise RemoteError(f"docker daemon did not answer in {timeout:g} s on {', '.join(failed)};"
@@ -73,9 +88,36 @@ def start_docker(sb, hosts: list[str] | None = None, *, timeout: float = 60.0,
     return ready
 
 
-def _wait_ready(sb, host: str, t0: float, timeout: float) -> float | None:
+def _start_rootless(sb, host: str, root: Path) -> str:
+    """A user of this host only (its /etc is copy-on-write) runs dockerd-rootless.sh; returns its socket."""
+    home = sb.host_dir(host) / ROOTLESS_USER
+    if sb.exec(host, ["id", "-u", ROOTLESS_USER]).returncode != 0:
+        sb.exec(host, ["useradd", "-M", "-d", str(home), "-s", "/bin/sh", ROOTLESS_USER], check=True)
+        sb.exec(host, ["sh", "-c", f'for f in /etc/subuid /etc/subgid; do echo "$1:{SUBID_RANGE}" >> $f; done',
+                       "sh", ROOTLESS_USER], check=True)
+    uid = int(sb.exec(host, ["id", "-u", ROOTLESS_USER], check=True).stdout)
+    runtime = f"/run/user/{uid}"
+    for path in (home, root):
+        path.mkdir(parents=True, exist_ok=True)
+        os.chown(path, uid, uid)
+    sb.exec(host, ["install", "-d", "-m", "700", "-o", str(uid), "-g", str(uid), runtime], check=True)
+    argv = ["runuser", "-u", ROOTLESS_USER, "--", "env", "-i", f"HOME={home}", f"USER={ROOTLESS_USER}",
+            f"XDG_RUNTIME_DIR={runtime}", "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "DOCKERD_ROOTLESS_ROOTLESSKIT_NET=host", "DOCKERD_ROOTLESS_ROOTLESSKIT_PORT_DRIVER=none", ROOTLESS_SCRIPT,
+            "--data-root", str(root), "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--bridge=none",
+            "--log-level", "warn"]
+    sb.start_daemon(host, argv, name=DAEMON_NAME)
+    return f"{runtime}/docker.sock"
+
+
+def rootless_socket(sb, host: str) -> str:
+    uid = int(sb.exec(host, ["id", "-u", ROOTLESS_USER], check=True).stdout)
+    return f"/run/user/{uid}/docker.sock"
+
+
+def _wait_ready(sb, host: str, t0: float, timeout: float, socket: str = SOCKET) -> float | None:
     while time.monotonic() - t0 < timeout:
-        done = sb.exec(host, ["docker", "-H", f"unix://{SOCKET}", "version", "--format", "{{.Server.Version}}"])
+        done = sb.exec(host, ["docker", "-H", f"unix://{socket}", "version", "--format", "{{.Server.Version}}"])
         if done.returncode == 0:
             return round(time.monotonic() - t0, 3)
         time.sleep(0.2)

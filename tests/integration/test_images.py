@@ -117,3 +117,24 @@ def test_unreachable_daemon_and_full_disk_leave_other_hosts_loaded(docker_hosts)
     assert image_id_on(sb, "n5", image.image_id) is None
     for h in ("n1", "n2"):
         assert image_id_on(sb, h, image.image_id) == image.image_id
+
+
+def test_rootless_daemons_load_and_skip(private_sandbox, tmp_path):
+    """dockerd-rootless.sh as an unprivileged user in each host; the relay writes to that user's socket."""
+    from orchestrator.containers.daemon import rootless_socket, start_docker
+    from orchestrator.containers.image import _write_archive
+
+    if shutil.which("rootlesskit") is None:
+        _skip_or_fail("rootlesskit not installed (apt-get install rootlesskit uidmap)")
+    sb = private_sandbox(nodes=2)
+    start_docker(sb, rootless=True)
+    socket = rootless_socket(sb, sb.hosts[0])
+    image = _write_archive(tmp_path / "tiny.tar", "orch-tiny:1", [b"\0" * 10240])  # one empty layer: fast
+    for expected in ("loaded", "skipped"):
+        done = cli(sb, "load", image.path, "--hosts", ",".join(sb.hosts), "--docker-socket", socket, "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert {h["status"] for h in json.loads(done.stdout)["hosts"]} == {expected}
+    for h in sb.hosts:
+        info = sb.exec(h, ["docker", "-H", f"unix://{socket}", "info", "--format", "{{.SecurityOptions}}"]).stdout
+        assert "rootless" in info
+        assert sb.exec(h, ["docker", "-H", f"unix://{socket}", "image", "inspect", image.image_id]).returncode == 0
