@@ -2,7 +2,7 @@
 and the anchor (plain ansible-playbook, same inventory and settings) side by side.
 
     $ sudo .venv/bin/python bench/install.py                         # hosts 4,16; forks 4,16; pipelining on/off
-    $ sudo .venv/bin/python bench/install.py --hosts 4 --forks 16 --tags common,rdma
+    $ sudo .venv/bin/python bench/install.py --hosts 4 --rounds 3                # rerun matrix 3x, interleaved
 
 What is measured (all on one sandbox of 4 + 16 fresh hosts with private /etc /opt /usr /var, packages from a
 local mirror on the sandbox bridge, as in tests/integration/test_install.py):
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -75,6 +76,7 @@ def main() -> int:
     ap.add_argument("--hosts", default="4,16", help="host counts (comma-separated)")
     ap.add_argument("--forks", default="4,16", help="forks values for the rerun matrix")
     ap.add_argument("--tags", default="common,rdma", help="roles to install (default: the apt-only ones)")
+    ap.add_argument("--rounds", type=int, default=1, help="rerun matrix repetitions (interleaved); medians reported")
     ap.add_argument("--workdir", default="runs/bench-install")
     ap.add_argument("--json-out", default="runs/bench-install/results.json")
     args = ap.parse_args()
@@ -101,17 +103,17 @@ def main() -> int:
             r = timed_orchestrator(sb, names, tags, work / f"fresh-{n}", extra)
             rows.append({"hosts": n, "kind": "fresh", "tool": "orchestrator", "forks": 16, "pipelining": True, **r})
             print(rows[-1], flush=True)
-        for n, names in groups.items():
-            for forks in forks_values:
-                for pipelining in (True, False):
-                    r = timed_orchestrator(sb, names, tags, work / f"rerun-{n}-{forks}-{pipelining}", extra,
-                                           forks=forks, pipelining=pipelining)
-                    rows.append({"hosts": n, "kind": "rerun", "tool": "orchestrator", "forks": forks,
-                                 "pipelining": pipelining, **r})
+        configs = [("orchestrator", f, p) for f in forks_values for p in (True, False)] + [("ansible-playbook", 16, True)]
+        for rnd in range(args.rounds):  # interleaved and rotated: load drifts on a shared machine
+            order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
+            for n, names in groups.items():
+                for tool, forks, pipelining in order:
+                    timed = timed_orchestrator if tool == "orchestrator" else timed_ansible_playbook
+                    r = timed(sb, names, tags, work / f"rerun-{n}-{tool}-{forks}-{pipelining}", extra,
+                              forks=forks, pipelining=pipelining)
+                    rows.append({"hosts": n, "kind": "rerun", "tool": tool, "forks": forks, "pipelining": pipelining,
+                                 "round": rnd, **r})
                     print(rows[-1], flush=True)
-            r = timed_ansible_playbook(sb, names, tags, work / f"anchor-{n}", extra)
-            rows.append({"hosts": n, "kind": "rerun", "tool": "ansible-playbook", "forks": 16, "pipelining": True, **r})
-            print(rows[-1], flush=True)
     finally:
         if server:
             server.stop()
@@ -122,9 +124,11 @@ def main() -> int:
         print(f"{r['hosts']:>5} {r['kind']:<6} {r['tool']:<17} {r['forks']:>5} {str(r['pipelining']):>5} "
               f"{r['wall_s']:>8.1f} {r.get('changed', '-'):>7}")
     for n in counts:
-        sel = {(r["tool"], r["forks"], r["pipelining"]): r["wall_s"] for r in rows if r["hosts"] == n and r["kind"] == "rerun"}
+        sel = {cfg: statistics.median(r["wall_s"] for r in rows if r["hosts"] == n and r["kind"] == "rerun"
+                                      and (r["tool"], r["forks"], r["pipelining"]) == cfg) for cfg in configs}
         best = sel[("orchestrator", max(forks_values), True)]
-        print(f"{n} hosts: pipelining off/on {sel[('orchestrator', max(forks_values), False)] / best:.2f}x, "
+        print(f"{n} hosts, rerun medians of {args.rounds}: "
+              f"pipelining off/on {sel[('orchestrator', max(forks_values), False)] / best:.2f}x, "
               f"forks {min(forks_values)}/{max(forks_values)} {sel[('orchestrator', min(forks_values), True)] / best:.2f}x, "
               f"orchestrator/ansible-playbook {best / sel[('ansible-playbook', 16, True)]:.2f}x")
     out = Path(args.json_out)

@@ -113,10 +113,11 @@ def test_install_runs_for_real_is_idempotent_and_gates_nodes(private_sandbox, tm
         assert gate["hosts"][bad]["gate"]["reasons"][0].startswith("nvidia-smi failed")
         assert Path(gate["written"]["hostfile"]).read_text() == f"{good} slots=8\n"
         assert list(yaml.safe_load(Path(gate["written"]["inventory"]).read_text())["all"]["hosts"]) == [good]
+        for host in sb.hosts:  # the launcher stops the daemon it started (by its PID file), and says so
+            assert sb.exec(host, ["/usr/local/sbin/rootless-dockerd", "stop"]).stdout == "stopped\n"
+            assert _ssh(sb, host, "/usr/local/sbin/rootless-dockerd status").returncode == 3
     finally:
         server.stop()
-        for host in sb.hosts:  # the rootless daemons run in the hosts; stop them by their launcher's PID file
-            sb.exec(host, ["/usr/local/sbin/rootless-dockerd", "stop"])
 
 
 def test_gpu_roles_skip_with_a_stated_reason_without_a_gpu(tmp_path):
