@@ -28,6 +28,15 @@ from orchestrator.cli.ssh_options import ssh_options
               help="slurm: inside salloc/sbatch, one `srun --ntasks-per-node=1 --kill-on-bad-exit=1` step "
                    "over the allocation's nodes (or --hosts among them).")
 @click.option("--srun-opt", "srun_opts", multiple=True, metavar="OPT", help="Extra srun option with --via slurm.")
+@click.option("--container", default=None, metavar="IMAGE",
+              help="Run each node's launcher in `docker run --network host --ipc host` of IMAGE (load it first "
+                   "with `orchestrator images load`); the run's containers are removed afterwards.")
+@click.option("--container-python", default="python3", show_default=True, metavar="PATH",
+              help="The interpreter inside the image.")
+@click.option("--container-mount", "container_mounts", multiple=True, metavar="SRC:DST[:ro]",
+              help="Extra bind mount (data, checkpoints), absolute paths on the node (repeatable).")
+@click.option("--gpus/--no-gpus", default=False, show_default=True, help="With --container: docker run --gpus all.")
+@click.option("--shm-size", default="16g", show_default=True, help="With --container: /dev/shm size.")
 @click.option("--master-addr", default=None, metavar="ADDR",
               help="Rendezvous address the nodes dial (default: the first host's name).")
 @click.option("--master-port", type=int, default=None, metavar="PORT",
@@ -50,7 +59,8 @@ from orchestrator.cli.ssh_options import ssh_options
               help="Machine-readable: the plan (with --dry-run) or plan + result as one JSON document on stdout.")
 @ssh_options
 @click.argument("program", nargs=-1, type=click.UNPROCESSED)
-def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via, srun_opts, master_addr, master_port, env_args,
+def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via, srun_opts, container,
+                   container_python, container_mounts, gpus, shm_size, master_addr, master_port, env_args,
                    env_files, no_forward_env, workdir, python, module, run_dir, run_id, failure_grace, dry_run,
                    as_json, ssh, program) -> int:
     """Start a multi-node torchrun/DeepSpeed job: plan, validate, then run it on every host.
@@ -69,6 +79,11 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
         master_addr=master_addr, master_port=master_port, python=python, workdir=workdir, env=env, run_dir=run_dir,
     )
     plan = build_plan(spec, hosts)
+    if container:
+        from orchestrator.containers.run import ContainerSpec, containerize
+
+        plan = containerize(plan, ContainerSpec(image=container, mounts=container_mounts, gpus=gpus,
+                                                shm_size=shm_size, python=container_python))
     if via == "slurm":
         return launch_via_slurm(plan, srun_opts, dry_run=dry_run, as_json=as_json)
     if dry_run:
@@ -78,8 +93,10 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
             for line in plan.describe():
                 click.echo(line)
         return 0
-    from orchestrator.launch.runner import run_plan
-
+    if container:
+        from orchestrator.containers.run import run_containerized as run_plan  # also removes the containers
+    else:
+        from orchestrator.launch.runner import run_plan
     out = sys.stderr if as_json else sys.stdout
 
     def sink(line: str, stream: str) -> None:

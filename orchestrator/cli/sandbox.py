@@ -35,9 +35,11 @@ def sandbox_group() -> None:
 @click.option("--slurm", is_flag=True, help="Also start munged, slurmctld (on the head) and one slurmd per host.")
 @click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --slurm: fake GPUs per host, offered as gres/gpu.")
+@click.option("--docker", type=click.Choice(["none", "rootful", "rootless"]), default="none", show_default=True,
+              help="Also start one docker daemon per host (rootful: --iptables=false --bridge=none).")
 @click.option("--json", "as_json", is_flag=True, help="Print the sandbox (hosts, IPs, ssh config) as JSON on stdout.")
 def up_command(name: str, nodes: int, prefix: str, shares: tuple[str, ...], slurm: bool, gpus_per_node: int,
-               as_json: bool) -> None:
+               docker: str, as_json: bool) -> None:
     """Create NODES hosts, start their sshd and wait until every one answers."""
     from rich.console import Console
 
@@ -47,15 +49,20 @@ def up_command(name: str, nodes: int, prefix: str, shares: tuple[str, ...], slur
     with console.status("sandbox: starting") as status:
         sb = Sandbox.up(name, nodes=nodes, prefix=prefix, shares=shares,
                         progress=lambda msg: status.update(f"sandbox {name}: {msg}"))
-        if slurm:
-            from orchestrator.sandbox.slurm import start_slurm
+        try:  # up is all or nothing: no half-made cluster left behind
+            if slurm:
+                from orchestrator.sandbox.slurm import start_slurm
 
-            status.update(f"sandbox {name}: starting Slurm")
-            try:
+                status.update(f"sandbox {name}: starting Slurm")
                 start_slurm(sb, gpus_per_node=gpus_per_node)
-            except BaseException:
-                sb.down()  # up is all or nothing: no half-made cluster left behind
-                raise
+            if docker != "none":
+                from orchestrator.containers.daemon import start_docker
+
+                status.update(f"sandbox {name}: starting {docker} docker daemons")
+                start_docker(sb, rootless=docker == "rootless")
+        except BaseException:
+            sb.down()
+            raise
     if as_json:
         click.echo(json.dumps(_describe(sb)))
         return

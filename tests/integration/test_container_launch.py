@@ -4,8 +4,7 @@
 
 The image is the small test image (python3 and the system libraries torch needs); the venv and this checkout
 are bind-mounted at their own paths (the workdir mount), the way a real image would carry them inside.
-Runs `orchestrator launch --container` when the launch command has the option, else the same library call
-(`orchestrator.containers.run.run_containerized`) from a tiny driver.
+Runs `orchestrator launch --container` as a user would.
 """
 
 from __future__ import annotations
@@ -24,39 +23,14 @@ import pytest
 pytestmark = pytest.mark.sandbox
 
 REPO = str(Path(__file__).resolve().parents[2])
-DRIVER = """
-import json, os, sys
-from orchestrator.containers.run import ContainerSpec, containerize, run_containerized
-from orchestrator.hosts import resolve_hosts
-from orchestrator.launch.env import build_env_manifest
-from orchestrator.launch.plan import LaunchSpec, build_plan
-from orchestrator.launch.rundir import new_run_id
-from orchestrator.remote.ssh import SshOptions
-ssh_config, hosts, image, workdir, python, run_dir, *program = sys.argv[1:]
-env = build_env_manifest(head_env=os.environ, env_files=(), env_args=("OMP_NUM_THREADS=1",), forward=False)
-spec = LaunchSpec(program=tuple(program), module=True, run_id=new_run_id(), nproc_per_node=2, workdir=(workdir,),
-                  env=env, run_dir=run_dir)
-plan = build_plan(spec, resolve_hosts(hosts=hosts, nproc_per_node=2))
-plan = containerize(plan, ContainerSpec(image=image, python=python, shm_size="256m"))
-res = run_containerized(plan, ssh=SshOptions(config=ssh_config), sink=lambda line, stream: print(line, flush=True))
-print("RESULT-JSON " + json.dumps(res.to_json()), flush=True)
-sys.exit(res.exit_code)
-"""
-
-
-def _has_container_option() -> bool:
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "launch", "--help"], capture_output=True, text=True)
-    return "--container" in out.stdout
 
 
 def launch_argv(sb, image: str, run_dir: Path, program: list[str]) -> list[str]:
     python = f"{sys.prefix}/bin/python"
-    if _has_container_option():
-        return [sys.executable, "-m", "orchestrator", "launch", "--container", image, "--container-python", python,
-                "--hosts", ",".join(sb.hosts), "--nproc-per-node", "2", "--ssh-config", str(sb.ssh_config),
-                "--workdir", REPO, "--run-dir", str(run_dir), "--env", "OMP_NUM_THREADS=1", "-m", *program]
-    return [sys.executable, "-c", DRIVER, str(sb.ssh_config), ",".join(sb.hosts), image, REPO, python, str(run_dir),
-            *program]
+    return [sys.executable, "-m", "orchestrator", "launch", "--container", image, "--container-python", python,
+            "--hosts", ",".join(sb.hosts), "--nproc-per-node", "2", "--ssh-config", str(sb.ssh_config),
+            "--workdir", REPO, "--run-dir", str(run_dir), "--env", "OMP_NUM_THREADS=1", "-m", program[0], "--",
+            *program[1:]]
 
 
 def test_torch_job_in_containers_and_ctrl_c_leaves_nothing(private_sandbox, tmp_path):
