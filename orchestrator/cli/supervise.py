@@ -8,6 +8,8 @@
 Every option of `orchestrator launch` works the same here (they are the launch command's own options).
 The run directory is the program's `--run-dir` when it has one (so events.jsonl sits next to metrics.jsonl
 and checkpoints/), else RUN_DIR/RUN_ID. Exit: 0 done, 1 gave up (summary says why), 128+N stopped by signal N.
+SSH keepalives (ServerAliveInterval=5, ServerAliveCountMax=3) are on unless --ssh-option sets them: a node whose
+link died is then noticed as a lost control connection, not only by the heartbeat timeout.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from orchestrator.cli.options import HostSelection, resolve_from_cli
 from orchestrator.errors import ConfigError
 
 _REPLACED = {"failure_grace"}
+KEEPALIVE = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
 
 
 def _program_option(program: tuple[str, ...], name: str) -> str | None:
@@ -129,8 +132,10 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
     def sink(line: str, stream: str) -> None:
         print(line, file=sys.stderr if stream == "stderr" else out, flush=True)
 
-    ssh = SshOptions(config=ssh_config, user=user, port=port, connect_timeout=connect_timeout,
-                     options=tuple(ssh_option))
+    options = tuple(ssh_option)
+    if not any(o.lower().startswith("serveraliveinterval") for o in options):
+        options += KEEPALIVE  # a pulled cable closes the control connection in ~15 s, whatever the heartbeat says
+    ssh = SshOptions(config=ssh_config, user=user, port=port, connect_timeout=connect_timeout, options=options)
     click.echo(f"[orch] supervised run {rid}: {len(cfg.hosts)} nodes x {nproc}, events in {sup_dir}/events.jsonl",
                err=True)
     supervisor = Supervisor(cfg, ssh=ssh, sink=sink)
