@@ -252,10 +252,15 @@ class Supervisor:
         from orchestrator.supervisor.health import check_hosts
 
         names = [h.name for h in hosts] + [s.name for s in spares]
-        health = await check_hosts(names, ssh=self.ssh, transport=self.transport,
-                                   command=self.cfg.health_command or None, timeout=self.cfg.health_timeout)
+        # Without a check command "healthy" means reachable, and a host whose teardown just came back clean was
+        # reached a moment ago: skip its second round trip (it is on the recovery's critical path).
+        teardown = getattr(attempt.result, "teardown", None) or {}
+        reached = [] if self.cfg.health_command else [h for h in names if teardown.get(h) == "clean"]
+        health = dict.fromkeys(reached, "ok") | await check_hosts(
+            [h for h in names if h not in reached], ssh=self.ssh, transport=self.transport,
+            command=self.cfg.health_command or None, timeout=self.cfg.health_timeout)
         self.events.emit("health", attempt=attempt.number, results=health,
-                         command=list(self.cfg.health_command) or ["true"])
+                         command=list(self.cfg.health_command) or ["true"], reached_by_teardown=reached)
         diagnosis = diagnose(attempt, health)
         self.events.emit("diagnosis", attempt=attempt.number, **diagnosis)
         blame = policy.blame_from(signal=diagnosis.get("signal"), kind=diagnosis["cause"], host=diagnosis.get("host"))
