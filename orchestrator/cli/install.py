@@ -76,7 +76,7 @@ def install_command(host_selection: HostSelection, ssh, inventory: str | None, t
                         forks=forks, pipelining=pipelining, extra_vars=_extra_vars(extra_var))
 
     if dry_run:
-        doc = {"argv": plan.argv(), "hosts": hosts.names, "inventory": run_inventory, "gate": vars_of(thresholds)}
+        doc = {"argv": plan.argv(), "hosts": hosts.names, "inventory": run_inventory, "gate": _thresholds_doc(thresholds)}
         click.echo(json.dumps(doc, indent=2) if as_json else "would run: " + " ".join(plan.argv()))
         if not as_json and isinstance(run_inventory, dict):
             click.echo(json.dumps(run_inventory, indent=2))
@@ -105,7 +105,7 @@ def install_command(host_selection: HostSelection, ssh, inventory: str | None, t
     return EXIT_OK if ok else EXIT_FAILURE
 
 
-def vars_of(thresholds) -> dict:
+def _thresholds_doc(thresholds) -> dict:
     return {"gpus_per_node": thresholds.gpus_per_node, "min_busbw_gbps": thresholds.min_busbw_gbps,
             "min_active_ib_ports": thresholds.min_active_ib_ports, "max_uncorrected_ecc": thresholds.max_uncorrected_ecc}
 
