@@ -77,12 +77,12 @@ def complete_steps(run_dir: str | Path) -> list[int]:
 def latest_complete_step(run_dir: str | Path) -> int | None:
     """The newest committed, intact checkpoint's step (what a restart resumes from), or None."""
     for step in reversed(complete_steps(run_dir)):
-        if _problem(Path(run_dir) / "checkpoints" / f"step-{step}") is None:
+        if checkpoint_problem(Path(run_dir) / "checkpoints" / f"step-{step}") is None:
             return step
     return None
 
 
-def _problem(path: Path) -> str | None:
+def checkpoint_problem(path: Path) -> str | None:
     """Why this committed checkpoint cannot be loaded (missing/truncated files, bad metadata), or None."""
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -218,7 +218,7 @@ class Checkpointer:
         failures = []
         for step in steps:
             path = self.root / f"step-{step}"
-            problem = self._from_rank0(_problem(path) if self.rank == 0 else None)
+            problem = self._from_rank0(checkpoint_problem(path) if self.rank == 0 else None)
             if problem is None:
                 try:
                     extra = self._load(path, model_parts, optimizers)

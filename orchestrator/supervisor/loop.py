@@ -88,11 +88,11 @@ def newest_checkpoint(run_dir: Path) -> tuple[int | None, list[str]]:
     root = run_dir / "checkpoints"
     if not root.is_dir() or not any(_STEP_DIR.match(name) for name in os.listdir(root)):
         return None, []
-    from orchestrator.engine.checkpoint import _problem, complete_steps
+    from orchestrator.engine.checkpoint import checkpoint_problem, complete_steps
 
     skipped = []
     for step in reversed(complete_steps(run_dir)):
-        why = _problem(run_dir / "checkpoints" / f"step-{step}")
+        why = checkpoint_problem(run_dir / "checkpoints" / f"step-{step}")
         if why is None:
             return step, skipped
         skipped.append(f"step-{step}: {why}")
