@@ -13,7 +13,6 @@ Shows a live per-host view (task, ok, changed, failed), then a summary per host 
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 

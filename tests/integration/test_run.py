@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import signal
 import subprocess
 import sys
 import uuid
