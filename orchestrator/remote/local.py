@@ -8,30 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+
+from orchestrator.remote.session import ProcessStreams
 
 __all__ = ["LocalTransport"]
 
-_LINE_LIMIT = 1 << 20
-_AGENT_CLEANUP_S = 6.0  # asyncio's default (64 KiB) would fail on long progress lines
+_LINE_LIMIT = 1 << 20  # asyncio's default (64 KiB) would fail on long progress lines
+_AGENT_CLEANUP_S = 6.0
 
 
-class LocalSession:
+class LocalSession(ProcessStreams):
     """A child process whose stdin is the control channel: closing it (or our death) trips the agent."""
 
     def __init__(self, proc: asyncio.subprocess.Process):
         self._proc = proc
-
-    @property
-    def stdout(self) -> AsyncIterator[str]:
-        return _lines(self._proc.stdout)
-
-    @property
-    def stderr(self) -> AsyncIterator[str]:
-        return _lines(self._proc.stderr)
-
-    def send(self, data: bytes) -> None:
-        self._proc.stdin.write(data)
 
     async def wait(self) -> tuple[int | None, str | None]:
         code = await self._proc.wait()
@@ -40,11 +31,6 @@ class LocalSession:
     def close(self) -> None:
         if self._proc.stdin and not self._proc.stdin.is_closing():
             self._proc.stdin.close()
-
-
-async def _lines(reader: asyncio.StreamReader) -> AsyncIterator[str]:
-    while line := await reader.readline():
-        yield line.decode("utf-8", "replace").rstrip("\n")
 
 
 class LocalTransport:

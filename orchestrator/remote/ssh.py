@@ -24,7 +24,7 @@ import shlex
 import socket
 import tempfile
 import types
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,7 @@ asyncssh = _import_asyncssh()
 from asyncssh.config import SSHClientConfig, SSHConfig  # noqa: E402 - after the import above
 
 from orchestrator.errors import ConfigError
+from orchestrator.remote.session import ProcessStreams
 
 log = logging.getLogger("orchestrator.remote.ssh")
 
@@ -164,22 +165,11 @@ class _AcceptNewClient(asyncssh.SSHClient):
         return True
 
 
-class SshSession:
+class SshSession(ProcessStreams):
     """One remote process on one SSH connection; closing it closes the connection (the agent's control channel)."""
 
     def __init__(self, conn: asyncssh.SSHClientConnection, proc: asyncssh.SSHClientProcess):
         self._conn, self._proc = conn, proc
-
-    @property
-    def stdout(self) -> AsyncIterator[str]:
-        return _lines(self._proc.stdout)
-
-    @property
-    def stderr(self) -> AsyncIterator[str]:
-        return _lines(self._proc.stderr)
-
-    def send(self, data: bytes) -> None:
-        self._proc.stdin.write(data)
 
     async def wait(self) -> tuple[int | None, str | None]:
         """(exit code, signal name) once the remote process ended; (None, None) if the connection dropped first."""
@@ -190,13 +180,6 @@ class SshSession:
     def close(self) -> None:
         self._proc.close()
         self._conn.close()
-
-
-async def _lines(reader: asyncssh.SSHReader) -> AsyncIterator[str]:
-    async for line in reader:
-        if not line:  # asyncssh's reader ends with one b'' at EOF; a real empty line is b'\n'
-            return
-        yield line.decode("utf-8", "replace").rstrip("\n")
 
 
 async def _tcp_connect(host: str, port: int, family: int) -> socket.socket:
@@ -296,7 +279,7 @@ class SshTransport:
             kwargs["connect_timeout"] = max(HANDSHAKE_TIMEOUT_S, timeout)
         conn = await asyncssh.connect(**kwargs)
         try:
-            proc = await conn.create_process(shlex.join(argv), encoding=None)  # bytes: lines decoded in _lines
+            proc = await conn.create_process(shlex.join(argv), encoding=None)  # bytes: decoded by session.lines
         except BaseException:
             conn.close()
             raise
