@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         "env": {name: os.environ.get(name) for name in args.show_env},
         "extra": args.extra,
     }
-    print("RESULT " + json.dumps(result), flush=True)
+    # One write() per line: ranks that share a pipe (DeepSpeed's launcher does not tee per rank) cannot
+    # interleave inside it, as print()'s separate write of the newline can.
+    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+    sys.stdout.flush()
     if rank == args.fail_rank:
         print(f"rank {rank} failing on purpose with exit code {args.exit_code}", file=sys.stderr, flush=True)
         os._exit(args.exit_code)  # no process-group teardown: like a crashed rank
