@@ -41,6 +41,6 @@ fi
 case $mode in
     install) ;;
     demo) exec .venv/bin/orchestrator demo ;;
-    test) exec .venv/bin/python -m pytest -q ;;
+    test) exec .venv/bin/python -m pytest -q --durations=15 ;;
     *) echo "usage: bash scripts/setup.sh [demo|test|install]" >&2; exit 2 ;;
 esac
