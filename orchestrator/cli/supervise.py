@@ -8,6 +8,11 @@
 Every option of `orchestrator launch` works the same here (they are the launch command's own options).
 The run directory is the program's `--run-dir` when it has one (so events.jsonl sits next to metrics.jsonl
 and checkpoints/), else RUN_DIR/RUN_ID. Exit: 0 done, 1 gave up (summary says why), 128+N stopped by signal N.
+
+Inside salloc/sbatch, `--via slurm` runs each attempt as one srun step over the allocation's nodes (or --hosts
+among them) minus the excluded ones, health-checks nodes with single-node srun steps, and with
+--drain-bad-nodes drains what it excludes. Exit codes follow the requeue contract: 0 done, 2 configuration
+error (never retried), 1 gave up (restartable: `submit --max-restarts` may requeue the job).
 SSH keepalives (ServerAliveInterval=5, ServerAliveCountMax=3) are on unless --ssh-option sets them: a node whose
 link died is then noticed as a lost control connection, not only by the heartbeat timeout.
 """
@@ -63,21 +68,30 @@ def _check_unsupported(extra: dict) -> None:
     for name, value in extra.items():
         if value != defaults.get(name) and value not in ((), None):
             flag = "--" + name.replace("_", "-")
-            raise ConfigError(flag, value, "not supported by `orchestrator supervise` yet (supervised runs go over "
-                              "SSH; under Slurm use `orchestrator submit --max-restarts` for requeues)")
+            raise ConfigError(flag, value, "not supported by `orchestrator supervise` yet")
 
 
 def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, master_addr, master_port, env_args,
                env_files, no_forward_env, workdir, python, module, run_dir, run_id, dry_run, as_json, ssh_config,
                ssh_option, user, port, connect_timeout, program, nodes, spare_hosts, max_restarts, hang_timeout,
                startup_timeout, health_check, health_timeout, no_progress_attempts, max_host_failures, backoff,
-               backoff_max, model_parallel, global_batch, failure_grace, **extra) -> int:
+               backoff_max, model_parallel, global_batch, failure_grace, via, srun_opts, drain_bad_nodes,
+               **extra) -> int:
     import asyncio
 
     _check_unsupported(extra)
+    steps = None
+    if via == "slurm":  # inside salloc/sbatch: attempts are srun steps; hosts default to the allocation's nodes
+        from orchestrator import slurm
+        from orchestrator.supervisor.slurm import SlurmSteps
+
+        steps = SlurmSteps(slurm.require_allocation("--via slurm"), srun_options=srun_opts,
+                           drain_bad_nodes=drain_bad_nodes)
+    elif srun_opts or drain_bad_nodes:
+        raise ConfigError("--srun-opt/--drain-bad-nodes", list(srun_opts) or True, "only with --via slurm")
 
     from orchestrator.hosts import Host, expand
-    from orchestrator.launch.env import build_env_manifest
+    from orchestrator.launch.env import build_env_manifest, redact_argv
     from orchestrator.launch.plan import LaunchSpec
     from orchestrator.launch.rundir import new_run_id
     from orchestrator.remote.ssh import SshOptions
@@ -116,14 +130,17 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
         health_command=tuple(shlex.split(health_check)) if health_check else (), health_timeout=health_timeout,
         failure_grace=failure_grace)
     plan = attempt_plan(cfg, 0, cfg.hosts)  # plan (and validate) before anything is written or started
+    srun = steps.argv(plan) if steps is not None else None
     if dry_run:
         doc = {"run_dir": str(sup_dir), "plan": plan.to_json(), "limits": vars(limits),
-               "spares": [s.name for s in cfg.spares]}
+               "spares": [s.name for s in cfg.spares]} | ({"srun": redact_argv(srun)} if srun else {})
         if as_json:
             click.echo(json.dumps(doc, indent=2, default=str))
         else:
             for line in plan.describe():
                 click.echo(line)
+            if srun:
+                click.echo(f"each attempt: {shlex.join(redact_argv(srun))}")
             click.echo(f"supervised: run dir {sup_dir}, nodes {lo}:{limits.max_nodes}, spares "
                        f"{','.join(doc['spares']) or '-'}, max restarts {max_restarts}, hang timeout {hang_timeout:g} s")
         return 0
@@ -138,7 +155,7 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
     ssh = SshOptions(config=ssh_config, user=user, port=port, connect_timeout=connect_timeout, options=options)
     click.echo(f"[orch] supervised run {rid}: {len(cfg.hosts)} nodes x {nproc}, events in {sup_dir}/events.jsonl",
                err=True)
-    supervisor = Supervisor(cfg, ssh=ssh, sink=sink)
+    supervisor = Supervisor(cfg, ssh=ssh, sink=sink, slurm=steps)
     summary = asyncio.run(supervisor.run())
     from orchestrator.cli.status import print_summary
 
@@ -177,6 +194,8 @@ supervise_command = click.Command(
                      help="tp x pp of the program (default: from its --tp/--pp); world sizes stay multiples of it."),
         click.Option(["--global-batch"], type=click.IntRange(min=1), default=None,
                      help="When given, a shrunk data-parallel degree must divide it."),
+        click.Option(["--drain-bad-nodes"], is_flag=True, help="With --via slurm: drain (scontrol) the nodes "
+                     "the supervisor excludes, with the reason, so later jobs avoid them too."),
         click.Option(["--failure-grace"], type=float, default=2.0, show_default=True,
                      help="Seconds other nodes get to exit on their own after the first failure."),
         _program,

@@ -20,7 +20,8 @@ While an attempt runs, three detectors watch it (detect.py): the first torchrun 
 and the heartbeat files (a hang after --hang-timeout; the stalled ranks' processes are probed so a stopped or
 stuck one is named). Then the runner tears the attempt down on every host (verified), the hosts and spares
 are health-checked, the culprit is named (diagnosis), policy.decide() picks the next host list, and after a
-backoff the next attempt starts. Exit codes: 0 done; 1 gave up; 128+N stopped by signal N.
+backoff the next attempt starts. Exit codes: 0 done; 1 gave up; 128+N stopped by signal N; under Slurm
+(slurm=SlurmSteps, see slurm.py) also 2 when the step reports a configuration error (never retried).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from orchestrator.errors import EXIT_FAILURE, EXIT_OK
+from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from orchestrator.hosts import Host
 from orchestrator.launch.env import EnvManifest
 from orchestrator.launch.plan import LaunchPlan, LaunchSpec, build_plan
@@ -114,8 +115,9 @@ class _Attempt:
 
 
 class Supervisor:
-    def __init__(self, cfg: SupervisorConfig, *, ssh=None, transport=None, sink=None):
-        self.cfg, self.ssh, self.transport, self.sink = cfg, ssh, transport, sink
+    def __init__(self, cfg: SupervisorConfig, *, ssh=None, transport=None, sink=None, slurm=None):
+        """slurm: a supervisor.slurm.SlurmSteps to run attempts as srun steps of the allocation (else SSH)."""
+        self.cfg, self.ssh, self.transport, self.sink, self.slurm = cfg, ssh, transport, sink, slurm
         self.run_dir = cfg.run_dir
         self.events = EventLog(cfg.run_dir)
         self.heartbeat_dir = cfg.run_dir / "heartbeat"
@@ -142,6 +144,9 @@ class Supervisor:
                     break
                 if attempt.error is None and attempt.hang is None and result is not None and result.exit_code == 0:
                     end, exit_code = ("done", {}), EXIT_OK
+                    break
+                if getattr(result, "no_requeue", False):  # Slurm contract: a configuration error, never retried
+                    end, exit_code = ("gave_up", {"reason": "configuration error (exit 2): not retried"}), EXIT_USAGE
                     break
                 decision, diagnosis = await self._recover(attempt, hosts, spares)
                 if decision.action == "give_up":
@@ -192,8 +197,11 @@ class Supervisor:
             if self.sink is not None:
                 self.sink(line, stream)
 
-        task = asyncio.ensure_future(run_plan_async(plan, ssh=self.ssh, transport=self.transport, sink=sink,
-                                                    failure_grace=self.cfg.failure_grace, stop=stop))
+        if self.slurm is not None:
+            task = asyncio.ensure_future(self.slurm.run_plan(plan, sink=sink, stop=stop))
+        else:
+            task = asyncio.ensure_future(run_plan_async(plan, ssh=self.ssh, transport=self.transport, sink=sink,
+                                                        failure_grace=self.cfg.failure_grace, stop=stop))
         while not task.done():
             await asyncio.wait({task}, timeout=self.cfg.poll_s)
             self._poll_metrics(attempt)
@@ -256,9 +264,14 @@ class Supervisor:
         # reached a moment ago: skip its second round trip (it is on the recovery's critical path).
         teardown = getattr(attempt.result, "teardown", None) or {}
         reached = [] if self.cfg.health_command else [h for h in names if teardown.get(h) == "clean"]
-        health = dict.fromkeys(reached, "ok") | await check_hosts(
-            [h for h in names if h not in reached], ssh=self.ssh, transport=self.transport,
-            command=self.cfg.health_command or None, timeout=self.cfg.health_timeout)
+        todo = [h for h in names if h not in reached]
+        if self.slurm is not None:
+            checked = await self.slurm.check_hosts(todo, command=self.cfg.health_command or None,
+                                                   timeout=self.cfg.health_timeout)
+        else:
+            checked = await check_hosts(todo, ssh=self.ssh, transport=self.transport,
+                                        command=self.cfg.health_command or None, timeout=self.cfg.health_timeout)
+        health = dict.fromkeys(reached, "ok") | checked
         self.events.emit("health", attempt=attempt.number, results=health,
                          command=list(self.cfg.health_command) or ["true"], reached_by_teardown=reached)
         diagnosis = diagnose(attempt, health)
@@ -269,6 +282,8 @@ class Supervisor:
                                  health=health, checkpoint_step=checkpoint, state=self.state, limits=self.cfg.limits)
         for host, why in decision.excluded.items():
             self.events.emit("exclude", host=host, reason=why)
+            if self.slurm is not None and self.slurm.exclude(host, why):
+                self.events.emit("drain", host=host, reason=why)
         for old, new in decision.replaced.items():
             self.events.emit("replace", host=old, spare=new)
         if decision.shrunk:

@@ -1,0 +1,165 @@
+"""The supervisor's Slurm transport: each attempt is one srun step over the allocation's nodes (minus excluded ones).
+
+    steps = SlurmSteps(slurm.require_allocation("supervise --via slurm"), drain_bad_nodes=True)
+    summary = asyncio.run(Supervisor(cfg, slurm=steps).run())     # inside salloc / an sbatch script
+
+What changes from the SSH path (loop.py keeps everything else: detectors, diagnosis, policy, events):
+- launch: orchestrator.launch.slurm.srun_argv(plan) plus `--label`; srun's "N: line" output becomes the runner's
+  "host: line" / "host/rank: line" (task N is node rank N = plan.hosts[N]), so detect.parse_rank_exit sees
+  torchrun's "failed (exitcode" line with its host exactly as over SSH.
+- failure: srun --kill-on-bad-exit ends the whole step when one node's torchrun fails; srun's exit code follows
+  the requeue contract (2 = a configuration error: StepResult.no_requeue, never retried).
+- teardown: ending the step is Slurm's job (it kills every process of the step on every node); a stop request
+  (hang) sends srun SIGINT, which --quit-on-interrupt turns into ending the step.
+- health: `srun --nodes=1 --nodelist=NODE --overlap <check command or true>` per node, in parallel. Chosen over
+  `scontrol show node` state because it proves what the next attempt needs (slurmd starts a process there, the
+  check command passes), and a node Slurm already marked down fails it too (the step cannot be created).
+- exclusion: with drain_bad_nodes, an excluded node is drained (orchestrator.slurm.drain) with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import EXIT_USAGE
+from orchestrator.launch.plan import LaunchPlan
+from orchestrator.launch.runner import STOP_SIGNALS, LaunchResult
+from orchestrator.launch.torchrun import split_rank_prefix
+
+__all__ = ["SlurmSteps", "StepResult"]
+
+log = logging.getLogger("orchestrator.supervisor.slurm")
+
+STOP_WAIT_S = 30.0
+
+
+@dataclass
+class StepResult(LaunchResult):
+    """A LaunchResult whose exit code is srun's (the step's highest task exit code)."""
+    step_exit: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.stopped_by if self.stopped_by is not None else self.step_exit
+
+    @property
+    def no_requeue(self) -> bool:
+        return self.stopped_by is None and self.step_exit == EXIT_USAGE
+
+
+class SlurmSteps:
+    def __init__(self, alloc, *, srun_options: Sequence[str] = (), drain_bad_nodes: bool = False):
+        self.alloc, self.srun_options, self.drain_bad_nodes = alloc, tuple(srun_options), drain_bad_nodes
+
+    def argv(self, plan: LaunchPlan) -> list[str]:
+        """The attempt's srun argv (pure; raises ConfigError when the plan does not fit one step)."""
+        from orchestrator.launch.slurm import srun_argv
+
+        return srun_argv(plan, self.alloc, srun_options=("--label", *self.srun_options))
+
+    async def run_plan(self, plan: LaunchPlan, *, sink: Callable[[str, str], None] | None = None,
+                       stop: asyncio.Event | None = None, **_ignored) -> StepResult:
+        """Run the attempt as one srun step; returns when the step has ended (done, failed, or stopped)."""
+        from orchestrator.launch.slurm import srun_env
+
+        argv = self.argv(plan)
+        result = StepResult(plan)
+        stop = stop if stop is not None else asyncio.Event()
+        logs = Path(plan.run_dir) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if result.stopped_by is None:
+                result.stopped_by = signum
+            stop.set()
+
+        proc = await asyncio.create_subprocess_exec(*argv, env=srun_env(plan), stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            with open(logs / "step.log", "a", encoding="utf-8") as log_file:
+                def emit(raw: bytes, stream: str) -> None:
+                    text = self._format(plan, raw.decode(errors="replace").rstrip("\n"))
+                    log_file.write(text + "\n")
+                    if sink is not None:
+                        sink(text, stream)
+
+                readers = [asyncio.ensure_future(_pump(proc.stdout, emit, "stdout")),
+                           asyncio.ensure_future(_pump(proc.stderr, emit, "stderr"))]
+                waiter = asyncio.ensure_future(proc.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    log.warning("stopping srun step of %s", plan.run_id)
+                    proc.send_signal(signal.SIGINT)  # --quit-on-interrupt: Slurm ends the step on every node
+                    try:
+                        await asyncio.wait_for(asyncio.shield(waiter), STOP_WAIT_S)
+                    except asyncio.TimeoutError:
+                        proc.kill()
+                stopper.cancel()
+                result.step_exit = await waiter
+                await asyncio.gather(*readers)
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, previous[sig])
+        return result
+
+    @staticmethod
+    def _format(plan: LaunchPlan, line: str) -> str:
+        """srun --label's "N: text" -> "host: text" or "host/rank: text" (the SSH runner's form)."""
+        task, sep, body = line.partition(": ")
+        task = task.strip()
+        if not sep or not task.isdigit() or int(task) >= len(plan.hosts):
+            return line  # srun's own messages
+        host = plan.hosts[int(task)]
+        rank, _local, text = split_rank_prefix(body)
+        return f"{host}: {text}" if rank is None else f"{host}/{rank}: {text}"
+
+    async def check_hosts(self, hosts: Sequence[str], *, command: Sequence[str] | None = None,
+                          timeout: float = 20.0) -> dict[str, str]:
+        """host -> "ok", or why not: one single-node srun step per host running the check (default `true`)."""
+        results = await asyncio.gather(*(self._check(h, list(command) if command else ["true"], timeout)
+                                         for h in hosts))
+        return dict(zip(hosts, results))
+
+    async def _check(self, host: str, argv: list[str], timeout: float) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            "srun", "--nodes=1", "--ntasks=1", f"--nodelist={host}", "--overlap", "--kill-on-bad-exit=1", *argv,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return f"unreachable: srun check timed out after {timeout:g} s"
+        if proc.returncode == 0:
+            return "ok"
+        last = (out.decode(errors="replace").strip().splitlines() or [""])[-1]
+        return f"check failed: exit {proc.returncode}" + (f": {last}" if last else "")
+
+    def exclude(self, host: str, reason: str) -> bool:
+        """Drain an excluded node when asked to (so later jobs avoid it too); True when drained."""
+        if not self.drain_bad_nodes:
+            return False
+        from orchestrator import slurm
+
+        try:
+            slurm.drain([host], reason=f"orchestrator supervise: {reason}"[:200])
+        except Exception as exc:  # noqa: BLE001 - the run goes on without the node either way
+            log.warning("could not drain %s: %s", host, exc)
+            return False
+        return True
+
+
+async def _pump(stream: asyncio.StreamReader, emit: Callable[[bytes, str], None], name: str) -> None:
+    while line := await stream.readline():
+        emit(line, name)

@@ -1,0 +1,119 @@
+"""`orchestrator supervise --via slurm` inside an sbatch job on a real sandbox Slurm cluster (fault 8 of issue 5).
+
+An sbatch job on 2 nodes runs the supervisor over the tiny engine (2 nodes x 1 rank, a checkpoint every 3 steps);
+this test SIGKILLs rank 1 by the PID in its heartbeat file once it has trained a few steps. srun
+--kill-on-bad-exit ends the step, the supervisor health-checks both nodes with single-node srun steps and
+relaunches one srun step on the same nodes; the engine resumes from its newest checkpoint. The job must end 0,
+every step 1..12 must be in metrics.jsonl, and events.jsonl must name the kill and the restart.
+
+The cluster (munged, slurmctld, 2 slurmd) is this module's own, torn down by the sandbox's `down` (by PID).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(240)]
+
+STEPS, EVERY = 12, 3
+JOB_TIMEOUT = 180
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"SLURM SANDBOX UNAVAILABLE: {reason} (CI=true: sandbox tests must run)", pytrace=False)
+    pytest.skip(f"SLURM SANDBOX UNAVAILABLE: {reason}")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """(sandbox, SlurmCluster): 2 hosts; SLURM_CONF set for this module."""
+    if os.geteuid() != 0:
+        _unavailable(f"needs root (uid {os.geteuid()})")
+    missing = [t for t in ("munged", "sbatch", "/usr/sbin/slurmctld", "/usr/sbin/slurmd") if not shutil.which(t)]
+    if missing:
+        _unavailable(f"missing {missing}: apt-get install slurm-wlm munge (requirements/apt.txt)")
+    from orchestrator.sandbox.cluster import Sandbox
+    from orchestrator.sandbox.slurm import start_slurm
+
+    sb = Sandbox.up(f"pt{os.getpid()}-ssup", nodes=2, prefix="node")
+    mp = pytest.MonkeyPatch()
+    try:
+        slurm_cluster = start_slurm(sb)
+        for name, value in {**slurm_cluster.env(), "OMP_NUM_THREADS": "1", "ORCH_PYTHON": sys.executable}.items():
+            mp.setenv(name, value)
+        yield sb, slurm_cluster
+    finally:
+        mp.undo()
+        sb.down()
+
+
+def heartbeat(run_dir: Path, rank: int, min_step: int) -> dict | None:
+    path = next((run_dir / "heartbeat").glob(f"*-rank{rank}.json"), None)
+    try:
+        beat = json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None
+    return beat if beat and beat["status"] == "training" and beat["step"] >= min_step else None
+
+
+def wait_job(job_id: str) -> int:
+    from orchestrator import slurm
+
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while time.monotonic() < deadline:
+        job = slurm.job(job_id)
+        if job is not None and job.finished:
+            return job.exit_code
+        time.sleep(0.25)
+    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT} s")
+
+
+def test_sigkill_of_a_rank_under_slurm_restarts_from_the_checkpoint(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    script = f"""#!/bin/bash
+#SBATCH --nodes=2
+#SBATCH --output={tmp_path}/%j.out
+exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 --python {sys.executable} \\
+    --run-dir {tmp_path}/launch --backoff 0.2 --health-timeout 20 --max-restarts 2 \\
+    -m orchestrator.engine -- --config tiny --steps {STEPS} --checkpoint-every {EVERY} --run-dir {run_dir}
+"""
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    job_id = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    out = tmp_path / f"{job_id}.out"
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while (beat := heartbeat(run_dir, 1, EVERY + 1)) is None:
+            assert time.monotonic() < deadline, out.read_text() if out.exists() else "no job output"
+            time.sleep(0.05)
+        os.kill(beat["pid"], signal.SIGKILL)
+        code = wait_job(job_id)
+    except BaseException:
+        subprocess.run(["scancel", job_id])
+        raise
+    log = out.read_text()
+    assert code == 0, log[-4000:]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {m["step"] for m in metrics} == set(range(1, STEPS + 1)), log[-4000:]
+    evs = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    failure = next(e for e in evs if e["event"] == "failure")
+    assert failure["kind"] == "rank_exit" and failure["signal"] == "SIGKILL" and failure["rank"] == 1, failure
+    diagnosis = next(e for e in evs if e["event"] == "diagnosis")
+    assert diagnosis["cause"] == "killed" and diagnosis["host"] == beat["host"], diagnosis
+    restart = next(e for e in evs if e["event"] == "restart")
+    assert restart["resume_step"] is not None and restart["resume_step"] >= EVERY, restart
+    launches = [e for e in evs if e["event"] == "launch"]
+    assert len(launches) == 2 and launches[1]["hosts"] == launches[0]["hosts"], launches
+    assert evs[-1]["event"] == "done" and evs[-1]["summary"]["last_step"] == STEPS
