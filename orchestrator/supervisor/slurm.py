@@ -133,7 +133,7 @@ class SlurmSteps:
 
     async def _check(self, host: str, argv: list[str], timeout: float) -> str:
         proc = await asyncio.create_subprocess_exec(
-            "srun", "--nodes=1", "--ntasks=1", f"--nodelist={host}", "--overlap", "--kill-on-bad-exit=1", *argv,
+            "srun", "--quiet", "--nodes=1", "--ntasks=1", f"--nodelist={host}", "--overlap", *argv,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -143,7 +143,9 @@ class SlurmSteps:
             return f"unreachable: srun check timed out after {timeout:g} s"
         if proc.returncode == 0:
             return "ok"
-        last = (out.decode(errors="replace").strip().splitlines() or [""])[-1]
+        lines = out.decode(errors="replace").strip().splitlines()
+        own = [line for line in lines if not line.startswith("srun: ")]  # the check's words over srun's notes
+        last = (own or lines or [""])[-1]
         return f"check failed: exit {proc.returncode}" + (f": {last}" if last else "")
 
     def exclude(self, host: str, reason: str) -> bool:

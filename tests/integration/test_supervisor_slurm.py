@@ -117,3 +117,60 @@ exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 -
     launches = [e for e in evs if e["event"] == "launch"]
     assert len(launches) == 2 and launches[1]["hosts"] == launches[0]["hosts"], launches
     assert evs[-1]["event"] == "done" and evs[-1]["summary"]["last_step"] == STEPS
+
+
+def supervise_argv(tmp_path: Path, run_dir: Path, *args: str, config: str = "tiny") -> list[str]:
+    return [sys.executable, "-m", "orchestrator", "supervise", "--via", "slurm", "--nproc-per-node", "1",
+            "--python", sys.executable, "--run-dir", str(tmp_path / "launch"), "--backoff", "0.2",
+            "--health-timeout", "20", *args, "-m", "orchestrator.engine", "--", "--config", config,
+            "--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--run-dir", str(run_dir)]
+
+
+def test_configuration_error_under_slurm_is_exit_2_and_never_retried(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    out = subprocess.run(["salloc", "--nodes=2", *supervise_argv(tmp_path, run_dir, config="no-such-config")],
+                         capture_output=True, text=True, timeout=JOB_TIMEOUT)
+    assert out.returncode == 2, out.stderr[-3000:]
+    evs = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in evs].count("launch") == 1
+    assert evs[-1]["event"] == "gave_up" and "configuration error" in evs[-1]["reason"]
+
+
+def test_node_failing_its_check_is_excluded_drained_and_the_run_shrinks(cluster, tmp_path):
+    """A rank killed on node2, whose health check then fails: node2 is excluded and drained (with the reason),
+    the run goes on with node1 alone (--nodes 1:2) from the newest checkpoint."""
+    from orchestrator import slurm
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    check = f"sh -c 'test ! -e {tmp_path}/bad-$SLURMD_NODENAME'"
+    proc = subprocess.Popen(["salloc", "--nodes=2", *supervise_argv(tmp_path, run_dir, "--nodes", "1:2",
+                                                                     "--drain-bad-nodes", "--health-check", check)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while (beat := heartbeat(run_dir, 1, EVERY + 1)) is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never reached step 4"
+            time.sleep(0.05)
+        (tmp_path / f"bad-{beat['host']}").touch()
+        os.kill(beat["pid"], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=JOB_TIMEOUT)
+        assert proc.returncode == 0, output[-4000:]
+        evs = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        bad = beat["host"]
+        assert [(e["host"], e["reason"].startswith("health check: check failed")) for e in evs
+                if e["event"] == "exclude"] == [(bad, True)], evs
+        assert [e["host"] for e in evs if e["event"] == "drain"] == [bad]
+        node = slurm.nodes()[bad]
+        assert "drain" in node.state and "orchestrator supervise" in node.reason, node
+        launches = [e for e in evs if e["event"] == "launch"]
+        assert len(launches) == 2 and launches[1]["hosts"] == [h for h in launches[0]["hosts"] if h != bad]
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert {m["step"] for m in metrics} == set(range(1, STEPS + 1))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        drained = [name for name, node in slurm.nodes().items() if "drain" in node.state]
+        if drained:  # later tests of the module get the whole cluster back
+            slurm.resume(drained)
