@@ -49,6 +49,8 @@ def test_parse_nodes():
     assert parse_nodes("2", 4) == (2, 2)
 
 
-def test_via_slurm_is_refused_not_ignored(capsys):
+def test_via_slurm_outside_an_allocation_is_a_config_error(capsys, monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
     out = run("supervise", "--hosts", "n[1-2]", "--via", "slurm", "--dry-run", "--", "train.py", capsys=capsys)
     assert out.exit_code == 2 and "--via" in out.output
