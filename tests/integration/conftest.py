@@ -16,8 +16,11 @@ failure, and leftovers of killed earlier runs (pt<pid> whose process is gone) ar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import sys
 
 import pytest
 
@@ -34,6 +37,41 @@ def _unavailable(reason: str):
     if _under_ci():
         pytest.fail(msg + " (CI=true: sandbox tests must run)", pytrace=False)
     pytest.skip(msg + " -- run as root to include these tests")
+
+
+@contextlib.contextmanager
+def slurm_sandbox(suffix: str, *, nodes: int, gpus_per_node: int = 0):
+    """(sandbox, SlurmCluster) for a test module: `nodes` hosts with Slurm, SLURM_CONF set while it is open.
+
+        @pytest.fixture(scope="module")
+        def cluster(slurm_sandbox_factory):
+            with slurm_sandbox_factory("slurm", nodes=4, gpus_per_node=2) as both:
+                yield both
+    """
+    if reason := _root_reason():
+        _unavailable(reason)
+    missing = [t for t in ("munged", "sbatch", "/usr/sbin/slurmctld", "/usr/sbin/slurmd") if not shutil.which(t)]
+    if missing:
+        _unavailable(f"missing {missing}: apt-get install slurm-wlm munge (requirements/apt.txt)")
+    from orchestrator.sandbox.cluster import Sandbox
+    from orchestrator.sandbox.slurm import start_slurm
+
+    sb = Sandbox.up(f"pt{os.getpid()}-{suffix}", nodes=nodes, prefix="node")
+    mp = pytest.MonkeyPatch()
+    try:
+        cluster = start_slurm(sb, gpus_per_node=gpus_per_node)
+        for name, value in {**cluster.env(), "OMP_NUM_THREADS": "1", "ORCH_PYTHON": sys.executable}.items():
+            mp.setenv(name, value)
+        yield sb, cluster
+    finally:
+        mp.undo()
+        sb.down()
+
+
+@pytest.fixture(scope="session")
+def slurm_sandbox_factory():
+    """slurm_sandbox, for module-scoped fixtures (test modules do not import conftest)."""
+    return slurm_sandbox
 
 
 def _root_reason() -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,33 +28,11 @@ IDLE_PROCESSES = {"slurmd", "sshd"}
 JOB_TIMEOUT = 150
 
 
-def _unavailable(reason: str):
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"SLURM SANDBOX UNAVAILABLE: {reason} (CI=true: sandbox tests must run)", pytrace=False)
-    pytest.skip(f"SLURM SANDBOX UNAVAILABLE: {reason}")
-
-
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(slurm_sandbox_factory):
     """(sandbox, SlurmCluster): 4 hosts node1..node4 with 2 fake GPUs each; SLURM_CONF set for this module."""
-    if os.geteuid() != 0:
-        _unavailable(f"needs root (uid {os.geteuid()})")
-    missing = [t for t in ("munged", "sbatch", "/usr/sbin/slurmctld", "/usr/sbin/slurmd") if not shutil.which(t)]
-    if missing:
-        _unavailable(f"missing {missing}: apt-get install slurm-wlm munge (requirements/apt.txt)")
-    from orchestrator.sandbox.cluster import Sandbox
-    from orchestrator.sandbox.slurm import start_slurm
-
-    sb = Sandbox.up(f"pt{os.getpid()}-slurm", nodes=4, prefix="node")
-    mp = pytest.MonkeyPatch()
-    try:
-        slurm_cluster = start_slurm(sb, gpus_per_node=2)
-        for name, value in {**slurm_cluster.env(), "OMP_NUM_THREADS": "1", "ORCH_PYTHON": sys.executable}.items():
-            mp.setenv(name, value)
-        yield sb, slurm_cluster
-    finally:
-        mp.undo()
-        sb.down()
+    with slurm_sandbox_factory("slurm", nodes=4, gpus_per_node=2) as both:
+        yield both
 
 
 def results(text: str) -> list[dict]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,33 +27,11 @@ STEPS, EVERY = 12, 3
 JOB_TIMEOUT = 180
 
 
-def _unavailable(reason: str):
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"SLURM SANDBOX UNAVAILABLE: {reason} (CI=true: sandbox tests must run)", pytrace=False)
-    pytest.skip(f"SLURM SANDBOX UNAVAILABLE: {reason}")
-
-
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(slurm_sandbox_factory):
     """(sandbox, SlurmCluster): 2 hosts; SLURM_CONF set for this module."""
-    if os.geteuid() != 0:
-        _unavailable(f"needs root (uid {os.geteuid()})")
-    missing = [t for t in ("munged", "sbatch", "/usr/sbin/slurmctld", "/usr/sbin/slurmd") if not shutil.which(t)]
-    if missing:
-        _unavailable(f"missing {missing}: apt-get install slurm-wlm munge (requirements/apt.txt)")
-    from orchestrator.sandbox.cluster import Sandbox
-    from orchestrator.sandbox.slurm import start_slurm
-
-    sb = Sandbox.up(f"pt{os.getpid()}-ssup", nodes=2, prefix="node")
-    mp = pytest.MonkeyPatch()
-    try:
-        slurm_cluster = start_slurm(sb)
-        for name, value in {**slurm_cluster.env(), "OMP_NUM_THREADS": "1", "ORCH_PYTHON": sys.executable}.items():
-            mp.setenv(name, value)
-        yield sb, slurm_cluster
-    finally:
-        mp.undo()
-        sb.down()
+    with slurm_sandbox_factory("ssup", nodes=2) as both:
+        yield both
 
 
 def heartbeat(run_dir: Path, rank: int, min_step: int) -> dict | None:
