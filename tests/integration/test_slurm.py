@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from probes import wait_job
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -54,18 +55,6 @@ def sbatch(script: str, tmp_path: Path) -> tuple[str, Path]:
     out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=True)
     job_id = out.stdout.strip()
     return job_id, tmp_path / f"{job_id}.out"
-
-
-def wait_job(job_id: str) -> int:
-    from orchestrator import slurm
-
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while time.monotonic() < deadline:
-        job = slurm.job(job_id)
-        if job is not None and job.finished:
-            return job.exit_code
-        time.sleep(0.25)
-    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT} s")
 
 
 def leftovers(sb) -> dict[str, list[str]]:
@@ -118,7 +107,7 @@ def test_sbatch_script_with_srun_wrapper_runs_4x2_ranks(cluster, tmp_path):
 {WRAPPER} --env FROM_WRAPPER=yes -m {ALLREDUCE} -- --show-env FROM_WRAPPER --show-env SLURM_JOB_ID
 """
     job_id, log = sbatch(script, tmp_path)
-    assert wait_job(job_id) == 0, log.read_text()
+    assert wait_job(job_id, JOB_TIMEOUT) == 0, log.read_text()
     found = results(log.read_text())
     assert_ranks(found, sb.hosts, nproc=2)                       # nproc from the allocation's GPUs (2 per node)
     assert {r["env"]["FROM_WRAPPER"] for r in found} == {"yes"}   # the env manifest reached every rank
@@ -146,7 +135,7 @@ def test_launch_via_slurm_in_an_sbatch_script_runs_4x2_ranks(cluster, tmp_path):
 {' '.join(ORCH)} launch --via slurm --python {sys.executable} -m {ALLREDUCE}
 """
     job_id, log = sbatch(script, tmp_path)
-    assert wait_job(job_id) == 0, log.read_text()
+    assert wait_job(job_id, JOB_TIMEOUT) == 0, log.read_text()
     assert_ranks(results(log.read_text()), sb.hosts, nproc=2)
 
 
@@ -183,7 +172,7 @@ def test_scancel_leaves_no_process_on_any_node(cluster, tmp_path):
     job_id, _ = sbatch(script, tmp_path)
     wait_ranks_running(sb, 4)
     subprocess.run(["scancel", job_id], check=True)
-    assert wait_job(job_id) != 0
+    assert wait_job(job_id, JOB_TIMEOUT) != 0
     assert wait_clean(sb) == {}
 
 

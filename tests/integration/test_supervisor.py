@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from probes import heartbeat
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(240)]
 
@@ -63,16 +64,6 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def heartbeat(run_dir: Path, rank: int, min_step: int) -> dict | None:
-    """Rank's heartbeat once it is training at or past min_step (attempt 0: nothing was resumed yet)."""
-    path = next((run_dir / "heartbeat").glob(f"*-rank{rank}.json"), None)
-    try:
-        beat = json.loads(path.read_text()) if path else None
-    except (OSError, ValueError):
-        return None
-    return beat if beat and beat["status"] == "training" and beat["step"] >= min_step else None
 
 
 def finish(proc: subprocess.Popen, run_dir: Path, timeout: float = 200.0) -> list[dict]:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from probes import heartbeat, wait_job
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -32,27 +33,6 @@ def cluster(slurm_sandbox_factory):
     """(sandbox, SlurmCluster): 2 hosts; SLURM_CONF set for this module."""
     with slurm_sandbox_factory("ssup", nodes=2) as both:
         yield both
-
-
-def heartbeat(run_dir: Path, rank: int, min_step: int) -> dict | None:
-    path = next((run_dir / "heartbeat").glob(f"*-rank{rank}.json"), None)
-    try:
-        beat = json.loads(path.read_text()) if path else None
-    except (OSError, ValueError):
-        return None
-    return beat if beat and beat["status"] == "training" and beat["step"] >= min_step else None
-
-
-def wait_job(job_id: str) -> int:
-    from orchestrator import slurm
-
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while time.monotonic() < deadline:
-        job = slurm.job(job_id)
-        if job is not None and job.finished:
-            return job.exit_code
-        time.sleep(0.25)
-    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT} s")
 
 
 def test_sigkill_of_a_rank_under_slurm_restarts_from_the_checkpoint(cluster, tmp_path):
@@ -76,7 +56,7 @@ exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 -
             assert time.monotonic() < deadline, out.read_text() if out.exists() else "no job output"
             time.sleep(0.05)
         os.kill(beat["pid"], signal.SIGKILL)
-        code = wait_job(job_id)
+        code = wait_job(job_id, JOB_TIMEOUT)
     except BaseException:
         subprocess.run(["scancel", job_id])
         raise
