@@ -90,15 +90,8 @@ def main() -> int:
             if kind == "lose":
                 lost_budget -= 1
                 host = beat["host"]
-                sb.link_down(host)
+                sb.lose(host)
                 down.append(host)
-                sshd = sb.state.host(host).sshd_pid
-                for pid in sb.pids(host):
-                    if pid != sshd:
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
             else:
                 os.kill(beat["pid"], signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
             injected.append({"kind": kind, "host": beat["host"], "rank": beat["rank"], "step": beat["step"],

@@ -5,6 +5,7 @@
     sb.exec("node3", ["hostname"]).stdout         # 'node3\\n'  (nsenter into the host, no ssh)
     sb.start_daemon("node3", ["slurmd", "-D"], name="slurmd")   # recorded, stopped by PID on down
     sb.link_down("node3"); sb.link_up("node3")    # fault injection: cable pulled / plugged back
+    sb.lose("node3")                               # the whole node gone: link down, its processes killed
     sb.private_dir("node3", "/var/lib/docker")    # a plain per-host dir there (not the overlay)
     Sandbox.load("default").down()                # removes exactly what up created
 
@@ -373,3 +374,15 @@ class Sandbox:
 
     def link_up(self, host: str) -> None:
         netns.set_link(self.state.host(host).veth, up=True)
+
+    def lose(self, host: str) -> None:
+        """The node is gone: cable pulled first (so no FIN/RST reaches its peers), then every process on it but
+        its sshd SIGKILLed (the sandbox's own daemon stays, so `down` finds what it recorded)."""
+        self.link_down(host)
+        sshd = self.state.host(host).sshd_pid
+        for pid in self.pids(host):
+            if pid != sshd:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

@@ -96,18 +96,6 @@ def one(evs: list[dict], kind: str) -> dict:
     return found[0]
 
 
-def lose_node(sandbox, host: str) -> None:
-    """The node is gone: cable pulled first (so no FIN/RST reaches its peers), then its processes killed."""
-    sandbox.link_down(host)
-    sshd = sandbox.state.host(host).sshd_pid
-    for pid in sandbox.pids(host):
-        if pid != sshd:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def at_attempt(run_dir: Path, attempt: int, after: int = EVERY + 1) -> dict:
     """Rank 1's heartbeat once attempt `attempt` trained `after` steps past its resume point: past its next
     checkpoint, so every attempt makes progress (else the no-progress rule would rightly give up)."""
@@ -138,7 +126,7 @@ def test_kill_hang_lost_node_and_unreachable_host_in_one_run(sandbox, hosts, tmp
         stopped = at_attempt(run_dir, 1)
         os.kill(stopped["pid"], signal.SIGSTOP)                                      # fault 2
         at_attempt(run_dir, 2)
-        lose_node(sandbox, b)                                                        # fault 3
+        sandbox.lose(b)                                                        # fault 3
         os.kill(at_attempt(run_dir, 3)["pid"], signal.SIGKILL)                      # fault 6 (rank 1 is on spare)
         wait_event(run_dir, "failure", 4)
         sandbox.link_down(spare)
@@ -173,7 +161,7 @@ def test_lost_node_without_spare_shrinks_and_skips_a_corrupt_checkpoint(sandbox,
     proc = supervise(sandbox, run_dir, [a, b], "--nodes", "1:2", "--hang-timeout", "5")
     try:
         wait_for(lambda: heartbeat(run_dir, 1, 7), what="rank 1 at step 7 (two checkpoints)")
-        lose_node(sandbox, b)
+        sandbox.lose(b)
         wait_event(run_dir, "failure", 1)
         newest = max((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
         shard = max(newest.glob("*.distcp"), key=lambda p: p.stat().st_size)
