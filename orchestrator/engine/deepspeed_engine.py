@@ -94,9 +94,8 @@ def _run(cfg: EngineConfig, deepspeed, *, rank: int, local_rank: int, world_size
     from deepspeed.accelerator import get_accelerator
 
     from orchestrator.engine.data import build_batches
-    from orchestrator.engine.metrics import MetricsWriter
     from orchestrator.engine.model import Transformer, init_weights
-    from orchestrator.engine.train import lr_at
+    from orchestrator.engine.train import lr_at, run_steps
 
     t = cfg.train
     accel = get_accelerator()
@@ -118,37 +117,28 @@ def _run(cfg: EngineConfig, deepspeed, *, rank: int, local_rank: int, world_size
     run_dir = Path(t.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     start = _resume(engine, batches, ckpt_dir)
-    writer = MetricsWriter(run_dir / "metrics.jsonl") if rank == 0 else None
-    losses: list[float] = []
     tokens = t.global_batch_size * cfg.model.seq_len
-    try:
-        for step in range(start + 1, t.steps + 1):
-            begin = time.perf_counter()
-            lr = lr_at(step, cfg)
-            for group in ds_optimizer.param_groups:
-                group["lr"] = lr
-            inputs, labels = (x.to(device) for x in next(batches))
-            logits = engine(inputs)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-            engine.backward(loss)
-            engine.step()
-            global_loss = loss.detach().clone()
-            dist.all_reduce(global_loss)
-            elapsed = time.perf_counter() - begin
-            record = {"step": step, "loss": global_loss.item() / world_size, "lr": lr,
-                      "tokens_per_s": tokens / elapsed, "step_time_s": elapsed, "engine": "deepspeed"}
-            if step == start + 1 and start:
-                record["resumed_from"] = start
-            if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.steps):
-                heartbeat.beat(step=step, status="checkpointing")
-                _save(engine, ckpt_dir, step, batches.state_dict(), keep=t.keep_checkpoints, rank=rank)
-            heartbeat.beat(step=step)
-            losses.append(record["loss"])
-            if writer is not None:
-                writer.write(record)
-    finally:
-        if writer is not None:
-            writer.close()
+
+    def step(n: int) -> dict:
+        begin = time.perf_counter()
+        lr = lr_at(n, cfg)
+        for group in ds_optimizer.param_groups:
+            group["lr"] = lr
+        inputs, labels = (x.to(device) for x in next(batches))
+        logits = engine(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        engine.backward(loss)
+        engine.step()
+        global_loss = loss.detach().clone()
+        dist.all_reduce(global_loss)
+        elapsed = time.perf_counter() - begin
+        return {"step": n, "loss": global_loss.item() / world_size, "lr": lr,
+                "tokens_per_s": tokens / elapsed, "step_time_s": elapsed, "engine": "deepspeed"}
+
+    def save(n: int) -> None:
+        _save(engine, ckpt_dir, n, batches.state_dict(), keep=t.keep_checkpoints, rank=rank)
+
+    losses = run_steps(start=start, cfg=cfg, rank=rank, heartbeat=heartbeat, step=step, save=save)
     dist.barrier()
     dist.destroy_process_group()
     return {"losses": losses, "first_step": start + 1, "last_step": max(start, t.steps),

@@ -47,6 +47,37 @@ def lr_at(step: int, cfg: EngineConfig) -> float:
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cosine)
 
 
+def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save) -> list[float]:
+    """The step loop both engines share; returns the losses of steps start+1..steps.
+
+    step(n) trains step n and returns its metrics record; save(n) checkpoints on the --checkpoint-every schedule
+    and returns the seconds it blocked (or None); every step beats the heartbeat, rank 0 appends metrics.jsonl.
+    """
+    from orchestrator.engine.metrics import MetricsWriter
+
+    t = cfg.train
+    writer = MetricsWriter(Path(t.run_dir) / "metrics.jsonl") if rank == 0 else None
+    losses: list[float] = []
+    try:
+        for n in range(start + 1, t.steps + 1):
+            record = step(n)
+            if n == start + 1 and start:
+                record["resumed_from"] = start
+            if t.checkpoint_every and (n % t.checkpoint_every == 0 or n == t.steps):
+                heartbeat.beat(step=n, status="checkpointing")
+                stall = save(n)
+                if stall is not None:
+                    record["checkpoint_stall_s"] = stall
+            heartbeat.beat(step=n)
+            losses.append(record["loss"])
+            if writer is not None:
+                writer.write(record)
+    finally:
+        if writer is not None:
+            writer.close()
+    return losses
+
+
 def train(cfg: EngineConfig) -> dict[str, Any]:
     """Train cfg.train.steps steps (resuming if a checkpoint exists); returns a summary (losses on rank 0)."""
     dims = validate(cfg)
@@ -198,7 +229,6 @@ class _Trainer:
     # ---- run -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from orchestrator.engine.checkpoint import Checkpointer
-        from orchestrator.engine.metrics import MetricsWriter
 
         cfg, t = self.cfg, self.cfg.train
         self._build_model()
@@ -212,28 +242,16 @@ class _Trainer:
             self.batches.load_state_dict(extra["data"])
             self.heartbeat.beat(step=start, status="starting")
             log.info("resumed at step %d", start)
-        writer = MetricsWriter(run_dir / "metrics.jsonl") if self.rank == 0 else None
-        losses = []
         log.info("training %s (%.1fM params) on %s, %s", cfg.name, cfg.model.num_params() / 1e6,
                  self.device, self.dims.describe())
-        try:
-            for step in range(start + 1, t.steps + 1):
-                record = self._step(step)
-                if step == start + 1 and start:
-                    record["resumed_from"] = start
-                if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.steps):
-                    self.heartbeat.beat(step=step, status="checkpointing")
-                    begin = time.perf_counter()  # the whole blocking time, waiting on the previous async save too
-                    ckpt.save(step, self.parts, self.optimizers, extra={"data": self.batches.state_dict()})
-                    record["checkpoint_stall_s"] = time.perf_counter() - begin
-                self.heartbeat.beat(step=step)
-                losses.append(record["loss"])
-                if writer is not None:
-                    writer.write(record)
-            ckpt.wait()
-        finally:
-            if writer is not None:
-                writer.close()
+
+        def save(step: int) -> float:
+            begin = time.perf_counter()  # the whole blocking time, waiting on the previous async save too
+            ckpt.save(step, self.parts, self.optimizers, extra={"data": self.batches.state_dict()})
+            return time.perf_counter() - begin
+
+        losses = run_steps(start=start, cfg=cfg, rank=self.rank, heartbeat=self.heartbeat, step=self._step, save=save)
+        ckpt.wait()
         import torch.distributed as dist
 
         dist.barrier()
