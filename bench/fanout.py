@@ -6,8 +6,10 @@
 Starts its own sandbox (orchestrator.sandbox, max of the host counts, removed at the end) and then measures:
 
 1. wall time of `true` on N hosts, each tool as a fresh command (interpreter start-up included), fan-out 64,
-   plus the head's CPU time (user+sys of the tool and its head-side children: pdsh's ssh clients too),
-   the same OpenSSH client config (sandbox ssh_config: host keys checked, curve25519 KEX) for all three;
+   plus the head's CPU time (user+sys of the tool and its head-side children: pdsh's ssh clients too) and the
+   whole machine's busy CPU time (/proc/stat: head + every sandbox node's sshd, shell and agent), with the
+   same OpenSSH client config (sandbox ssh_config: host keys checked, curve25519 KEX) for all three;
+   `orchestrator` is `run` as users get it (the sh agent), `orch-python` the same with `--agent python`;
    one warm-up round, then --runs rounds with the tool order rotated each round (load drift hits all alike);
 2. head memory per held session: each tool holds N sessions running `sleep 30` (fan-out N so all are open at
    once); once every remote sleep runs, PSS (from /proc/PID/smaps_rollup) is summed over the tool's whole
@@ -36,9 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 def tool_argv(tool: str, n: int, cfg: Path, fanout: int, command: list[str]) -> list[str]:
     nodes = f"node[1-{n}]"
-    if tool == "orchestrator":
+    if tool in ("orchestrator", "orch-python"):
+        agent = ["--agent", "python"] if tool == "orch-python" else []
         return [sys.executable, "-m", "orchestrator", "run", "-w", nodes, "--ssh-config", str(cfg), "-f", str(fanout),
-                "--", *command]
+                *agent, "--", *command]
     if tool == "pdsh":
         return ["pdsh", "-R", "ssh", "-f", str(fanout), "-w", nodes, *command]
     return ["clush", "-f", str(fanout), "-w", nodes, *command]
@@ -57,16 +60,23 @@ def write_clush_conf(directory: Path, cfg: Path) -> None:
         f"ssh_options: -F {cfg}\n")
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, head CPU seconds: user+sys of the tool and all its head-side children)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+def machine_busy_s() -> float:
+    """CPU seconds this machine has been busy (all cores; /proc/stat, everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall seconds, head CPU seconds: user+sys of the tool and all its head-side children, machine busy CPU)."""
+    before, busy = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy_s()
     start = time.perf_counter()
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after, busy = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy_s() - busy
     if out.returncode:
         raise SystemExit(f"bench: {' '.join(argv[:6])} ... exit {out.returncode}:\n{out.stderr[-2000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), busy
 
 
 def tree(pid: int) -> list[int]:
@@ -141,7 +151,7 @@ def main() -> int:
         raise SystemExit("bench: needs root (it creates sandbox hosts)")
     from orchestrator.sandbox import Sandbox
 
-    tools = ["orchestrator", "pdsh", "clush"]
+    tools = ["orchestrator", "pdsh", "clush", "orch-python"]
     t0 = time.monotonic()
     sb = Sandbox.up(f"bfan{os.getpid()}", nodes=max(time_hosts + mem_hosts))
     print(f"sandbox: {len(sb.hosts)} hosts up in {time.monotonic() - t0:.1f} s", flush=True)
@@ -152,23 +162,27 @@ def main() -> int:
             env = tool_env(cfg, Path(tmp) / "clush")
             walls: dict[tuple[str, int], list[float]] = {}
             cpus: dict[tuple[str, int], list[float]] = {}
+            busy: dict[tuple[str, int], list[float]] = {}
             for n in time_hosts:
                 for tool in tools:
                     timed(tool_argv(tool, n, cfg, 64, ["true"]), env)  # warm-up: page cache, sshd forks
                 for i in range(args.runs):
-                    for tool in tools[i % 3:] + tools[:i % 3]:
-                        wall, cpu = timed(tool_argv(tool, n, cfg, 64, ["true"]), env)
+                    for tool in tools[i % len(tools):] + tools[:i % len(tools)]:
+                        wall, cpu, machine = timed(tool_argv(tool, n, cfg, 64, ["true"]), env)
                         walls.setdefault((tool, n), []).append(wall)
                         cpus.setdefault((tool, n), []).append(cpu)
+                        busy.setdefault((tool, n), []).append(machine)
             print(f"\nwall time of `true`, fan-out 64, {args.runs} interleaved runs each (seconds)")
             for n in time_hosts:
                 for tool in tools:
                     w = walls[(tool, n)]
                     print(f"  {n:4d} hosts  {tool:13s} median {statistics.median(w):6.3f}  min {min(w):6.3f}"
-                          f"  max {max(w):6.3f}   head CPU median {statistics.median(cpus[(tool, n)]):6.3f}")
+                          f"  max {max(w):6.3f}   head CPU {statistics.median(cpus[(tool, n)]):6.3f}"
+                          f"  machine CPU {statistics.median(busy[(tool, n)]):6.3f}")
                 med = {t: statistics.median(walls[(t, n)]) for t in tools}
                 print(f"  {n:4d} hosts  ratio orchestrator/pdsh {med['orchestrator'] / med['pdsh']:.2f}x"
-                      f"  orchestrator/clush {med['orchestrator'] / med['clush']:.2f}x")
+                      f"  orchestrator/clush {med['orchestrator'] / med['clush']:.2f}x"
+                      f"  orch-python/pdsh {med['orch-python'] / med['pdsh']:.2f}x")
             print("\nhead memory per held session (`sleep 30`, PSS summed over the head-side process tree)")
             for n in mem_hosts:
                 mem = {}

@@ -37,15 +37,19 @@ def _emit(stream, text: str) -> None:
 @click.option("-b", "--fold", is_flag=True, help="Gather stdout and show identical output once per host set (dshbak -c).")
 @click.option("--env", "env_args", multiple=True, metavar="NAME=VALUE",
               help="Set a variable for the command (repeatable); travels as data, not through a shell.")
-@click.option("--python", default="python3", show_default=True,
-              help="Interpreter on the hosts for the node-side agent that owns the command's processes.")
+@click.option("--agent", type=click.Choice(["auto", "sh", "python"]), default="auto", show_default=True,
+              help="Node-side agent that owns the command's processes: sh (POSIX sh, no Python needed on the hosts, "
+                   "starts ~3x faster) or python (env values travel on stdin, off the process list). "
+                   "auto: python with --env or --python, else sh.")
+@click.option("--python", default=None, help="Interpreter on the hosts for the python agent [default: python3].")
 @click.option("--run-id", default=None, help="Token for the command's processes (default: a fresh one).")
 @click.option("--table", is_flag=True, help="Print a per-host table (exit code, seconds, error) on stderr.")
 @click.option("--dry-run", is_flag=True, help="Print what would run on each host; connect to nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout: the plan (--dry-run) or every host's result.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float | None, fold: bool, env_args, python: str,
-                run_id: str | None, table: bool, dry_run: bool, as_json: bool, command: tuple[str, ...]) -> int:
+def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float | None, fold: bool, env_args, agent: str,
+                python: str | None, run_id: str | None, table: bool, dry_run: bool, as_json: bool,
+                command: tuple[str, ...]) -> int:
     """Run COMMAND (everything after `--`) on every host; `localhost` alone runs without SSH."""
     from orchestrator.launch.env import parse_env_arg, redact_value
     from orchestrator.remote import new_run_id, plan_commands, run_on
@@ -54,9 +58,12 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
     hosts = resolve_from_cli(host_selection).names
     env = dict(parse_env_arg(e) for e in env_args)
     run_id = run_id or new_run_id()
-    plan = plan_commands(hosts, list(command), env=env, python=python)
+    if agent == "auto":
+        agent = "python" if env or python else "sh"
+    python = python or "python3"
+    plan = plan_commands(hosts, list(command), env=env, python=python, agent=agent)
     if dry_run:
-        doc = {"run_id": run_id, "hosts": [{"host": c.host, "argv": list(c.argv), "python": c.python,
+        doc = {"run_id": run_id, "hosts": [{"host": c.host, "argv": list(c.argv), "agent": c.agent, "python": c.python,
                                             "env": {k: redact_value(k, v) for k, v in c.env.items()}} for c in plan]}
         if as_json:
             _emit(sys.stdout, json.dumps(doc, indent=2))
@@ -78,7 +85,7 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
         else:
             _emit(sys.stdout if stream == "stdout" else sys.stderr, prefixed(host, line))
 
-    result = run_on(hosts, list(command), ssh=ssh, fanout=fanout, env=env, python=python, run_id=run_id,
+    result = run_on(hosts, list(command), ssh=ssh, fanout=fanout, env=env, python=python, agent=agent, run_id=run_id,
                     timeout=timeout, on_line=on_line)
     if as_json:
         _emit(sys.stdout, json.dumps(result.to_json(), indent=2))

@@ -9,14 +9,15 @@
 
 Inside an event loop use `run_on_async` (same arguments, plus `stop=asyncio.Event()` to end every session
 early and `on_result=` to hear about each host as it finishes). Every remote process runs under the node-side
-agent (agent.py, sent inline) with the run id as its token, so closing a session, a timeout, a stop, or the
-death of this process kills the remote command and everything it started.
+agent (agent.py, sent inline; agent.sh with `agent="sh"`) with the run id as its token, so closing a session, a
+timeout, a stop, or the death of this process kills the remote command and everything it started.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import logging
 import re
 import secrets
@@ -54,7 +55,20 @@ def _without_docstrings(source: str) -> str:
     return ast.unparse(tree)
 
 
-AGENT_SOURCE = _without_docstrings(Path(__file__).with_name("agent.py").read_text())
+def _without_comment_lines(source: str) -> str:
+    """agent.sh as sent: indentation, blank and comment lines dropped (it travels as an argument: see `ps`)."""
+    lines = (line.strip() for line in source.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("#")) + "\n"
+
+
+@functools.cache
+def agent_source() -> str:
+    """agent.py as sent (worked out on first use: `run` with the sh agent never needs it)."""
+    return _without_docstrings(Path(__file__).with_name("agent.py").read_text())
+
+
+SH_AGENT_SOURCE = _without_comment_lines(Path(__file__).with_name("agent.sh").read_text())
+AGENTS = ("python", "sh")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -90,6 +104,9 @@ class HostCommand:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     python: str = "python3"
+    agent: str = "python"
+    """"python" (agent.py: argv and env on stdin) or "sh" (agent.sh: no Python needed on the host, starts in a
+    third of the time; argv as arguments, so no env)."""
 
 
 @dataclass
@@ -180,9 +197,12 @@ def _for(value: PerHost[T], host: str) -> T:
 
 
 def plan_commands(hosts: Sequence[str], argv: PerHost[Sequence[str]], *, env: PerHost[Mapping[str, str] | None] = None,
-                  cwd: PerHost[str | None] = None, python: PerHost[str] = "python3") -> list[HostCommand]:
-    """The per-host commands (pure); ConfigError for an empty argv or a bad env name. Each argument may be
-    a value for every host or a function host -> value."""
+                  cwd: PerHost[str | None] = None, python: PerHost[str] = "python3",
+                  agent: str = "python") -> list[HostCommand]:
+    """The per-host commands (pure); ConfigError for an empty argv, a bad env name, or env with the sh agent.
+    Each argument but `agent` may be a value for every host or a function host -> value."""
+    if agent not in AGENTS:
+        raise ConfigError("--agent", agent, f"use one of {', '.join(AGENTS)}")
     plan = []
     for host in hosts:
         host_argv = tuple(_for(argv, host))
@@ -192,18 +212,29 @@ def plan_commands(hosts: Sequence[str], argv: PerHost[Sequence[str]], *, env: Pe
         for name, value in host_env.items():
             if not _ENV_NAME.fullmatch(name) or not isinstance(value, str):
                 raise ConfigError("env", name, "use NAME=VALUE with NAME of letters, digits, _ (not starting with a digit)")
-        plan.append(HostCommand(host, host_argv, host_env, _for(cwd, host), _for(python, host)))
+        if host_env and agent == "sh":
+            raise ConfigError("--agent", agent, "env travels with the python agent only (with the sh agent its "
+                              "values would show in the host's process list): use --agent python")
+        plan.append(HostCommand(host, host_argv, host_env, _for(cwd, host), _for(python, host), agent))
     return plan
 
 
 def agent_argv(python: str, run_id: str, *, teardown: bool = False) -> list[str]:
     """The remote command line: the agent's source inline (-I -S: ignore the node's PYTHON* env and site)."""
-    return [python, "-I", "-S", "-c", AGENT_SOURCE, "--run-id", run_id] + (["--teardown"] if teardown else [])
+    return [python, "-I", "-S", "-c", agent_source(), "--run-id", run_id] + (["--teardown"] if teardown else [])
 
 
-def agent_spec(command: HostCommand) -> bytes:
-    """What the agent reads on stdin: user data travels here, never through a remote shell."""
-    return encode_spec(command.argv, command.env, command.cwd)
+def command_argv(command: HostCommand, run_id: str) -> list[str]:
+    """The remote command line for one planned command: the python agent's, or the sh agent with the command
+    as its arguments (quoted once, by the transport; the agent never re-evaluates them)."""
+    if command.agent == "sh":
+        return ["sh", "-c", SH_AGENT_SOURCE, "orch-agent", run_id, command.cwd or "", *command.argv]
+    return agent_argv(command.python, run_id)
+
+
+def agent_spec(command: HostCommand) -> bytes | None:
+    """What the python agent reads on stdin: user data travels here, never through a remote shell."""
+    return encode_spec(command.argv, command.env, command.cwd) if command.agent == "python" else None
 
 
 def default_transport(hosts: Sequence[str], ssh: SshOptions | None) -> Transport:
@@ -310,19 +341,21 @@ async def _fan(hosts: Sequence[str], argv_for: Callable[[str], list[str]], spec_
 async def run_on_async(hosts: Sequence[str], argv: PerHost[Sequence[str]], *, ssh: SshOptions | None = None,
                        transport: Transport | None = None, fanout: int = DEFAULT_FANOUT,
                        env: PerHost[Mapping[str, str] | None] = None, cwd: PerHost[str | None] = None,
-                       python: PerHost[str] = "python3", run_id: str | None = None, timeout: float | None = None,
-                       on_line: LineCallback | None = None, on_result: Callable[[HostResult], None] | None = None,
-                       stop: asyncio.Event | None = None, tail_lines: int = 20) -> FanoutResult:
+                       python: PerHost[str] = "python3", agent: str = "python", run_id: str | None = None,
+                       timeout: float | None = None, on_line: LineCallback | None = None,
+                       on_result: Callable[[HostResult], None] | None = None, stop: asyncio.Event | None = None,
+                       tail_lines: int = 20) -> FanoutResult:
     """Run `argv` (or argv(host)) on every host under the agent, at most `fanout` sessions at a time.
 
     ssh/transport: how to reach hosts (default_transport(hosts, ssh)); a transport passed in stays open.
     env, cwd, python: per run or per host (a function host -> value); env reaches the command, not the shell.
+    agent: "python" (agent.py) or "sh" (agent.sh: no Python on the hosts, faster start, no env).
     timeout: seconds per host, then the session is closed (the agent kills the command): exit 255.
     stop: when set, every running session is closed and hosts not started get error "stopped".
     """
     run_id = _check_run_id(run_id or new_run_id())
-    plan = {c.host: c for c in plan_commands(hosts, argv, env=env, cwd=cwd, python=python)}
-    return await _fan(list(plan), lambda h: agent_argv(plan[h].python, run_id), lambda h: agent_spec(plan[h]),
+    plan = {c.host: c for c in plan_commands(hosts, argv, env=env, cwd=cwd, python=python, agent=agent)}
+    return await _fan(list(plan), lambda h: command_argv(plan[h], run_id), lambda h: agent_spec(plan[h]),
                       run_id=run_id, ssh=ssh, transport=transport, fanout=fanout, timeout=timeout, stop=stop,
                       on_line=on_line, on_result=on_result, tail_lines=tail_lines)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import ipaddress
 import logging
 import os
 import shlex
@@ -68,6 +69,11 @@ HANDSHAKE_TIMEOUT_S = 60.0  # SSH handshake + login, after the TCP connect (see 
 _STRICT = "StrictHostKeyChecking"
 # -o options that mean nothing to asyncssh but are harmless to drop quietly (pdsh/ansible users pass them)
 _IGNORED_OK = {"batchmode", "loglevel", "controlmaster", "controlpath", "controlpersist", "requesttty"}
+# Cipher preference when the config names no `Ciphers`: OpenSSH's default set, AES-GCM first. asyncssh's
+# chacha20-poly1305 builds two cipher contexts per packet in Python (~1.5 ms of head CPU per short session,
+# measured); AES-GCM keeps one per direction and uses AES-NI.
+_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr",
+            "aes192-ctr", "aes256-ctr")
 
 
 # Two process-wide lessons for asyncssh's OpenSSH config reader, both needed to fan out to hundreds of hosts:
@@ -186,7 +192,12 @@ async def _tcp_connect(host: str, port: int, family: int) -> socket.socket:
     """A connected non-blocking socket to host:port (each resolved address in turn), for asyncssh.connect(sock=)."""
     loop = asyncio.get_running_loop()
     error: BaseException = OSError(errno.EHOSTUNREACH, f"no address for {host}")
-    for fam, kind, proto, _, addr in await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM):
+    try:  # an address needs no resolver: loop.getaddrinfo would still take a trip through a thread pool
+        ip = ipaddress.ip_address(host)
+        addresses = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_STREAM, 0, "", (host, port))]
+    except ValueError:
+        addresses = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+    for fam, kind, proto, _, addr in addresses:
         sock = socket.socket(fam, kind, proto)
         sock.setblocking(False)
         try:
@@ -228,6 +239,8 @@ class SshTransport:
                                                    port=opts.port or ())
         config = base.config
         kwargs: dict = {"host": host, "options": base, "config": ()}
+        if config.get("Ciphers") is None:
+            kwargs["encryption_algs"] = _CIPHERS
         if opts.connect_timeout is not None:
             kwargs["connect_timeout"] = opts.connect_timeout
         elif config.get("ConnectTimeout") is None:

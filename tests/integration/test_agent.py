@@ -1,4 +1,5 @@
-"""The node-side agent with real processes on this machine (no sshd needed: `localhost` runs locally).
+"""The node-side agents (agent.py and agent.sh) with real processes on this machine (no sshd: `localhost`
+runs locally). Every test runs with both agents: they promise the same.
 
 The dead-man switch over real SSH, and teardown on sandbox hosts, are in test_run.py / the sandbox test below.
 """
@@ -20,6 +21,11 @@ from run_tokens import tokened, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
+
+@pytest.fixture(params=["python", "sh"])
+def agent(request) -> str:
+    return request.param
+
 # a command that hides processes from a naive process-group kill: one setsid'd, one double-forked
 ESCAPING = ["sh", "-c", "setsid sleep 300 & (sleep 300 &) ; echo started; sleep 300"]
 
@@ -28,14 +34,15 @@ def rid(tag: str) -> str:
     return f"t-{tag}-{uuid.uuid4().hex[:8]}"
 
 
-def head(run_id: str) -> subprocess.Popen:
+def head(run_id: str, agent: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-w", "localhost", "--run-id", run_id,
-                             "--", *ESCAPING], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--agent", agent, "--", *ESCAPING], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
-def test_head_sigkill_kills_the_whole_run_and_spares_another():
+def test_head_sigkill_kills_the_whole_run_and_spares_another(agent):
     a, b = rid("a"), rid("b")
-    heads = {a: head(a), b: head(b)}
+    heads = {a: head(a, agent), b: head(b, agent)}
     try:
         assert wait_for(lambda: len(tokened(a)) == 4 and len(tokened(b)) == 4), (tokened(a), tokened(b))
         before_b = sorted(tokened(b))
@@ -50,24 +57,26 @@ def test_head_sigkill_kills_the_whole_run_and_spares_another():
             p.wait()
 
 
-def test_command_exit_kills_what_it_left_behind():
+def test_command_exit_kills_what_it_left_behind(agent):
     run_id = rid("exit")
-    result = run_on(["localhost"], ["sh", "-c", "setsid sleep 300 & (sleep 300 &); echo bye; exit 7"], run_id=run_id)
+    result = run_on(["localhost"], ["sh", "-c", "setsid sleep 300 & (sleep 300 &); echo bye; exit 7"], run_id=run_id,
+                    agent=agent)
     assert (result["localhost"].exit_code, result["localhost"].tail) == (7, ("bye",))
     assert wait_for(lambda: not tokened(run_id), timeout=5)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_agent_signal_kills_the_run(sig):
+def test_agent_signal_kills_the_run(sig, agent):
     run_id = rid("sig")
 
     async def scenario():
-        task = asyncio.ensure_future(run_on_async(["localhost"], ESCAPING, run_id=run_id, transport=LocalTransport()))
+        task = asyncio.ensure_future(run_on_async(["localhost"], ESCAPING, run_id=run_id, transport=LocalTransport(),
+                                                  agent=agent))
         while len(tokened(run_id)) < 4:
             await asyncio.sleep(0.05)
         env = open(f"/proc/{tokened(run_id)[0]}/environ", "rb").read().split(b"\0")
-        agent = int(next(e for e in env if e.startswith(b"ORCH_RUN_AGENT=")).split(b"=", 1)[1])
-        os.kill(agent, sig)
+        agent_pid = int(next(e for e in env if e.startswith(b"ORCH_RUN_AGENT=")).split(b"=", 1)[1])
+        os.kill(agent_pid, sig)
         return await task
 
     result = asyncio.run(scenario())
@@ -75,22 +84,29 @@ def test_agent_signal_kills_the_run(sig):
     assert not tokened(run_id)
 
 
-def test_exit_codes_signals_cwd_env_and_exec_failure(tmp_path):
-    result = run_on(["localhost"], ["sh", "-c", "kill -9 $$"])
+def test_exit_codes_signals_cwd_args_and_exec_failure(tmp_path, agent):
+    result = run_on(["localhost"], ["sh", "-c", "kill -9 $$"], agent=agent)
     assert result["localhost"].exit_code == 137
-    result = run_on(["localhost"], ["sh", "-c", 'pwd; printf "%s\\n" "$V"'], cwd=str(tmp_path), env={"V": "$(id)\nx"})
-    assert result["localhost"].tail == (str(tmp_path), "$(id)", "x")
-    result = run_on(["localhost"], ["/nonexistent/cmd", "a"])
+    result = run_on(["localhost"], ["sh", "-c", 'pwd; printf "%s\\n" "$@" "$ORCH_RUN_ID"', "sh", "$(id)\nx", "`id`;'"],
+                    cwd=str(tmp_path), agent=agent, run_id="r-args")
+    assert result["localhost"].tail == (str(tmp_path), "$(id)", "x", "`id`;'", "r-args")
+    result = run_on(["localhost"], ["/nonexistent/cmd", "a"], agent=agent)
     assert result["localhost"].exit_code == 127
-    assert "cannot run '/nonexistent/cmd'" in result["localhost"].tail[-1]
+    assert "execute /nonexistent/cmd" in result["localhost"].tail[-1] if agent == "sh" else \
+        "cannot run '/nonexistent/cmd'" in result["localhost"].tail[-1]
 
 
-def test_stop_event_and_timeout_kill_the_command():
+def test_python_agent_env_travels_as_data():
+    result = run_on(["localhost"], ["sh", "-c", 'printf "%s\\n" "$V"'], env={"V": "$(id)\nx"})
+    assert result["localhost"].tail == ("$(id)", "x")
+
+
+def test_stop_event_and_timeout_kill_the_command(agent):
     run_id = rid("stop")
 
     async def scenario():
         stop = asyncio.Event()
-        task = asyncio.ensure_future(run_on_async(["localhost"], ESCAPING, run_id=run_id, stop=stop))
+        task = asyncio.ensure_future(run_on_async(["localhost"], ESCAPING, run_id=run_id, stop=stop, agent=agent))
         while len(tokened(run_id)) < 4:
             await asyncio.sleep(0.05)
         stop.set()
@@ -99,14 +115,14 @@ def test_stop_event_and_timeout_kill_the_command():
     assert asyncio.run(scenario())["localhost"].error == "stopped"
     assert wait_for(lambda: not tokened(run_id), timeout=5)
     run_id = rid("timeout")
-    result = run_on(["localhost"], ESCAPING, run_id=run_id, timeout=1)
+    result = run_on(["localhost"], ESCAPING, run_id=run_id, timeout=1, agent=agent)
     assert result["localhost"].reason() == "exit 255: timed out after 1 s"
     assert wait_for(lambda: not tokened(run_id), timeout=5)
 
 
-def test_teardown_kills_by_token_only():
+def test_teardown_kills_by_token_only(agent):
     a, b = rid("tda"), rid("tdb")
-    heads = {a: head(a), b: head(b)}
+    heads = {a: head(a, agent), b: head(b, agent)}
     try:
         assert wait_for(lambda: len(tokened(a)) == 4 and len(tokened(b)) == 4)
         before_b = sorted(tokened(b))

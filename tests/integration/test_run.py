@@ -67,6 +67,11 @@ def test_hostile_strings_stay_inert(sandbox, ssh_config, tmp_path):
     expected = "\n".join([*hostile, env_value]).splitlines()
     for host in ("node1", "node2"):
         assert [line.split(": ", 1)[1] for line in out.stdout.splitlines() if line.startswith(f"{host}: ")] == expected
+    out = orch_run("-w", "node[1-2]", "--ssh-config", str(ssh_config), "--", "printf", "%s\\n", *hostile)  # sh agent
+    assert out.returncode == 0, out.stderr
+    for host in ("node1", "node2"):
+        assert [line.split(": ", 1)[1] for line in out.stdout.splitlines() if line.startswith(f"{host}: ")] == \
+            "\n".join(hostile).splitlines()
     for bad in ([f"node1;touch {m}-f"], ["node1", "--run-id", f"x;touch {m}-g"]):
         out = orch_run("-w", *bad, "--ssh-config", str(ssh_config), "--", "true")
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

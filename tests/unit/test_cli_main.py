@@ -1,20 +1,24 @@
-"""The root CLI: help works, errors map to exit codes without tracebacks."""
+"""The root command's lazy table (orchestrator.cli.main.COMMAND_MODULES) matches the modules' `commands` lists."""
 
-import subprocess
-import sys
+from __future__ import annotations
 
+import importlib
+import pkgutil
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True)
-
-
-def test_help_lists_commands():
-    out = run_cli("--help")
-    assert out.returncode == 0, out.stderr
-    assert "Usage: orchestrator" in out.stdout
+import orchestrator.cli as cli_pkg
+from orchestrator.cli.main import COMMAND_MODULES, cli
 
 
-def test_unknown_command_is_usage_error():
-    out = run_cli("no-such-command")
-    assert out.returncode == 2
-    assert "Traceback" not in out.stderr
+def test_every_command_is_listed_under_its_module():
+    found = {}
+    for mod in pkgutil.iter_modules(cli_pkg.__path__):
+        module = importlib.import_module(f"orchestrator.cli.{mod.name}")
+        found.update({c.name: mod.name for c in getattr(module, "commands", [])})
+    assert found == COMMAND_MODULES
+
+
+def test_lookup_imports_only_on_demand():
+    ctx = cli.make_context("orchestrator", ["run", "--help"], resilient_parsing=True)
+    assert cli.get_command(ctx, "run").name == "run"
+    assert cli.get_command(ctx, "no-such-command") is None
+    assert cli.list_commands(ctx) == sorted(COMMAND_MODULES)

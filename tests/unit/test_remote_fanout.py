@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.remote.fanout import (
-    AGENT_SOURCE, FanoutResult, HostResult, agent_argv, agent_spec, default_transport, plan_commands,
+    FanoutResult, HostResult, agent_argv, agent_source, agent_spec, command_argv, default_transport, plan_commands,
 )
 from orchestrator.remote.agent import decode_spec
 from orchestrator.remote.local import LocalTransport
@@ -44,9 +44,21 @@ def test_user_data_travels_as_data_not_through_a_shell():
 
 def test_agent_argv_quoted_once_round_trips():
     argv = agent_argv("/opt/my python/bin/python3", "r-1")
-    assert argv[:5] == ["/opt/my python/bin/python3", "-I", "-S", "-c", AGENT_SOURCE]
+    assert argv[:5] == ["/opt/my python/bin/python3", "-I", "-S", "-c", agent_source()]
     assert shlex.split(shlex.join(argv)) == argv  # what the remote shell will hand to exec
     assert agent_argv("python3", "r-1", teardown=True)[-3:] == ["--run-id", "r-1", "--teardown"]
+
+
+def test_sh_agent_argv_quoted_once_round_trips_and_refuses_env():
+    (cmd,) = plan_commands(["n1"], ["printf", "%s\n", *HOSTILE], cwd="/w d", agent="sh")
+    argv = command_argv(cmd, "r-1")
+    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["orch-agent", "r-1", "/w d", "printf", "%s\n", *HOSTILE]
+    assert shlex.split(shlex.join(argv)) == argv and agent_spec(cmd) is None
+    assert "#" not in argv[2].splitlines()[0]  # sent without its comment lines
+    with pytest.raises(ConfigError, match="--agent"):
+        plan_commands(["n1"], ["true"], env={"TOKEN": "s3cret"}, agent="sh")
+    with pytest.raises(ConfigError, match="--agent"):
+        plan_commands(["n1"], ["true"], agent="perl")
 
 
 def test_default_transport():
