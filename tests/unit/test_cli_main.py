@@ -1,12 +1,32 @@
-"""The root command's lazy table (orchestrator.cli.main.COMMAND_MODULES) matches the modules' `commands` lists."""
+"""The root CLI: help works, errors map to exit codes without tracebacks, and the lazy command table
+(orchestrator.cli.main.COMMAND_MODULES) matches the modules' `commands` lists."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import subprocess
+import sys
 
 import orchestrator.cli as cli_pkg
 from orchestrator.cli.main import COMMAND_MODULES, cli
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True)
+
+
+def test_help_lists_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0, out.stderr
+    assert "Usage: orchestrator" in out.stdout
+    assert all(name in out.stdout for name in COMMAND_MODULES)
+
+
+def test_unknown_command_is_usage_error():
+    out = run_cli("no-such-command")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
 
 
 def test_every_command_is_listed_under_its_module():
@@ -17,7 +37,7 @@ def test_every_command_is_listed_under_its_module():
     assert found == COMMAND_MODULES
 
 
-def test_lookup_imports_only_on_demand():
+def test_lookup_imports_only_what_it_needs():
     ctx = cli.make_context("orchestrator", ["run", "--help"], resilient_parsing=True)
     assert cli.get_command(ctx, "run").name == "run"
     assert cli.get_command(ctx, "no-such-command") is None
