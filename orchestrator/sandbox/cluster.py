@@ -34,7 +34,8 @@ from pathlib import Path
 import orchestrator
 from orchestrator.errors import ConfigError, RemoteError
 from orchestrator.sandbox import netns
-from orchestrator.sandbox.plan import OVERLAY_DIRS, plan_sandbox, render_etc_hosts, validate_name
+from orchestrator.sandbox.plan import (OVERLAY_DIRS, plan_sandbox, render_etc_hosts, render_nsswitch,
+                                       validate_name)
 from orchestrator.sandbox.sshd import read_pidfile, ssh_paths, wait_for_sshd, write_ssh_files
 from orchestrator.sandbox.state import (DaemonState, HostState, SandboxState, global_lock, list_sandboxes,
                                         state_dir)
@@ -155,7 +156,9 @@ class Sandbox:
         state, t = self.state, time.monotonic()
         say(f"keys and configs for {len(state.hosts)} hosts")
         sshd_configs = write_ssh_files(state, plan)
-        etc = {"hosts": render_etc_hosts(plan)}
+        nsswitch = Path("/etc/nsswitch.conf")
+        etc = {"hosts": render_etc_hosts(plan),
+               "nsswitch.conf": render_nsswitch(nsswitch.read_text() if nsswitch.exists() else "")}
         for h in state.hosts:
             netns.prepare_host_dirs(state, h, {**etc, "hostname": h.name + "\n"})
         self.timings["files"] = time.monotonic() - t

@@ -4,6 +4,7 @@
     plan.hosts[0].name, plan.hosts[0].ip      # ('node1', '10.80.0.1')
     plan.bridge, plan.subnet                  # ('orchbr-default', '10.80.0.0/16')
     render_etc_hosts(plan)                    # "127.0.0.1 localhost\\n10.80.255.254 sandbox-head\\n10.80.0.1 node1\\n..."
+    render_nsswitch(Path("/etc/nsswitch.conf").read_text())   # the head's, with "hosts: files"
 
 Every sandbox gets its own /16 out of 10.80.0.0-10.179.0.0 (so it cannot collide with the lab's 10.77.0.0/24
 or with another sandbox), its own bridge `orchbr-<short>`, and namespace files named after it, so two
@@ -100,6 +101,15 @@ def render_etc_hosts(plan: SandboxPlan) -> str:
     lines = ["127.0.0.1 localhost", f"{plan.head_ip} {HEAD_NAME}"]
     lines += [f"{h.ip} {h.name}" for h in plan.hosts]
     return "\n".join(lines) + "\n"
+
+
+def render_nsswitch(head_text: str) -> str:
+    """The hosts' nsswitch.conf: the head's, but names from /etc/hosts only. The hosts have no route out, so DNS
+    can only fail "temporarily" (EAI_AGAIN): c10d then warns on every connection that getnameinfo of a peer's
+    ::ffff:10.x address failed (/etc/hosts has no v4-mapped entries). With files only, a miss is a plain "not
+    found" and getnameinfo answers with the numeric address, as on a cluster whose DNS lacks that PTR record."""
+    lines = [line for line in head_text.splitlines() if not re.match(r"\s*hosts\s*:", line)]
+    return "\n".join([*lines, "hosts: files"]) + "\n"
 
 
 def render_sshd_config(*, ip: str, host_key: str, pidfile: str, authorized_keys: str, hostname: str) -> str:

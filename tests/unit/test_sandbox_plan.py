@@ -13,7 +13,7 @@ import pytest
 from orchestrator.errors import ConfigError
 from orchestrator.sandbox.netns import host_spec
 from orchestrator.sandbox.plan import (HEAD_NAME, choose_subnet, host_ip, plan_sandbox, render_etc_hosts,
-                                       render_ssh_config, short_id)
+                                       render_nsswitch, render_ssh_config, short_id)
 from orchestrator.sandbox.state import DaemonState, HostState, SandboxState
 
 
@@ -63,6 +63,12 @@ def test_generated_files_list_every_host_and_keep_host_keys_checked():
     cfg = render_ssh_config(plan, identity="/k/id", known_hosts="/k/kh")
     assert "Host gpu2\n    HostName 10.80.0.2" in cfg
     assert "StrictHostKeyChecking yes" in cfg and "UserKnownHostsFile /k/kh" in cfg
+
+
+def test_hosts_resolve_names_from_etc_hosts_only():
+    head = "passwd:  files\nhosts:          files mdns4_minimal [NOTFOUND=return] dns\nnetworks: files\n"
+    assert render_nsswitch(head) == "passwd:  files\nnetworks: files\nhosts: files\n"
+    assert render_nsswitch("") == "hosts: files\n"
 
 
 def _state(tmp_path: Path, shares=()) -> SandboxState:
