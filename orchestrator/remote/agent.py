@@ -17,10 +17,13 @@ the cheap walk of its own process tree finds them (the /proc/*/environ scan is f
 
 The command gets ORCH_RUN_ID=<run id> (teardown kills by it: another run's processes, with another id,
 survive) and ORCH_RUN_AGENT=<agent pid> (what this agent kills: another agent of the same run on the same
-machine keeps its own). Env and argv come on stdin, never on the command line: nothing to quote, and values
-do not show in the node's process list. Stdlib only, Python 3.6+: this file is the whole program on the node,
-started once per host per command, so it imports little (no json, no enum-based `signal`): on a busy node
-every millisecond of start-up is paid by every host.
+machine keeps its own). A command whose env holds ORCH_RUN_TMPDIR=<base> (what `orchestrator launch` sends)
+gets a private temp dir, <base>/orch-<run id>-<agent pid>, as TMPDIR and ORCH_RUN_TMPDIR; the agent removes it
+once the command and what it left behind are gone, however the command ended (torchrun's per-rank files, the
+ranks' temp files). Only a SIGKILL of the agent itself leaves it behind. Env and argv come on stdin, never on
+the command line: nothing to quote, and values do not show in the node's process list. Stdlib only, Python
+3.6+: this file is the whole program on the node, started once per host per command, so it imports little (no
+json, no enum-based `signal`): on a busy node every millisecond of start-up is paid by every host.
 """
 
 import os
@@ -35,6 +38,7 @@ except ImportError:  # pragma: no cover - other interpreters
 
 RUN_TOKEN = "ORCH_RUN_ID"
 AGENT_TOKEN = "ORCH_RUN_AGENT"
+RUN_TMPDIR = "ORCH_RUN_TMPDIR"
 GRACE_S = 2.0  # SIGTERM first; SIGKILL what is still there after this
 DEADLINE_S = 4.5  # give up (and report what remains) before the 5 s promise runs out
 EXIT_NO_SPEC = 255  # the head went away before saying what to run
@@ -193,6 +197,24 @@ def _exec_child(spec, env):
     os._exit(127)
 
 
+def make_run_tmpdir(env, run_id):
+    """When env asks for it (ORCH_RUN_TMPDIR=<base>): create <base>/orch-<run id>-<pid>, point TMPDIR at it."""
+    base = env.get(RUN_TMPDIR.encode())
+    if not base:
+        return None
+    path = b"%s/orch-%s-%d" % (base.rstrip(b"/") or b"/", run_id.encode(), os.getpid())
+    os.mkdir(path, 0o700)
+    env[RUN_TMPDIR.encode()] = env[b"TMPDIR"] = path
+    return path
+
+
+def remove_tree(path):
+    if path:
+        import shutil  # only here: most commands ask for no temp dir, and every millisecond of start-up counts
+
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def run(run_id):
     spec = _read_spec()
     if spec is None:
@@ -201,6 +223,19 @@ def run(run_id):
     env.update(spec["env"])
     env[RUN_TOKEN.encode()] = run_id.encode()
     env[AGENT_TOKEN.encode()] = str(os.getpid()).encode()
+    try:
+        tmpdir = make_run_tmpdir(env, run_id)
+    except OSError as exc:
+        sys.stderr.write("orchestrator agent: cannot create the run's temp dir: %s\n" % exc)
+        return 127
+    try:
+        return _supervise(spec, env)
+    finally:
+        remove_tree(tmpdir)  # after _supervise: the command and everything it left behind are gone by now
+
+
+def _supervise(spec, env):
+    """Start the command, then wait for it to end or for a stop (signal, control channel closed): its exit code."""
     mine = [b"%s=%s" % (k.encode(), env[k.encode()]) for k in (RUN_TOKEN, AGENT_TOKEN)]
 
     wake_r, wake_w = os.pipe()
