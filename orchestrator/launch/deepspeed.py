@@ -3,7 +3,9 @@
     world = world_info_b64([("node1", [0, 1]), ("node2", [0, 1])])
     deepspeed_argv(python="/opt/venv/bin/python", world_info=world, node_rank=1,
                    master_addr="node1", master_port=29500, program=["train.py", "--deepspeed_config", "ds.json"])
-    # ['/opt/venv/bin/python', '-u', '-m', 'deepspeed.launcher.launch', '--world_info=eyJ...', '--node_rank=1', ...]
+    # ['/opt/venv/bin/python', '-u', '-m', 'deepspeed.launcher.launch', '--world_info=eyJ...', '--node_rank=1', ...,
+    #  '--no_python', '--no_local_rank', '/opt/venv/bin/python', '-I', '-S', '-c', <rankprefix.py>, '3',
+    #  '/opt/venv/bin/python', '-u', 'train.py', '--deepspeed_config', 'ds.json']
 
 Why not DeepSpeed's pdsh runner: it starts everything from one `pdsh` process and, on Ctrl-C, kills remote work
 with `pkill -f <launch command>`, which also hits any other job on those hosts started with the same command line.
@@ -13,13 +15,36 @@ launcher/runner.py, no_ssh branch). So we render the hostfile on the head (into 
 job), encode the same world_info from it, and start `python -m deepspeed.launcher.launch --node_rank=i` on every
 node under our agent: our run id, process group, dead-man switch and teardown own it like torchrun.
 DeepSpeed is only needed on the nodes when the job runs; planning and --dry-run work without it.
+
+Rank output: DeepSpeed starts each rank on its own stdout, unmarked. So it starts rankprefix.py (sent inline,
+like the node agent) with the rank's command instead, --no_python --no_local_rank; rankprefix.py puts
+--local_rank=N back where DeepSpeed would and marks every line with torchrun's tee marker, so the runner shows
+and logs `host/rank: ...` for both launchers alike.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
+import functools
 import json
 from collections.abc import Sequence
+from pathlib import Path
+
+SHOWN_SOURCE = "$(cat orchestrator/launch/rankprefix.py)"
+
+
+@functools.cache
+def rank_prefix_source() -> str:
+    """rankprefix.py as sent: the code alone (docstring and comments dropped: it shows in the nodes' `ps`)."""
+    tree = ast.parse(Path(__file__).with_name("rankprefix.py").read_text())
+    tree.body = tree.body[1:]
+    return ast.unparse(tree)
+
+
+def shown_argv(argv: Sequence[str]) -> list[str]:
+    """argv as printed in plans: the inline rankprefix.py source replaced by SHOWN_SOURCE."""
+    return [SHOWN_SOURCE if arg == rank_prefix_source() else arg for arg in argv]
 
 
 def world_info_b64(hosts: Sequence[tuple[str, Sequence[int]]]) -> str:
@@ -43,6 +68,6 @@ def deepspeed_argv(
         f"--world_info={world_info}", f"--node_rank={node_rank}",
         f"--master_addr={master_addr}", f"--master_port={master_port}",
     ]
-    if module:
-        argv.append("--module")
-    return argv + list(program)
+    rank = [python, "-u", "-m", program[0]] if module else [python, "-u", program[0]]
+    return argv + ["--no_python", "--no_local_rank", python, "-I", "-S", "-c", rank_prefix_source(), str(len(rank)),
+                   *rank, *program[1:]]

@@ -32,6 +32,7 @@ from orchestrator.launch.rundir import RUN_ID
 LAUNCHERS = ("torchrun", "deepspeed")
 DEFAULT_PYTHON = "python3"
 PORT_BASE, PORT_SPAN = 29500, 1000
+RUN_TMPDIR = "ORCH_RUN_TMPDIR"  # asks the node agent for the run's private TMPDIR (orchestrator/remote/agent.py)
 _ADDRESS = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9._:\[\]-]{0,252}\Z")  # names, IPv4, [IPv6]
 
 
@@ -55,8 +56,9 @@ class LaunchSpec:
     env: EnvManifest = field(default_factory=EnvManifest)
     run_dir: str = "runs"
     """Base directory on the head; this run's files go to RUN_DIR/RUN_ID."""
-    node_log_dir: str = "/tmp"
-    """Where torchrun keeps its per-rank files (error files) on each node: NODE_LOG_DIR/orch-RUN_ID."""
+    node_tmp_dir: str = "/tmp"
+    """Where each node's agent makes the run's private TMPDIR (NODE_TMP_DIR/orch-RUN_ID-PID), removed at the end:
+    torchrun's per-rank files and the ranks' temp files go there."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class LaunchPlan:
                 {
                     "host": n.host, "node_rank": n.node_rank, "nproc": n.nproc,
                     "ranks": [n.ranks.start, n.ranks.stop - 1], "python": n.python, "workdir": n.workdir,
-                    "env": {k: redact_value(k, v) for k, v in n.env.items()}, "argv": redact_argv(n.argv),
+                    "env": {k: redact_value(k, v) for k, v in n.env.items()}, "argv": _shown_argv(n.argv),
                 }
                 for n in self.nodes
             ],
@@ -150,8 +152,12 @@ class LaunchPlan:
             where = f" in {n.workdir}" if n.workdir else ""
             extra = "".join(f" {k}={_shown(redact_value(k, v))}" for k, v in n.env.items())
             lines.append(f"would run on {n.host} (node rank {n.node_rank}, ranks {n.ranks.start}-{n.ranks.stop - 1})"
-                         f"{where}:{extra} {shlex.join(redact_argv(n.argv))}")
+                         f"{where}:{extra} {shlex.join(_shown_argv(n.argv))}")
         return lines
+
+
+def _shown_argv(argv: Sequence[str]) -> list[str]:
+    return redact_argv(deepspeed.shown_argv(argv))
 
 
 def _shown(value: str) -> str:
@@ -224,7 +230,6 @@ def build_plan(spec: LaunchSpec, hosts: Sequence[Host]) -> LaunchPlan:
             argv = torchrun.torchrun_argv(
                 python=python, nnodes=len(hosts), node_rank=node_rank, nproc=nproc, master_addr=master_addr,
                 master_port=master_port, program=list(spec.program), module=spec.module,
-                log_dir=f"{spec.node_log_dir}/orch-{spec.run_id}",
             )
         else:
             argv = deepspeed.deepspeed_argv(
@@ -246,6 +251,7 @@ def build_plan(spec: LaunchSpec, hosts: Sequence[Host]) -> LaunchPlan:
     return LaunchPlan(
         run_id=spec.run_id, launcher=spec.launcher, run_dir=f"{spec.run_dir.rstrip('/')}/{spec.run_id}",
         master_addr=master_addr, master_port=master_port, program=tuple(spec.program), module=spec.module,
-        env=spec.env, launcher_env=torchrun.torchrun_env() if spec.launcher == "torchrun" else {},
+        env=spec.env, launcher_env={RUN_TMPDIR: spec.node_tmp_dir,
+                                    **(torchrun.torchrun_env() if spec.launcher == "torchrun" else {})},
         nodes=tuple(nodes), hostfile=hostfile_text,
     )

@@ -1,8 +1,7 @@
 """Per-node torchrun command lines (pure).
 
     torchrun_argv(python="/opt/venv/bin/python", nnodes=4, node_rank=1, nproc=2,
-                  master_addr="node1", master_port=29500, program=["train.py", "--lr", "3e-4"],
-                  log_dir="/tmp/orch-r1")
+                  master_addr="node1", master_port=29500, program=["train.py", "--lr", "3e-4"])
     # ['/opt/venv/bin/python', '-m', 'torch.distributed.run', '--nnodes=4', '--node-rank=1', ...]
 
 Static rendezvous (--master-addr/--master-port/--node-rank), not c10d: the plan fixes which host is node rank i,
@@ -13,7 +12,8 @@ Restarts belong to our supervisor, so torchrun's elastic membership buys nothing
 torchrun is run as `PYTHON -m torch.distributed.run` so the per-host interpreter also runs the ranks (torchrun
 starts workers with its own sys.executable). `--tee 3` sends every worker's stdout+stderr through torchrun's
 tail-log, which prefixes each line with RANK_PREFIX_TEMPLATE (set via TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE);
-the runner parses that into `host/rank` prefixes.
+the runner parses that into `host/rank` prefixes. No --log-dir: torchrun keeps its per-rank files in a
+temp dir under TMPDIR, which the node agent points at the run's private temp dir and removes when the run ends.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ def torchrun_argv(
     master_port: int,
     program: list[str],
     module: bool = False,
-    log_dir: str | None = None,
     monitor_interval: float = 0.2,
 ) -> list[str]:
     """argv of one node's torchrun; `program` is [script, args...] or, with module=True, [module, args...]."""
@@ -46,8 +45,6 @@ def torchrun_argv(
         f"--master-addr={master_addr}", f"--master-port={master_port}",
         "--tee=3", f"--monitor-interval={monitor_interval}",
     ]
-    if log_dir:
-        argv.append(f"--log-dir={log_dir}")
     if module:
         argv.append("--module")
     return argv + list(program)

@@ -1,9 +1,9 @@
 """`orchestrator launch` on real sandbox hosts: real sshd, real torchrun, gloo, 4 hosts x 2 processes.
 
 Runs are reused between assertions (torchrun start-up costs seconds on 2 cores): one good run checks ranks,
-the all_reduce, per-host logs, redaction and hostile strings; one run with a failing rank; four concurrent runs
-for teardown (SIGINT, SIGTERM, SIGKILL of three launchers while a fourth run on the same hosts survives); one run
-with an unreachable host.
+the all_reduce, per-host logs, redaction and hostile strings; one run with a failing rank; five concurrent runs
+for teardown (SIGINT, SIGTERM, SIGHUP, SIGKILL of four launchers while a fifth run on the same hosts survives);
+one run with an unreachable host. After each, nothing of the run is left in the nodes' temp dir either.
 """
 
 from __future__ import annotations
@@ -83,6 +83,21 @@ def wait_gone(cluster, run_id: str, timeout: float = 10.0) -> dict[str, list[int
         time.sleep(0.2)
 
 
+def temp_dirs(cluster, run_id: str) -> dict[str, list[str]]:
+    """The run's private temp dirs (orch-<run id>-<agent pid>, torchrun's per-rank files in them), per host."""
+    found = {h: [n for n in cluster.exec(h, ["ls", "/tmp"]).stdout.split() if n.startswith(f"orch-{run_id}-")]
+             for h in cluster.hosts}
+    return {h: names for h, names in found.items() if names}
+
+
+def wait_temp_gone(cluster, run_id: str, timeout: float = 10.0) -> dict[str, list[str]]:
+    """temp_dirs once they are gone or at the timeout (the agents remove them just after the run's processes)."""
+    deadline = time.monotonic() + timeout
+    while (left := temp_dirs(cluster, run_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def test_ranks_allreduce_logs_redaction_and_hostile_strings(cluster, tmp_path):
     marker = f"orch-hostile-{uuid.uuid4().hex[:8]}"
     hostile = [h.format(m=marker) for h in HOSTILE]
@@ -117,6 +132,7 @@ def test_ranks_allreduce_logs_redaction_and_hostile_strings(cluster, tmp_path):
     plan = (run / "plan.json").read_text()
     assert "sekrit-123" not in plan and '"HF_TOKEN": "***"' in plan
     assert json.loads((run / "result.json").read_text())["exit_code"] == 0
+    assert wait_temp_gone(cluster, "t-good") == {}
 
 
 def test_failing_rank_is_named_as_first_failure(cluster, tmp_path):
@@ -130,6 +146,7 @@ def test_failing_rank_is_named_as_first_failure(cluster, tmp_path):
     result = json.loads((tmp_path / "t-fail" / "result.json").read_text())
     assert result["first_failure"]["host"] == cluster.hosts[2] and result["first_failure"]["rank"] == 5
     assert wait_gone(cluster, "t-fail") == {}
+    assert wait_temp_gone(cluster, "t-fail") == {}
 
 
 class Launch:
@@ -151,10 +168,14 @@ class Launch:
         return len(results("".join(self.lines)))
 
 
-def test_teardown_on_sigint_sigterm_sigkill_spares_another_run(cluster, tmp_path):
+STOPS = {"int": signal.SIGINT, "term": signal.SIGTERM, "hup": signal.SIGHUP, "kill": signal.SIGKILL}
+
+
+def test_teardown_on_every_stop_signal_spares_another_run(cluster, tmp_path):
+    """One launcher per signal in STOPS, all at once (one torchrun start-up, not one per signal), and a survivor."""
     runs = {name: Launch(launch_argv(cluster, tmp_path, f"t-{name}", "-m", MODULE, "--",
                                      "--sleep", "600", nproc=1))
-            for name in ("survivor", "int", "term", "kill")}
+            for name in ("survivor", *STOPS)}
     try:
         deadline = time.monotonic() + 180
         while any(r.running_ranks() < 4 for r in runs.values()):
@@ -163,14 +184,17 @@ def test_teardown_on_sigint_sigterm_sigkill_spares_another_run(cluster, tmp_path
             time.sleep(0.5)
         survivor_before = run_pids(cluster, "t-survivor")
         assert all(survivor_before.values())
-        for name, sig in (("int", signal.SIGINT), ("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
+        for name, sig in STOPS.items():
             assert all(run_pids(cluster, f"t-{name}").values())
             runs[name].proc.send_signal(sig)
-        codes = {name: runs[name].proc.wait(timeout=30) for name in ("int", "term", "kill")}
-        assert codes == {"int": 130, "term": 143, "kill": -9}
-        for name in ("int", "term", "kill"):
+        codes = {name: runs[name].proc.wait(timeout=30) for name in STOPS}
+        assert codes == {name: -9 if sig == signal.SIGKILL else 128 + sig for name, sig in STOPS.items()}
+        for name in STOPS:
             assert wait_gone(cluster, f"t-{name}") == {}, name
-        assert "teardown: clean on every host" in "".join(runs["int"].err)
+            assert wait_temp_gone(cluster, f"t-{name}") == {}, name
+        for name in STOPS.keys() - {"kill"}:
+            assert "teardown: clean on every host" in "".join(runs[name].err), name
+        assert temp_dirs(cluster, "t-survivor").keys() == set(cluster.hosts)  # its own temp dirs are still there
         assert runs["survivor"].proc.poll() is None
         assert run_pids(cluster, "t-survivor") == survivor_before  # not one process of the other run was touched
     finally:
@@ -180,6 +204,7 @@ def test_teardown_on_sigint_sigterm_sigkill_spares_another_run(cluster, tmp_path
         for r in runs.values():
             r.proc.wait(timeout=30)
     assert wait_gone(cluster, "t-survivor") == {}
+    assert wait_temp_gone(cluster, "t-survivor") == {}
 
 
 def test_unreachable_host_exits_255_and_leaves_nothing(private_sandbox, tmp_path):
@@ -205,3 +230,9 @@ def test_deepspeed_launcher_one_per_host(cluster, tmp_path):
         (0, hosts[0], 0), (1, hosts[0], 1), (2, hosts[1], 0), (3, hosts[1], 1)]
     assert all(r["sum"] == r["expected"] == 10 for r in rows)
     assert (tmp_path / "t-ds" / "hostfile").read_text() == f"{hosts[0]} slots=2\n{hosts[1]} slots=2\n"
+    for i, host in enumerate(hosts):  # every rank line marked like torchrun's: streamed and in the host's log
+        log = (tmp_path / "t-ds" / "logs" / f"{host}.log").read_text()
+        for rank in (2 * i, 2 * i + 1):
+            assert f"{host}/{rank}: RESULT " in out.stdout and f"{host}/{rank}: RESULT " in log
+    assert "\x1f" not in out.stdout + out.stderr
+    assert wait_temp_gone(cluster, "t-ds") == {}

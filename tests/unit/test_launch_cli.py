@@ -30,7 +30,7 @@ def test_json_is_one_document_on_stdout():
     assert [n["host"] for n in doc["nodes"]] == ["a", "b"] and doc["world_size"] == 2
     assert doc["hostfile"] == "a slots=1\nb slots=1\n"
     assert doc["env"]["values"]["DB_PASSWORD"] == "***"
-    assert doc["nodes"][1]["argv"][-4:] == ["--module", "pkg.train", "--lr", "1"]
+    assert doc["nodes"][1]["argv"][-4:] == ["-m", "pkg.train", "--lr", "1"]  # the rank command, under rankprefix.py
 
 
 @pytest.mark.parametrize("args, needle", [

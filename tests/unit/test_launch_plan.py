@@ -8,11 +8,12 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, HostList, apply_filter, resolve_hosts
-from orchestrator.launch.deepspeed import world_info_b64
+from orchestrator.launch.deepspeed import SHOWN_SOURCE, rank_prefix_source, world_info_b64
 from orchestrator.launch.env import REDACTED, build_env_manifest
-from orchestrator.launch.plan import LaunchSpec, build_plan, default_master_port, per_host_values
+from orchestrator.launch.plan import RUN_TMPDIR, LaunchSpec, build_plan, default_master_port, per_host_values
 from orchestrator.launch.rundir import RunDir, log_name, new_run_id
 from orchestrator.launch.torchrun import RANK_PREFIX_TEMPLATE, split_rank_prefix, torchrun_argv
+from orchestrator.remote import agent
 
 HOSTS = resolve_hosts(hosts="node[1-4]", nproc_per_node=2)
 
@@ -29,11 +30,13 @@ def test_torchrun_plan_static_rendezvous_on_first_host():
     assert n2.argv == (
         "/venv/bin/python", "-m", "torch.distributed.run", "--nnodes=4", "--node-rank=1", "--nproc-per-node=2",
         "--master-addr=node1", "--master-port=29555", "--tee=3", "--monitor-interval=0.2",
-        "--log-dir=/tmp/orch-r1", "train.py", "--lr", "3e-4",
+        "train.py", "--lr", "3e-4",
     )
     assert list(n2.ranks) == [2, 3]
     assert plan.rank_location(5) == ("node3", 1) and plan.rank_location(8) is None
     assert plan.node_env(n2)["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] == RANK_PREFIX_TEMPLATE
+    assert plan.node_env(n2)[RUN_TMPDIR] == "/tmp"  # the agent's private TMPDIR takes torchrun's per-rank files
+    assert RUN_TMPDIR == agent.RUN_TMPDIR
 
 
 def test_module_and_default_port_is_stable_per_run_id():
@@ -104,6 +107,12 @@ def test_deepspeed_plan_without_deepspeed_installed():
     info = next(a for a in argv if a.startswith("--world_info=")).split("=", 1)[1]
     assert json.loads(base64.urlsafe_b64decode(info)) == {f"node{i}": [0, 1] for i in range(1, 5)}
     assert "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE" not in plan.node_env(plan.nodes[0])
+    # each rank runs under rankprefix.py, which puts --local_rank back where DeepSpeed would
+    tail = argv[argv.index("--no_python"):]
+    assert tail[:6] == ("--no_python", "--no_local_rank", "/venv/bin/python", "-I", "-S", "-c")
+    assert tail[6] == rank_prefix_source() and tail[7:] == ("3", "/venv/bin/python", "-u", "train.py", "--lr", "3e-4")
+    shown = plan.to_json()["nodes"][3]["argv"]
+    assert SHOWN_SOURCE in shown and rank_prefix_source() not in shown
     assert "  node4 slots=2" in plan.describe()
 
 
