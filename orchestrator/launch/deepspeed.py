@@ -19,7 +19,8 @@ DeepSpeed is only needed on the nodes when the job runs; planning and --dry-run 
 Rank output: DeepSpeed starts each rank on its own stdout, unmarked. So it starts rankprefix.py (sent inline,
 like the node agent) with the rank's command instead, --no_python --no_local_rank; rankprefix.py puts
 --local_rank=N back where DeepSpeed would and marks every line with torchrun's tee marker, so the runner shows
-and logs `host/rank: ...` for both launchers alike.
+and logs `host/rank: ...` for both launchers alike; it also reports which rank failed, and how, which DeepSpeed's
+launcher does not (see launch/failures.py).
 """
 
 from __future__ import annotations

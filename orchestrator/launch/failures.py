@@ -12,9 +12,11 @@ rank, exit code or signal) and a log line with a microsecond timestamp (`E1123 1
   1. failures whose last lines look like a consequence of another failure (CASCADE) come after the others;
   2. the node-side failure time (torchrun's timestamp; clocks are assumed NTP-synced), when every failed node
      reported one; otherwise the time the head saw that node's launcher exit.
-Without a torchrun report (deepspeed launcher, or torchrun itself failed) the rank comes from torch's own
-`[rankN]:` traceback prefix when there is one; otherwise the failure names the host and its launcher's exit
-code (DeepSpeed's launcher logs neither the failed rank nor its pid: it reports the last-spawned command).
+Under the deepspeed launcher (which logs neither the failed rank nor its pid: it reports the last-spawned
+command) each rank runs under rankprefix.py, which reports a failed rank in one line with the same facts
+(`orchestrator rank 3 (local rank 1) failed (exitcode: 7) at <ISO time>`); a node's earliest such line is its
+first failure. Without either report (torchrun itself failed) the rank comes from torch's own `[rankN]:`
+traceback prefix when there is one; otherwise the failure names the host and its launcher's exit code.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ _GLOG_FAILED = re.compile(
     r"^E(\d{2})(\d{2}) (\d{2}:\d{2}:\d{2}\.\d+) .*\] failed \(exitcode: (-?\d+)\) local_rank: (\d+)"
 )
 _TORCH_RANK_PREFIX = re.compile(r"^\[rank(\d+)\]:")
+_RANK_FAILED = re.compile(r"^orchestrator rank (\d+) \(local rank (\d+)\) failed \(exitcode: (-?\d+)\) at (\S+)$")
 LAST_LINES = 10
 
 
@@ -92,6 +95,20 @@ def parse_torchrun_report(agent_lines: list[str]) -> TorchrunReport | None:
         if report.local_rank is None:
             report.local_rank = int(glog.group(5))
     return report
+
+
+def parse_rank_reports(agent_lines: list[str]) -> TorchrunReport | None:
+    """The earliest of rankprefix.py's 'orchestrator rank R ... failed' lines (deepspeed launcher); None if none."""
+    reports = []
+    for line in agent_lines:
+        if m := _RANK_FAILED.match(line):
+            try:
+                when = datetime.fromisoformat(m.group(4))
+            except ValueError:
+                continue
+            reports.append(TorchrunReport(rank=int(m.group(1)), local_rank=int(m.group(2)),
+                                          exitcode=int(m.group(3)), time=when))
+    return min(reports, key=lambda r: r.time, default=None)
 
 
 def signal_name(exitcode: int | None) -> str | None:
@@ -157,7 +174,7 @@ def host_failure(
     head_time: float | None = None,
 ) -> Failure:
     """Build the Failure of one node from its output: torchrun's report, else torch's [rankN] prefixes."""
-    report = parse_torchrun_report(agent_lines)
+    report = parse_torchrun_report(agent_lines) or parse_rank_reports(agent_lines)
     failure = Failure(host=host, exit_code=exit_code, head_time=head_time)
     if report:
         failure.rank, failure.local_rank = report.rank, report.local_rank

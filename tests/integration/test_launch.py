@@ -3,7 +3,8 @@
 Runs are reused between assertions (torchrun start-up costs seconds on 2 cores): one good run checks ranks,
 the all_reduce, per-host logs, redaction and hostile strings; one run with a failing rank; five concurrent runs
 for teardown (SIGINT, SIGTERM, SIGHUP, SIGKILL of four launchers while a fifth run on the same hosts survives);
-one run with an unreachable host. After each, nothing of the run is left in the nodes' temp dir either.
+one run with an unreachable host; DeepSpeed runs (2 hosts x 2), a good one and one with a failing rank. After
+each, nothing of the run is left in the nodes' temp dir either.
 """
 
 from __future__ import annotations
@@ -218,12 +219,18 @@ def test_unreachable_host_exits_255_and_leaves_nothing(private_sandbox, tmp_path
     assert wait_gone(cluster, "t-unreach") == {}
 
 
-def test_deepspeed_launcher_one_per_host(cluster, tmp_path):
+def deepspeed_argv(cluster, tmp_path: Path, run_id: str, *args: str) -> list[str]:
+    """2 hosts x 2 processes under --launcher deepspeed."""
     pytest.importorskip("deepspeed", reason="deepspeed not installed (optional extra)")
+    argv = launch_argv(cluster, tmp_path, run_id, "--launcher", "deepspeed", *args)
+    argv[argv.index("--hosts") + 1] = ",".join(cluster.hosts[:2])
+    return argv
+
+
+def test_deepspeed_launcher_one_per_host(cluster, tmp_path):
     hosts = cluster.hosts[:2]
-    argv = launch_argv(cluster, tmp_path, "t-ds", "--launcher", "deepspeed", "-m", MODULE)
-    argv[argv.index("--hosts") + 1] = ",".join(hosts)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(deepspeed_argv(cluster, tmp_path, "t-ds", "-m", MODULE), capture_output=True, text=True,
+                         timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = results(out.stdout)
     assert [(r["rank"], r["host"], r["local_rank"]) for r in rows] == [
@@ -236,3 +243,15 @@ def test_deepspeed_launcher_one_per_host(cluster, tmp_path):
             assert f"{host}/{rank}: RESULT " in out.stdout and f"{host}/{rank}: RESULT " in log
     assert "\x1f" not in out.stdout + out.stderr
     assert wait_temp_gone(cluster, "t-ds") == {}
+
+
+def test_deepspeed_failing_rank_is_named_as_first_failure(cluster, tmp_path):
+    """DeepSpeed's launcher does not say which rank failed; rankprefix.py does, so the root cause is named."""
+    out = subprocess.run(deepspeed_argv(cluster, tmp_path, "t-dsfail", "--failure-grace", "5", "-m", MODULE, "--",
+                                        "--fail-rank", "3", "--exit-code", "7"),
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert f"first failure: {cluster.hosts[1]}/3 (local rank 1): exit code 7" in out.stderr
+    assert "failing on purpose" in out.stderr.split("first failure:", 1)[1]
+    assert wait_gone(cluster, "t-dsfail") == {}
+    assert wait_temp_gone(cluster, "t-dsfail") == {}

@@ -70,3 +70,14 @@ def test_signals():
     assert signal_name(-9) == "SIGKILL" and signal_name(1) is None and signal_name(None) is None
     f = Failure("h", 1, rank=3, rank_exitcode=-9)
     assert f.headline() == "h/3: killed by SIGKILL" and f.to_json()["signal"] == "SIGKILL"
+
+
+def test_deepspeed_ranks_report_through_rankprefix_earliest_first():
+    """rankprefix.py's lines (deepspeed launcher): the node's earliest failed rank, with its own lines."""
+    agent = ["[INFO] [launch.py:253:sigkill_handler] Killing subprocess 3531",
+             "orchestrator rank 2 (local rank 0) failed (exitcode: -15) at 2026-11-23T14:47:03.400000",
+             "orchestrator rank 3 (local rank 1) failed (exitcode: 7) at 2026-11-23T14:47:03.290000"]
+    ranks = {2: ["RuntimeError: ... Connection reset by peer"], 3: ["rank 3 failing on purpose with exit code 7"]}
+    f = host_failure("n2", exit_code=1, agent_lines=agent, rank_lines=ranks)
+    assert f.headline() == "n2/3 (local rank 1): exit code 7" and not f.cascade
+    assert f.node_time == datetime(2026, 11, 23, 14, 47, 3, 290000) and f.last_lines == ranks[3]
