@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError
-from orchestrator.launch.plan import LaunchPlan, NodePlan
+from orchestrator.launch.plan import RUN_TMPDIR, LaunchPlan, NodePlan
 
 LABEL = "orch.run"
 _SHM = re.compile(r"\d+[bkmg]?\Z", re.I)
@@ -55,7 +55,8 @@ def validate(spec: ContainerSpec) -> None:
 
 def container_argv(plan: LaunchPlan, node: NodePlan, spec: ContainerSpec) -> list[str]:
     """The node's `docker run` argv around its launcher argv (pure)."""
-    env_names = sorted({*plan.node_env(node), "ORCH_RUN_ID"})
+    # Not ORCH_RUN_TMPDIR: the agent's temp dir is on the host; the container's own /tmp goes away with it.
+    env_names = sorted({*plan.node_env(node), "ORCH_RUN_ID"} - {RUN_TMPDIR})
     argv = [spec.docker, "run", "--rm", "--init", "--network", "host", "--ipc", "host",
             "--shm-size", spec.shm_size, "--label", f"{LABEL}={plan.run_id}", "--label", f"orch.host={node.host}",
             "--name", _NAME_OK.sub("-", f"orch-{plan.run_id}-{node.host}")]
