@@ -5,7 +5,7 @@
     result = run_containerized(plan, ssh=ssh, sink=print)          # run_plan, then remove the run's containers
     remove_run_containers(run_id, hosts, ssh=ssh)                  # exactly the containers labelled orch.run=ID
 
-A node's command becomes `docker run --rm --init --network host --ipc host [--gpus all] --shm-size S
+A node's command becomes `docker run --rm --init --network host --ipc host --tmpfs /tmp [--gpus all] --shm-size S
 --label orch.run=ID --name orch-ID-HOST -e NAME ... -v WORKDIR:WORKDIR -w WORKDIR -v MOUNT ... IMAGE
 python3 -m torch.distributed.run ...`. The env manifest crosses as `-e NAME` without values: docker copies
 them from the client's environment, which the agent set, so no value (no secret) is on a command line. The
@@ -55,9 +55,10 @@ def validate(spec: ContainerSpec) -> None:
 
 def container_argv(plan: LaunchPlan, node: NodePlan, spec: ContainerSpec) -> list[str]:
     """The node's `docker run` argv around its launcher argv (pure)."""
-    # Not ORCH_RUN_TMPDIR: the agent's temp dir is on the host; the container's own /tmp goes away with it.
+    # Not ORCH_RUN_TMPDIR: the agent's temp dir is on the host. The container gets a /tmp of its own, gone with
+    # it (torchrun's per-rank files go to TMPDIR; an image without a writable /tmp would put them in the workdir).
     env_names = sorted({*plan.node_env(node), "ORCH_RUN_ID"} - {RUN_TMPDIR})
-    argv = [spec.docker, "run", "--rm", "--init", "--network", "host", "--ipc", "host",
+    argv = [spec.docker, "run", "--rm", "--init", "--network", "host", "--ipc", "host", "--tmpfs", "/tmp:exec,mode=1777",
             "--shm-size", spec.shm_size, "--label", f"{LABEL}={plan.run_id}", "--label", f"orch.host={node.host}",
             "--name", _NAME_OK.sub("-", f"orch-{plan.run_id}-{node.host}")]
     if spec.gpus:

@@ -74,3 +74,4 @@ def test_torch_job_in_containers_and_ctrl_c_leaves_nothing(private_sandbox, tmp_
     for h in sb.hosts:
         assert sb.exec(h, ["docker", "ps", "-aq"]).stdout.strip() == "", h
         assert set(sb.pids(h)) <= baseline[h], [Path(f"/proc/{p}/cmdline").read_text() for p in set(sb.pids(h)) - baseline[h]]
+    assert not list(Path(REPO).glob("torchelastic_*"))  # torchrun's per-rank files stayed in the container's /tmp

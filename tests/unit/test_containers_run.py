@@ -28,7 +28,7 @@ def test_docker_run_wraps_torchrun_with_label_host_network_and_env_names_only():
                  ["-e", "ORCH_RUN_ID"]):
         assert any(docker[i:i + 2] == pair for i in range(len(docker))), pair
     assert not any("s3cret" in a for a in argv)  # values cross through the environment, never the command line
-    assert "ORCH_RUN_TMPDIR" not in docker  # a host path: the container has its own /tmp
+    assert "ORCH_RUN_TMPDIR" not in docker and "/tmp:exec,mode=1777" in docker  # the container has its own /tmp
     assert inner[:3] == ["python3", "-m", "torch.distributed.run"] and "--node-rank=1" in inner
 
 
