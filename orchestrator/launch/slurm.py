@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
@@ -154,10 +156,22 @@ def node_main(argv: Sequence[str]) -> int:
     # runs; before that, and once its ranks are gone, a SIGTERM must not end this process as "143", which would
     # outrank a peer's 2 in srun's exit code.
     signal.signal(signal.SIGTERM, _stopped_by_slurm)
+    tmp = private_tmpdir()
     try:
         return _run_torchrun(args)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def private_tmpdir() -> str:
+    """A temp dir for this node's step, TMPDIR until node_main removes it: torchrun's per-rank files and the ranks'
+    temp files go there, not into the node's /tmp for good (what the node agent does for SSH launches)."""
+    step = f"{os.environ.get('SLURM_JOB_ID', 'job')}.{os.environ.get('SLURM_STEP_ID', 'step')}"
+    tmp = tempfile.mkdtemp(prefix=f"orch-slurm-{step}-")
+    os.environ["TMPDIR"] = tmp
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    return tmp
 
 
 def _run_torchrun(args: list[str]) -> int:

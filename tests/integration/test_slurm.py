@@ -114,12 +114,19 @@ def test_sbatch_script_with_srun_wrapper_runs_4x2_ranks(cluster, tmp_path):
     assert {r["env"]["SLURM_JOB_ID"] for r in found} == {job_id}
 
 
+def node_tmp_dirs() -> set[str]:
+    """The Slurm node entry's private temp dirs (the sandbox hosts share the head's /tmp)."""
+    return {p.name for p in Path("/tmp").glob("orch-slurm-*")}
+
+
 def test_slurm_launch_inside_salloc_runs_4x2_ranks(cluster):
     sb, _ = cluster
+    before = node_tmp_dirs()
     out = subprocess.run(["salloc", "--nodes=4", "--gpus-per-node=2", *ORCH, "slurm-launch", "-m", ALLREDUCE],
                          capture_output=True, text=True, timeout=JOB_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert_ranks(results(out.stdout + out.stderr), sb.hosts, nproc=2)
+    assert node_tmp_dirs() <= before  # torchrun's per-rank files went with the step
 
 
 def test_launch_via_slurm_in_an_sbatch_script_runs_4x2_ranks(cluster, tmp_path):
@@ -143,11 +150,13 @@ def test_launch_via_slurm_in_an_sbatch_script_runs_4x2_ranks(cluster, tmp_path):
 def test_failed_rank_gives_the_contract_exit_code(cluster, rank_exit, job_exit):
     """A crash (exit 3) on one node -> 1 (restartable); a config error (exit 2) -> 2 (do not requeue)."""
     sb, _ = cluster
+    before = node_tmp_dirs()
     out = subprocess.run(["salloc", "--nodes=2", *ORCH, "slurm-launch", "-m", ALLREDUCE, "--",
                           "--fail-rank", "1", "--exit-code", str(rank_exit), "--sleep", "0"],
                          capture_output=True, text=True, timeout=JOB_TIMEOUT)
     assert out.returncode == job_exit, out.stderr[-3000:]
     assert wait_clean(sb) == {}
+    assert node_tmp_dirs() <= before
 
 
 def test_submit_wait_runs_the_engine_tiny_config(cluster, tmp_path):
