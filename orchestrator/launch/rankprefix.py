@@ -28,20 +28,27 @@ def _write_all(fd, data):
         data = data[os.write(fd, data):]
 
 
-def relay(pairs, mark):
-    """Copy every read fd in `pairs` ({read fd: write fd}) line by line, each line prefixed with `mark`, to EOF."""
+def relay(pairs, mark, exited):
+    """Copy every read fd in `pairs` ({read fd: write fd}) line by line, each line prefixed with `mark`, until
+    EOF, or until the pipes are quiet and exited() says the rank is gone (a background process it left may hold
+    them open: that is not the rank, and DeepSpeed must see the rank end)."""
     partial = dict.fromkeys(pairs, b"")
     while partial:
-        ready, _, _ = select.select(list(partial), [], [])
+        ready, _, _ = select.select(list(partial), [], [], 0.2)
+        if not ready and exited():
+            break
         for fd in ready:
             chunk = os.read(fd, 65536)
             lines = (partial[fd] + chunk).split(b"\n")
             partial[fd] = lines.pop()
             if not chunk:  # EOF: a last line without its newline still goes out
-                last = partial.pop(fd)
-                lines += [last] if last else []
+                rest = partial.pop(fd)
+                lines += [rest] if rest else []
             for line in lines:
                 _write_all(pairs[fd], mark + line + b"\n")
+    for fd, rest in partial.items():  # the rank is gone but something still holds the pipes: flush what came
+        if rest:
+            _write_all(pairs[fd], mark + rest + b"\n")
 
 
 def _run_child(argv, out_w, err_w, fds):
@@ -70,12 +77,22 @@ def main(args):
     os.close(err_w)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: os.kill(child, signum))
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    statuses = []
+
+    def exited():
+        if not statuses:
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid:
+                statuses.append(status)
+        return bool(statuses)
+
     try:
-        relay({out_r: 1, err_r: 2}, ("\x1f%s/%s\x1f" % (rank, local_rank)).encode())
+        relay({out_r: 1, err_r: 2}, ("\x1f%s/%s\x1f" % (rank, local_rank)).encode(), exited)
     except OSError:  # the launcher's stdout is gone: nothing left to relay to
         pass
-    status = os.waitpid(child, 0)[1]
+    status = statuses[0] if statuses else os.waitpid(child, 0)[1]
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the child is reaped: nothing to pass them to
+        signal.signal(sig, signal.SIG_IGN)
     code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     if code:
         now = time.time()

@@ -37,3 +37,14 @@ def test_signals_reach_the_rank_and_it_ends_the_same_way():
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == -signal.SIGTERM
     assert parse_rank_reports(proc.stderr.read().splitlines()).exitcode == -signal.SIGTERM
+
+
+def test_a_background_process_holding_the_pipes_does_not_keep_the_rank_running():
+    proc = subprocess.Popen(shim("3", "sh", "-c", "sleep 30 & echo $!; echo bye; exit 4"), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=ENV)
+    leftover = int(split_rank_prefix(proc.stdout.readline().rstrip("\n"))[2])
+    try:
+        assert proc.wait(timeout=10) == 4
+        assert split_rank_prefix(proc.stdout.readline().rstrip("\n")) == (5, 1, "bye")
+    finally:
+        os.kill(leftover, signal.SIGKILL)
