@@ -202,7 +202,7 @@ def make_run_tmpdir(env, run_id):
     base = env.get(RUN_TMPDIR.encode())
     if not base:
         return None
-    path = b"%s/orch-%s-%d" % (base.rstrip(b"/") or b"/", run_id.encode(), os.getpid())
+    path = os.path.join(base, b"orch-%s-%d" % (run_id.encode(), os.getpid()))
     os.mkdir(path, 0o700)
     env[RUN_TMPDIR.encode()] = env[b"TMPDIR"] = path
     return path
