@@ -2,6 +2,7 @@
 
     $ orchestrator images load train.tar --hosts 'node[1-16]' --ssh-config sandbox.ssh   # relay, bar per host
     $ orchestrator images load train.tar --hosts 'node[1-16]' --json                      # per-host results
+    $ orchestrator images load train.tar --hosts 'node[1-16]' --sha256 "$(cat train.tar.sha256)"  # published digest
     $ orchestrator images ls --hosts 'node[1-16]'
     $ orchestrator images rm orch-test:cpu --hosts 'node[1-16]'
     $ orchestrator images build-test out.tar [--venv .venv]     # CPU test image from this machine's python
@@ -36,17 +37,21 @@ def images_group() -> None:
 @click.option("--mode", type=click.Choice(["relay", "parallel", "sequential"]), default="relay", show_default=True,
               help="relay: node to node (the head sends the tar once); parallel/sequential: the head to each node.")
 @click.option("--python", default="python3", show_default=True, help="Interpreter on the nodes for the relay.")
+@click.option("--sha256", metavar="HEX", help="The digest IMAGE must have (as published with it); every node checks "
+                                             "what it received against it and removes the image on a mismatch.")
 @click.option("--json", "as_json", is_flag=True, help="Per-host results as one JSON document on stdout.")
 def load_command(image: str, host_selection: HostSelection, ssh, docker_socket: str | None, mode: str, python: str,
-                 as_json: bool) -> int:
+                 sha256: str | None, as_json: bool) -> int:
     """Load IMAGE (a `docker save` tar) into every node's docker; skip nodes that have its image id."""
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from orchestrator.containers.image import read_image_tar
-    from orchestrator.containers.load import load_image, results_json
+    from orchestrator.containers.load import check_sha256, load_image, results_json
 
     tar = read_image_tar(image)  # ConfigError (exit 2) before any host is touched
+    if sha256 is not None:
+        check_sha256(sha256)
     hosts = resolve_from_cli(host_selection).names
     console = Console(stderr=True)
     console.print(f"images load: {tar.image_id[:19]} {', '.join(tar.tags)} ({tar.size / 1e6:.0f} MB) "
@@ -56,7 +61,7 @@ def load_command(image: str, host_selection: HostSelection, ssh, docker_socket: 
                   disable=as_json) as progress:
         tasks = {h: progress.add_task(h, total=tar.size, status="") for h in hosts}
         results = load_image(tar.path, hosts, ssh=ssh, mode=mode, python=python, socket=docker_socket,
-                             on_progress=lambda h, done, total: progress.update(tasks[h], completed=done),
+                             sha256=sha256, on_progress=lambda h, done, total: progress.update(tasks[h], completed=done),
                              on_result=lambda r: progress.update(tasks[r.host], status=r.status))
     if as_json:
         click.echo(json.dumps(results_json(results) | {"image_id": tar.image_id, "mode": mode}))

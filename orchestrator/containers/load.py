@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import secrets
 import shlex
 import time
@@ -41,6 +42,7 @@ log = logging.getLogger("orchestrator.containers.load")
 RELAY_SOURCE = Path(__file__).with_name("relay.py").read_text()
 MODES = ("relay", "parallel", "sequential")
 CHUNK = 1 << 20
+KEEPALIVE_S, KEEPALIVE_COUNT = 5, 3  # a node whose SSH session answers nothing for ~15 s is lost
 ProgressCallback = Callable[[str, int, int], None]  # (host, bytes loaded so far, total bytes)
 
 
@@ -95,6 +97,8 @@ async def _open(transport: SshTransport, host: str, python: str) -> _Node:
     kwargs = transport.connect_kwargs(host)
     if kwargs.pop("_insecure", False):
         log.warning("host key checking is OFF (StrictHostKeyChecking=no): hosts are not authenticated")
+    if not kwargs["options"].keepalive_interval:  # ServerAliveInterval in the ssh config wins
+        kwargs.update(keepalive_interval=KEEPALIVE_S, keepalive_count_max=KEEPALIVE_COUNT)
     conn = await asyncssh.connect(**kwargs)
     try:
         proc = await conn.create_process(f"{python} -I -S -c {shlex.quote(RELAY_SOURCE)}", encoding=None)
@@ -108,10 +112,13 @@ async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshO
                            mode: str = "relay", python: str = "python3", socket: str | None = None,
                            on_progress: ProgressCallback | None = None,
                            on_result: Callable[[LoadResult], None] | None = None,
-                           connect_timeout: float = 30.0) -> dict[str, LoadResult]:
-    """Load `image` on every host; every host gets a LoadResult, never first-error-wins."""
+                           connect_timeout: float = 30.0, sha256: str | None = None) -> dict[str, LoadResult]:
+    """Load `image` on every host; every host gets a LoadResult, never first-error-wins.
+
+    sha256: the digest the tar must have (published with it); without, the head's own reading is the truth."""
     tar = read_image_tar(image)
     plan_chains(hosts, mode)
+    expected = check_sha256(sha256) if sha256 is not None else None
     if not hosts:
         raise ConfigError("--hosts", "", "name at least one host")
     transport = SshTransport(ssh or SshOptions())
@@ -156,9 +163,10 @@ async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshO
         chains = plan_chains(needed, mode)
         if mode == "sequential":
             for chain in chains:
-                await _feed_chain(tar, chain, nodes, ready, finish, on_progress)
+                await _feed_chain(tar, chain, nodes, ready, finish, on_progress, expected, results)
         else:
-            await asyncio.gather(*(_feed_chain(tar, chain, nodes, ready, finish, on_progress) for chain in chains))
+            await asyncio.gather(*(_feed_chain(tar, chain, nodes, ready, finish, on_progress, expected, results)
+                                   for chain in chains))
     finally:
         for node in nodes.values():
             node.close()
@@ -166,12 +174,23 @@ async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshO
     return results
 
 
+def check_sha256(value: str) -> str:
+    """'sha256:<64 hex>' or '<64 hex>' -> the hex digest; ConfigError otherwise."""
+    digest = value.lower().removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ConfigError("--sha256", value, "give the tar's sha256 as 64 hex digits (sha256sum IMAGE.tar)")
+    return digest
+
+
 async def _feed_chain(tar: ImageTar, chain: list[str], nodes: dict[str, _Node], ready: dict[str, dict],
-                      finish, on_progress: ProgressCallback | None) -> None:
+                      finish, on_progress: ProgressCallback | None, expected: str | None,
+                      results: dict[str, LoadResult]) -> None:
     for i, host in enumerate(chain):
         nxt = f"{chain[i + 1]}:{ready[chain[i + 1]]['port']}" if i + 1 < len(chain) else None
         await nodes[host].send(json.dumps({"go": True, "source": "stdin" if i == 0 else "tcp",
                                            "next": nxt}).encode() + b"\n")
+
+    lost: list[str] = []  # nodes whose session ended without a result: the chain broke there
 
     async def follow(host: str) -> None:
         node = nodes[host]
@@ -183,6 +202,7 @@ async def _feed_chain(tar: ImageTar, chain: list[str], nodes: dict[str, _Node], 
                 elif ev["event"] == "done":
                     break
         except Exception as exc:  # noqa: BLE001
+            lost.append(host)
             finish(host, "failed", describe_error(exc))
             return
         if ev.get("error"):
@@ -198,11 +218,15 @@ async def _feed_chain(tar: ImageTar, chain: list[str], nodes: dict[str, _Node], 
                 while data := await asyncio.to_thread(f.read, CHUNK):
                     digest.update(data)
                     await head.send(data)
-            await head.send(json.dumps({"sha256": digest.hexdigest()}).encode() + b"\n")
+            await head.send(json.dumps({"sha256": expected or digest.hexdigest()}).encode() + b"\n")
         except (OSError, asyncssh.Error) as exc:
             log.debug("%s: feeding stopped: %s", chain[0], exc)  # that node's follow() reports why
 
     await asyncio.gather(feed(), *(follow(h) for h in chain))
+    for i, host in enumerate(chain):  # downstream of a lost node, say which one broke the stream
+        cause = next((h for h in reversed(chain[:i]) if h in lost), None)
+        if cause and results[host].status == "failed" and host not in lost:
+            results[host].error += f" (upstream {cause} lost: {results[cause].error})"
 
 
 def load_image(image: str | Path, hosts: Sequence[str], **kwargs) -> dict[str, LoadResult]:

@@ -11,8 +11,11 @@
 Loading goes through the Engine API on the node's socket (POST /images/load, chunked), the call the docker
 SDK and `docker load` make, so nothing lands on disk but docker's own layers. A failed local load does not
 stop the forwarding: the next nodes are unaffected. The sha256 of what arrived is compared with the head's
-(sent after the data) and the loaded image id is looked up afterwards. When stdin closes before the end
-(the head died or gave up), the relay exits at once.
+(sent after the data: the file's, or the digest the user expects) and the loaded image id is looked up
+afterwards; when either check fails, what this load put into docker is removed again. When stdin closes
+before the end (the head died or gave up), the relay exits at once. A neighbour that vanishes (power, cable)
+sends no FIN: TCP keepalives and TCP_USER_TIMEOUT end the node-to-node connection after PEER_TIMEOUT s
+without an answer, while a slow but live neighbour (its window closed, its probes answered) is waited for.
 """
 
 import hashlib
@@ -25,6 +28,7 @@ import threading
 import time
 
 CHUNK = 1 << 20
+PEER_TIMEOUT = 12  # seconds a neighbour may leave our packets unanswered before it counts as gone
 
 
 def emit(**event):
@@ -61,6 +65,16 @@ def api(sock_path, method, path):
         conn.close()
 
 
+def watch_peer(sock):
+    """Fail reads and writes on `sock` once the other end stops answering (keepalives, unacknowledged data)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, PEER_TIMEOUT // 4)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, PEER_TIMEOUT // 4)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, PEER_TIMEOUT * 1000)
+    return sock
+
+
 def has_image(sock_path, image_id):
     status, body = api(sock_path, "GET", f"/images/{image_id}/json")
     if status == 200:
@@ -70,11 +84,20 @@ def has_image(sock_path, image_id):
     raise OSError(f"docker answered {status}: {body[:200]!r}")
 
 
+def remove_image(sock_path, ref):
+    """Take back what a failed load left (an image that is not the expected one, or of unverified bytes)."""
+    status, body = api(sock_path, "DELETE", f"/images/{ref}?force=1")
+    return None if status in (200, 404) else f"{status} {body[:200]!r}"
+
+
 class Loader:
-    """POST /images/load with a chunked body; remembers the first error and then swallows further data."""
+    """POST /images/load with a chunked body; remembers the first error and then swallows further data.
+
+    loaded: what docker says it loaded (tags, or ids for untagged images), to remove it when a check fails."""
 
     def __init__(self, sock_path):
         self.error = None
+        self.loaded = []
         self.conn = UnixHTTP(sock_path)
         self.conn.putrequest("POST", "/images/load?quiet=1")
         self.conn.putheader("Content-Type", "application/x-tar")
@@ -87,6 +110,10 @@ class Loader:
                 self.conn.send(b"%x\r\n%s\r\n" % (len(data), data))
             except OSError as exc:  # docker closed the request (disk full, bad tar): its answer says why
                 self.error = f"docker stopped reading: {exc}"
+
+    def abort(self):
+        """Cut the request short: docker sees a truncated tar and drops this load (it would wait for the rest)."""
+        self.conn.close()
 
     def finish(self):
         try:
@@ -105,6 +132,10 @@ class Loader:
             except ValueError:
                 messages.append(line)
                 continue
+            stream = msg.get("stream", "") if isinstance(msg, dict) else ""
+            for prefix in ("Loaded image ID: ", "Loaded image: "):
+                if stream.startswith(prefix):
+                    self.loaded.append(stream[len(prefix):].strip())
             if isinstance(msg, dict) and (msg.get("error") or msg.get("message")) and resp.status != 200:
                 messages.append(msg.get("error") or msg.get("message"))
             elif isinstance(msg, dict) and msg.get("error"):
@@ -158,7 +189,7 @@ def main():
     if go["source"] == "tcp":
         listener.settimeout(120)
         conn, _ = listener.accept()
-        conn.settimeout(600)
+        watch_peer(conn).settimeout(600)
         source = conn.makefile("rb")
         if source.readline().strip() != spec["token"].encode():
             emit(event="done", error="upstream did not present this load's token")
@@ -170,7 +201,7 @@ def main():
     nxt = None
     if go.get("next"):
         host, port = go["next"].rsplit(":", 1)
-        nxt = socket.create_connection((host, int(port)), timeout=60)
+        nxt = watch_peer(socket.create_connection((host, int(port)), timeout=60))
         nxt.sendall(spec["token"].encode() + b"\n")
     forward_error = []
 
@@ -186,8 +217,7 @@ def main():
     try:
         sha, trailer = receive(source, spec["size"], forward, loader, lambda n: emit(event="progress", bytes=n))
     except (EOFError, OSError, ValueError) as exc:
-        loader.error = loader.error or "transfer incomplete"
-        loader.finish()
+        loader.abort()
         emit(event="done", error=f"transfer failed: {exc}")
         return
     finally:
@@ -195,7 +225,7 @@ def main():
             nxt.close()
     error = loader.finish()
     if error is None and trailer.get("sha256") != sha:
-        error = f"sha256 mismatch: received {sha}, the head sent {trailer.get('sha256')}"
+        error = f"sha256 mismatch: received {sha}, expected {trailer.get('sha256')}"
     found = False
     try:
         found = has_image(sock_path, spec["image_id"])
@@ -203,6 +233,12 @@ def main():
         error = error or f"docker daemon not reachable after load: {exc}"
     if error is None and not found:
         error = f"loaded, but image {spec['image_id']} is not on this node (the tar holds another image?)"
+    if error is not None and (found or loader.loaded):
+        # this node did not have the image (else it was skipped): whatever this load made goes again
+        left = [f"{ref}: {why}" for ref in loader.loaded + ([spec["image_id"]] if found else [])
+                if (why := remove_image(sock_path, ref))]
+        found = False
+        error += "; image removed" if not left else f"; could not remove {', '.join(left)}"
     emit(event="done", error=error, sha256=sha, image_id=spec["image_id"] if found else None,
          seconds=round(time.monotonic() - t0, 3), forward_error=forward_error[0] if forward_error else None)
 

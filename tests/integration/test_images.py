@@ -8,11 +8,14 @@ disk). A small real image tar (python3 + its libraries, ~60 MB) built by orchest
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -52,8 +55,8 @@ def cli(sb, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def load(sb, image_path, hosts: str) -> tuple[int, dict]:
-    done = cli(sb, "load", str(image_path), "--hosts", hosts, "--json")
+def load(sb, image_path, hosts: str, *extra: str) -> tuple[int, dict]:
+    done = cli(sb, "load", str(image_path), "--hosts", hosts, "--json", *extra)
     assert done.stdout, done.stderr
     doc = json.loads(done.stdout)
     return done.returncode, {h["host"]: h for h in doc["hosts"]}
@@ -62,6 +65,26 @@ def load(sb, image_path, hosts: str) -> tuple[int, dict]:
 def image_id_on(sb, host: str, ref: str) -> str | None:
     done = sb.exec(host, ["docker", "image", "inspect", "--format", "{{.Id}}", ref])
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def assert_nothing_left(sb, host: str) -> None:
+    """No image and no layer: overlay2 keeps one dir per layer beside `l` (its short-name links)."""
+    from orchestrator.containers.daemon import data_root
+
+    assert sb.exec(host, ["docker", "images", "-aq"]).stdout.strip() == "", host
+    assert sorted(p.name for p in (data_root(sb, host) / "overlay2").iterdir()) == ["l"], host
+
+
+def relays_on(sb, host: str) -> list[int]:
+    """PIDs of image relays (relay.py runs as `python3 -c SOURCE`) still alive in `host`."""
+    found = []
+    for pid in sb.pids(host):
+        try:
+            if b"watch_stdin_eof" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
 
 
 def test_load_on_four_hosts_then_skip(docker_hosts):
@@ -97,7 +120,22 @@ def test_corrupt_tar_fails_per_host_and_leaves_no_image(docker_hosts, tmp_path):
     for h, r in hosts.items():
         assert r["status"] == "failed" and "docker load" in r["error"], r
         assert image_id_on(sb, h, image.image_id) is None
-        assert sb.exec(h, ["docker", "images", "-aq"]).stdout.strip() == ""
+        assert_nothing_left(sb, h)
+
+
+def test_sha256_mismatch_fails_per_host_and_removes_what_was_loaded(docker_hosts):
+    """The tar docker accepts, but not the digest the user expects (a stream changed on the way, a wrong file)."""
+    sb, image = docker_hosts
+    digest = hashlib.sha256(Path(image.path).read_bytes()).hexdigest()
+    assert cli(sb, "rm", image.image_id, "--hosts", "n[1-2]", "--force").returncode == 0
+    rc, hosts = load(sb, image.path, "n[1-2]", "--sha256", "0" * 64)
+    assert rc == 1
+    for h, r in hosts.items():
+        assert r["status"] == "failed" and f"sha256 mismatch: received {digest}, expected {'0' * 64}" in r["error"]
+        assert r["error"].endswith("image removed"), r
+        assert_nothing_left(sb, h)
+    rc, hosts = load(sb, image.path, "n1", "--sha256", f"sha256:{digest}")
+    assert rc == 0 and hosts["n1"]["status"] == "loaded", hosts
 
 
 def test_unreachable_daemon_and_full_disk_leave_other_hosts_loaded(docker_hosts):
@@ -117,6 +155,41 @@ def test_unreachable_daemon_and_full_disk_leave_other_hosts_loaded(docker_hosts)
     assert image_id_on(sb, "n5", image.image_id) is None
     for h in ("n1", "n2"):
         assert image_id_on(sb, h, image.image_id) == image.image_id
+
+
+def test_node_lost_mid_chain_fails_it_and_downstream_while_upstream_loads(docker_hosts):
+    """n2 vanishes (cable pulled, processes killed) while the chain n1 > n2 > n3 > n4 streams: n1 still loads;
+    n2 fails, and n3, n4 fail naming n2; no relay is left on any host and no partial image downstream."""
+    from orchestrator.containers.daemon import start_docker, stop_docker
+    from orchestrator.containers.load import load_image
+    from orchestrator.remote.ssh import SshOptions
+
+    sb, image = docker_hosts
+    chain = ["n1", "n2", "n3", "n4"]
+    assert cli(sb, "rm", image.image_id, "--hosts", "n[1-4]", "--force").returncode == 0
+    lost_at = []
+
+    def lose_n2_midway(host: str, done: int, total: int) -> None:
+        if host == "n2" and not lost_at and done < total:
+            lost_at.append(done)
+            sb.lose("n2")
+
+    try:
+        results = load_image(image.path, chain, ssh=SshOptions(config=str(sb.ssh_config)), on_progress=lose_n2_midway)
+    finally:
+        sb.link_up("n2")
+        stop_docker(sb, "n2")  # reaps the killed daemon: its zombie would hold the pid in its pidfile
+        start_docker(sb, ["n2"])
+    assert lost_at, "n2 never reported progress"
+    assert results["n1"].status == "loaded" and image_id_on(sb, "n1", image.image_id) == image.image_id
+    assert results["n2"].status == "failed", results["n2"]
+    for h in ("n3", "n4"):
+        assert results[h].status == "failed" and "upstream n2 lost" in results[h].error, results[h]
+        assert_nothing_left(sb, h)
+    deadline = time.monotonic() + 10  # a relay exits right after its last line; the head closed its session
+    while any(relays_on(sb, h) for h in chain) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {h: relays_on(sb, h) for h in chain} == {h: [] for h in chain}
 
 
 def test_rootless_daemons_load_and_skip(private_sandbox, tmp_path):

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 
 from orchestrator.containers.image import _write_archive, read_image_tar
-from orchestrator.containers.load import plan_chains
+from orchestrator.containers.load import check_sha256, plan_chains
 from orchestrator.errors import ConfigError
 
 
@@ -51,3 +51,12 @@ def test_images_load_exit_2_before_any_host_for_a_bad_file(tmp_path):
         done = subprocess.run([sys.executable, "-m", "orchestrator", "images", "load", path, "--hosts",
                                "unreachable-host-[1-4]"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "IMAGE=" in done.stderr, done.stderr
+
+
+def test_expected_sha256_is_64_hex_digits_with_or_without_the_prefix():
+    digest = "ab" * 32
+    assert check_sha256(digest) == check_sha256("sha256:" + digest.upper()) == digest
+    for bad in ("", "abc", "md5:" + digest, digest + "00"):
+        with pytest.raises(ConfigError) as err:
+            check_sha256(bad)
+        assert err.value.field == "--sha256"
