@@ -1,7 +1,7 @@
 """Image distribution: `orchestrator images load` (relay) vs naive `ssh HOST docker load < img.tar` loops.
 
     sudo .venv/bin/python bench/images.py                       # ~1.3 GB image (python + the venv), 8 hosts
-    sudo .venv/bin/python bench/images.py --hosts 8 --uplink-mbit 1000 --runs 1
+    sudo .venv/bin/python bench/images.py --hosts 8 --uplink-mbit 1000 --runs 1 --pause-while /path/QUIET
 
 Starts its own sandbox (N hosts, one dockerd each; removed at the end), builds the image tar with
 orchestrator.containers.image (python3 + libraries + this venv with torch: the CPU test image), and optionally
@@ -13,10 +13,19 @@ node before each measurement:
   relay        `orchestrator images load img.tar --hosts node[1-N]` (chain: the head sends the tar once)
   parallel     N x `ssh nodeI docker load < img.tar` at once from the head
   sequential   for each host: `ssh nodeI docker load < img.tar`
+  floor        N x `docker load -i img.tar` at once, each inside its node from the local disk (no network):
+               what N loads cost on this machine's shared cores and disk whatever the distribution
 
-Prints seconds and the ratio to one host. Target (issue 6): relay <= 2x one host. All hosts of the sandbox
-share this machine's cores and disk, so N docker loads cost N times the CPU whatever the distribution:
-read the ratios with that in mind (docs/benchmarks/images.md).
+Prints seconds, the ratio to one host and the machine's CPU use (busy core-seconds, every process's) per
+method, and how busy the cores were with others' work just before each measurement. Target
+(issue 6): relay <= 2x one host. All hosts of the sandbox share this machine's cores and disk, so read the
+relay against the floor (docs/benchmarks/images.md).
+
+Each node's docker data root is an ext4 of its own with a journal, as on a real node's disk (--node-disk-gb,
+containers/daemon.py: node_disk). On this machine's shared root ext4, which has no journal, ext4 scans past
+every inode freed in the last 6 minutes (while its inode table block is dirty) on each file it creates, so
+a load that follows the removal of the image (25k files) costs up to twice the CPU; with --node-disk-gb 0
+give --settle 400 to measure there without that.
 """
 
 from __future__ import annotations
@@ -46,10 +55,31 @@ def ssh_load(cfg: Path, host: str, tar: str) -> subprocess.Popen:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def timed(fn) -> float:
-    t = time.monotonic()
+def busy_seconds() -> float:
+    """Core-seconds this machine spent not idle (all processes: sshd, relays, dockerd), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(fn) -> tuple[float, float]:
+    t, busy = time.monotonic(), busy_seconds()
     fn()
-    return time.monotonic() - t
+    return time.monotonic() - t, busy_seconds() - busy
+
+
+def local_load(sb, host: str, tar: str) -> subprocess.Popen:
+    return subprocess.Popen(sb.nsenter_argv(host, ["docker", "load", "-q", "-i", tar]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_quiet(flag: str | None) -> float:
+    """Wait while `flag` exists; then the cores busy over 5 s with nothing of ours running (other users' work:
+    the load average would still count our previous measurement)."""
+    while flag and os.path.exists(flag):
+        time.sleep(5)
+    busy = busy_seconds()
+    time.sleep(5)
+    return (busy_seconds() - busy) / 5
 
 
 def wait_all(procs) -> None:
@@ -65,6 +95,12 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--uplink-mbit", type=int, default=1000, help="head uplink rate (0: unshaped)")
     ap.add_argument("--image", help="use this image tar instead of building one")
+    ap.add_argument("--node-disk-gb", type=int, default=8,
+                    help="each node's data root on its own journaled ext4 of this size (0: the shared root fs)")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds to wait after removing the image (see above)")
+    ap.add_argument("--pause-while", metavar="FILE",
+                    help="before each measurement wait while FILE exists (a shared machine's quiet flag)")
     args = ap.parse_args()
 
     from orchestrator.containers.daemon import start_docker
@@ -78,7 +114,7 @@ def main() -> int:
     print(f"image {info.image_id[:19]} {info.size / 1e9:.2f} GB (built in {time.monotonic() - t:.1f} s)", flush=True)
     sb = Sandbox.up(f"bench{os.getpid()}-img", nodes=args.hosts)
     try:
-        start_docker(sb)
+        start_docker(sb, disk_gb=args.node_disk_gb or None)
         if args.uplink_mbit:
             subprocess.run(["tc", "qdisc", "add", "dev", sb.state.bridge, "root", "tbf", "rate",
                             f"{args.uplink_mbit}mbit", "burst", "4mb", "latency", "100ms"], check=True)
@@ -90,21 +126,27 @@ def main() -> int:
                                             check=True, stdout=subprocess.DEVNULL),
             "parallel": lambda: wait_all([ssh_load(cfg, h, info.path) for h in hosts]),
             "sequential": lambda: [wait_all([ssh_load(cfg, h, info.path)]) for h in hosts],
+            "floor": lambda: wait_all([local_load(sb, h, info.path) for h in hosts]),
         }
-        times: dict[str, list[float]] = {name: [] for name in cases}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        others: list[float] = []
         for _ in range(args.runs):
             for name, fn in cases.items():
                 clear(sb, info.image_id)
+                subprocess.run(["sync"], check=True)
+                time.sleep(args.settle)
+                others.append(wait_quiet(args.pause_while))
                 times[name].append(timed(fn))
-                print(f"  {name:<11} {times[name][-1]:7.1f} s", flush=True)
-        unit = statistics.median(times["one host"])
+                print(f"  {name:<11} {times[name][-1][0]:7.1f} s  {times[name][-1][1]:6.1f} core-s  "
+                      f"(cores busy before: {others[-1]:.2f})", flush=True)
+        unit = statistics.median(t for t, _ in times["one host"])
         print(f"\n{args.hosts} hosts, image {info.size / 1e9:.2f} GB, head uplink "
-              f"{str(args.uplink_mbit) + ' Mbit/s' if args.uplink_mbit else 'unshaped'}, load avg "
-              f"{os.getloadavg()[0]:.1f}")
-        print(f"{'method':<12} {'seconds':>8} {'x one host':>11}")
+              f"{str(args.uplink_mbit) + ' Mbit/s' if args.uplink_mbit else 'unshaped'}, {os.cpu_count()} cores, "
+              f"cores busy with other work before each measurement {min(others):.2f}-{max(others):.2f}")
+        print(f"{'method':<12} {'seconds':>8} {'x one host':>11} {'core-s':>7}")
         for name, ts in times.items():
-            med = statistics.median(ts)
-            print(f"{name:<12} {med:8.1f} {med / unit:11.2f}")
+            med = statistics.median(t for t, _ in ts)
+            print(f"{name:<12} {med:8.1f} {med / unit:11.2f} {statistics.median(c for _, c in ts):7.1f}")
     finally:
         Sandbox.load(sb.name).down()
         shutil.rmtree(work, ignore_errors=True)
