@@ -21,6 +21,11 @@ method, and how busy the cores were with others' work just before each measureme
 (issue 6): relay <= 2x one host. All hosts of the sandbox share this machine's cores and disk, so read the
 relay against the floor (docs/benchmarks/images.md).
 
+--node-cpus F gives every node a CPU budget of its own (F cores; a cgroup per node with a CFS quota, holding its
+sshd and dockerd and so everything they start), the same whether it loads alone or beside the others, as N
+separate machines of equal size would have: then the ratios measure the distribution, not N nodes taking
+turns on this machine's cores. Keep N x F below the core count (the head needs its share too).
+
 Each node's docker data root is an ext4 of its own with a journal, as on a real node's disk (--node-disk-gb,
 containers/daemon.py: node_disk). On this machine's shared root ext4, which has no journal, ext4 scans past
 every inode freed in the last 6 minutes (while its inode table block is dirty) on each file it creates, so
@@ -82,6 +87,46 @@ def wait_quiet(flag: str | None) -> float:
     return (busy_seconds() - busy) / 5
 
 
+def cap_cpus(sb, cpus: float) -> list[Path]:
+    """Put each node's processes (sshd, dockerd, containerd: what they start inherits it) into a cgroup of its
+    own with a quota of `cpus` cores. cgroup v2 (cpu.max) or v1's cpu controller (cfs quota). Returns the cgroups."""
+    period = 100_000
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    root = Path("/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/cpu") / f"orch-{sb.name}"
+    root.mkdir(exist_ok=True)
+    if v2:
+        (root.parent / "cgroup.subtree_control").write_text("+cpu")
+        (root / "cgroup.subtree_control").write_text("+cpu")
+    groups = []
+    for host in sb.hosts:
+        group = root / host
+        group.mkdir(exist_ok=True)
+        if v2:
+            (group / "cpu.max").write_text(f"{int(cpus * period)} {period}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(period))
+            (group / "cpu.cfs_quota_us").write_text(str(int(cpus * period)))
+        for pid in sb.pids(host):
+            try:
+                (group / "cgroup.procs").write_text(str(pid))
+            except OSError:  # exited meanwhile, or a kernel thread
+                pass
+        groups.append(group)
+    return groups + [root]
+
+
+def remove_cgroups(groups: list[Path]) -> None:
+    for group in groups:  # children first; empty once the sandbox is down (its processes were stopped)
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
 def wait_all(procs) -> None:
     for p in procs:
         _, err = p.communicate()
@@ -99,6 +144,10 @@ def main() -> int:
                     help="each node's data root on its own journaled ext4 of this size (0: the shared root fs)")
     ap.add_argument("--settle", type=float, default=0.0,
                     help="seconds to wait after removing the image (see above)")
+    ap.add_argument("--node-cpus", type=float, default=0.0,
+                    help="each node a CPU budget of this many cores, alone or not (0: all share the machine)")
+    ap.add_argument("--cases", default="one host,relay,parallel,sequential,floor",
+                    help="comma-separated subset of the methods ('one host' is always measured: the unit)")
     ap.add_argument("--pause-while", metavar="FILE",
                     help="before each measurement wait while FILE exists (a shared machine's quiet flag)")
     args = ap.parse_args()
@@ -113,8 +162,11 @@ def main() -> int:
                                                                            venv=sys.prefix)
     print(f"image {info.image_id[:19]} {info.size / 1e9:.2f} GB (built in {time.monotonic() - t:.1f} s)", flush=True)
     sb = Sandbox.up(f"bench{os.getpid()}-img", nodes=args.hosts)
+    groups: list[Path] = []
     try:
         start_docker(sb, disk_gb=args.node_disk_gb or None)
+        if args.node_cpus:
+            groups = cap_cpus(sb, args.node_cpus)
         if args.uplink_mbit:
             subprocess.run(["tc", "qdisc", "add", "dev", sb.state.bridge, "root", "tbf", "rate",
                             f"{args.uplink_mbit}mbit", "burst", "4mb", "latency", "100ms"], check=True)
@@ -128,6 +180,8 @@ def main() -> int:
             "sequential": lambda: [wait_all([ssh_load(cfg, h, info.path)]) for h in hosts],
             "floor": lambda: wait_all([local_load(sb, h, info.path) for h in hosts]),
         }
+        wanted = {"one host", *(c.strip() for c in args.cases.split(","))}
+        cases = {name: fn for name, fn in cases.items() if name in wanted}
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
         others: list[float] = []
         for _ in range(args.runs):
@@ -142,6 +196,7 @@ def main() -> int:
         unit = statistics.median(t for t, _ in times["one host"])
         print(f"\n{args.hosts} hosts, image {info.size / 1e9:.2f} GB, head uplink "
               f"{str(args.uplink_mbit) + ' Mbit/s' if args.uplink_mbit else 'unshaped'}, {os.cpu_count()} cores, "
+              f"{f'{args.node_cpus:g} cores per node' if args.node_cpus else 'nodes share all cores'}, "
               f"cores busy with other work before each measurement {min(others):.2f}-{max(others):.2f}")
         print(f"{'method':<12} {'seconds':>8} {'x one host':>11} {'core-s':>7}")
         for name, ts in times.items():
@@ -149,6 +204,7 @@ def main() -> int:
             print(f"{name:<12} {med:8.1f} {med / unit:11.2f} {statistics.median(c for _, c in ts):7.1f}")
     finally:
         Sandbox.load(sb.name).down()
+        remove_cgroups(groups)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
