@@ -35,11 +35,12 @@ import asyncssh
 
 from orchestrator.containers.image import ImageTar, read_image_tar
 from orchestrator.errors import ConfigError
+from orchestrator.inline import python_source
 from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
 log = logging.getLogger("orchestrator.containers.load")
 
-RELAY_SOURCE = Path(__file__).with_name("relay.py").read_text()
+RELAY = Path(__file__).with_name("relay.py")  # sent inline to every node
 MODES = ("relay", "parallel", "sequential")
 CHUNK = 1 << 20
 KEEPALIVE_S, KEEPALIVE_COUNT = 5, 3  # a node whose SSH session answers nothing for ~15 s is lost
@@ -101,7 +102,7 @@ async def _open(transport: SshTransport, host: str, python: str) -> _Node:
         kwargs.update(keepalive_interval=KEEPALIVE_S, keepalive_count_max=KEEPALIVE_COUNT)
     conn = await asyncssh.connect(**kwargs)
     try:
-        proc = await conn.create_process(f"{python} -I -S -c {shlex.quote(RELAY_SOURCE)}", encoding=None)
+        proc = await conn.create_process(f"{python} -I -S -c {shlex.quote(python_source(RELAY))}", encoding=None)
     except BaseException:
         conn.close()
         raise

@@ -25,22 +25,19 @@ launcher does not (see launch/failures.py).
 
 from __future__ import annotations
 
-import ast
 import base64
-import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator.inline import python_source
+
 SHOWN_SOURCE = "$(cat orchestrator/launch/rankprefix.py)"
 
 
-@functools.cache
 def rank_prefix_source() -> str:
-    """rankprefix.py as sent: the code alone (docstring and comments dropped: it shows in the nodes' `ps`)."""
-    tree = ast.parse(Path(__file__).with_name("rankprefix.py").read_text())
-    tree.body = tree.body[1:]
-    return ast.unparse(tree)
+    """rankprefix.py as sent (docstrings and comments dropped: it shows in the nodes' `ps`)."""
+    return python_source(Path(__file__).with_name("rankprefix.py"))
 
 
 def shown_argv(argv: Sequence[str]) -> list[str]:

@@ -15,9 +15,7 @@ timeout, a stop, or the death of this process kills the remote command and every
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import functools
 import logging
 import re
 import secrets
@@ -33,6 +31,7 @@ from ClusterShell.NodeSet import NodeSet
 
 from orchestrator.errors import EXIT_UNREACHABLE, ConfigError
 from orchestrator.remote.agent import encode_spec
+from orchestrator.inline import python_source, sh_source
 from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
 __all__ = ["FanoutResult", "HostCommand", "HostResult", "Transport", "default_transport", "new_run_id", "plan_commands",
@@ -43,31 +42,16 @@ log = logging.getLogger("orchestrator.remote.fanout")
 DEFAULT_FANOUT = 64
 
 
-def _without_docstrings(source: str) -> str:
-    """The agent as sent: docstrings and comments dropped (every node compiles it: a smaller source starts
-    faster, and `ps` on the node shows less)."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
-
-
-def _without_comment_lines(source: str) -> str:
-    """agent.sh as sent: indentation, blank and comment lines dropped (it travels as an argument: see `ps`)."""
-    lines = (line.strip() for line in source.splitlines())
-    return "\n".join(line for line in lines if line and not line.startswith("#")) + "\n"
-
-
-@functools.cache
 def agent_source() -> str:
     """agent.py as sent (worked out on first use: `run` with the sh agent never needs it)."""
-    return _without_docstrings(Path(__file__).with_name("agent.py").read_text())
+    return python_source(Path(__file__).with_name("agent.py"))
 
 
-SH_AGENT_SOURCE = _without_comment_lines(Path(__file__).with_name("agent.sh").read_text())
+def sh_agent_source() -> str:
+    """agent.sh as sent."""
+    return sh_source(Path(__file__).with_name("agent.sh"))
+
+
 AGENTS = ("python", "sh")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -228,7 +212,7 @@ def command_argv(command: HostCommand, run_id: str) -> list[str]:
     """The remote command line for one planned command: the python agent's, or the sh agent with the command
     as its arguments (quoted once, by the transport; the agent never re-evaluates them)."""
     if command.agent == "sh":
-        return ["sh", "-c", SH_AGENT_SOURCE, "orch-agent", run_id, command.cwd or "", *command.argv]
+        return ["sh", "-c", sh_agent_source(), "orch-agent", run_id, command.cwd or "", *command.argv]
     return agent_argv(command.python, run_id)
 
 
