@@ -61,16 +61,18 @@ c=$!
 (while read -r _; do :; done; kill -TERM $$) <&3 2>/dev/null &
 w=$!
 exec 3<&-
-while :; do
+alive=1
+while [ -z "$x" ]; do  # a signal that came before `wait` started is in $x already: do not wait then
   wait "$c"
   rc=$?
-  if [ -n "$x" ]; then  # signalled (or the control channel closed): the run is over
-    sweep
-    kill "$w" 2>/dev/null
-    exit "$x"
-  fi
-  kill -0 "$c" 2>/dev/null || break
+  kill -0 "$c" 2>/dev/null || { alive=; break; }  # reaped: its PID is no longer ours to signal
 done
 kill "$w" 2>/dev/null
+if [ -n "$x" ]; then  # signalled (or the control channel closed): the run is over
+  # by PID too: before its exec the command has no token and no group yet (not reaped: the PID is still ours)
+  [ -z "$alive" ] || kill -TERM "$c" 2>/dev/null
+  sweep
+  exit "$x"
+fi
 sweep
 exit "$rc"

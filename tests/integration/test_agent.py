@@ -16,7 +16,8 @@ import uuid
 
 import pytest
 
-from orchestrator.remote import LocalTransport, run_on, run_on_async, teardown
+from orchestrator.remote import LocalTransport, plan_commands, run_on, run_on_async, teardown
+from orchestrator.remote.fanout import agent_spec, command_argv
 from run_tokens import tokened, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -63,6 +64,19 @@ def test_command_exit_kills_what_it_left_behind(agent):
                     agent=agent)
     assert (result["localhost"].exit_code, result["localhost"].tail) == (7, ("bye",))
     assert wait_for(lambda: not tokened(run_id), timeout=5)
+
+
+def test_head_gone_while_the_command_starts_leaves_nothing(agent):
+    """The control channel closes at once: the agent stops a command that may not have exec'd yet (no token)."""
+    run_id = rid("early")
+    (cmd,) = plan_commands(["localhost"], ESCAPING, agent=agent)
+    for _ in range(20):
+        p = subprocess.Popen(command_argv(cmd, run_id), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        p.stdin.write(agent_spec(cmd) or b"")
+        p.stdin.close()
+        p.wait(timeout=10)
+    assert wait_for(lambda: not tokened(run_id), timeout=5), tokened(run_id)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
