@@ -4,10 +4,12 @@
     $ orchestrator install --inventory site.yml --tags rdma,nccl --check
     $ orchestrator install -w 'gpu[01-16]' --tags validate --gate-gpus 8 --gate-busbw 150 --gate-ib-ports 4
     $ orchestrator install -w 'node[1-2]' -e rootless_docker_net=host --dry-run --json
+    $ orchestrator install --export-playbooks site/ && orchestrator install -w 'node[1-4]' --playbook site/install.yml
 
 Shows a live per-host view (task, ok, changed, failed), then a summary per host with the GPU-only work skipped
 (and why) and the gate's verdict. When the validate role ran, nodes that failed the gate are left out of
 <out>/inventory.gated.yml and <out>/hostfile. Exit 0 when every host installed and passed the gate, else 1.
+The playbook and its roles ship inside the package; --export-playbooks copies them out to edit.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def _extra_vars(pairs: tuple[str, ...]) -> dict:
 @host_options
 @ssh_options
 @click.option("-i", "--inventory", metavar="FILE", help="An Ansible inventory instead of --hosts/--hostfile.")
+@click.option("--playbook", metavar="FILE", default=None,
+              help="Your copy of install.yml (roles/ next to it) instead of the bundled one.")
+@click.option("--export-playbooks", metavar="DIR", default=None,
+              help="Copy the bundled install.yml and roles/ to DIR (new or empty, else --force) and exit.")
+@click.option("--force", is_flag=True, help="With --export-playbooks: write into a non-empty DIR.")
 @click.option("-t", "--tags", multiple=True, metavar="TAGS", help="Only these roles (comma-separated, repeatable).")
 @click.option("--skip-tags", multiple=True, metavar="TAGS", help="Leave these roles out.")
 @click.option("--check", is_flag=True, help="Ansible check mode: report what would change, change nothing.")
@@ -51,16 +58,20 @@ def _extra_vars(pairs: tuple[str, ...]) -> dict:
               help="Where ansible-runner artifacts, the gated inventory and the hostfile go.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (ansible-playbook command, inventory); run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (plan with --dry-run, else results).")
-def install_command(host_selection: HostSelection, ssh, inventory: str | None, tags, skip_tags, check: bool,
-                    extra_var, forks: int, pipelining: bool, gate_gpus, gate_busbw: float, gate_ib_ports: int,
+def install_command(host_selection: HostSelection, ssh, inventory: str | None, playbook: str | None,
+                    export_playbooks: str | None, force: bool, tags, skip_tags, check: bool, extra_var, forks: int, pipelining: bool, gate_gpus, gate_busbw: float, gate_ib_ports: int,
                     out_dir: str, dry_run: bool, as_json: bool) -> int:
     """Install drivers, CUDA, NCCL, RDMA and rootless docker with Ansible, and gate the nodes."""
+    if export_playbooks is not None:
+        return _export(export_playbooks, force)
+    if force:
+        raise ConfigError("--force", True, "use it with --export-playbooks DIR")
     from rich.console import Console
 
     from orchestrator.provision import gated, inventory as inv_mod
     from orchestrator.provision.gate import GateThresholds
     from orchestrator.provision.progress import InstallProgress, summary_table
-    from orchestrator.provision.runner import plan_install, run_install
+    from orchestrator.provision.runner import PLAYBOOK, plan_install, run_install
 
     thresholds = GateThresholds(gpus_per_node=gate_gpus, min_busbw_gbps=gate_busbw, min_active_ib_ports=gate_ib_ports)
     if inventory:
@@ -72,7 +83,8 @@ def install_command(host_selection: HostSelection, ssh, inventory: str | None, t
         ssh_args, ssh_vars = inv_mod.ssh_args_from(ssh)
         run_inventory = inv_mod.build_inventory(hosts, ssh_args=ssh_args, extra_vars=ssh_vars)
     plan = plan_install(hosts, inventory=run_inventory, workdir=out_dir, tags=tags, skip_tags=skip_tags, check=check,
-                        forks=forks, pipelining=pipelining, extra_vars=_extra_vars(extra_var))
+                        forks=forks, pipelining=pipelining, extra_vars=_extra_vars(extra_var),
+                        playbook=playbook or PLAYBOOK)
 
     if dry_run:
         doc = {"argv": plan.argv(), "hosts": hosts.names, "inventory": run_inventory, "gate": _thresholds_doc(thresholds)}
@@ -102,6 +114,15 @@ def install_command(host_selection: HostSelection, ssh, inventory: str | None, t
         }, indent=2))
     ok = result.rc == 0 and not result.failed_hosts and all(v.passed for v in verdicts.values())
     return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _export(dest: str, force: bool) -> int:
+    from orchestrator import bundled
+
+    target = bundled.export("playbooks", dest, force=force, option="--export-playbooks")
+    click.echo(f"wrote {target}/install.yml and {target}/roles/; run them with: "
+               f"orchestrator install --playbook {target}/install.yml ...")
+    return EXIT_OK
 
 
 def _thresholds_doc(thresholds) -> dict:

@@ -2,6 +2,8 @@
 
     $ orchestrator --help
     $ orchestrator -v run --hosts 'node[1-4]' -- hostname
+    $ orchestrator --version
+    $ eval "$(_ORCHESTRATOR_COMPLETE=bash_source orchestrator)"     # click's completion (zsh_source, fish_source)
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ COMMAND_MODULES = {
 
 
 class LazyGroup(click.Group):
-    """The root group: lists COMMAND_MODULES, imports a command's module only when it is looked up."""
+    """The root group: lists COMMAND_MODULES, imports a command's module only when it is looked up.
+
+    Shell completion looks up only the commands whose names match what was typed, so completing `la` imports
+    the launch module alone.
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMAND_MODULES)
@@ -40,8 +46,25 @@ class LazyGroup(click.Group):
         return next((c for c in module.commands if c.name == name), None)
 
 
+def _version() -> str:
+    """The installed distribution's version (a wheel, pipx, or a checkout's editable install), else __version__."""
+    from importlib import metadata  # here, not at the top: ~30 ms that only --version needs
+
+    try:
+        return metadata.version("orchestrator")
+    except metadata.PackageNotFoundError:  # a checkout imported without being installed (PYTHONPATH)
+        return __version__
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"orchestrator {_version()}")
+        ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="orchestrator")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
     """Start, watch and keep alive multi-node training runs on bare metal or Slurm."""

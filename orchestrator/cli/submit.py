@@ -4,6 +4,7 @@
           -m orchestrator.engine -- --config tiny                       # prints the job id
     $ orchestrator submit --nodes 2 --wait -m orchestrator.engine -- --config tiny    # streams the log, exits as the job
     $ orchestrator submit --nodes 2 --dry-run -- train.py --lr 3e-4     # prints the sbatch script, submits nothing
+    $ orchestrator submit --export-launchers launchers   # srun-torchrun + sbatch templates to edit: sbatch launchers/...
     # inside salloc or an sbatch script (launchers/srun-torchrun runs this):
     $ orchestrator slurm-launch --nproc-per-node 2 -- train.py          # one torchrun per node, one srun step
 """
@@ -60,16 +61,24 @@ def _launch_args(env_files, nproc_per_node, module, program) -> list[str]:
 @env_options
 @click.option("--wait", is_flag=True, help="Stream the job's log and exit with the job's exit code.")
 @click.option("--dry-run", is_flag=True, help="Print the sbatch script and exit; submit nothing.")
+@click.option("--export-launchers", metavar="DIR", default=None,
+              help="Copy the bundled srun-torchrun wrapper and sbatch templates to DIR (new or empty, else --force) "
+                   "and exit.")
+@click.option("--force", is_flag=True, help="With --export-launchers: write into a non-empty DIR.")
 @click.argument("program", nargs=-1, type=click.UNPROCESSED)
 def submit_command(nodes, gpus_per_node, time_limit, partition, account, exclude, requeue, max_restarts, job_name,
                    log_dir, sbatch_opts, env_args, env_files, nproc_per_node, python, module, wait, dry_run,
-                   program) -> int:
+                   export_launchers, force, program) -> int:
     """Write an sbatch script that runs PROGRAM with one torchrun per node, and submit it."""
     from orchestrator import slurm
     from orchestrator.errors import ConfigError
     from orchestrator.launch.env import build_env_manifest
     from orchestrator.launch.sbatch import SubmitSpec, follow, log_path, render_sbatch, submit_script
 
+    if export_launchers is not None:
+        return _export(export_launchers, force)
+    if force:
+        raise ConfigError("--force", True, "use it with --export-launchers DIR")
     if not program and not module:
         raise ConfigError("SCRIPT_OR_MODULE", "", "give the script (or -m MODULE) to run, e.g. -- train.py --lr 3e-4")
     manifest = build_env_manifest(head_env=os.environ, env_files=env_files, env_args=env_args)  # validates names
@@ -99,6 +108,15 @@ def submit_command(nodes, gpus_per_node, time_limit, partition, account, exclude
         slurm.cancel(job_id)
         click.echo(f"orchestrator: interrupted; cancelled job {job_id}", err=True)
         return 130
+
+
+def _export(dest: str, force: bool) -> int:
+    from orchestrator import bundled
+
+    target = bundled.export("launchers", dest, force=force, option="--export-launchers")
+    click.echo(f"wrote {target}/srun-torchrun and the sbatch templates; the templates find the wrapper in "
+               f"ORCH_LAUNCHERS (default: launchers/ of the directory you run sbatch from)")
+    return 0
 
 
 @click.command("slurm-launch")

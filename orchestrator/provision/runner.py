@@ -1,4 +1,4 @@
-"""Run playbooks/install.yml through ansible-runner and collect, per host, what happened.
+"""Run playbooks/install.yml (the bundled one, or --playbook) through ansible-runner; collect, per host, what happened.
 
     from orchestrator.provision.runner import plan_install, run_install
     plan = plan_install(hosts, ssh_config="ssh_config", tags=["common", "rdma"], check=False, workdir="runs/install")
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import bundled
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import HostList
 from orchestrator.provision.gate import GateInputs, ToolRun
@@ -32,7 +33,7 @@ log = logging.getLogger("orchestrator.provision.runner")
 
 __all__ = ["PLAYBOOK", "ROLES", "InstallPlan", "HostReport", "InstallResult", "plan_install", "run_install", "gate_inputs"]
 
-PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "install.yml"
+PLAYBOOK = bundled.path("playbooks") / "install.yml"  # roles/ next to it; `install --export-playbooks` copies both
 ROLES = ("common", "nvidia_driver", "cuda_toolkit", "rdma", "nccl", "rootless_docker", "nvidia_container_toolkit",
          "validate", "gpu", "verify")  # tags install.yml knows (roles, plus the gpu and verify groups)
 GATE_TASKS = {"Gate input: nvidia-smi": "nvidia_smi", "Gate input: ibv_devinfo": "ibv_devinfo",
@@ -100,7 +101,8 @@ def plan_install(hosts: HostList, *, inventory: dict | str, workdir: str | os.Pa
     if forks < 1:
         raise ConfigError("--forks", forks, "use a positive number of parallel hosts")
     if not Path(playbook).is_file():
-        raise ConfigError("--playbook", os.fspath(playbook), "give an existing playbook (playbooks/install.yml)")
+        raise ConfigError("--playbook", os.fspath(playbook),
+                          "give an existing playbook (`orchestrator install --export-playbooks DIR` writes DIR/install.yml)")
     return InstallPlan(hosts=hosts, inventory=inventory, workdir=Path(workdir).resolve(), playbook=Path(playbook).resolve(),
                        tags=_split_tags(tags, "--tags"), skip_tags=_split_tags(skip_tags, "--skip-tags"), check=check,
                        forks=forks, pipelining=pipelining, extra_vars=dict(extra_vars or {}))
