@@ -16,7 +16,7 @@ import shutil
 from importlib.resources import files
 from pathlib import Path
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, OrchestratorError
 
 NAMES = ("playbooks", "launchers")
 
@@ -41,5 +41,9 @@ def export(name: str, dest: str | os.PathLike, *, force: bool, option: str) -> P
         raise ConfigError(option, os.fspath(target), "give a directory (this is a file)")
     if target.is_dir() and any(target.iterdir()) and not force:
         raise ConfigError(option, os.fspath(target), "not empty: give a new or empty directory, or add --force")
-    shutil.copytree(path(name), target, dirs_exist_ok=True)
+    source = path(name)
+    if not source.is_dir():  # a build from a copy of orchestrator/ alone: its data/ symlinks pointed nowhere
+        raise OrchestratorError(f"this installation has no bundled {name} ({source}): reinstall it from a wheel or "
+                                f"a checkout that has {name}/")
+    shutil.copytree(source, target, dirs_exist_ok=True)
     return target
