@@ -92,6 +92,13 @@ class _Node:
     async def send_json(self, message: dict) -> None:
         await self.send(json.dumps(message).encode() + b"\n")
 
+    async def tell(self, message: dict) -> None:
+        """A control line; a session already gone is not an error here: reading its next event says why."""
+        try:
+            await self.send_json(message)
+        except Exception as exc:  # noqa: BLE001 - OSError or the SSH channel's
+            log.debug("%s: control line not sent: %s", self.host, exc)
+
     def close(self) -> None:
         self.session.close()
 
@@ -159,7 +166,7 @@ async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshO
             else:
                 needed.append(host)
         for host in set(nodes) - set(needed):
-            await nodes[host].send_json({"go": False})
+            await nodes[host].tell({"go": False})
         chains = plan_chains(needed, mode)
         if mode == "sequential":
             for chain in chains:
@@ -186,8 +193,8 @@ async def _feed_chain(tar: ImageTar, chain: list[str], nodes: dict[str, _Node], 
                       on_progress: ProgressCallback | None, expected: str | None, results: dict[str, LoadResult],
                       timeout: float) -> None:
     for i, host in enumerate(chain):  # each node after the first listens where its upstream will reach it
-        await nodes[host].send_json({"go": True, "source": "stdin" if i == 0 else "tcp",
-                                     "upstream": chain[i - 1] if i else None})
+        await nodes[host].tell({"go": True, "source": "stdin" if i == 0 else "tcp",
+                                "upstream": chain[i - 1] if i else None})
 
     async def listening(host: str) -> dict | None:
         try:
@@ -204,7 +211,7 @@ async def _feed_chain(tar: ImageTar, chain: list[str], nodes: dict[str, _Node], 
     for i, host in enumerate(chain):
         nxt = listens[chain[i + 1]] if i + 1 < len(chain) else None
         to = {"address": nxt["address"] or chain[i + 1], "port": nxt["port"]} if nxt else None  # "": by name
-        await nodes[host].send_json({"next": to})
+        await nodes[host].tell({"next": to})
 
     lost: list[str] = []  # nodes whose session ended without a result: the chain broke there
 

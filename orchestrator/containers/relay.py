@@ -315,11 +315,13 @@ def main():
         source = conn.makefile("rb")
     else:
         source = control
-    nxt = None
-    if nxt_at:
-        nxt = watch_peer(socket.create_connection((nxt_at["address"], nxt_at["port"]), timeout=60))
-        nxt.sendall(spec["token"].encode() + b"\n")
-    forward_error = []
+    nxt, forward_error = None, []
+    if nxt_at:  # a next node we cannot reach is its failure (it waits for us in vain), not this node's
+        try:
+            nxt = watch_peer(socket.create_connection((nxt_at["address"], nxt_at["port"]), timeout=60))
+            nxt.sendall(spec["token"].encode() + b"\n")
+        except OSError as exc:
+            forward_error.append(f"connect to {nxt_at['address']}:{nxt_at['port']}: {exc}")
 
     def forward(data):
         if nxt is not None and not forward_error:

@@ -160,6 +160,18 @@ def test_unreachable_daemon_and_full_disk_leave_other_hosts_loaded(docker_hosts)
         assert image_id_on(sb, h, image.image_id) == image.image_id
 
 
+def test_relay_checks_host_keys_like_every_ssh_session(docker_hosts, tmp_path):
+    """The relay goes through the SSH transport: a host whose key is not known fails, the others load."""
+    sb, image = docker_hosts
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(line + "\n" for line in sb.known_hosts.read_text().splitlines()
+                             if "n2" not in line.split()[0].split(",")))
+    assert cli(sb, "rm", image.image_id, "--hosts", "n[1-2]", "--force").returncode == 0
+    rc, hosts = load(sb, image.path, "n[1-2]", "--ssh-option", f"UserKnownHostsFile={known}")
+    assert rc == 1 and hosts["n1"]["status"] == "loaded", hosts
+    assert hosts["n2"]["status"] == "failed" and "host key verification failed" in hosts["n2"]["error"], hosts
+
+
 def test_node_lost_mid_chain_fails_it_and_downstream_while_upstream_loads(docker_hosts):
     """n2 vanishes (cable pulled, processes killed) while the chain n1 > n2 > n3 > n4 streams: n1 still loads;
     n2 fails, and n3, n4 fail naming n2; no relay is left on any host and no partial image downstream."""
