@@ -7,6 +7,9 @@
     $ orchestrator images rm orch-test:cpu --hosts 'node[1-16]'
     $ orchestrator images build-test out.tar [--venv .venv]     # CPU test image from this machine's python
 
+Results (the listing, the per-host table) go to stdout, one line per row, so `| grep` and `| awk` work;
+progress bars and diagnostics go to stderr, as with `docker images` or pdsh.
+
 Exit codes: 0 every host has the image, 1 some host failed (the table says why), 2 bad input (nothing started).
 """
 
@@ -42,7 +45,7 @@ def images_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Per-host results as one JSON document on stdout.")
 def load_command(image: str, host_selection: HostSelection, ssh, docker_socket: str | None, mode: str, python: str,
                  sha256: str | None, as_json: bool) -> int:
-    """Load IMAGE (a `docker save` tar) into every node's docker; skip nodes that have its image id."""
+    """Load IMAGE (a `docker save` tar) into every node's docker; a node that has its image id only gets its tags."""
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -66,22 +69,19 @@ def load_command(image: str, host_selection: HostSelection, ssh, docker_socket: 
     if as_json:
         click.echo(json.dumps(results_json(results) | {"image_id": tar.image_id, "mode": mode}))
     else:
-        _print_results(console, results)
+        _echo_columns(("HOST", "STATUS", "SECONDS", "ERROR"), [
+            (r.host, r.status, f"{r.seconds:.1f}", r.error or "")
+            for r in sorted(results.values(), key=lambda r: (r.ok, r.host))])
+        counts = {s: sum(r.status == s for r in results.values()) for s in ("loaded", "tagged", "skipped", "failed")}
+        click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0 if all(r.ok for r in results.values()) else 1
 
 
-def _print_results(console, results) -> None:
-    from rich.table import Table
-
-    table = Table(show_edge=False)
-    for col in ("host", "status", "seconds", "error"):
-        table.add_column(col)
-    for r in sorted(results.values(), key=lambda r: (r.ok, r.host)):
-        style = "red" if not r.ok else None
-        table.add_row(r.host, r.status, f"{r.seconds:.1f}", r.error or "", style=style)
-    console.print(table)
-    counts = {s: sum(r.status == s for r in results.values()) for s in ("loaded", "skipped", "failed")}
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items()))
+def _echo_columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Rows as aligned columns on stdout, never wrapped or cut (the last column runs on), like `docker images`."""
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header) - 1)]
+    for row in (header, *rows):
+        click.echo("   ".join([*(str(c).ljust(w) for c, w in zip(row, widths)), str(row[-1])]).rstrip())
 
 
 @images_group.command("ls")
@@ -90,10 +90,7 @@ def _print_results(console, results) -> None:
 @_SOCKET
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def ls_command(host_selection: HostSelection, ssh, docker_socket: str | None, as_json: bool) -> int:
-    """Images on every node (id, tags, size); hosts whose docker cannot be asked are listed as failed."""
-    from rich.console import Console
-    from rich.table import Table
-
+    """Images on every node (id, tags, size) on stdout; hosts whose docker cannot be asked: on stderr, exit 1."""
     from orchestrator.containers.manage import list_images
 
     hosts = resolve_from_cli(host_selection).names
@@ -102,15 +99,10 @@ def ls_command(host_selection: HostSelection, ssh, docker_socket: str | None, as
     if as_json:
         click.echo(json.dumps({"images": rows, "failed": failed}))
     else:
-        console = Console(stderr=True)
-        table = Table(show_edge=False)
-        for col in ("host", "image id", "tags", "size"):
-            table.add_column(col)
-        for row in rows:
-            table.add_row(row["host"], row["id"][:19], " ".join(row["tags"]), row["size"])
+        _echo_columns(("HOST", "IMAGE ID", "SIZE", "TAGS"),
+                      [(r["host"], r["id"][:19], r["size"], " ".join(r["tags"]) or "<none>") for r in rows])
         for f in failed:
-            table.add_row(f["host"], "", "", f"{f['reason']} {' '.join(f['tail'])}", style="red")
-        console.print(table)
+            click.echo(f"{f['host']}: failed: {f['reason']} {' '.join(f['tail'])}".rstrip(), err=True)
     return 1 if failed else 0
 
 
@@ -133,7 +125,7 @@ def rm_command(image: str, host_selection: HostSelection, ssh, docker_socket: st
     else:
         for host, s in status.items():
             why = "" if s != "failed" else f": {result[host].reason()} {' '.join(result[host].tail[-2:])}"
-            click.echo(f"{host}: {s}{why}", err=True)
+            click.echo(f"{host}: {s}{why}")
     return 1 if "failed" in status.values() else 0
 
 
@@ -146,7 +138,7 @@ def build_test_command(out: str, tag: str, venv: str | None) -> None:
     from orchestrator.containers.image import build_test_image
 
     info = build_test_image(out, tag=tag, venv=venv)
-    click.echo(f"{info.path}: {info.image_id} {' '.join(info.tags)} ({info.size / 1e6:.0f} MB)", err=True)
+    click.echo(f"{info.path}: {info.image_id} {' '.join(info.tags)} ({info.size / 1e6:.0f} MB)")
 
 
 commands = [images_group]

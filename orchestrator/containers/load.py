@@ -3,15 +3,18 @@
     from orchestrator.containers.load import load_image
     results = load_image("img.tar", ["node1", "node2", "node3"], ssh=SshOptions(config="ssh_config"),
                          on_progress=lambda host, done, total: ..., mode="relay")
-    results["node2"].status        # 'loaded' | 'skipped' (had the image id) | 'failed'
+    results["node2"].status        # 'loaded' | 'tagged' (had the image id, not every tag) | 'skipped' | 'failed'
     results["node2"].error         # 'docker load: ... no space left on device' (per host; the others go on)
 
 Plan, then act: the tar's manifest gives the image id (ConfigError before anything starts when the file is
 missing or not an image). Every node gets the relay (relay.py, inline over SSH) which says whether its docker
-already has the id (then it is skipped), or why its daemon cannot be reached. The nodes that need the image
-form chains: the head writes the tar once into the first node's SSH stdin; each node forwards the stream over
-TCP to the next (a one-time token opens the connection) while it loads it. The head's sha256 travels after
-the data and every node compares its own; then each node looks its image id up.
+already has the id, or why its daemon cannot be reached; a node that has the id under other tags gets the
+tar's tags pointed at it ('tagged'), one that has them all is 'skipped'. The nodes that need the image form
+chains: the head writes the tar once into the first node's SSH stdin; each node forwards the stream over TCP
+to the next while it loads it. A node listens on its own address on the route to its upstream, and takes the
+first connection that presents this load's one-time token (others are dropped). The head's sha256 travels
+after the data and every node compares its own; then each node looks its image id up. Every relay runs over
+the SSH transport (remote/ssh.py) with its options and host-key checks.
 
 mode: 'relay' (one chain: the head's uplink carries the tar once), 'parallel' (the head streams to every node
 at once), 'sequential' (one node after the other): the last two are the baselines of bench/images.py.
@@ -25,25 +28,22 @@ import json
 import logging
 import re
 import secrets
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import asyncssh
-
 from orchestrator.containers.image import ImageTar, read_image_tar
 from orchestrator.errors import ConfigError
 from orchestrator.inline import python_source
-from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
+from orchestrator.remote.ssh import SshOptions, SshSession, SshTransport, describe_error
 
 log = logging.getLogger("orchestrator.containers.load")
 
 RELAY = Path(__file__).with_name("relay.py")  # sent inline to every node
 MODES = ("relay", "parallel", "sequential")
 CHUNK = 1 << 20
-KEEPALIVE_S, KEEPALIVE_COUNT = 5, 3  # a node whose SSH session answers nothing for ~15 s is lost
+KEEPALIVE_S = 5  # a node whose SSH session answers nothing for 3 keepalives (~15 s) is lost
 ProgressCallback = Callable[[str, int, int], None]  # (host, bytes loaded so far, total bytes)
 
 
@@ -51,14 +51,15 @@ ProgressCallback = Callable[[str, int, int], None]  # (host, bytes loaded so far
 class LoadResult:
     host: str
     status: str = "failed"
-    """'loaded', 'skipped' (the node already had the image id) or 'failed'."""
+    """'loaded', 'tagged' (the node had the image id: the tar's tags were added), 'skipped' (it had the id
+    and every tag) or 'failed'."""
     error: str | None = None
     seconds: float = 0.0
     image_id: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.status in ("loaded", "skipped")
+        return self.status in ("loaded", "tagged", "skipped")
 
 
 def plan_chains(hosts: Sequence[str], mode: str) -> list[list[str]]:
@@ -71,42 +72,47 @@ def plan_chains(hosts: Sequence[str], mode: str) -> list[list[str]]:
 class _Node:
     """One node's relay session: JSON events on stdout, control (and, for a chain head, data) on stdin."""
 
-    def __init__(self, host: str, conn: asyncssh.SSHClientConnection, proc: asyncssh.SSHClientProcess):
-        self.host, self.conn, self.proc = host, conn, proc
+    def __init__(self, host: str, session: SshSession):
+        self.host, self.session = host, session
+        self._lines = aiter(session.stdout)
 
     async def event(self) -> dict:
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                err = (await self.proc.stderr.read(4000)).decode("utf-8", "replace").strip()
-                raise ConnectionError(f"relay ended without a result{': ' + err.splitlines()[-1] if err else ''}")
+        async for line in self._lines:
             try:
                 return json.loads(line)
             except ValueError:
                 log.debug("%s: %s", self.host, line)
+        err = await asyncio.wait_for(_last_line(self.session.stderr), 5)
+        raise ConnectionError(f"relay ended without a result{': ' + err if err else ''}")
 
     async def send(self, data: bytes) -> None:
-        self.proc.stdin.write(data)
-        await self.proc.stdin.drain()
+        self.session.send(data)
+        await self.session.drain()
+
+    async def send_json(self, message: dict) -> None:
+        await self.send(json.dumps(message).encode() + b"\n")
+
+    async def tell(self, message: dict) -> None:
+        """A control line; a session already gone is not an error here: reading its next event says why."""
+        try:
+            await self.send_json(message)
+        except Exception as exc:  # noqa: BLE001 - OSError or the SSH channel's
+            log.debug("%s: control line not sent: %s", self.host, exc)
 
     def close(self) -> None:
-        self.proc.close()
-        self.conn.close()
+        self.session.close()
+
+
+async def _last_line(lines) -> str:
+    last = ""
+    async for line in lines:
+        last = line.strip() or last
+    return last
 
 
 async def _open(transport: SshTransport, host: str, python: str) -> _Node:
-    kwargs = transport.connect_kwargs(host)
-    if kwargs.pop("_insecure", False):
-        log.warning("host key checking is OFF (StrictHostKeyChecking=no): hosts are not authenticated")
-    if not kwargs["options"].keepalive_interval:  # ServerAliveInterval in the ssh config wins
-        kwargs.update(keepalive_interval=KEEPALIVE_S, keepalive_count_max=KEEPALIVE_COUNT)
-    conn = await asyncssh.connect(**kwargs)
-    try:
-        proc = await conn.create_process(f"{python} -I -S -c {shlex.quote(python_source(RELAY))}", encoding=None)
-    except BaseException:
-        conn.close()
-        raise
-    return _Node(host, conn, proc)
+    session = await transport.open(host, [python, "-I", "-S", "-c", python_source(RELAY)], keepalive=KEEPALIVE_S)
+    return _Node(host, session)
 
 
 async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshOptions | None = None,
@@ -138,8 +144,8 @@ async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshO
         try:
             node = await asyncio.wait_for(_open(transport, host, python), connect_timeout)
             nodes[host] = node
-            await node.send(json.dumps({"image_id": tar.image_id, "size": tar.size, "token": token,
-                                        "socket": socket}).encode() + b"\n")
+            await node.send_json({"image_id": tar.image_id, "tags": list(tar.tags), "size": tar.size,
+                                  "token": token, "socket": socket})
             return await asyncio.wait_for(node.event(), connect_timeout)
         except Exception as exc:  # noqa: BLE001 - this host's result; the others go on
             finish(host, "failed", f"unreachable: {describe_error(exc)}")
@@ -153,21 +159,21 @@ async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshO
                 continue
             if ev.get("error"):
                 finish(host, "failed", ev["error"])
-            elif ev.get("have"):
-                finish(host, "skipped", image_id=tar.image_id)
+            elif ev.get("have"):  # the id is there; the relay pointed any missing tag of the tar at it
+                finish(host, "tagged" if ev.get("tagged") else "skipped", image_id=tar.image_id)
                 if on_progress:
                     on_progress(host, tar.size, tar.size)
             else:
                 needed.append(host)
         for host in set(nodes) - set(needed):
-            await nodes[host].send(b'{"go": false}\n')
+            await nodes[host].tell({"go": False})
         chains = plan_chains(needed, mode)
         if mode == "sequential":
             for chain in chains:
-                await _feed_chain(tar, chain, nodes, ready, finish, on_progress, expected, results)
+                await _feed_chain(tar, chain, nodes, finish, on_progress, expected, results, connect_timeout)
         else:
-            await asyncio.gather(*(_feed_chain(tar, chain, nodes, ready, finish, on_progress, expected, results)
-                                   for chain in chains))
+            await asyncio.gather(*(_feed_chain(tar, chain, nodes, finish, on_progress, expected, results,
+                                               connect_timeout) for chain in chains))
     finally:
         for node in nodes.values():
             node.close()
@@ -183,13 +189,29 @@ def check_sha256(value: str) -> str:
     return digest
 
 
-async def _feed_chain(tar: ImageTar, chain: list[str], nodes: dict[str, _Node], ready: dict[str, dict],
-                      finish, on_progress: ProgressCallback | None, expected: str | None,
-                      results: dict[str, LoadResult]) -> None:
+async def _feed_chain(tar: ImageTar, chain: list[str], nodes: dict[str, _Node], finish,
+                      on_progress: ProgressCallback | None, expected: str | None, results: dict[str, LoadResult],
+                      timeout: float) -> None:
+    for i, host in enumerate(chain):  # each node after the first listens where its upstream will reach it
+        await nodes[host].tell({"go": True, "source": "stdin" if i == 0 else "tcp",
+                                "upstream": chain[i - 1] if i else None})
+
+    async def listening(host: str) -> dict | None:
+        try:
+            ev = await asyncio.wait_for(nodes[host].event(), timeout)
+            if ev["event"] == "listening":
+                return ev
+            finish(host, "failed", ev.get("error") or f"relay answered {ev}")
+        except Exception as exc:  # noqa: BLE001 - this host's result; the chain closes over it
+            finish(host, "failed", describe_error(exc))
+        return None
+
+    listens = dict(zip(chain[1:], await asyncio.gather(*(listening(h) for h in chain[1:]))))
+    chain = [h for i, h in enumerate(chain) if i == 0 or listens[h] is not None]
     for i, host in enumerate(chain):
-        nxt = f"{chain[i + 1]}:{ready[chain[i + 1]]['port']}" if i + 1 < len(chain) else None
-        await nodes[host].send(json.dumps({"go": True, "source": "stdin" if i == 0 else "tcp",
-                                           "next": nxt}).encode() + b"\n")
+        nxt = listens[chain[i + 1]] if i + 1 < len(chain) else None
+        to = {"address": nxt["address"] or chain[i + 1], "port": nxt["port"]} if nxt else None  # "": by name
+        await nodes[host].tell({"next": to})
 
     lost: list[str] = []  # nodes whose session ended without a result: the chain broke there
 
@@ -219,9 +241,9 @@ async def _feed_chain(tar: ImageTar, chain: list[str], nodes: dict[str, _Node], 
                 while data := await asyncio.to_thread(f.read, CHUNK):
                     digest.update(data)
                     await head.send(data)
-            await head.send(json.dumps({"sha256": expected or digest.hexdigest()}).encode() + b"\n")
-        except (OSError, asyncssh.Error) as exc:
-            log.debug("%s: feeding stopped: %s", chain[0], exc)  # that node's follow() reports why
+            await head.send_json({"sha256": expected or digest.hexdigest()})
+        except Exception as exc:  # noqa: BLE001 - OSError or the SSH channel's: that node's follow() reports why
+            log.debug("%s: feeding stopped: %s", chain[0], exc)
 
     await asyncio.gather(feed(), *(follow(h) for h in chain))
     for i, host in enumerate(chain):  # downstream of a lost node, say which one broke the stream

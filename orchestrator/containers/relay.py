@@ -1,33 +1,47 @@
 """Node-side image relay: receive an image tar, forward it to the next node while loading it into local docker.
 
     python3 -I -S -c "$(cat relay.py)" < control     # started by load.py over SSH; stdlib only
-    # stdin, line 1:  {"image_id": "sha256:..", "size": N, "token": "..", "socket": null}
-    # stdout:         {"event": "ready", "have": false, "port": 41234, "error": null, "socket": "/run/docker.sock"}
-    # stdin, line 2:  {"go": true, "source": "stdin" | "tcp", "next": "node3:41234" | null}
+    # stdin, line 1:  {"image_id": "sha256:..", "tags": ["img:1"], "size": N, "token": "..", "socket": null}
+    # stdout:         {"event": "ready", "have": false, "tagged": [], "error": null, "socket": "/run/docker.sock"}
+    # stdin, line 2:  {"go": true, "source": "stdin" | "tcp", "upstream": "node2" | null}
+    # stdout (tcp):   {"event": "listening", "address": "10.0.0.3", "port": 41234}
+    # stdin, line 3:  {"next": {"address": "10.0.0.4", "port": 41234} | null}
     # then the data:  N bytes + one line {"sha256": ".."} on stdin (source stdin) or from the previous node
     #                 (source tcp, after the token line); forwarded byte for byte to `next`
     # stdout:         {"event": "progress", "bytes": n} ... {"event": "done", "error": null, "image_id": ..}
 
 Loading goes through the Engine API on the node's socket (POST /images/load, chunked), the call the docker
-SDK and `docker load` make, so nothing lands on disk but docker's own layers. A failed local load does not
-stop the forwarding: the next nodes are unaffected. The sha256 of what arrived is compared with the head's
-(sent after the data: the file's, or the digest the user expects) and the loaded image id is looked up
-afterwards; when either check fails, what this load put into docker is removed again. When stdin closes
-before the end (the head died or gave up), the relay exits at once. A neighbour that vanishes (power, cable)
-sends no FIN: TCP keepalives and TCP_USER_TIMEOUT end the node-to-node connection after PEER_TIMEOUT s
-without an answer, while a slow but live neighbour (its window closed, its probes answered) is waited for.
+SDK and `docker load` make, so nothing lands on disk but docker's own layers. A node that already has the
+image id gets the tar's tags pointed at it (POST /images/{id}/tag), as `docker load` would retag, and loads
+nothing. A failed local load does not stop the forwarding: the next nodes are unaffected. The sha256 of what
+arrived is compared with the head's (sent after the data: the file's, or the digest the user expects) and the
+loaded image id is looked up afterwards; when either check fails, what this load put into docker is removed
+again. When stdin closes before the end (the head died or gave up), the relay exits at once.
+
+A node fed over TCP listens on its own address on the route to its upstream (not the wildcard), and takes
+the first connection that presents the load's token within TOKEN_TIMEOUT s; a wrong token or a silent
+connection is dropped and does not stop the wait for the real upstream (ACCEPT_TIMEOUT s in all). A
+neighbour that vanishes (power, cable) sends no FIN: TCP keepalives and TCP_USER_TIMEOUT end the node-to-node
+connection after PEER_TIMEOUT s without an answer, while a slow but live neighbour (its window closed, its
+probes answered) is waited for.
 """
 
 import hashlib
+import hmac
 import http.client
 import json
 import os
+import selectors
 import socket
 import sys
 import threading
 import time
+from urllib.parse import quote, urlencode
 
 CHUNK = 1 << 20
+ACCEPT_TIMEOUT = 120  # seconds for the real upstream to connect and present the token
+TOKEN_TIMEOUT = 5  # seconds a connection has to present the token before it is dropped
+MAX_PENDING = 32  # connections waiting to present a token at once
 PEER_TIMEOUT = 12  # seconds a neighbour may leave our packets unanswered before it counts as gone
 
 
@@ -88,6 +102,100 @@ def remove_image(sock_path, ref):
     """Take back what a failed load left (an image that is not the expected one, or of unverified bytes)."""
     status, body = api(sock_path, "DELETE", f"/images/{ref}?force=1")
     return None if status in (200, 404) else f"{status} {body[:200]!r}"
+
+
+def split_ref(ref):
+    """'repo[:port]/name:tag' -> (repo, tag); no tag means 'latest', as in docker."""
+    repo, sep, tag = ref.rpartition(":")
+    return (repo, tag) if sep and "/" not in tag else (ref, "latest")
+
+
+def apply_tags(sock_path, image_id, refs):
+    """Point each of `refs` at image_id (POST /images/{id}/tag) unless it already does; -> the refs applied."""
+    applied = []
+    for ref in refs:
+        status, body = api(sock_path, "GET", f"/images/{quote(ref, safe='/:@')}/json")
+        if status == 200 and json.loads(body).get("Id") == image_id:
+            continue
+        repo, tag = split_ref(ref)
+        status, body = api(sock_path, "POST", f"/images/{image_id}/tag?{urlencode({'repo': repo, 'tag': tag})}")
+        if status not in (200, 201):
+            raise OSError(f"docker tag {image_id} {ref}: {status} {body[:200]!r}")
+        applied.append(ref)
+    return applied
+
+
+def listen_address(upstream):
+    """This node's address on its route to `upstream`: where the upstream connects (never the wildcard when
+    known). A UDP connect sends nothing; it only picks the route and its source address. When the upstream's
+    name does not resolve here, the address the head's SSH session reached this node at."""
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(upstream, 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(addr)
+            return probe.getsockname()[0]
+    except (OSError, TypeError, UnicodeError):
+        ssh = os.environ.get("SSH_CONNECTION", "").split()
+        return ssh[2] if len(ssh) == 4 else ""
+
+
+def accept_upstream(listener, token, deadline=ACCEPT_TIMEOUT):
+    """The first connection that sends `token` + newline within token_s of connecting; others (a wrong token,
+    silence, an early close) are dropped and the wait goes on, for up to `deadline` s in all (None then). The token is
+    compared only once all its bytes are in, so a connection learns nothing from when it is dropped."""
+    want = token.encode() + b"\n"
+    end = time.monotonic() + deadline
+    pending = {}  # connection -> (its deadline, the bytes it sent)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    listener.setblocking(False)
+
+    def drop(conn):
+        sel.unregister(conn)
+        del pending[conn]
+        conn.close()
+
+    try:
+        while (now := time.monotonic()) < end:
+            for conn in [c for c, (t, _) in pending.items() if t <= now]:
+                drop(conn)
+            wait = min([end, *(t for t, _ in pending.values())]) - now
+            for key, _ in sel.select(max(wait, 0.01)):
+                if key.fileobj is listener:
+                    try:
+                        conn, _ = listener.accept()
+                    except OSError:
+                        continue
+                    if len(pending) >= MAX_PENDING:  # a flood: the oldest has had the longest to speak
+                        drop(min(pending, key=lambda c: pending[c][0]))
+                    conn.setblocking(False)
+                    pending[conn] = (time.monotonic() + TOKEN_TIMEOUT, b"")
+                    sel.register(conn, selectors.EVENT_READ)
+                    continue
+                conn = key.fileobj
+                if conn not in pending:
+                    continue
+                try:
+                    data = conn.recv(len(want) - len(pending[conn][1]))
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                got = pending[conn][1] + data
+                if not data or (len(got) == len(want) and not hmac.compare_digest(got, want)):
+                    drop(conn)
+                elif len(got) == len(want):
+                    sel.unregister(conn)
+                    del pending[conn]
+                    conn.setblocking(True)
+                    return conn
+                else:
+                    pending[conn] = (pending[conn][0], got)
+        return None
+    finally:
+        for conn in pending:
+            conn.close()
+        sel.close()
 
 
 class Loader:
@@ -175,35 +283,45 @@ def main():
     control = sys.stdin.buffer
     spec = json.loads(control.readline())
     sock_path = spec.get("socket") or default_socket()
-    listener, have, error = None, False, None
+    have, tagged, error = False, [], None
     try:
         have = has_image(sock_path, spec["image_id"])
     except OSError as exc:
         error = f"docker daemon not reachable at {sock_path}: {exc.strerror or exc}"
-    if not have and error is None:
-        listener = socket.create_server(("", 0), backlog=2)
-    emit(event="ready", have=have, error=error, socket=sock_path, port=listener.getsockname()[1] if listener else None)
+    if have:
+        try:
+            tagged = apply_tags(sock_path, spec["image_id"], spec.get("tags") or [])
+        except OSError as exc:
+            error = str(exc)
+    emit(event="ready", have=have, tagged=tagged, error=error, socket=sock_path)
     go = json.loads(control.readline() or b"{}")
     if not go.get("go"):
         return
+    listener = None
     if go["source"] == "tcp":
-        listener.settimeout(120)
-        conn, _ = listener.accept()
+        address = listen_address(go.get("upstream"))
+        listener = socket.create_server((address, 0), family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                                        backlog=16)
+        emit(event="listening", address=address, port=listener.getsockname()[1])  # "": the head names us
+    nxt_at = json.loads(control.readline() or b"{}").get("next")
+    if listener is not None:
+        threading.Thread(target=watch_stdin_eof, args=(control,), daemon=True).start()
+        conn = accept_upstream(listener, spec["token"])
+        listener.close()
+        if conn is None:
+            emit(event="done", error=f"no upstream presented this load's token in {ACCEPT_TIMEOUT} s")
+            return
         watch_peer(conn).settimeout(600)
         source = conn.makefile("rb")
-        if source.readline().strip() != spec["token"].encode():
-            emit(event="done", error="upstream did not present this load's token")
-            return
-        threading.Thread(target=watch_stdin_eof, args=(control,), daemon=True).start()
     else:
         source = control
-    listener.close()
-    nxt = None
-    if go.get("next"):
-        host, port = go["next"].rsplit(":", 1)
-        nxt = watch_peer(socket.create_connection((host, int(port)), timeout=60))
-        nxt.sendall(spec["token"].encode() + b"\n")
-    forward_error = []
+    nxt, forward_error = None, []
+    if nxt_at:  # a next node we cannot reach is its failure (it waits for us in vain), not this node's
+        try:
+            nxt = watch_peer(socket.create_connection((nxt_at["address"], nxt_at["port"]), timeout=60))
+            nxt.sendall(spec["token"].encode() + b"\n")
+        except OSError as exc:
+            forward_error.append(f"connect to {nxt_at['address']}:{nxt_at['port']}: {exc}")
 
     def forward(data):
         if nxt is not None and not forward_error:

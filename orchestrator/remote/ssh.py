@@ -66,6 +66,7 @@ __all__ = ["SshOptions", "SshTransport", "describe_error", "parse_ssh_option"]
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 HANDSHAKE_TIMEOUT_S = 60.0  # SSH handshake + login, after the TCP connect (see SshTransport.open)
+KEEPALIVE_COUNT = 3  # unanswered keepalives before a connection counts as lost (open(keepalive=))
 _STRICT = "StrictHostKeyChecking"
 # -o options that mean nothing to asyncssh but are harmless to drop quietly (pdsh/ansible users pass them)
 _IGNORED_OK = {"batchmode", "loglevel", "controlmaster", "controlpath", "controlpersist", "requesttty"}
@@ -183,6 +184,10 @@ class SshSession(ProcessStreams):
         signal_name = self._proc.exit_signal[0] if self._proc.exit_signal else None
         return self._proc.exit_status, signal_name
 
+    async def drain(self) -> None:
+        """Wait until what send() wrote is taken by the connection (flow control for a stream on stdin)."""
+        await self._proc.stdin.drain()
+
     def close(self) -> None:
         self._proc.close()
         self._conn.close()
@@ -251,9 +256,8 @@ class SshTransport:
         # which asyncssh would replace with ~/.ssh/known_hosts.
         existing = [f for f in known if os.path.exists(f)]
         strict = str(config.get(_STRICT, "yes")).lower()
-        if strict in ("no", "off"):
+        if strict in ("no", "off"):  # known_hosts None: asyncssh checks nothing (open() warns once)
             kwargs["known_hosts"] = None
-            kwargs["_insecure"] = True
         else:  # yes / ask (nobody to ask) / accept-new: refuse changed keys, even with UserKnownHostsFile none
             kwargs["known_hosts"] = self._read_known_hosts(tuple(existing))
         if strict == "accept-new":
@@ -275,12 +279,17 @@ class SshTransport:
         for host in hosts:
             self._prepared[host] = self.connect_kwargs(host)
 
-    async def open(self, host: str, argv: Sequence[str]) -> SshSession:
+    async def open(self, host: str, argv: Sequence[str], *, keepalive: float | None = None) -> SshSession:
+        """Run argv on host. keepalive: seconds between SSH keepalives when the config sets no
+        ServerAliveInterval; the connection then counts as lost after KEEPALIVE_COUNT unanswered ones (a
+        long-lived session whose host may vanish without a FIN, e.g. a stream the head keeps writing into)."""
         kwargs = self._prepared.pop(host, None) or self.connect_kwargs(host)
-        if kwargs.pop("_insecure", False) and not self._warned_insecure:
+        if kwargs["known_hosts"] is None and not self._warned_insecure:
             self._warned_insecure = True
             log.warning("host key checking is OFF (StrictHostKeyChecking=no): hosts are not authenticated")
         options = kwargs["options"]
+        if keepalive and not options.keepalive_interval:  # ServerAliveInterval in the ssh config wins
+            kwargs.update(keepalive_interval=keepalive, keepalive_count_max=KEEPALIVE_COUNT)
         timeout = kwargs.pop("connect_timeout", None) or options.connect_timeout or DEFAULT_CONNECT_TIMEOUT_S
         if options.tunnel or options.proxy_command:  # asyncssh's own connect through the jump host / proxy
             kwargs["connect_timeout"] = timeout

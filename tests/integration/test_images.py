@@ -9,11 +9,14 @@ disk). A small real image tar (python3 + its libraries, ~60 MB) built by orchest
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -157,6 +160,18 @@ def test_unreachable_daemon_and_full_disk_leave_other_hosts_loaded(docker_hosts)
         assert image_id_on(sb, h, image.image_id) == image.image_id
 
 
+def test_relay_checks_host_keys_like_every_ssh_session(docker_hosts, tmp_path):
+    """The relay goes through the SSH transport: a host whose key is not known fails, the others load."""
+    sb, image = docker_hosts
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(line + "\n" for line in sb.known_hosts.read_text().splitlines()
+                             if "n2" not in line.split()[0].split(",")))
+    assert cli(sb, "rm", image.image_id, "--hosts", "n[1-2]", "--force").returncode == 0
+    rc, hosts = load(sb, image.path, "n[1-2]", "--ssh-option", f"UserKnownHostsFile={known}")
+    assert rc == 1 and hosts["n1"]["status"] == "loaded", hosts
+    assert hosts["n2"]["status"] == "failed" and "host key verification failed" in hosts["n2"]["error"], hosts
+
+
 def test_node_lost_mid_chain_fails_it_and_downstream_while_upstream_loads(docker_hosts):
     """n2 vanishes (cable pulled, processes killed) while the chain n1 > n2 > n3 > n4 streams: n1 still loads;
     n2 fails, and n3, n4 fail naming n2; no relay is left on any host and no partial image downstream."""
@@ -211,3 +226,99 @@ def test_rootless_daemons_load_and_skip(private_sandbox, tmp_path):
         info = sb.exec(h, ["docker", "-H", f"unix://{socket}", "info", "--format", "{{.SecurityOptions}}"]).stdout
         assert "rootless" in info
         assert sb.exec(h, ["docker", "-H", f"unix://{socket}", "image", "inspect", image.image_id]).returncode == 0
+
+
+def retagged(image, out: Path, tag: str) -> Path:
+    """The same image (same config, same id) saved under another tag: only manifest.json differs."""
+    with tarfile.open(image.path) as src, tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as dst:
+        for member in src:
+            data = src.extractfile(member).read()
+            if member.name == "manifest.json":
+                manifest = json.loads(data)
+                manifest[0]["RepoTags"] = [tag]
+                data = json.dumps(manifest).encode()
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    return out
+
+
+def test_node_with_the_id_under_another_tag_gets_the_new_tag(docker_hosts, tmp_path):
+    """n1, n2 have the image as orch-test:cpu; the same image saved as orch-test:v2 is tagged there, loaded on
+    n3, and runs by its new tag. The result table and `images ls` are the command's output: on stdout."""
+    sb, image = docker_hosts
+    assert cli(sb, "rm", image.image_id, "--hosts", "n[1-3]", "--force").returncode == 0
+    rc, hosts = load(sb, image.path, "n[1-2]")
+    assert rc == 0 and {r["status"] for r in hosts.values()} == {"loaded"}, hosts
+    v2 = retagged(image, tmp_path / "v2.tar", "orch-test:v2")
+    done = cli(sb, "load", str(v2), "--hosts", "n[1-3]")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()[1:] if line.startswith("n")}
+    assert rows == {"n1": "tagged", "n2": "tagged", "n3": "loaded"}, done.stdout
+    assert "1 loaded, 2 tagged, 0 skipped, 0 failed" in done.stdout
+    for h in ("n1", "n2", "n3"):
+        assert image_id_on(sb, h, "orch-test:v2") == image.image_id, h
+    assert image_id_on(sb, "n1", "orch-test:cpu") == image.image_id  # the old tag stays
+    ran = sb.exec("n1", ["docker", "run", "--rm", "--network", "host", "orch-test:v2", "python3", "-c", "print(6*7)"])
+    assert ran.stdout.strip() == "42", ran.stderr
+    rc, hosts = load(sb, v2, "n[1-3]")
+    assert rc == 0 and {r["status"] for r in hosts.values()} == {"skipped"}, hosts
+
+    listed = cli(sb, "ls", "--hosts", "n[1-3]")
+    assert listed.returncode == 0, listed.stderr
+    mine = [line.split() for line in listed.stdout.splitlines() if image.image_id[:19] in line]
+    assert sorted(row[0] for row in mine) == ["n1", "n1", "n2", "n2", "n3"], listed.stdout
+    assert {row[-1] for row in mine} == {"orch-test:cpu", "orch-test:v2"}
+    assert image.image_id[:19] not in listed.stderr
+    removed = cli(sb, "rm", "orch-test:v2", "--hosts", "n[1-3]")
+    assert sorted(removed.stdout.split()) == ["n1:", "n2:", "n3:", "removed", "removed", "removed"], removed.stdout
+
+
+def _relay_listeners(sb, host: str) -> list[tuple[str, int]]:
+    """TCP listeners in `host` other than its sshd: the image relay's."""
+    out = sb.exec(host, ["ss", "-Hltn"], check=True).stdout
+    found = []
+    for line in out.splitlines():
+        address, _, port = line.split()[3].rpartition(":")
+        if port != "22":
+            found.append((address, int(port)))
+    return found
+
+
+def test_relay_listens_on_its_route_address_and_outlasts_bad_connections(docker_hosts):
+    """A user on the cluster connects to n2's relay before its upstream n1 does: once with a wrong token, once
+    saying nothing. Both are dropped; n1's stream is taken and every node loads. n1's connection is held back
+    (its SYNs dropped in n2) until the wrong one has been refused, so the order is certain."""
+    sb, image = docker_hosts
+    assert cli(sb, "rm", image.image_id, "--hosts", "n[1-3]", "--force").returncode == 0
+    hold = ["INPUT", "-p", "tcp", "--syn", "-s", sb.ip("n1"), "-j", "DROP"]
+    sb.exec("n2", ["iptables", "-I", *hold], check=True)
+    held = True
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "images", "load", image.path, "--hosts", "n[1-3]",
+                             "--json", "--ssh-config", str(sb.ssh_config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    bad = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (listeners := _relay_listeners(sb, "n2")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert listeners == [(sb.ip("n2"), listeners[0][1])], listeners  # not 0.0.0.0 / *
+        address = (sb.ip("n2"), listeners[0][1])
+        bad = [socket.create_connection(address, timeout=10) for _ in range(2)]
+        bad[0].sendall(b"0" * 32 + b"\n")
+        assert bad[0].recv(1) == b""  # refused: the relay closed it and is still listening
+        assert _relay_listeners(sb, "n2") == listeners
+        sb.exec("n2", ["iptables", "-D", *hold], check=True)
+        held = False
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if held:
+            sb.exec("n2", ["iptables", "-D", *hold])
+        for conn in bad:
+            conn.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out + err
+    assert {h["host"]: h["status"] for h in json.loads(out)["hosts"]} == {"n1": "loaded", "n2": "loaded", "n3": "loaded"}
+    for h in ("n1", "n2", "n3"):
+        assert image_id_on(sb, h, image.image_id) == image.image_id
