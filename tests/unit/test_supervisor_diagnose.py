@@ -1,19 +1,24 @@
-"""Culprit vs cascade: diagnose() over what an attempt observed (pure; no hosts)."""
+"""Culprit vs cascade: diagnose() over what an attempt observed (pure; no hosts), as the diagnosis event."""
 
 from orchestrator.hosts import Host
 from orchestrator.launch.failures import Failure
 from orchestrator.launch.plan import LaunchSpec, build_plan
-from orchestrator.launch.runner import LaunchResult
 from orchestrator.supervisor.detect import RankExit
-from orchestrator.supervisor.loop import _Attempt, diagnose
+from orchestrator.supervisor.diagnosis import Attempt
+from orchestrator.supervisor.diagnosis import diagnose as diagnosis
+from orchestrator.supervisor.runner import AttemptResult
 
 PLAN = build_plan(LaunchSpec(program=("train.py",), run_id="r1", nproc_per_node=2), [Host("n1", 2), Host("n2", 2)])
 OK = {"n1": "ok", "n2": "ok"}
 
 
-def attempt(**kw) -> _Attempt:
-    a = _Attempt(0, PLAN, 0.0)
-    a.result = LaunchResult(PLAN)
+def diagnose(attempt: Attempt, health: dict[str, str]) -> dict:
+    return diagnosis(attempt, health).to_event()
+
+
+def attempt(**kw) -> Attempt:
+    a = Attempt(0, PLAN, 0.0)
+    a.result = AttemptResult(exit_code=1)
     for k, v in kw.items():
         setattr(a, k, v)
     return a
