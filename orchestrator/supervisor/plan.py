@@ -14,7 +14,8 @@ from the program's own arguments, read in one place (program_option):
 - the run dir: the program's `--run-dir` when it has one (the engine's: events.jsonl then sits next to its
   metrics.jsonl and checkpoints/), else LAUNCH_RUN_DIR/RUN_ID;
 - the model-parallel size (unless `--model-parallel` is given): the product of the engine's `--tp` and `--pp`
-  (`--tp N` or `--tp=N`, the last one wins); absent, or -1 (the engine infers it), counts as 1.
+  (`--tp N` or `--tp=N`, the last one wins); absent, or -1 (the engine infers it), counts as 1; any other value
+  that is not a positive integer is a ConfigError naming it.
 """
 
 from __future__ import annotations
@@ -201,10 +202,17 @@ def program_option(program: Sequence[str], name: str) -> str | None:
 
 
 def model_parallel_of(program: Sequence[str]) -> int:
-    """tp x pp from the engine's --tp/--pp in the program's arguments; absent or not positive counts as 1."""
+    """tp x pp from the engine's --tp/--pp in the program's arguments; absent or -1 counts as 1.
+
+    Any other value that is not a positive integer is a ConfigError now: the engine would reject it on every
+    attempt."""
     size = 1
     for name in ("--tp", "--pp"):
         value = program_option(program, name)
-        if value and value.lstrip("-").isdigit() and int(value) > 0:
-            size *= int(value)
+        if value is None or value == "-1":
+            continue
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(name, value, "the program's value: use a positive integer or -1 (the engine infers "
+                                           "it), or give --model-parallel")
+        size *= int(value)
     return size

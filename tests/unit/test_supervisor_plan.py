@@ -44,6 +44,15 @@ def test_model_parallel_from_the_engine_args():
     assert plan("--tp", "2", model_parallel=3).config.limits.model_parallel == 3  # the option wins
 
 
+@pytest.mark.parametrize("program", [("--tp", "abc"), ("--pp=0",), ("--tp", "2", "--pp", "-3"), ("--tp=",)])
+def test_bad_tp_or_pp_in_the_program_is_a_config_error_unless_model_parallel_is_given(program):
+    with pytest.raises(ConfigError) as info:
+        plan(*program)
+    assert info.value.field in ("--tp", "--pp") and info.value.exit_code == EXIT_USAGE
+    assert "--model-parallel" in str(info.value)
+    assert plan(*program, model_parallel=2).config.limits.model_parallel == 2
+
+
 def test_ssh_keepalives_unless_the_user_set_them():
     assert plan(ssh=SshOptions()).runner.ssh.options == KEEPALIVE
     mine = SshOptions(options=("ServerAliveInterval=30",))
