@@ -1,11 +1,10 @@
 """The supervised run: launch, watch, tear down, health-check, exclude/replace/shrink, relaunch; until done.
 
-    cfg = SupervisorConfig(spec=LaunchSpec(program=("orchestrator.engine", "--config", "tiny",
-                                                    "--run-dir", "runs/t1"), module=True, run_id="t1",
-                                           nproc_per_node=2, python=(".venv/bin/python",)),
-                           hosts=resolve_hosts(hosts="node[1-4]", nproc_per_node=2), spares=[Host("node5", 2)],
-                           run_dir=Path("runs/t1"), limits=Limits(min_nodes=2, max_nodes=4, nproc_per_node=2))
-    summary = asyncio.run(Supervisor(cfg, ssh=SshOptions(config="ssh_config")).run())
+    plan = plan_supervise(LaunchSpec(program=("orchestrator.engine", "--config", "tiny", "--run-dir", "runs/t1"),
+                                     module=True, run_id="t1", nproc_per_node=2, python=(".venv/bin/python",)),
+                          SuperviseOptions(hosts="node[1-4]", spare_hosts="node5", nodes="2:4",
+                                           ssh=SshOptions(config="ssh_config")))            # see plan.py
+    summary = asyncio.run(Supervisor(plan.config, plan.runner).run())
     summary["outcome"], summary["exit_code"], summary["ettr"]       # 'done', 0, 0.83
 
 Each attempt is one orchestrator.launch plan (run id RUNID-aN, its logs under RUN_DIR/attempts/RUNID-aN/),
@@ -18,10 +17,11 @@ head and every node (a shared file system, as checkpoints must be anyway).
 While an attempt runs, three detectors watch it (detect.py): the first torchrun "failed (exitcode" line
 (a rank exit, within ~0.3 s), the runner's own results (a node's launcher exit, a lost control connection),
 and the heartbeat files (a hang after --hang-timeout; the stalled ranks' processes are probed so a stopped or
-stuck one is named). Then the runner tears the attempt down on every host (verified), the hosts and spares
-are health-checked, the culprit is named (diagnosis), policy.decide() picks the next host list, and after a
-backoff the next attempt starts. Exit codes: 0 done; 1 gave up; 128+N stopped by signal N; under Slurm
-(slurm=SlurmSteps, see slurm.py) also 2 when the step reports a configuration error (never retried).
+stuck one is named). Then the runner (runner.py: over SSH, or Slurm steps in slurm.py) tears the attempt down
+on every host (verified), the hosts and spares are health-checked, the culprit is named (diagnosis.py),
+policy.decide() picks the next host list, and after a backoff the next attempt starts. Exit codes: 0 done;
+1 gave up; 128+N stopped by signal N; 2 when the attempt reports a configuration error (Slurm's requeue
+contract; never retried).
 """
 
 from __future__ import annotations
@@ -34,51 +34,23 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from orchestrator.hosts import Host
-from orchestrator.launch.env import EnvManifest
-from orchestrator.launch.plan import LaunchPlan, LaunchSpec, build_plan
 from orchestrator.supervisor import policy
-from orchestrator.supervisor.detect import MetricsTail, RankExit, parse_rank_exit, stalled_ranks
+from orchestrator.supervisor.detect import MetricsTail, parse_rank_exit, stalled_ranks
+from orchestrator.supervisor.diagnosis import Attempt, Diagnosis, diagnose
 from orchestrator.supervisor.events import EventLog, read_events, read_metrics, summarize
+from orchestrator.supervisor.plan import SupervisorConfig, attempt_plan
+from orchestrator.supervisor.runner import AttemptRunner
 
-__all__ = ["Supervisor", "SupervisorConfig", "attempt_plan", "diagnose", "newest_checkpoint"]
+__all__ = ["Supervisor", "newest_checkpoint"]
 
 log = logging.getLogger("orchestrator.supervisor.loop")
 
 _STEP_DIR = re.compile(r"step-\d+\Z")
-HEARTBEAT_ENV = "ORCH_HEARTBEAT_DIR"  # the engine's contract (orchestrator/engine/heartbeat.py)
-_BAD_STATES = {"T": "stopped (SIGSTOP)", "t": "stopped by a tracer", "D": "in uninterruptible sleep (D)",
-               "Z": "a zombie"}
-
-
-@dataclass(frozen=True, kw_only=True)
-class SupervisorConfig:
-    spec: LaunchSpec
-    """The launch as the user gave it; run_id is the supervised run's id."""
-    hosts: list[Host]
-    run_dir: Path
-    spares: list[Host] = field(default_factory=list)
-    limits: policy.Limits = policy.Limits()
-    hang_timeout: float = 60.0
-    startup_timeout: float = 600.0
-    health_command: tuple[str, ...] = ()
-    health_timeout: float = 20.0
-    failure_grace: float = 2.0
-    poll_s: float = 0.2
-
-
-def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host]) -> LaunchPlan:
-    """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env."""
-    spec = cfg.spec
-    heartbeat = (cfg.run_dir / "heartbeat").resolve()
-    env = EnvManifest(values={**spec.env.values, HEARTBEAT_ENV: str(heartbeat)},
-                      sources={**spec.env.sources, HEARTBEAT_ENV: "supervisor"})
-    return build_plan(replace(spec, run_id=f"{spec.run_id}-a{number}", run_dir=str(cfg.run_dir / "attempts"),
-                              env=env), hosts)
 
 
 def newest_checkpoint(run_dir: Path) -> tuple[int | None, list[str]]:
@@ -100,24 +72,11 @@ def newest_checkpoint(run_dir: Path) -> tuple[int | None, list[str]]:
     return None, skipped
 
 
-@dataclass
-class _Attempt:
-    number: int
-    plan: LaunchPlan
-    launched_at: float
-    rank_exit: RankExit | None = None
-    hang: list[dict] | None = None
-    probe: dict | None = None
-    result: object = None
-    error: str | None = None
-    first_step_seen: bool = False
-    last_step: int | None = None
-
-
 class Supervisor:
-    def __init__(self, cfg: SupervisorConfig, *, ssh=None, transport=None, sink=None, slurm=None):
-        """slurm: a supervisor.slurm.SlurmSteps to run attempts as srun steps of the allocation (else SSH)."""
-        self.cfg, self.ssh, self.transport, self.sink, self.slurm = cfg, ssh, transport, sink, slurm
+    def __init__(self, cfg: SupervisorConfig, runner: AttemptRunner, *, sink=None):
+        """runner: runs attempts and checks hosts (runner.SshAttempts, slurm.SlurmSteps); sink(line, stream)
+        gets every output line of every attempt."""
+        self.cfg, self.runner, self.sink = cfg, runner, sink
         self.run_dir = cfg.run_dir
         self.events = EventLog(cfg.run_dir)
         self.heartbeat_dir = cfg.run_dir / "heartbeat"
@@ -145,18 +104,18 @@ class Supervisor:
                 if attempt.error is None and attempt.hang is None and result is not None and result.exit_code == 0:
                     end, exit_code = ("done", {}), EXIT_OK
                     break
-                if getattr(result, "no_requeue", False):  # Slurm contract: a configuration error, never retried
+                if result is not None and result.config_error:  # the requeue contract: never retried
                     end, exit_code = ("gave_up", {"reason": "configuration error (exit 2): not retried"}), EXIT_USAGE
                     break
                 decision, diagnosis = await self._recover(attempt, hosts, spares)
                 if decision.action == "give_up":
-                    end = ("gave_up", {"reason": decision.reason, "last_cause": diagnosis["cause"]})
+                    end = ("gave_up", {"reason": decision.reason, "last_cause": diagnosis.cause})
                     break
                 hosts = self._apply(decision, hosts, spares)
                 resume, skipped = newest_checkpoint(self.run_dir)
                 lost = None if attempt.last_step is None else attempt.last_step - (resume or 0)
                 self.events.emit("restart", attempt=number + 1, resume_step=resume, skipped_checkpoints=skipped,
-                                 steps_lost=lost, backoff_s=round(decision.backoff_s, 2), cause=diagnosis["cause"],
+                                 steps_lost=lost, backoff_s=round(decision.backoff_s, 2), cause=diagnosis.cause,
                                  hosts=[h.name for h in hosts])
                 await asyncio.sleep(decision.backoff_s)
                 number += 1
@@ -172,16 +131,15 @@ class Supervisor:
         return summary | {"exit_code": exit_code}
 
     # ---- one attempt ----------------------------------------------------------------------------------------
-    async def _attempt(self, number: int, hosts: list[Host]) -> _Attempt:
+    async def _attempt(self, number: int, hosts: list[Host]) -> Attempt:
         from orchestrator.engine.heartbeat import read_heartbeats
-        from orchestrator.launch.runner import run_plan_async
 
         plan = attempt_plan(self.cfg, number, hosts)
         shutil.rmtree(self.heartbeat_dir, ignore_errors=True)  # last attempt's beats would look like a hang
         self.heartbeat_dir.mkdir(parents=True)
         resume, skipped = newest_checkpoint(self.run_dir)
         policy.note_launch(self.state, resume)
-        attempt = _Attempt(number, plan, time.time())
+        attempt = Attempt(number, plan, time.time())
         self.events.emit("launch", attempt=number, run_id=plan.run_id, hosts=plan.hosts, world_size=plan.world_size,
                          resume_step=resume, skipped_checkpoints=skipped, logs=str(Path(plan.run_dir) / "logs"))
         stop = asyncio.Event()
@@ -197,11 +155,7 @@ class Supervisor:
             if self.sink is not None:
                 self.sink(line, stream)
 
-        if self.slurm is not None:
-            task = asyncio.ensure_future(self.slurm.run_plan(plan, sink=sink, stop=stop))
-        else:
-            task = asyncio.ensure_future(run_plan_async(plan, ssh=self.ssh, transport=self.transport, sink=sink,
-                                                        failure_grace=self.cfg.failure_grace, stop=stop))
+        task = asyncio.ensure_future(self.runner.run_attempt(plan, sink=sink, stop=stop))
         while not task.done():
             await asyncio.wait({task}, timeout=self.cfg.poll_s)
             self._poll_metrics(attempt)
@@ -227,19 +181,17 @@ class Supervisor:
         return attempt
 
     async def _probe(self, stalled: list[dict]) -> dict:
-        from orchestrator.supervisor.health import probe_pids
-
         pids: dict[str, list[int]] = {}
         for beat in stalled:
             if beat.get("host") and beat.get("pid"):
                 pids.setdefault(beat["host"], []).append(int(beat["pid"]))
         try:
-            return await probe_pids(pids, ssh=self.ssh, transport=self.transport, timeout=self.cfg.health_timeout)
+            return await self.runner.probe_pids(pids, timeout=self.cfg.health_timeout)
         except Exception as exc:  # noqa: BLE001 - the probe only sharpens the diagnosis
             log.warning("process probe failed: %s", exc)
             return {}
 
-    def _poll_metrics(self, attempt: _Attempt) -> None:
+    def _poll_metrics(self, attempt: Attempt) -> None:
         for record in self.metrics.poll():
             step, seen = record["step"], record["seen_at"]
             attempt.last_step = step
@@ -256,33 +208,28 @@ class Supervisor:
             self.step_seen[step] = seen
 
     # ---- between attempts -------------------------------------------------------------------------------
-    async def _recover(self, attempt: _Attempt, hosts: list[Host], spares: list[Host]):
-        from orchestrator.supervisor.health import check_hosts
-
+    async def _recover(self, attempt: Attempt, hosts: list[Host],
+                       spares: list[Host]) -> tuple[policy.Decision, Diagnosis]:
         names = [h.name for h in hosts] + [s.name for s in spares]
         # Without a check command "healthy" means reachable, and a host whose teardown just came back clean was
         # reached a moment ago: skip its second round trip (it is on the recovery's critical path).
-        teardown = getattr(attempt.result, "teardown", None) or {}
+        teardown = attempt.result.teardown if attempt.result is not None else {}
         reached = [] if self.cfg.health_command else [h for h in names if teardown.get(h) == "clean"]
         todo = [h for h in names if h not in reached]
-        if self.slurm is not None:
-            checked = await self.slurm.check_hosts(todo, command=self.cfg.health_command or None,
-                                                   timeout=self.cfg.health_timeout)
-        else:
-            checked = await check_hosts(todo, ssh=self.ssh, transport=self.transport,
-                                        command=self.cfg.health_command or None, timeout=self.cfg.health_timeout)
+        checked = await self.runner.check_hosts(todo, command=self.cfg.health_command or None,
+                                                timeout=self.cfg.health_timeout)
         health = dict.fromkeys(reached, "ok") | checked
         self.events.emit("health", attempt=attempt.number, results=health,
                          command=list(self.cfg.health_command) or ["true"], reached_by_teardown=reached)
         diagnosis = diagnose(attempt, health)
-        self.events.emit("diagnosis", attempt=attempt.number, **diagnosis)
-        blame = policy.blame_from(signal=diagnosis.get("signal"), kind=diagnosis["cause"], host=diagnosis.get("host"))
+        self.events.emit("diagnosis", attempt=attempt.number, **diagnosis.to_event())
+        blame = policy.blame_from(signal=diagnosis.signal, kind=diagnosis.cause, host=diagnosis.host)
         checkpoint, _ = newest_checkpoint(self.run_dir)
         decision = policy.decide([h.name for h in hosts], spares=[s.name for s in spares], blame=blame,
                                  health=health, checkpoint_step=checkpoint, state=self.state, limits=self.cfg.limits)
         for host, why in decision.excluded.items():
             self.events.emit("exclude", host=host, reason=why)
-            if self.slurm is not None and self.slurm.exclude(host, why):
+            if self.runner.exclude(host, why):
                 self.events.emit("drain", host=host, reason=why)
         for old, new in decision.replaced.items():
             self.events.emit("replace", host=old, spare=new)
@@ -299,52 +246,3 @@ class Supervisor:
         spares[:] = [s for s in spares if s.name not in decision.hosts] + left_out
         return chosen
 
-
-def diagnose(attempt: _Attempt, health: dict[str, str]) -> dict:
-    """Name the culprit of a failed attempt: the root cause, not the cascade (pure over what was observed).
-
-    Order of evidence: a probed process that is stopped/stuck (hang); a non-cascade first failure from the
-    runner's analysis (torchrun's reports); the first rank exit the head saw if it was a signal (even when the
-    host is unreachable afterwards: the health check excludes it anyway); a host that failed its health check (a
-    lost node says nothing: its peers' errors are the cascade); otherwise the first failure."""
-    plan, result = attempt.plan, attempt.result
-    unhealthy = {h: why for h, why in health.items() if why != "ok" and h in plan.hosts}
-    if attempt.error is not None:
-        return {"cause": "launcher_error", "host": None, "detail": attempt.error}
-    if attempt.hang is not None:
-        for host, states in (attempt.probe or {}).items():
-            for pid, state in states.items():
-                if state in _BAD_STATES:
-                    beat = next((b for b in attempt.hang if b.get("pid") == pid), {})
-                    return {"cause": "hang", "host": host, "rank": beat.get("rank"), "pid": pid,
-                            "detail": f"rank {beat.get('rank')} (pid {pid}) is {_BAD_STATES[state]}"}
-        if unhealthy:
-            host = next(iter(unhealthy))
-            return {"cause": "node_lost", "host": host, "detail": f"heartbeats stopped; {host}: {unhealthy[host]}"}
-        first = attempt.hang[0]
-        return {"cause": "hang", "host": first.get("host"), "rank": first.get("rank"),
-                "detail": f"no heartbeat for {len(attempt.hang)} rank(s) since step {first.get('step')}"}
-    first = result.first_failure if result is not None else None
-    if first is not None and not first.cascade:
-        return _from_failure(first)
-    seen = attempt.rank_exit
-    if seen is not None and seen.signal not in (None, "SIGTERM", "SIGINT"):
-        node = plan.node(seen.host) if seen.host in plan.hosts else None
-        return {"cause": "killed", "host": seen.host, "rank": node.first_rank + seen.local_rank if node else None,
-                "signal": seen.signal, "exit_code": seen.exitcode, "detail": f"killed by {seen.signal}"}
-    if unhealthy:
-        host = next(iter(unhealthy))
-        return {"cause": "node_lost", "host": host, "detail": unhealthy[host],
-                "cascade": [f.headline() for f in (result.failures if result is not None else [])]}
-    if result is not None and result.unreachable:
-        host, why = next(iter(result.unreachable.items()))
-        return {"cause": "node_lost", "host": host, "detail": f"control connection lost: {why}"}
-    if first is not None:
-        return _from_failure(first)
-    return {"cause": "unknown", "host": None, "detail": f"exit code {getattr(result, 'exit_code', None)}"}
-
-
-def _from_failure(f) -> dict:
-    return {"cause": "killed" if f.signal and f.signal not in ("SIGTERM", "SIGINT") else "crash",
-            "host": f.host, "rank": f.rank, "signal": f.signal, "exit_code": f.rank_exitcode,
-            "detail": f.headline(), "last_lines": f.last_lines}

@@ -1,20 +1,22 @@
 """The supervisor's Slurm transport: each attempt is one srun step over the allocation's nodes (minus excluded ones).
 
-    steps = SlurmSteps(slurm.require_allocation("supervise --via slurm"), drain_bad_nodes=True)
-    summary = asyncio.run(Supervisor(cfg, slurm=steps).run())     # inside salloc / an sbatch script
+    steps = SlurmSteps(slurm.require_allocation("supervise --via slurm"), drain_bad_nodes=True, ssh=ssh)
+    summary = asyncio.run(Supervisor(cfg, steps).run())     # inside salloc / an sbatch script
 
-What changes from the SSH path (loop.py keeps everything else: detectors, diagnosis, policy, events):
+SlurmSteps is an AttemptRunner (runner.py). What changes from the SSH path (the loop keeps everything else:
+detectors, diagnosis, policy, events):
 - launch: orchestrator.launch.slurm.srun_argv(plan) plus `--label`; srun's "N: line" output becomes the runner's
   "host: line" / "host/rank: line" (task N is node rank N = plan.hosts[N]), so detect.parse_rank_exit sees
   torchrun's "failed (exitcode" line with its host exactly as over SSH.
 - failure: srun --kill-on-bad-exit ends the whole step when one node's torchrun fails; srun's exit code follows
-  the requeue contract (2 = a configuration error: StepResult.no_requeue, never retried).
+  the requeue contract (2 = a configuration error: AttemptResult.config_error, never retried).
 - teardown: ending the step is Slurm's job (it kills every process of the step on every node); a stop request
   (hang) sends srun SIGINT, which --quit-on-interrupt turns into ending the step.
 - health: `srun --nodes=1 --nodelist=NODE --overlap <check command or true>` per node, in parallel. Chosen over
   `scontrol show node` state because it proves what the next attempt needs (slurmd starts a process there, the
   check command passes), and a node Slurm already marked down fails it too (the step cannot be created).
 - exclusion: with drain_bad_nodes, an excluded node is drained (orchestrator.slurm.drain) with the reason.
+- hang probes: over SSH (`ssh`), as on the SSH path: the stalled ranks' /proc state is read on their nodes.
 """
 
 from __future__ import annotations
@@ -23,38 +25,31 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import EXIT_USAGE
 from orchestrator.launch.plan import LaunchPlan
-from orchestrator.launch.runner import STOP_SIGNALS, LaunchResult
+from orchestrator.launch.runner import STOP_SIGNALS
 from orchestrator.launch.torchrun import split_rank_prefix
+from orchestrator.supervisor.runner import AttemptResult
 
-__all__ = ["SlurmSteps", "StepResult"]
+__all__ = ["SlurmSteps", "step_result"]
 
 log = logging.getLogger("orchestrator.supervisor.slurm")
 
 STOP_WAIT_S = 30.0
 
 
-@dataclass
-class StepResult(LaunchResult):
-    """A LaunchResult whose exit code is srun's (the step's highest task exit code)."""
-    step_exit: int = 0
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.stopped_by if self.stopped_by is not None else self.step_exit
-
-    @property
-    def no_requeue(self) -> bool:
-        return self.stopped_by is None and self.step_exit == EXIT_USAGE
+def step_result(step_exit: int, stopped_by: int | None) -> AttemptResult:
+    """srun's exit code (the step's highest task exit code) as an AttemptResult; 2 is a configuration error."""
+    return AttemptResult(exit_code=128 + stopped_by if stopped_by is not None else step_exit, stopped_by=stopped_by,
+                         config_error=stopped_by is None and step_exit == EXIT_USAGE)
 
 
 class SlurmSteps:
-    def __init__(self, alloc, *, srun_options: Sequence[str] = (), drain_bad_nodes: bool = False):
+    def __init__(self, alloc, *, srun_options: Sequence[str] = (), drain_bad_nodes: bool = False, ssh=None):
         self.alloc, self.srun_options, self.drain_bad_nodes = alloc, tuple(srun_options), drain_bad_nodes
+        self.ssh = ssh
 
     def argv(self, plan: LaunchPlan) -> list[str]:
         """The attempt's srun argv (pure; raises ConfigError when the plan does not fit one step)."""
@@ -62,21 +57,22 @@ class SlurmSteps:
 
         return srun_argv(plan, self.alloc, srun_options=("--label", *self.srun_options))
 
-    async def run_plan(self, plan: LaunchPlan, *, sink: Callable[[str, str], None] | None = None,
-                       stop: asyncio.Event | None = None, **_ignored) -> StepResult:
+    async def run_attempt(self, plan: LaunchPlan, *, sink: Callable[[str, str], None] | None = None,
+                          stop: asyncio.Event | None = None) -> AttemptResult:
         """Run the attempt as one srun step; returns when the step has ended (done, failed, or stopped)."""
         from orchestrator.launch.slurm import srun_env
 
         argv = self.argv(plan)
-        result = StepResult(plan)
+        stopped_by: int | None = None
         stop = stop if stop is not None else asyncio.Event()
         logs = Path(plan.run_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
-            if result.stopped_by is None:
-                result.stopped_by = signum
+            nonlocal stopped_by
+            if stopped_by is None:
+                stopped_by = signum
             stop.set()
 
         proc = await asyncio.create_subprocess_exec(*argv, env=srun_env(plan), stdin=asyncio.subprocess.DEVNULL,
@@ -105,13 +101,13 @@ class SlurmSteps:
                     except asyncio.TimeoutError:
                         proc.kill()
                 stopper.cancel()
-                result.step_exit = await waiter
+                step_exit = await waiter
                 await asyncio.gather(*readers)
         finally:
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
                 signal.signal(sig, previous[sig])
-        return result
+        return step_result(step_exit, stopped_by)
 
     @staticmethod
     def _format(plan: LaunchPlan, line: str) -> str:
@@ -147,6 +143,12 @@ class SlurmSteps:
         own = [line for line in lines if not line.startswith("srun: ")]  # the check's words over srun's notes
         last = (own or lines or [""])[-1]
         return f"check failed: exit {proc.returncode}" + (f": {last}" if last else "")
+
+    async def probe_pids(self, pids: dict[str, list[int]], *, timeout: float) -> dict[str, dict[int, str]]:
+        """The stalled ranks' process states, read over SSH (health.probe_pids)."""
+        from orchestrator.supervisor.health import probe_pids
+
+        return await probe_pids(pids, ssh=self.ssh, timeout=timeout)
 
     def exclude(self, host: str, reason: str) -> bool:
         """Drain an excluded node when asked to (so later jobs avoid it too); True when drained."""

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from orchestrator.cli.main import main
-from orchestrator.cli.supervise import parse_nodes
+from orchestrator.supervisor.plan import parse_nodes
 
 
 class Out:

@@ -1,19 +1,25 @@
-"""Culprit vs cascade: diagnose() over what an attempt observed (pure; no hosts)."""
+"""Culprit vs cascade: diagnose() over what an attempt observed (pure; no hosts), as the diagnosis event."""
 
 from orchestrator.hosts import Host
 from orchestrator.launch.failures import Failure
 from orchestrator.launch.plan import LaunchSpec, build_plan
-from orchestrator.launch.runner import LaunchResult
-from orchestrator.supervisor.detect import RankExit
-from orchestrator.supervisor.loop import _Attempt, diagnose
+from orchestrator.supervisor.detect import RankExit, parse_rank_exit
+from orchestrator.supervisor.diagnosis import Attempt
+from orchestrator.supervisor.diagnosis import diagnose as diagnosis
+from orchestrator.supervisor.runner import AttemptResult
+from orchestrator.supervisor.slurm import SlurmSteps
 
 PLAN = build_plan(LaunchSpec(program=("train.py",), run_id="r1", nproc_per_node=2), [Host("n1", 2), Host("n2", 2)])
 OK = {"n1": "ok", "n2": "ok"}
 
 
-def attempt(**kw) -> _Attempt:
-    a = _Attempt(0, PLAN, 0.0)
-    a.result = LaunchResult(PLAN)
+def diagnose(attempt: Attempt, health: dict[str, str]) -> dict:
+    return diagnosis(attempt, health).to_event()
+
+
+def attempt(**kw) -> Attempt:
+    a = Attempt(0, PLAN, 0.0)
+    a.result = AttemptResult(exit_code=1)
     for k, v in kw.items():
         setattr(a, k, v)
     return a
@@ -60,3 +66,49 @@ def test_hang_with_a_lost_host_is_a_lost_node():
 
 def test_launcher_error():
     assert diagnose(attempt(error="OSError: boom"), OK)["cause"] == "launcher_error"
+
+
+# Runner output recorded from a 2-node run whose rank 3 (n2, local rank 1) was SIGKILLed: the rank's own
+# line, torchrun's report of the dead worker, then the cascade on n1.
+RECORDED = [
+    "n2/3: step 7 loss 4.81",
+    "n2: E1123 10:42:51.649000 22901 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -9) "
+    "local_rank: 1 (pid: 22931) of binary: .venv/bin/python",
+    "n1/0: RuntimeError: Connection closed by peer",
+    "n1: E1123 10:42:52.101000 22850 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1) "
+    "local_rank: 0 (pid: 22870) of binary: .venv/bin/python",
+]
+
+
+def first_rank_exit(lines):
+    return next(found for line in lines if (found := parse_rank_exit(line, now=1.0)) is not None)
+
+
+def test_diagnosis_from_recorded_output_lines():
+    d = diagnosis(attempt(rank_exit=first_rank_exit(RECORDED)), OK)
+    assert (d.cause, d.host, d.rank, d.signal, d.exit_code, d.detail) == ("killed", "n2", 3, "SIGKILL", -9,
+                                                                          "killed by SIGKILL")
+    assert list(d.to_event()) == ["cause", "host", "rank", "signal", "exit_code", "detail"]
+
+
+def test_diagnosis_from_recorded_srun_lines_is_the_same():
+    """Under Slurm the same lines arrive as srun --label's "TASK: line" (task N = node N of the plan)."""
+    srun = ["1: " + RECORDED[1].split(": ", 1)[1], "0: " + RECORDED[3].split(": ", 1)[1]]
+    lines = [SlurmSteps._format(PLAN, line) for line in srun]
+    assert diagnosis(attempt(rank_exit=first_rank_exit(lines)), OK) == diagnosis(
+        attempt(rank_exit=first_rank_exit(RECORDED)), OK)
+
+
+def test_event_fields_per_cause():
+    crash = Failure(host="n2", exit_code=1, rank=2, rank_exitcode=3, last_lines=["ValueError: bad"])
+    a = attempt()
+    a.result.failures = [crash]
+    assert diagnose(a, OK) | {"detail": ""} == {"cause": "crash", "host": "n2", "rank": 2, "signal": None,
+                                                "exit_code": 3, "detail": "", "last_lines": ["ValueError: bad"]}
+    a.result.failures = [cascade("n1")]
+    lost = diagnose(a, {"n1": "ok", "n2": "unreachable: timed out"})
+    assert list(lost) == ["cause", "host", "detail", "cascade"] and len(lost["cascade"]) == 1
+    missing = diagnose(attempt(hang=[{"rank": None, "missing": 2}]), OK)
+    assert missing == {"cause": "hang", "host": None, "rank": None,
+                       "detail": "no heartbeat for 1 rank(s) since step None"}
+    assert diagnose(attempt(), OK) == {"cause": "unknown", "host": None, "detail": "exit code 1"}

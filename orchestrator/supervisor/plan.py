@@ -1,0 +1,218 @@
+"""Plan a supervised run (pure apart from reading the Slurm environment): options in, a checked SupervisePlan out.
+
+    spec = LaunchSpec(program=("orchestrator.engine", "--tp", "2", "--run-dir", "/shared/runs/s1"), module=True,
+                      run_id="s1", nproc_per_node=2)
+    plan = plan_supervise(spec, SuperviseOptions(hosts="node[1-5]", nodes="2:4", spare_hosts="node9",
+                                                 ssh=SshOptions(config="ssh_config")))
+    plan.config.run_dir, plan.config.limits.model_parallel, [h.name for h in plan.config.spares]
+    # Path('/shared/runs/s1'), 2, ['node9', 'node5']        (hosts beyond MAX wait as spares)
+    plan.first_attempt.describe()      # attempt 0's launch plan; plan.to_json() is `supervise --dry-run --json`
+    summary = asyncio.run(Supervisor(plan.config, plan.runner).run())
+
+Bad input raises ConfigError naming the option (exit 2) before anything is written or started. Two settings come
+from the program's own arguments, read in one place (program_option):
+- the run dir: the program's `--run-dir` when it has one (the engine's: events.jsonl then sits next to its
+  metrics.jsonl and checkpoints/), else LAUNCH_RUN_DIR/RUN_ID;
+- the model-parallel size (unless `--model-parallel` is given): the product of the engine's `--tp` and `--pp`
+  (`--tp N` or `--tp=N`, the last one wins); absent, or -1 (the engine infers it), counts as 1; any other value
+  that is not a positive integer is a ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator.errors import ConfigError
+from orchestrator.hosts import Host, expand, resolve_hosts
+from orchestrator.launch.env import EnvManifest
+from orchestrator.launch.plan import LaunchPlan, LaunchSpec, build_plan
+from orchestrator.supervisor.policy import Limits
+from orchestrator.supervisor.runner import AttemptRunner, SshAttempts, with_keepalive
+
+if TYPE_CHECKING:
+    from orchestrator.remote.ssh import SshOptions
+
+__all__ = ["HEARTBEAT_ENV", "SupervisePlan", "SuperviseOptions", "SupervisorConfig", "attempt_plan",
+           "model_parallel_of", "parse_nodes", "plan_supervise", "program_option"]
+
+HEARTBEAT_ENV = "ORCH_HEARTBEAT_DIR"  # the engine's contract (orchestrator/engine/heartbeat.py)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisorConfig:
+    spec: LaunchSpec
+    """The launch as the user gave it; run_id is the supervised run's id."""
+    hosts: list[Host]
+    run_dir: Path
+    spares: list[Host] = field(default_factory=list)
+    limits: Limits = Limits()
+    hang_timeout: float = 60.0
+    startup_timeout: float = 600.0
+    health_command: tuple[str, ...] = ()
+    health_timeout: float = 20.0
+    poll_s: float = 0.2
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuperviseOptions:
+    """What `orchestrator supervise` takes besides the launch itself (the LaunchSpec), typed."""
+
+    hosts: str | None = None
+    """Node set; with hostfile/include/exclude resolved like `launch` (default: the Slurm job's nodes)."""
+    hostfile: str | None = None
+    include: str | None = None
+    exclude: str | None = None
+    via: str = "ssh"
+    """'ssh', or 'slurm': each attempt is an srun step of the enclosing allocation."""
+    srun_options: tuple[str, ...] = ()
+    drain_bad_nodes: bool = False
+    ssh: SshOptions | None = None
+    """orchestrator.remote.ssh.SshOptions (keepalives are added unless set)."""
+    failure_grace: float = 2.0
+    nodes: str | None = None
+    """'MIN:MAX' or 'N'; default: exactly the hosts given."""
+    spare_hosts: str | None = None
+    max_restarts: int = 3
+    no_progress_attempts: int = 3
+    max_host_failures: int = 3
+    backoff: float = 1.0
+    backoff_max: float = 60.0
+    model_parallel: int | None = None
+    """tp x pp; None: from the program's --tp/--pp."""
+    global_batch: int | None = None
+    hang_timeout: float = 60.0
+    startup_timeout: float = 600.0
+    health_check: str | None = None
+    """A command line (split like a shell would, run without one); None: reachability only."""
+    health_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class SupervisePlan:
+    config: SupervisorConfig
+    first_attempt: LaunchPlan
+    """Attempt 0's launch plan (every later one is attempt_plan() over the hosts then chosen)."""
+    runner: AttemptRunner
+    srun: list[str] | None = None
+    """Under --via slurm: each attempt's srun argv."""
+
+    def to_json(self) -> dict:
+        from orchestrator.launch.env import redact_argv
+
+        return {"run_dir": str(self.config.run_dir), "plan": self.first_attempt.to_json(),
+                "limits": vars(self.config.limits), "spares": [s.name for s in self.config.spares]} | (
+            {"srun": redact_argv(self.srun)} if self.srun else {})
+
+    def describe(self) -> list[str]:
+        from orchestrator.launch.env import redact_argv
+
+        cfg, limits = self.config, self.config.limits
+        lines = list(self.first_attempt.describe())
+        if self.srun:
+            lines.append(f"each attempt: {shlex.join(redact_argv(self.srun))}")
+        lines.append(f"supervised: run dir {cfg.run_dir}, nodes {limits.min_nodes}:{limits.max_nodes}, spares "
+                     f"{','.join(s.name for s in cfg.spares) or '-'}, max restarts {limits.max_restarts}, "
+                     f"hang timeout {cfg.hang_timeout:g} s")
+        return lines
+
+
+def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host]) -> LaunchPlan:
+    """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env."""
+    spec = cfg.spec
+    heartbeat = (cfg.run_dir / "heartbeat").resolve()
+    env = EnvManifest(values={**spec.env.values, HEARTBEAT_ENV: str(heartbeat)},
+                      sources={**spec.env.sources, HEARTBEAT_ENV: "supervisor"})
+    return build_plan(replace(spec, run_id=f"{spec.run_id}-a{number}", run_dir=str(cfg.run_dir / "attempts"),
+                              env=env), hosts)
+
+
+def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
+                   environ: Mapping[str, str] = os.environ) -> SupervisePlan:
+    """The supervised run of `spec` (ConfigError on bad input; nothing is written or started)."""
+    ssh = with_keepalive(opts.ssh)
+    steps = _slurm_steps(opts, ssh, environ)
+    host_list = list(resolve_hosts(hosts=opts.hosts, hostfile=opts.hostfile, include=opts.include,
+                                   exclude=opts.exclude, nproc_per_node=spec.nproc_per_node, environ=environ))
+    nproc = spec.nproc_per_node or host_list[0].slots
+    spares = [Host(n, nproc) for n in (expand(opts.spare_hosts, field="--spare-hosts") if opts.spare_hosts else [])]
+    if overlap := {s.name for s in spares} & {h.name for h in host_list}:
+        raise ConfigError("--spare-hosts", opts.spare_hosts, f"{sorted(overlap)} are already run hosts")
+    lo, hi = parse_nodes(opts.nodes, len(host_list))
+    model_parallel = opts.model_parallel if opts.model_parallel is not None else model_parallel_of(spec.program)
+    base = program_option(spec.program, "--run-dir")
+    limits = Limits(min_nodes=lo, max_nodes=min(hi, len(host_list)), max_restarts=opts.max_restarts,
+                    no_progress_attempts=opts.no_progress_attempts, max_host_failures=opts.max_host_failures,
+                    nproc_per_node=nproc, model_parallel=model_parallel, global_batch=opts.global_batch,
+                    backoff_s=opts.backoff, backoff_max_s=opts.backoff_max)
+    cfg = SupervisorConfig(
+        spec=spec, hosts=host_list[:limits.max_nodes], run_dir=Path(base) if base else Path(spec.run_dir) / spec.run_id,
+        spares=spares + [Host(h.name, nproc) for h in host_list[limits.max_nodes:]], limits=limits,
+        hang_timeout=opts.hang_timeout, startup_timeout=opts.startup_timeout,
+        health_command=tuple(shlex.split(opts.health_check)) if opts.health_check else (),
+        health_timeout=opts.health_timeout)
+    first = attempt_plan(cfg, 0, cfg.hosts)
+    if steps is None:
+        return SupervisePlan(cfg, first, SshAttempts(ssh=ssh, failure_grace=opts.failure_grace))
+    return SupervisePlan(cfg, first, steps, srun=steps.argv(first))  # argv() checks the step fits the allocation
+
+
+def _slurm_steps(opts: SuperviseOptions, ssh, environ: Mapping[str, str]):
+    """The Slurm runner under --via slurm (ConfigError outside an allocation), else None."""
+    if opts.via == "slurm":  # inside salloc/sbatch: attempts are srun steps; hosts default to the allocation's nodes
+        from orchestrator import slurm
+        from orchestrator.supervisor.slurm import SlurmSteps
+
+        return SlurmSteps(slurm.require_allocation("--via slurm", environ), srun_options=opts.srun_options,
+                          drain_bad_nodes=opts.drain_bad_nodes, ssh=ssh)
+    if opts.srun_options or opts.drain_bad_nodes:
+        raise ConfigError("--srun-opt/--drain-bad-nodes", list(opts.srun_options) or True, "only with --via slurm")
+    return None
+
+
+def parse_nodes(text: str | None, available: int) -> tuple[int, int]:
+    """'MIN:MAX', 'N' (= N:N) or None (= every given host) -> (MIN, MAX)."""
+    if text is None:
+        return available, available
+    low, sep, high = text.partition(":")
+    try:
+        lo, hi = int(low), int(high) if sep else int(low)
+    except ValueError:
+        raise ConfigError("--nodes", text, "use MIN:MAX, e.g. 2:4") from None
+    if not 1 <= lo <= hi:
+        raise ConfigError("--nodes", text, "use 1 <= MIN <= MAX, e.g. 2:4")
+    if lo > available:
+        raise ConfigError("--nodes", text, f"MIN is more than the {available} hosts given")
+    return lo, hi
+
+
+def program_option(program: Sequence[str], name: str) -> str | None:
+    """The value of `--name V` or `--name=V` in the program's arguments (last wins)."""
+    value = None
+    for i, arg in enumerate(program):
+        if arg == name and i + 1 < len(program):
+            value = program[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def model_parallel_of(program: Sequence[str]) -> int:
+    """tp x pp from the engine's --tp/--pp in the program's arguments; absent or -1 counts as 1.
+
+    Any other value that is not a positive integer is a ConfigError now: the engine would reject it on every
+    attempt."""
+    size = 1
+    for name in ("--tp", "--pp"):
+        value = program_option(program, name)
+        if value is None or value == "-1":
+            continue
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(name, value, "the program's value: use a positive integer or -1 (the engine infers "
+                                           "it), or give --model-parallel")
+        size *= int(value)
+    return size

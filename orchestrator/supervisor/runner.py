@@ -1,0 +1,104 @@
+"""How the supervisor runs an attempt and checks hosts: one interface, over SSH (here) or as Slurm steps (slurm.py).
+
+    runner = SshAttempts(ssh=SshOptions(config="ssh_config"), failure_grace=2.0)    # or slurm.SlurmSteps(alloc)
+    result = await runner.run_attempt(plan, sink=print_line, stop=stop_event)       # AttemptResult
+    result.exit_code, result.first_failure, result.config_error                      # 1, Failure(...), False
+    health = await runner.check_hosts(["n1", "n2"], command=None, timeout=20)        # {"n1": "ok", ...}
+
+The loop (loop.py) only talks to an AttemptRunner: it never asks which kind it has. A runner ends the attempt
+when `stop` is set (a hang), tears it down on every host, and reports what it saw in one AttemptResult.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from orchestrator.launch.failures import Failure, first_failure
+from orchestrator.launch.plan import LaunchPlan
+from orchestrator.launch.runner import Sink
+
+__all__ = ["KEEPALIVE", "AttemptResult", "AttemptRunner", "SshAttempts", "with_keepalive"]
+
+KEEPALIVE = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
+
+
+@dataclass(kw_only=True)
+class AttemptResult:
+    """How one attempt ended, whichever runner ran it."""
+
+    exit_code: int
+    """0 done; 128+N stopped by signal N; otherwise failed (the launcher's or srun's code)."""
+    stopped_by: int | None = None
+    """The signal that stopped the supervisor itself (SIGINT/SIGTERM/SIGHUP), if any."""
+    failures: list[Failure] = field(default_factory=list)
+    """The launcher's failure analysis per failed node (empty under Slurm: srun reports one exit code)."""
+    unreachable: dict[str, str] = field(default_factory=dict)
+    """host -> why its control connection was lost."""
+    teardown: dict[str, str] = field(default_factory=dict)
+    """host -> 'clean' or why not, for the hosts a verified teardown reached."""
+    config_error: bool = False
+    """The program reported a configuration error (Slurm's requeue contract: exit 2): never retried."""
+
+    @property
+    def first_failure(self) -> Failure | None:
+        return first_failure(self.failures)
+
+    @classmethod
+    def from_launch(cls, result) -> AttemptResult:
+        """From orchestrator.launch.runner's LaunchResult."""
+        return cls(exit_code=result.exit_code, stopped_by=result.stopped_by, failures=list(result.failures),
+                   unreachable=dict(result.unreachable), teardown=dict(result.teardown or {}))
+
+
+class AttemptRunner(Protocol):
+    async def run_attempt(self, plan: LaunchPlan, *, sink: Sink, stop: asyncio.Event) -> AttemptResult:
+        """Run the plan until it ends or `stop` is set; every process of the attempt is gone on return."""
+
+    async def check_hosts(self, hosts: Sequence[str], *, command: Sequence[str] | None,
+                          timeout: float) -> dict[str, str]:
+        """host -> "ok", or why not ("unreachable: ...", "check failed: exit 1: <last line>")."""
+
+    async def probe_pids(self, pids: dict[str, list[int]], *, timeout: float) -> dict[str, dict[int, str]]:
+        """host -> {pid: /proc state letter} of stalled ranks; hosts that did not answer are left out."""
+
+    def exclude(self, host: str, reason: str) -> bool:
+        """The supervisor stopped using `host`; True when the runner also fenced it off (Slurm: drained)."""
+
+
+def with_keepalive(ssh):
+    """SSH options with keepalives unless the user set ServerAliveInterval: a pulled cable then closes the
+    control connection in ~15 s (a lost node is noticed then, whatever the heartbeat timeout says)."""
+    if ssh is None or any(o.lower().startswith("serveraliveinterval") for o in ssh.options):
+        return ssh
+    return replace(ssh, options=ssh.options + KEEPALIVE)
+
+
+class SshAttempts:
+    """Attempts as orchestrator.launch runs over SSH; health checks and probes through the same fan-out."""
+
+    def __init__(self, *, ssh=None, transport=None, failure_grace: float = 2.0):
+        self.ssh, self.transport, self.failure_grace = ssh, transport, failure_grace
+
+    async def run_attempt(self, plan: LaunchPlan, *, sink: Sink, stop: asyncio.Event) -> AttemptResult:
+        from orchestrator.launch.runner import run_plan_async
+
+        result = await run_plan_async(plan, ssh=self.ssh, transport=self.transport, sink=sink,
+                                      failure_grace=self.failure_grace, stop=stop)
+        return AttemptResult.from_launch(result)
+
+    async def check_hosts(self, hosts: Sequence[str], *, command: Sequence[str] | None,
+                          timeout: float) -> dict[str, str]:
+        from orchestrator.supervisor.health import check_hosts
+
+        return await check_hosts(hosts, ssh=self.ssh, transport=self.transport, command=command, timeout=timeout)
+
+    async def probe_pids(self, pids: dict[str, list[int]], *, timeout: float) -> dict[str, dict[int, str]]:
+        from orchestrator.supervisor.health import probe_pids
+
+        return await probe_pids(pids, ssh=self.ssh, transport=self.transport, timeout=timeout)
+
+    def exclude(self, host: str, reason: str) -> bool:
+        return False  # nothing to fence off: the supervisor simply stops using the host

@@ -1,0 +1,94 @@
+"""The run loop over a scripted AttemptRunner (pure unit: no hosts; the real runners are in the integration tests).
+
+Each case checks what the loop does with what a runner reports: the events it writes, whom it excludes and
+drains, and the exit code.
+"""
+
+import asyncio
+import json
+
+from orchestrator.hosts import Host
+from orchestrator.launch.plan import LaunchSpec
+from orchestrator.supervisor import Supervisor, SupervisorConfig
+from orchestrator.supervisor.policy import Limits
+from orchestrator.supervisor.runner import AttemptResult
+
+KILLED = ("{host}: E1123 10:42:51.649000 22901 torch/distributed/elastic/multiprocessing/api.py:1002] "
+          "failed (exitcode: -9) local_rank: 0 (pid: 4242) of binary: python3")
+
+
+class ScriptedRunner:
+    """An AttemptRunner whose attempts end as scripted: (lines to print, AttemptResult) per attempt."""
+
+    def __init__(self, attempts, health=None, drains=False):
+        self.attempts, self.health, self.drains = list(attempts), health or {}, drains
+        self.plans, self.excluded = [], []
+
+    async def run_attempt(self, plan, *, sink, stop):
+        self.plans.append(plan)
+        lines, result = self.attempts.pop(0)
+        for line in lines:
+            sink(line, "stderr")
+        return result
+
+    async def check_hosts(self, hosts, *, command, timeout):
+        return {h: self.health.get(h, "ok") for h in hosts}
+
+    async def probe_pids(self, pids, *, timeout):
+        return {}
+
+    def exclude(self, host, reason):
+        self.excluded.append(host)
+        return self.drains
+
+
+def supervise(tmp_path, runner, hosts=("n1", "n2"), spares=(), **limits):
+    cfg = SupervisorConfig(spec=LaunchSpec(program=("train.py",), run_id="r1", nproc_per_node=1),
+                           hosts=[Host(h, 1) for h in hosts], spares=[Host(s, 1) for s in spares],
+                           run_dir=tmp_path, limits=Limits(backoff_s=0.0, min_nodes=1, max_nodes=len(hosts),
+                                                           **limits), poll_s=0.01)
+    summary = asyncio.run(Supervisor(cfg, runner).run())
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    return summary, events
+
+
+def test_a_killed_rank_is_diagnosed_and_the_same_hosts_relaunched(tmp_path):
+    runner = ScriptedRunner([([KILLED.format(host="n2")], AttemptResult(exit_code=1)),
+                             ([], AttemptResult(exit_code=0))])
+    summary, events = supervise(tmp_path, runner)
+    assert summary["exit_code"] == 0 and summary["outcome"] == "done"
+    assert [e["event"] for e in events] == ["start", "launch", "failure", "health", "diagnosis", "restart", "launch",
+                                            "done"]
+    diagnosis = events[4]
+    assert (diagnosis["cause"], diagnosis["host"], diagnosis["rank"]) == ("killed", "n2", 1)
+    assert [p.run_id for p in runner.plans] == ["r1-a0", "r1-a1"] and runner.plans[1].hosts == ["n1", "n2"]
+
+
+def test_an_unhealthy_host_is_excluded_drained_and_replaced(tmp_path):
+    runner = ScriptedRunner([([KILLED.format(host="n2")], AttemptResult(exit_code=1)),
+                             ([], AttemptResult(exit_code=0))], health={"n2": "check failed: exit 1"}, drains=True)
+    summary, events = supervise(tmp_path, runner, spares=("s1",))
+    assert summary["exit_code"] == 0 and runner.excluded == ["n2"]
+    assert [(e["event"], e["host"]) for e in events if e["event"] in ("exclude", "drain", "replace")] == [
+        ("exclude", "n2"), ("drain", "n2"), ("replace", "n2")]
+    assert runner.plans[1].hosts == ["n1", "s1"]
+
+
+def test_a_configuration_error_is_exit_2_and_never_retried(tmp_path):
+    runner = ScriptedRunner([([], AttemptResult(exit_code=2, config_error=True))])
+    summary, events = supervise(tmp_path, runner)
+    assert summary["exit_code"] == 2 and len(runner.plans) == 1
+    assert events[-1]["event"] == "gave_up" and "configuration error" in events[-1]["reason"]
+
+
+def test_a_stopped_supervisor_exits_128_plus_the_signal(tmp_path):
+    summary, events = supervise(tmp_path, ScriptedRunner([([], AttemptResult(exit_code=130, stopped_by=2))]))
+    assert summary["exit_code"] == 130 and events[-1] | {"summary": None, "time": None} == {
+        "event": "stopped", "reason": "signal 2", "summary": None, "time": None}
+
+
+def test_max_restarts_gives_up_with_exit_1(tmp_path):
+    crash = AttemptResult(exit_code=1)
+    summary, events = supervise(tmp_path, ScriptedRunner([([], crash)] * 2), max_restarts=1)
+    assert summary["exit_code"] == 1 and events[-1]["event"] == "gave_up"
+    assert events[-1]["reason"].startswith("max restarts reached (1)")
