@@ -130,8 +130,7 @@ class _Trainer:
     def _build_model(self) -> None:
         from functools import partial
 
-        import torch.nn.functional as F
-
+        from orchestrator.engine.loss import cross_entropy
         from orchestrator.engine.model import Transformer, init_weights
         from orchestrator.engine.parallelize import parallelize_model
         from orchestrator.engine.pipeline import build_pipeline, has_first_stage, has_last_stage
@@ -142,7 +141,7 @@ class _Trainer:
             model = Transformer(cfg.model)
         parallelize = partial(parallelize_model, mesh=self.mesh, dims=self.dims, cfg=cfg,
                               device_type=self.device.type)
-        self.loss_fn = lambda logits, labels: F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        self.loss_fn = cross_entropy
         if self.dims.pp > 1:
             self.parts, self.schedule = build_pipeline(model, mesh=self.mesh, dims=self.dims, cfg=cfg,
                                                        device=self.device, loss_fn=self.loss_fn,
@@ -155,8 +154,10 @@ class _Trainer:
             init_weights(part, cfg=cfg.model, seed=cfg.train.seed)
             part.train()
         t = cfg.train
+        # fused: one kernel for the whole update on CUDA (DTensor parameters included); CPU keeps foreach.
+        fused = self.device.type == "cuda"
         self.optimizers = [torch.optim.AdamW(part.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
-                                             weight_decay=t.weight_decay) for part in self.parts]
+                                             weight_decay=t.weight_decay, fused=fused) for part in self.parts]
 
     def _build_data(self) -> None:
         from orchestrator.engine.data import build_batches
@@ -251,7 +252,7 @@ class _Trainer:
             return time.perf_counter() - begin
 
         losses = run_steps(start=start, cfg=cfg, rank=self.rank, heartbeat=self.heartbeat, step=self._step, save=save)
-        ckpt.wait()
+        ckpt.close()
         import torch.distributed as dist
 
         dist.barrier()
