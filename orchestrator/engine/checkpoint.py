@@ -130,6 +130,7 @@ class Checkpointer:
         self._pending: Future | None = None
         self._committed: Future | None = None
         self.last_save_stall_s = 0.0  # time the save held training up: the call, plus an optimizer step's wait
+        self.last_wait_s = 0.0  # time the last save() waited for the previous async save to finish
 
     # ---- save -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -137,7 +138,9 @@ class Checkpointer:
         """Checkpoint `step`. Sync: returns once step-N/ is committed. Async: returns at once; the copy, the
         write and the commit finish in the background (the next optimizer step waits for the copy only;
         wait() joins everything; the next save waits first)."""
+        begin = time.perf_counter()
         self.wait()
+        self.last_wait_s = time.perf_counter() - begin  # the previous async save was still being written
         begin = time.perf_counter()
         state = self._state(model_parts, optimizers)
         state["rng"] = self._rng_state()
