@@ -128,7 +128,7 @@ def resume(p: Profile) -> dict:
     diff = max(abs(got[s] - expected[s]) for s in got)
     ok = diff <= p.resume_tolerance
     return row("pass" if ok else "fail", "PASS" if ok else "FAIL",
-               f"steps {every + 1}-{steps} after an async save: max |loss diff| {diff:.2e} (<= {p.resume_tolerance:g})")
+               f"steps {every + 1}-{steps} after an async save: max abs loss diff {diff:.2e} (<= {p.resume_tolerance:g})")
 
 
 def deepspeed_path(p: Profile) -> dict:
