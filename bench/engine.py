@@ -5,6 +5,7 @@
     $ python bench/engine.py checkpoint                # median save stall, sync vs async (target: async <= 10%)
     $ python bench/engine.py gpu                       # ~1.2B "large" model, bf16, one GPU: tokens/s and MFU
     $ python bench/engine.py gpu --torchtitan-cmd "torchrun --nproc-per-node 1 -m torchtitan.train ..."
+    $ python bench/gpu_check.py                        # the whole one-GPU check in one table (see there)
 
 Every run is the real engine in fresh processes (torchrun for > 1 process); numbers are medians over the
 steps after --warmup, read from the run's metrics.jsonl. The GPU mode runs torchtitan too when given its
@@ -38,10 +39,16 @@ LAYOUTS = {
 }
 
 
-def run_engine(nproc: int, args: list[str], run_dir: Path, *, timeout: float = 1800) -> tuple[list[dict], float]:
-    """Run the engine; return its metrics records and the wall time including start-up."""
+class EngineFailed(RuntimeError):
+    """The engine exited non-zero; the message ends with the last line of its stderr."""
+
+
+def run_engine(nproc: int, args: list[str], run_dir: Path, *, timeout: float = 1800,
+               torchrun: bool = False) -> tuple[list[dict], float]:
+    """Run the engine (under torchrun when nproc > 1 or torchrun); return its metrics records and the wall
+    time including start-up."""
     base = ["-m", "orchestrator.engine", "--run-dir", str(run_dir), *args]
-    if nproc == 1:
+    if nproc == 1 and not torchrun:
         cmd = [sys.executable, *base]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *base]
@@ -50,13 +57,30 @@ def run_engine(nproc: int, args: list[str], run_dir: Path, *, timeout: float = 1
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     wall = time.perf_counter() - begin
     if out.returncode != 0:
-        raise SystemExit(f"engine failed ({shlex.join(cmd)}):\n{out.stderr[-3000:]}")
+        lines = out.stderr.strip().splitlines() or [f"exit code {out.returncode}"]
+        raise EngineFailed(f"engine failed ({shlex.join(cmd)}):\n{out.stderr[-3000:]}\n{lines[-1]}")
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()], wall
 
 
 def median(records: list[dict], key: str, warmup: int) -> float:
     values = [r[key] for r in records[warmup:] if key in r] or [r[key] for r in records if key in r]
     return statistics.median(values) if values else float("nan")
+
+
+def gpu_args(*, config: str, seq_len: int, batch: int, steps: int, compile: bool, ac: bool, dtype: str = "bf16",
+             extra: list[str] = ()) -> list[str]:
+    """Engine arguments for a one-device throughput run (warm-up of 2 steps in the lr schedule)."""
+    overrides = [f"train.global_batch_size={batch}", f"model.seq_len={seq_len}", f"train.dtype={dtype}",
+                 f"train.compile={str(compile).lower()}", f"train.activation_checkpointing={str(ac).lower()}",
+                 "train.warmup_steps=2", *extra]
+    return ["--config", config, "--steps", str(steps), *sum((["--set", s] for s in overrides), [])]
+
+
+def save_stalls(records: list[dict], *, own: bool = False) -> list[float]:
+    """Checkpoint stalls of a run's saves, without the last one (the run ends with it and waits for it).
+    own: less the wait for the previous async save's write (what a save costs when saves are far enough apart)."""
+    return [r["checkpoint_stall_s"] - (r.get("checkpoint_wait_s", 0.0) if own else 0.0)
+            for r in records[:-1] if "checkpoint_stall_s" in r]
 
 
 def cmd_cpu(a) -> None:
@@ -83,8 +107,7 @@ def cmd_checkpoint(a) -> None:
     for mode in ("--sync-checkpoint", "--async-checkpoint"):
         with tempfile.TemporaryDirectory() as tmp:
             records, _ = run_engine(layout[0], common + layout[1] + [mode], Path(tmp))
-        # The last save is excluded: the run ends with it (and waits for it) right away.
-        stalls[mode] = statistics.median(r["checkpoint_stall_s"] for r in records[:-1] if "checkpoint_stall_s" in r)
+        stalls[mode] = statistics.median(save_stalls(records))
     sync, asyn = stalls["--sync-checkpoint"], stalls["--async-checkpoint"]
     print(f"# checkpoint stall per save: config={a.config} {' '.join(a.set)} layout={a.layout}, "
           f"save every {a.every} steps, median over saves")
@@ -92,10 +115,8 @@ def cmd_checkpoint(a) -> None:
 
 
 def cmd_gpu(a) -> None:
-    overrides = [f"train.global_batch_size={a.batch}", f"model.seq_len={a.seq_len}", "train.dtype=bf16",
-                 f"train.compile={str(a.compile).lower()}", f"train.activation_checkpointing={str(a.ac).lower()}",
-                 "train.warmup_steps=2", *a.set]
-    args = ["--config", a.config, "--steps", str(a.steps), *sum((["--set", s] for s in overrides), [])]
+    args = gpu_args(config=a.config, seq_len=a.seq_len, batch=a.batch, steps=a.steps, compile=a.compile, ac=a.ac,
+                    extra=a.set)
     with tempfile.TemporaryDirectory() as tmp:
         records, wall = run_engine(1, args, Path(tmp))
     tps, mfu = median(records, "tokens_per_s", a.warmup), median(records, "mfu", a.warmup)
@@ -141,7 +162,10 @@ def main() -> None:
     gpu.add_argument("--set", action="append", default=[], help="engine --set override (repeatable)")
     gpu.add_argument("--torchtitan-cmd", help="torchtitan command line to run side by side (same model/seq/batch)")
     a = parser.parse_args()
-    {"cpu": cmd_cpu, "checkpoint": cmd_checkpoint, "gpu": cmd_gpu}[a.mode](a)
+    try:
+        {"cpu": cmd_cpu, "checkpoint": cmd_checkpoint, "gpu": cmd_gpu}[a.mode](a)
+    except EngineFailed as exc:
+        raise SystemExit(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
         ...                                                   # train step `step`
         if step % every == 0 or step == steps:
             ckpt.save(step, model_parts, optimizers, extra={"data": batches.state_dict()})
-    ckpt.wait()                                               # before exit: the last async save is committed
+    ckpt.close()                                              # before exit: the last async save is committed
 
 `model_parts` are this rank's modules (the pipeline stages it holds; one module without PP) and
 `optimizers` one optimizer per part, in the same order (a single module/optimizer may be passed bare).
@@ -30,7 +30,8 @@ system every rank sees (DCP's rule: rank 0 writes the metadata, every rank its s
 deletes older complete checkpoints only after a newer one is committed, so keep=1 is safe with async
 saves. Async saves copy the state in a background thread (the next optimizer step waits for that copy
 through a step pre-hook), then write on their own gloo group, so they never interleave with the training
-collectives; the train loop only calls wait() before it exits.
+collectives; the train loop only calls close() before it exits. The copy goes into host buffers (pinned on
+CUDA) that are allocated by the first save and refilled by every later one (staging.py).
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from orchestrator.engine.staging import ReusableStager
 from orchestrator.errors import ConfigError
 
 __all__ = ["Checkpointer", "complete_steps", "latest_complete_step"]
@@ -123,15 +124,13 @@ class Checkpointer:
         # forward/backward runs; a pre-hook on every optimizer makes step() wait for the copy before it
         # changes any parameter (no call for the train loop to remember). The stager keeps its buffers
         # between saves. On a GPU it copies into pinned memory without blocking the compute stream.
-        accel = torch.accelerator.is_available()
-        self._stager = DefaultStager(StagingOptions(use_pinned_memory=accel, use_shared_memory=False,
-                                                    use_async_staging=True, use_non_blocking_copy=accel)) \
-            if async_save else None
+        self._stager = ReusableStager(pin_memory=torch.cuda.is_available()) if async_save else None
         self._staging: Future | None = None
         self._hooks: list = []
         self._pending: Future | None = None
         self._committed: Future | None = None
         self.last_save_stall_s = 0.0  # time the save held training up: the call, plus an optimizer step's wait
+        self.last_wait_s = 0.0  # time the last save() waited for the previous async save to finish
 
     # ---- save -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -139,7 +138,9 @@ class Checkpointer:
         """Checkpoint `step`. Sync: returns once step-N/ is committed. Async: returns at once; the copy, the
         write and the commit finish in the background (the next optimizer step waits for the copy only;
         wait() joins everything; the next save waits first)."""
+        begin = time.perf_counter()
         self.wait()
+        self.last_wait_s = time.perf_counter() - begin  # the previous async save was still being written
         begin = time.perf_counter()
         state = self._state(model_parts, optimizers)
         state["rng"] = self._rng_state()
@@ -169,6 +170,15 @@ class Checkpointer:
         if pending is not None:
             pending.result()
             committed.result()
+
+    def close(self) -> None:
+        """wait(), then free the async stager's host buffers; a later save() is not allowed."""
+        try:
+            self.wait()
+        finally:
+            if self._stager is not None:
+                self._stager.close()
+                self._stager = None
 
     def _wait_staged(self) -> None:
         staging, self._staging = self._staging, None

@@ -90,10 +90,10 @@ def train(cfg: EngineConfig) -> dict[str, Any]:
 def _run(cfg: EngineConfig, deepspeed, *, rank: int, local_rank: int, world_size: int, heartbeat) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
     from deepspeed.accelerator import get_accelerator
 
     from orchestrator.engine.data import build_batches
+    from orchestrator.engine.loss import cross_entropy
     from orchestrator.engine.model import Transformer, init_weights
     from orchestrator.engine.train import lr_at, run_steps
 
@@ -126,7 +126,7 @@ def _run(cfg: EngineConfig, deepspeed, *, rank: int, local_rank: int, world_size
             group["lr"] = lr
         inputs, labels = (x.to(device) for x in next(batches))
         logits = engine(inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        loss = cross_entropy(logits, labels)
         engine.backward(loss)
         engine.step()
         global_loss = loss.detach().clone()

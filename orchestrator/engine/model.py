@@ -4,7 +4,7 @@
         model = Transformer(cfg.model)
     ...split for the pipeline, parallelize...
     model.to_empty(device=device); init_weights(model, seed=0)
-    logits = model(tokens)                                     # [batch, seq, vocab]
+    logits = model(tokens)                                     # [batch, seq, vocab], compute dtype
 
 Parameter names never depend on the layout: blocks live in a ModuleDict under their original indices
 ("layers.7.attention.wq.weight" stays that on whichever pipeline stage holds block 7), and a stage simply
@@ -119,7 +119,8 @@ class Transformer(nn.Module):
         for layer in self.layers.values():
             h = layer(h, self.rope)
         h = self.norm(h) if self.norm is not None else h
-        return self.output(h).float() if self.output is not None else h
+        # Logits stay in the compute dtype: the loss upcasts them chunk by chunk (loss.py).
+        return self.output(h) if self.output is not None else h
 
 
 # Wrappers (activation checkpointing, torch.compile) insert these into parameter names.

@@ -51,7 +51,8 @@ def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save
     """The step loop both engines share; returns the losses of steps start+1..steps.
 
     step(n) trains step n and returns its metrics record; save(n) checkpoints on the --checkpoint-every schedule
-    and returns the seconds it blocked (or None); every step beats the heartbeat, rank 0 appends metrics.jsonl.
+    and returns fields for the record (checkpoint_stall_s: the seconds it blocked) or None; every step beats the
+    heartbeat, rank 0 appends metrics.jsonl.
     """
     from orchestrator.engine.metrics import MetricsWriter
 
@@ -65,9 +66,7 @@ def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save
                 record["resumed_from"] = start
             if t.checkpoint_every and (n % t.checkpoint_every == 0 or n == t.steps):
                 heartbeat.beat(step=n, status="checkpointing")
-                stall = save(n)
-                if stall is not None:
-                    record["checkpoint_stall_s"] = stall
+                record.update(save(n) or {})
             heartbeat.beat(step=n)
             losses.append(record["loss"])
             if writer is not None:
@@ -130,8 +129,7 @@ class _Trainer:
     def _build_model(self) -> None:
         from functools import partial
 
-        import torch.nn.functional as F
-
+        from orchestrator.engine.loss import cross_entropy
         from orchestrator.engine.model import Transformer, init_weights
         from orchestrator.engine.parallelize import parallelize_model
         from orchestrator.engine.pipeline import build_pipeline, has_first_stage, has_last_stage
@@ -142,7 +140,7 @@ class _Trainer:
             model = Transformer(cfg.model)
         parallelize = partial(parallelize_model, mesh=self.mesh, dims=self.dims, cfg=cfg,
                               device_type=self.device.type)
-        self.loss_fn = lambda logits, labels: F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        self.loss_fn = cross_entropy
         if self.dims.pp > 1:
             self.parts, self.schedule = build_pipeline(model, mesh=self.mesh, dims=self.dims, cfg=cfg,
                                                        device=self.device, loss_fn=self.loss_fn,
@@ -155,8 +153,10 @@ class _Trainer:
             init_weights(part, cfg=cfg.model, seed=cfg.train.seed)
             part.train()
         t = cfg.train
+        # fused: one kernel for the whole update on CUDA (DTensor parameters included); CPU keeps foreach.
+        fused = self.device.type == "cuda"
         self.optimizers = [torch.optim.AdamW(part.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
-                                             weight_decay=t.weight_decay) for part in self.parts]
+                                             weight_decay=t.weight_decay, fused=fused) for part in self.parts]
 
     def _build_data(self) -> None:
         from orchestrator.engine.data import build_batches
@@ -245,13 +245,15 @@ class _Trainer:
         log.info("training %s (%.1fM params) on %s, %s", cfg.name, cfg.model.num_params() / 1e6,
                  self.device, self.dims.describe())
 
-        def save(step: int) -> float:
+        def save(step: int) -> dict:
             begin = time.perf_counter()  # the whole blocking time, waiting on the previous async save too
             ckpt.save(step, self.parts, self.optimizers, extra={"data": self.batches.state_dict()})
-            return time.perf_counter() - begin
+            # checkpoint_wait_s: the part spent waiting for the previous async save to finish writing (its
+            # writes take longer than the steps between two saves)
+            return {"checkpoint_stall_s": time.perf_counter() - begin, "checkpoint_wait_s": ckpt.last_wait_s}
 
         losses = run_steps(start=start, cfg=cfg, rank=self.rank, heartbeat=self.heartbeat, step=self._step, save=save)
-        ckpt.wait()
+        ckpt.close()
         import torch.distributed as dist
 
         dist.barrier()

@@ -149,15 +149,15 @@ def test_extra_that_json_cannot_hold_fails_at_save(tmp_path):
 
 
 def test_async_save_holds_the_state_of_its_step_while_training_goes_on(tmp_path, monkeypatch):
-    from torch.distributed.checkpoint.staging import DefaultStager
+    from orchestrator.engine.staging import ReusableStager
 
-    stage = DefaultStager._stage
+    copy = ReusableStager._copy
 
-    def slow_stage(self, state_dict, **kw):  # a slow copy: training reaches optimizer.step() before it ends
+    def slow_copy(self, *args):  # a slow copy: training reaches optimizer.step() before it ends
         time.sleep(0.3)
-        return stage(self, state_dict, **kw)
+        return copy(self, *args)
 
-    monkeypatch.setattr(DefaultStager, "_stage", slow_stage)
+    monkeypatch.setattr(ReusableStager, "_copy", slow_copy)
     model, opt = make()
     train(model, opt, 2)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
