@@ -7,7 +7,8 @@
     code, signal = await session.wait(); session.close()
 
 OpenSSH semantics kept: `options` (ssh -o) win over the config file (ssh -F, default ~/.ssh/config), and
-`user`/`port`/`connect_timeout` win over both. Host keys are always checked against UserKnownHostsFile
+`user`/`port`/`connect_timeout` win over both. Keepalive: ServerAliveInterval / ServerAliveCountMax from there,
+else every 5 s, 3 unanswered = connection lost (255). Host keys are always checked against UserKnownHostsFile
 (default ~/.ssh/known_hosts) unless StrictHostKeyChecking says otherwise: `accept-new` records keys of hosts
 not yet known and still refuses a changed key; `no`/`off` is the user's explicit choice and is logged as a
 warning. asyncssh never prompts, so BatchMode=yes is implied.
@@ -66,6 +67,10 @@ __all__ = ["SshOptions", "SshTransport", "describe_error", "parse_ssh_option"]
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 HANDSHAKE_TIMEOUT_S = 60.0  # SSH handshake + login, after the TCP connect (see SshTransport.open)
+# Keepalive when the config sets no ServerAliveInterval / ServerAliveCountMax (OpenSSH and asyncssh send none):
+# a host whose link went down is noticed after 15-20 s instead of never (a dead peer sends no FIN or RST).
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT_MAX = 3
 _STRICT = "StrictHostKeyChecking"
 # -o options that mean nothing to asyncssh but are harmless to drop quietly (pdsh/ansible users pass them)
 _IGNORED_OK = {"batchmode", "loglevel", "controlmaster", "controlpath", "controlpersist", "requesttty"}
@@ -241,6 +246,10 @@ class SshTransport:
         kwargs: dict = {"host": host, "options": base, "config": ()}
         if config.get("Ciphers") is None:
             kwargs["encryption_algs"] = _CIPHERS
+        if config.get("ServerAliveInterval") is None:
+            kwargs["keepalive_interval"] = KEEPALIVE_INTERVAL_S
+        if config.get("ServerAliveCountMax") is None:
+            kwargs["keepalive_count_max"] = KEEPALIVE_COUNT_MAX
         if opts.connect_timeout is not None:
             kwargs["connect_timeout"] = opts.connect_timeout
         elif config.get("ConnectTimeout") is None:
