@@ -301,7 +301,9 @@ class SshTransport:
             kwargs["connect_timeout"] = max(HANDSHAKE_TIMEOUT_S, timeout)
         conn = await asyncssh.connect(**kwargs)
         try:
-            proc = await conn.create_process(shlex.join(argv), encoding=None)  # bytes: decoded by session.lines
+            # bytes: an argument that is no UTF-8 (a Latin-1 file name) reaches the host as the bytes it was
+            command = shlex.join(argv).encode("utf-8", "surrogateescape")
+            proc = await conn.create_process(command, encoding=None)  # output bytes: decoded by session.lines
         except BaseException:
             conn.close()
             raise
