@@ -192,7 +192,7 @@ def test_under_load_a_normal_exit_leaves_no_survivor_and_run_returns(agent):
 def test_under_load_head_gone_while_the_command_starts_leaves_nothing(agent):
     run_id = rid("early-load")
     (cmd,) = plan_commands(["localhost"], STUBBORN, agent=agent)
-    for _ in range(10):
+    for _ in range(3):
         p = subprocess.Popen(command_argv(cmd, run_id), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         p.stdin.write(agent_spec(cmd) or b"")
