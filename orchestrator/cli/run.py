@@ -7,19 +7,46 @@
     $ orchestrator run -w 'node[1-64]' --fanout 128 --timeout 30 --table -- nvidia-smi -L
     $ orchestrator run -w 'node[1-4]' --dry-run --json -- hostname  # the plan, connect to nothing
 
-Exit code: the highest remote exit code; 255 when a host was unreachable or timed out (like pdsh -S).
+Exit code: the highest remote exit code; 255 when a host was unreachable or timed out (like pdsh -S); 130
+when SIGINT, SIGTERM or SIGHUP stopped the run (every host's command is killed, the summary still printed).
 Failures are summarised on stderr, grouped: `node[03,07]: exit 255: connection refused`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import sys
 
 import click
 
 from orchestrator.cli.options import HostSelection, host_options, resolve_from_cli
 from orchestrator.cli.ssh_options import ssh_options
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+async def _run_until_signal(hosts, command, **kwargs):
+    """run_on_async, stopped (every session closed: the agents kill the commands) by SIGINT/SIGTERM/SIGHUP:
+    (result, the signal or None)."""
+    from orchestrator.remote import run_on_async
+
+    loop, stop, got = asyncio.get_running_loop(), asyncio.Event(), []
+
+    def on_signal(signum: int) -> None:
+        got.append(signum)
+        stop.set()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        result = await run_on_async(hosts, command, stop=stop, **kwargs)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+    return result, (got[0] if got else None)
 
 
 def _emit(stream, text: str) -> None:
@@ -52,7 +79,8 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
                 command: tuple[str, ...]) -> int:
     """Run COMMAND (everything after `--`) on every host; `localhost` alone runs without SSH."""
     from orchestrator.launch.env import parse_env_arg, redact_value
-    from orchestrator.remote import new_run_id, plan_commands, run_on
+    from orchestrator.errors import EXIT_INTERRUPTED
+    from orchestrator.remote import new_run_id, plan_commands
     from orchestrator.remote.output import OutputFolder, prefixed, results_table, summary
 
     hosts = resolve_from_cli(host_selection).names
@@ -85,8 +113,8 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
         else:
             _emit(sys.stdout if stream == "stdout" else sys.stderr, prefixed(host, line))
 
-    result = run_on(hosts, list(command), ssh=ssh, fanout=fanout, env=env, python=python, agent=agent, run_id=run_id,
-                    timeout=timeout, on_line=on_line)
+    result, signum = asyncio.run(_run_until_signal(hosts, list(command), ssh=ssh, fanout=fanout, env=env, python=python,
+                                                   agent=agent, run_id=run_id, timeout=timeout, on_line=on_line))
     if as_json:
         _emit(sys.stdout, json.dumps(result.to_json(), indent=2))
     elif fold:
@@ -97,6 +125,9 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
         from rich.console import Console
 
         Console(stderr=True).print(results_table(result))
+    if signum is not None:
+        _emit(sys.stderr, f"interrupted by {signal.Signals(signum).name}: every host's command was stopped")
+        return EXIT_INTERRUPTED
     return result.exit_code
 
 

@@ -13,8 +13,8 @@ Inside salloc/sbatch, `--via slurm` runs each attempt as one srun step over the 
 among them) minus the excluded ones, health-checks nodes with single-node srun steps, and with
 --drain-bad-nodes drains what it excludes. Exit codes follow the requeue contract: 0 done, 2 configuration
 error (never retried), 1 gave up (restartable: `submit --max-restarts` may requeue the job).
-SSH keepalives (ServerAliveInterval=5, ServerAliveCountMax=3) are on unless --ssh-option sets them: a node whose
-link died is then noticed as a lost control connection, not only by the heartbeat timeout.
+SSH keepalives (every 5 s, 3 missed = lost, as for every command; ServerAliveInterval/ServerAliveCountMax override):
+a node whose link died is noticed as a lost control connection, not only by the heartbeat timeout.
 """
 
 from __future__ import annotations

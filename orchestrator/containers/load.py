@@ -43,7 +43,6 @@ log = logging.getLogger("orchestrator.containers.load")
 RELAY = Path(__file__).with_name("relay.py")  # sent inline to every node
 MODES = ("relay", "parallel", "sequential")
 CHUNK = 1 << 20
-KEEPALIVE_S = 5  # a node whose SSH session answers nothing for 3 keepalives (~15 s) is lost
 ProgressCallback = Callable[[str, int, int], None]  # (host, bytes loaded so far, total bytes)
 
 
@@ -111,7 +110,7 @@ async def _last_line(lines) -> str:
 
 
 async def _open(transport: SshTransport, host: str, python: str) -> _Node:
-    session = await transport.open(host, [python, "-I", "-S", "-c", python_source(RELAY)], keepalive=KEEPALIVE_S)
+    session = await transport.open(host, [python, "-I", "-S", "-c", python_source(RELAY)])
     return _Node(host, session)
 
 

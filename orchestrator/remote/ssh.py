@@ -7,7 +7,8 @@
     code, signal = await session.wait(); session.close()
 
 OpenSSH semantics kept: `options` (ssh -o) win over the config file (ssh -F, default ~/.ssh/config), and
-`user`/`port`/`connect_timeout` win over both. Host keys are always checked against UserKnownHostsFile
+`user`/`port`/`connect_timeout` win over both. Keepalive: ServerAliveInterval / ServerAliveCountMax from there,
+else every 5 s, 3 unanswered = connection lost (255). Host keys are always checked against UserKnownHostsFile
 (default ~/.ssh/known_hosts) unless StrictHostKeyChecking says otherwise: `accept-new` records keys of hosts
 not yet known and still refuses a changed key; `no`/`off` is the user's explicit choice and is logged as a
 warning. asyncssh never prompts, so BatchMode=yes is implied.
@@ -66,7 +67,10 @@ __all__ = ["SshOptions", "SshTransport", "describe_error", "parse_ssh_option"]
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 HANDSHAKE_TIMEOUT_S = 60.0  # SSH handshake + login, after the TCP connect (see SshTransport.open)
-KEEPALIVE_COUNT = 3  # unanswered keepalives before a connection counts as lost (open(keepalive=))
+# Keepalive when the config sets no ServerAliveInterval / ServerAliveCountMax (OpenSSH and asyncssh send none):
+# a host whose link went down is noticed after 15-20 s instead of never (a dead peer sends no FIN or RST).
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT_MAX = 3
 _STRICT = "StrictHostKeyChecking"
 # -o options that mean nothing to asyncssh but are harmless to drop quietly (pdsh/ansible users pass them)
 _IGNORED_OK = {"batchmode", "loglevel", "controlmaster", "controlpath", "controlpersist", "requesttty"}
@@ -246,6 +250,10 @@ class SshTransport:
         kwargs: dict = {"host": host, "options": base, "config": ()}
         if config.get("Ciphers") is None:
             kwargs["encryption_algs"] = _CIPHERS
+        if config.get("ServerAliveInterval") is None:
+            kwargs["keepalive_interval"] = KEEPALIVE_INTERVAL_S
+        if config.get("ServerAliveCountMax") is None:
+            kwargs["keepalive_count_max"] = KEEPALIVE_COUNT_MAX
         if opts.connect_timeout is not None:
             kwargs["connect_timeout"] = opts.connect_timeout
         elif config.get("ConnectTimeout") is None:
@@ -279,17 +287,13 @@ class SshTransport:
         for host in hosts:
             self._prepared[host] = self.connect_kwargs(host)
 
-    async def open(self, host: str, argv: Sequence[str], *, keepalive: float | None = None) -> SshSession:
-        """Run argv on host. keepalive: seconds between SSH keepalives when the config sets no
-        ServerAliveInterval; the connection then counts as lost after KEEPALIVE_COUNT unanswered ones (a
-        long-lived session whose host may vanish without a FIN, e.g. a stream the head keeps writing into)."""
+    async def open(self, host: str, argv: Sequence[str]) -> SshSession:
+        """Run argv on host (over a connection with keepalives: see connect_kwargs)."""
         kwargs = self._prepared.pop(host, None) or self.connect_kwargs(host)
         if kwargs["known_hosts"] is None and not self._warned_insecure:
             self._warned_insecure = True
             log.warning("host key checking is OFF (StrictHostKeyChecking=no): hosts are not authenticated")
         options = kwargs["options"]
-        if keepalive and not options.keepalive_interval:  # ServerAliveInterval in the ssh config wins
-            kwargs.update(keepalive_interval=keepalive, keepalive_count_max=KEEPALIVE_COUNT)
         timeout = kwargs.pop("connect_timeout", None) or options.connect_timeout or DEFAULT_CONNECT_TIMEOUT_S
         if options.tunnel or options.proxy_command:  # asyncssh's own connect through the jump host / proxy
             kwargs["connect_timeout"] = timeout
@@ -301,7 +305,9 @@ class SshTransport:
             kwargs["connect_timeout"] = max(HANDSHAKE_TIMEOUT_S, timeout)
         conn = await asyncssh.connect(**kwargs)
         try:
-            proc = await conn.create_process(shlex.join(argv), encoding=None)  # bytes: decoded by session.lines
+            # bytes: an argument that is no UTF-8 (a Latin-1 file name) reaches the host as the bytes it was
+            command = shlex.join(argv).encode("utf-8", "surrogateescape")
+            proc = await conn.create_process(command, encoding=None)  # output bytes: decoded by session.lines
         except BaseException:
             conn.close()
             raise

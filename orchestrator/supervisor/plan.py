@@ -32,7 +32,7 @@ from orchestrator.hosts import Host, expand, resolve_hosts
 from orchestrator.launch.env import EnvManifest
 from orchestrator.launch.plan import LaunchPlan, LaunchSpec, build_plan
 from orchestrator.supervisor.policy import Limits
-from orchestrator.supervisor.runner import AttemptRunner, SshAttempts, with_keepalive
+from orchestrator.supervisor.runner import AttemptRunner, SshAttempts
 
 if TYPE_CHECKING:
     from orchestrator.remote.ssh import SshOptions
@@ -72,7 +72,7 @@ class SuperviseOptions:
     srun_options: tuple[str, ...] = ()
     drain_bad_nodes: bool = False
     ssh: SshOptions | None = None
-    """orchestrator.remote.ssh.SshOptions (keepalives are added unless set)."""
+    """orchestrator.remote.ssh.SshOptions."""
     failure_grace: float = 2.0
     nodes: str | None = None
     """'MIN:MAX' or 'N'; default: exactly the hosts given."""
@@ -134,7 +134,7 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host]) -> Launc
 def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
                    environ: Mapping[str, str] = os.environ) -> SupervisePlan:
     """The supervised run of `spec` (ConfigError on bad input; nothing is written or started)."""
-    ssh = with_keepalive(opts.ssh)
+    ssh = opts.ssh
     steps = _slurm_steps(opts, ssh, environ)
     host_list = list(resolve_hosts(hosts=opts.hosts, hostfile=opts.hostfile, include=opts.include,
                                    exclude=opts.exclude, nproc_per_node=spec.nproc_per_node, environ=environ))

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from orchestrator.launch.failures import Failure, first_failure
 from orchestrator.launch.plan import LaunchPlan
 from orchestrator.launch.runner import Sink
 
-__all__ = ["KEEPALIVE", "AttemptResult", "AttemptRunner", "SshAttempts", "with_keepalive"]
+__all__ = ["AttemptResult", "AttemptRunner", "SshAttempts"]
 
-KEEPALIVE = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
 
 
 @dataclass(kw_only=True)
@@ -66,14 +65,6 @@ class AttemptRunner(Protocol):
 
     def exclude(self, host: str, reason: str) -> bool:
         """The supervisor stopped using `host`; True when the runner also fenced it off (Slurm: drained)."""
-
-
-def with_keepalive(ssh):
-    """SSH options with keepalives unless the user set ServerAliveInterval: a pulled cable then closes the
-    control connection in ~15 s (a lost node is noticed then, whatever the heartbeat timeout says)."""
-    if ssh is None or any(o.lower().startswith("serveraliveinterval") for o in ssh.options):
-        return ssh
-    return replace(ssh, options=ssh.options + KEEPALIVE)
 
 
 class SshAttempts:

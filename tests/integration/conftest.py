@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -161,3 +162,15 @@ def private_sandbox():
     yield make
     for sb in made:
         sb.down()
+
+
+@pytest.fixture
+def cpu_load():
+    """Keeps this machine's cores busy while the test runs (what a loaded node looks like to the agents): 3 busy
+    loops at nice 0, each ending by itself after 120 s, stopped by PID after the test."""
+    busy = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", busy]) for _ in range(3)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()

@@ -31,14 +31,18 @@ def agent(request) -> str:
 ESCAPING = ["sh", "-c", "setsid sleep 300 & (sleep 300 &) ; echo started; sleep 300"]
 
 
+# the same, every process ignoring SIGTERM: only the escalation to SIGKILL ends them (3 processes)
+STUBBORN = ["sh", "-c", "trap '' TERM; setsid sleep 300 & (sleep 300 &); echo started; exec sleep 300"]
+
+
 def rid(tag: str) -> str:
     return f"t-{tag}-{uuid.uuid4().hex[:8]}"
 
 
-def head(run_id: str, agent: str) -> subprocess.Popen:
+def head(run_id: str, agent: str, command=ESCAPING, *options: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-w", "localhost", "--run-id", run_id,
-                             "--agent", agent, "--", *ESCAPING], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                             "--agent", agent, *options, "--", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def test_head_sigkill_kills_the_whole_run_and_spares_another(agent):
@@ -149,3 +153,57 @@ def test_teardown_kills_by_token_only(agent):
         for p in heads.values():
             p.kill()
             p.wait()
+
+
+@pytest.mark.usefixtures("cpu_load")
+def test_under_load_sigterm_ignoring_commands_die_with_every_end_of_the_head(agent):
+    """Head SIGKILL, SIGINT, SIGTERM and a -t timeout, all at once on a busy machine: nothing of any run is left."""
+    ends = {rid(tag): how for tag, how in (("kill", signal.SIGKILL), ("int", signal.SIGINT), ("term", signal.SIGTERM),
+                                           ("timeout", None))}
+    heads = {r: head(r, agent, STUBBORN, *(["-t", "3"] if how is None else [])) for r, how in ends.items()}
+    try:
+        assert wait_for(lambda: all(len(tokened(r)) == 3 for r in ends), timeout=30), {r: tokened(r) for r in ends}
+        for r, how in ends.items():
+            if how is not None:
+                heads[r].send_signal(how)
+        codes = {r: heads[r].wait(timeout=30) for r in ends}
+        assert codes == {r: -9 if how == signal.SIGKILL else 130 if how else 255 for r, how in ends.items()}
+        for r in ends:
+            if ends[r] != signal.SIGKILL:  # the summary, and the reason, are still printed
+                assert "1 host: 0 ok, 1 failed" in heads[r].stderr.read()
+        assert wait_for(lambda: not any(tokened(r) for r in ends), timeout=10), {r: tokened(r) for r in ends}
+    finally:
+        for p in heads.values():
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.usefixtures("cpu_load")
+def test_under_load_a_normal_exit_leaves_no_survivor_and_run_returns(agent):
+    """The command exits; what it left behind ignores SIGTERM and holds the output pipe: killed, and run ends."""
+    run_id = rid("survivor")
+    p = head(run_id, agent, ["sh", "-c", "trap '' TERM; setsid sleep 300 & (sleep 300 &); echo bye; exit 7"])
+    out, err = p.communicate(timeout=30)
+    assert (p.returncode, out) == (7, "localhost: bye\n"), err
+    assert wait_for(lambda: not tokened(run_id), timeout=5), tokened(run_id)
+
+
+@pytest.mark.usefixtures("cpu_load")
+def test_under_load_head_gone_while_the_command_starts_leaves_nothing(agent):
+    run_id = rid("early-load")
+    (cmd,) = plan_commands(["localhost"], STUBBORN, agent=agent)
+    for _ in range(3):
+        p = subprocess.Popen(command_argv(cmd, run_id), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        p.stdin.write(agent_spec(cmd) or b"")
+        p.stdin.close()
+        p.wait(timeout=15)
+    assert wait_for(lambda: not tokened(run_id), timeout=10), tokened(run_id)
+
+
+def test_the_command_starts_with_default_signal_dispositions(agent):
+    """sh ignores SIGINT/SIGQUIT in background jobs; the command must not inherit that (nor SIGPIPE's from Python)."""
+    result = run_on(["localhost"], ["grep", "^SigIgn:", "/proc/self/status"], agent=agent)
+    (line,) = result["localhost"].tail
+    ignored = int(line.split()[1], 16)
+    assert ignored & (1 << (signal.SIGINT - 1) | 1 << (signal.SIGQUIT - 1) | 1 << (signal.SIGPIPE - 1)) == 0, line

@@ -132,3 +132,29 @@ def test_host_keys_are_checked(sandbox, ssh_config, tmp_path, caplog):
         insecure = SshOptions(config=str(config), options=("StrictHostKeyChecking=no",))
         assert run_on(["node1"], ["true"], ssh=insecure).exit_code == 0  # the user's explicit choice ...
     assert "host key checking is OFF" in caplog.text  # ... never a silent one
+
+
+def test_a_dead_link_is_noticed_by_keepalive_and_odd_bytes_and_signals_pass(private_sandbox):
+    """A host whose cable is pulled ends with 255 once keepalive gives up (here -o ServerAlive*: 1 s x 2), not
+    never; an argument that is no UTF-8 reaches the host as its bytes; the command has default SIGINT/SIGQUIT."""
+    sb = private_sandbox(nodes=2)
+    cfg = ["--ssh-config", str(sb.ssh_config)]
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "run", "-w", "n1", *cfg, "--", "sh", "-c",
+                          'printf %s "$1" | od -An -tx1; grep ^SigIgn: /proc/self/status', "sh", b"a\xffb"],
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.decode().splitlines()
+    assert lines[0].split() == ["n1:", "61", "ff", "62"], lines
+    assert int(lines[1].split()[-1], 16) & 0b110 == 0, lines  # bits of SIGINT (2) and SIGQUIT (3)
+    p = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-w", "n2", "-t", "50", *cfg, "-o",
+                          "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2", "--", "sh", "-c",
+                          "echo up; exec sleep 600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "n2: up\n"
+        sb.link_down("n2")
+        _, err = p.communicate(timeout=45)
+        assert p.returncode == 255 and "n2: exit 255" in err and "timed out" not in err, err
+    finally:
+        sb.link_up("n2")
+        p.kill()
+        p.wait()

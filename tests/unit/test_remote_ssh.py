@@ -141,3 +141,15 @@ def test_default_connect_timeout_without_config(tmp_path):
 ])
 def test_describe_error(exc, text):
     assert describe_error(exc) == text
+
+
+def test_keepalive_defaults_and_the_users_server_alive_options(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    kw = SshTransport(SshOptions(config=str(empty))).connect_kwargs("x")
+    assert (kw["keepalive_interval"], kw["keepalive_count_max"]) == (5, 3)
+    config = tmp_path / "cfg"
+    config.write_text("Host x\n    ServerAliveInterval 30\n")
+    kw = SshTransport(SshOptions(config=str(config), options=("ServerAliveCountMax=9",))).connect_kwargs("x")
+    assert "keepalive_interval" not in kw and "keepalive_count_max" not in kw  # asyncssh reads them from the config
+    assert (kw["options"].keepalive_interval, kw["options"].keepalive_count_max) == (30, 9)

@@ -6,9 +6,8 @@ import pytest
 
 from orchestrator.errors import EXIT_USAGE, ConfigError
 from orchestrator.launch.plan import LaunchSpec
-from orchestrator.remote.ssh import SshOptions
 from orchestrator.supervisor.plan import SuperviseOptions, model_parallel_of, plan_supervise, program_option
-from orchestrator.supervisor.runner import KEEPALIVE, SshAttempts
+from orchestrator.supervisor.runner import SshAttempts
 
 
 def spec(*program: str, run_id: str = "r1", nproc: int | None = 2) -> LaunchSpec:
@@ -51,12 +50,6 @@ def test_bad_tp_or_pp_in_the_program_is_a_config_error_unless_model_parallel_is_
     assert info.value.field in ("--tp", "--pp") and info.value.exit_code == EXIT_USAGE
     assert "--model-parallel" in str(info.value)
     assert plan(*program, model_parallel=2).config.limits.model_parallel == 2
-
-
-def test_ssh_keepalives_unless_the_user_set_them():
-    assert plan(ssh=SshOptions()).runner.ssh.options == KEEPALIVE
-    mine = SshOptions(options=("ServerAliveInterval=30",))
-    assert plan(ssh=mine).runner.ssh.options == ("ServerAliveInterval=30",)
 
 
 @pytest.mark.parametrize(("opts", "field"), [
