@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE
+from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, ConfigError
 from orchestrator.launch.failures import LAST_LINES, Failure, first_failure, host_failure
 from orchestrator.launch.plan import LaunchPlan
 from orchestrator.launch.rundir import HostLogs, RunDir
@@ -125,9 +125,13 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
 
     rundir = RunDir(Path(plan.run_dir))
     rundir.create()
-    rundir.write_json("plan.json", plan.to_json())
-    if plan.hostfile:
-        rundir.write_text("hostfile", plan.hostfile)
+    try:
+        rundir.write_json("plan.json", plan.to_json())
+        if plan.hostfile:
+            rundir.write_text("hostfile", plan.hostfile)
+    except OSError as exc:  # nothing has started yet
+        raise ConfigError("--run-dir", plan.run_dir, f"cannot write {exc.filename} ({exc.strerror}); "
+                          "free some space or pick another directory") from None
     result = LaunchResult(plan)
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
@@ -176,7 +180,11 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
                 for sig in STOP_SIGNALS:
                     loop.remove_signal_handler(sig)
                     signal.signal(sig, previous[sig])  # the caller's handlers (e.g. demo: tear the sandbox down)
-    rundir.write_json("result.json", result.to_json())
+    try:
+        rundir.write_json("result.json", result.to_json())
+    except OSError as exc:  # the run is over: its exit code stands, the result is on the terminal
+        log.warning("cannot write %s (%s); the run's result is only what is shown here",
+                    exc.filename or rundir.path / "result.json", exc.strerror)
     return result
 
 
