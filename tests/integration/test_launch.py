@@ -9,6 +9,7 @@ each, nothing of the run is left in the nodes' temp dir either.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -221,7 +222,8 @@ def test_unreachable_host_exits_255_and_leaves_nothing(private_sandbox, tmp_path
 
 def deepspeed_argv(cluster, tmp_path: Path, run_id: str, *args: str) -> list[str]:
     """2 hosts x 2 processes under --launcher deepspeed."""
-    pytest.importorskip("deepspeed", reason="deepspeed not installed (optional extra)")
+    if importlib.util.find_spec("deepspeed") is None:  # only a missing extra skips: a broken install fails
+        pytest.skip("deepspeed not installed (optional extra)")
     argv = launch_argv(cluster, tmp_path, run_id, "--launcher", "deepspeed", *args)
     argv[argv.index("--hosts") + 1] = ",".join(cluster.hosts[:2])
     return argv
