@@ -102,7 +102,8 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
     out = sys.stderr if as_json else sys.stdout
 
     def sink(line: str, stream: str) -> None:
-        print(line, file=sys.stderr if stream == "stderr" else out, flush=True)
+        end = "" if getattr(line, "partial", False) else "\n"  # a long line comes in pieces, prefixed once
+        print(line, file=sys.stderr if stream == "stderr" else out, end=end, flush=True)
 
     click.echo(f"[orch] run {plan.run_id}: {len(plan.nodes)} nodes x {plan.nodes[0].nproc} ({plan.launcher}), "
                f"logs in {plan.run_dir}/logs/", err=True)
