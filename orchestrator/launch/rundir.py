@@ -72,9 +72,16 @@ class RunDir:
         return self.write_text(name, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
     def write_text(self, name: str, text: str) -> Path:
-        target = self.path / name
-        with _private(target, "w") as f:
-            f.write(text)
+        """Whole or not at all (a full disk leaves no truncated file): written aside, then renamed."""
+        target, partial = self.path / name, self.path / f".{name}.partial"
+        try:
+            with _private(partial, "w") as f:
+                f.write(text)
+            partial.replace(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            exc.filename = str(target)
+            raise
         return target
 
     @contextmanager
