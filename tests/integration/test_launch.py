@@ -133,6 +133,7 @@ def test_ranks_allreduce_logs_redaction_and_hostile_strings(cluster, tmp_path):
     assert f"{cluster.hosts[2]}/5: RESULT " in out.stdout
     plan = (run / "plan.json").read_text()
     assert "sekrit-123" not in plan and '"HF_TOKEN": "***"' in plan
+    assert (run / "plan.json").stat().st_mode & 0o777 == 0o600  # owner only, whatever the umask
     assert json.loads((run / "result.json").read_text())["exit_code"] == 0
     assert wait_temp_gone(cluster, "t-good") == {}
 
