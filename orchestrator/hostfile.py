@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable
 
 from orchestrator.errors import ConfigError
-from orchestrator.hosts import Host, HostList, expand, fold
+from orchestrator.hosts import MAX_SLOTS, Host, HostList, expand, fold
 
 __all__ = ["FORMATS", "render", "parse", "load", "write", "default_path"]
 
@@ -52,9 +52,11 @@ def _render_json(hosts: HostList) -> str:
 def _parse_slots(token: str, where: str, line: str) -> int | None:
     """`slots=8` -> 8; `max_slots=...` (OpenMPI) -> None; anything else is a bad line."""
     key, eq, value = token.partition("=")
-    if eq and key in ("slots", "max_slots") and value.isdigit() and int(value) > 0:
-        return int(value) if key == "slots" else None
-    raise ConfigError(where, line, f"bad field {token!r}; slots must be a positive integer; {_LINE_HINT}")
+    if eq and key == "max_slots" and value.isascii() and value.isdigit():
+        return None
+    if eq and key == "slots" and value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_SLOTS:
+        return int(value)
+    raise ConfigError(where, line, f"bad field {token!r}; slots must be an integer from 1 to {MAX_SLOTS}; {_LINE_HINT}")
 
 
 def _parse_lines(text: str, source: str, default_slots: int) -> HostList:
@@ -93,8 +95,10 @@ def _json_entry(row: object, where: str, default_slots: int) -> Host:
     if not (isinstance(row, dict) and isinstance(row.get("host"), str) and set(row) <= {"host", "slots", "slot_ids"}):
         raise ConfigError(where, row, _JSON_HINT)
     slots, ids = row.get("slots", default_slots), row.get("slot_ids")
-    if type(slots) is not int or not (ids is None or isinstance(ids, list) and all(type(i) is int for i in ids)):
-        raise ConfigError(where, row, f"slots is an integer, slot_ids a list of integers; {_JSON_HINT}")
+    if type(slots) is not int or not 1 <= slots <= MAX_SLOTS:
+        raise ConfigError(where, row, f"slots is an integer from 1 to {MAX_SLOTS}; {_JSON_HINT}")
+    if not (ids is None or isinstance(ids, list) and all(type(i) is int for i in ids)):
+        raise ConfigError(where, row, f"slot_ids is a list of integers; {_JSON_HINT}")
     names = expand(row["host"], field=where)
     if len(names) != 1:
         raise ConfigError(where, row, "give one host per entry")

@@ -7,13 +7,17 @@
     expand("gpu-[1-2]-[1-2]") -> ["gpu-1-1", "gpu-1-2", "gpu-2-1", "gpu-2-2"]
     fold(["node3", "node1", "node2"]) -> "node[1-3]"
 
-Node-set syntax is ClusterShell's, and ClusterShell parses it (we only split top-level commas, to keep order):
-`node[01-16]`, `gpu-[1-2]-[1-4]`, `a,b`, `node[1-8]!node3`, `n[1-8]&n[4-12]`, `n[1-8]^n[4-12]`.
-Order is kept where the user gave one: comma-separated parts keep their order (`b,a` -> b, a), each part
-expands in ClusterShell's order, duplicates keep their first place. An expression with a set operator
-(`!`, `&`, `^`) is a set, so it expands in ClusterShell's sorted order; operators and commas apply left to
-right (`n[1-4]!n2,n9` is (n[1-4] minus n2) plus n9). Node groups (`@rack1`) are refused:
-they need a site-wide groups.conf the nodes may not share, and `@` separates hosts in --include.
+Node-set syntax is Slurm's hostlist plus ClusterShell's set operators: `node[01-16]`, `gpu-[1-2]-[1-4]`,
+`n[3,1-2]`, `a,b`, `node[1-8]!node3`, `n[1-8]&n[4-12]`, `n[1-8]^n[4-12]`, `n[1-9/2]`.
+Order is Slurm's, since node order decides ranks: exactly what `scontrol show hostnames` prints for every list
+Slurm accepts. Comma-separated parts keep their order (`b,a` -> b, a), ranges in a bracket keep theirs
+(`n[3,1-2]` -> n3, n1, n2), several brackets vary the last fastest, then the first, second, ... (Slurm's
+walk), duplicates keep their first place. A width comes from the range's start (`n[01-3]` -> n01..n03), as in
+Slurm. An expression with a set operator (`!`, `&`, `^`) or a step is a set: ClusterShell parses it and it
+expands in its sorted order; operators and commas apply left to right (`n[1-4]!n2,n9` is (n[1-4] minus n2)
+plus n9). At most MAX_HOSTS names in a whole expression, counted before anything is expanded. Node groups
+(`@rack1`) are refused: they need a site-wide groups.conf the nodes may not share, and `@` separates hosts in
+--include.
 
 Host names must look like DNS names or IPv4 addresses (letters, digits, `.`, `-`, `_`, starting with a
 letter or digit): a name is passed to ssh as an argument, so `-oProxyCommand=...` or `a;rm -rf ~` must never
@@ -27,10 +31,12 @@ come from the hostfile (`host slots=N`), else SLURM_GPUS_PER_NODE when it is a p
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
@@ -39,10 +45,13 @@ from orchestrator.errors import ConfigError
 
 log = logging.getLogger("orchestrator.hosts")
 
-__all__ = ["Host", "HostList", "HostSetError", "expand", "fold", "apply_filter", "slurm_hosts", "resolve_hosts"]
+__all__ = ["MAX_HOSTS", "MAX_SLOTS", "Host", "HostList", "HostSetError", "expand", "fold", "apply_filter", "slurm_hosts", "resolve_hosts"]
 
 MAX_HOSTS = 65536
+MAX_SLOTS = 1024  # processes per host: far above any node's GPU count, low enough to plan in an instant
 _BRACKETED, _RANGE = re.compile(r"\[([^\[\]]*)\]"), re.compile(r"(\d+)-(\d+)")
+_SLURM_RANGES = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*")  # what Slurm reads inside a bracket
+_SLURM_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 _VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _SET_OPERATORS = "!&^"
 _SPEC_SEPARATOR, _SLOTS_START, _SLOT_SEPARATOR = "@", ":", ","  # DeepSpeed's --include/--exclude syntax
@@ -69,8 +78,8 @@ class Host:
     slot_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.slots < 1:
-            raise ConfigError("slots", self.slots, f"host {self.name} needs at least 1 slot")
+        if not 1 <= self.slots <= MAX_SLOTS:
+            raise ConfigError("slots", self.slots, f"host {self.name}: give 1 to {MAX_SLOTS} slots")
         ids = self.slot_ids
         if ids is not None and (len(ids) != self.slots or len(set(ids)) != len(ids) or min(ids) < 0):
             raise ConfigError("slot_ids", ids, f"host {self.name}: give {self.slots} distinct slot ids >= 0")
@@ -109,19 +118,61 @@ def _split_top_level(expr: str) -> list[str]:
     return parts
 
 
-def _nodeset(expr: str, field: str, whole: str) -> list[str]:
-    # ClusterShell's RangeSet holds every index of a range, so n[1-999999999] must be refused before parsing
+def _slurm_dims(part: str) -> tuple[list[str], list[list[tuple[str, str]]]] | None:
+    """`r[1-2]n[3,1]` -> (["r", "n", ""], [[("1", "2")], [("3", "3"), ("1", "1")]]); None if not Slurm syntax."""
+    if any(op in part for op in _SET_OPERATORS):
+        return None
+    pieces = _BRACKETED.split(part)  # text, bracket content, text, ...
+    texts, contents = pieces[0::2], pieces[1::2]
+    if any("[" in t or "]" in t for t in texts) or not all(_SLURM_RANGES.fullmatch(c) for c in contents):
+        return None
+    return texts, [[(lo, hi or lo) for lo, hi in _SLURM_RANGE.findall(c)] for c in contents]
+
+
+def _slurm_names(texts: list[str], dims: list[list[tuple[str, str]]]) -> list[str]:
+    """Every name in the order `scontrol show hostnames` gives: ranges as written, the last bracket varying
+    fastest, then the first, second, ... (Slurm's hostlist walks r[1-2]n[1-2]c[1-2] as r1n1c1 r1n1c2 r2n1c1 ...)."""
+    values = [[str(i).zfill(len(lo)) for lo, hi in ranges for i in range(int(lo), int(hi) + 1)] for ranges in dims]
+    order = [*range(len(dims) - 2, -1, -1), len(dims) - 1] if dims else []  # slowest first
+    names = []
+    for combo in itertools.product(*(values[d] for d in order)):
+        by_dim = dict(zip(order, combo))
+        names.append(texts[0] + "".join(by_dim[d] + texts[d + 1] for d in range(len(dims))))
+    return names
+
+
+def _check_ranges(expr: str, field: str, whole: str) -> None:
+    # ClusterShell's RangeSet (and our Slurm walk) hold every index of a range: refuse n[1-999999999] first
     for low, high in _RANGE.findall(" ".join(_BRACKETED.findall(expr))):
         if int(high) - int(low) >= MAX_HOSTS:
             raise HostSetError(field, whole, f"{low}-{high}", f"a range of at most {MAX_HOSTS} hosts")
+        if int(high) < int(low):
+            raise HostSetError(field, whole, f"{low}-{high}", f"the start is above the end; write it upwards, e.g. [{high}-{low}]")
+
+
+def _clustershell(expr: str, field: str, whole: str) -> NodeSet:
     try:
-        nodeset = NodeSet(expr, resolver=RESOLVER_NOGROUP)
+        return NodeSet(expr, resolver=RESOLVER_NOGROUP)
     except NodeSetException as exc:
         part = getattr(exc, "part", None) or expr
         raise HostSetError(field, whole, part, f"{exc}; write ranges like node[01-16] or gpu-[1-2]-[1-4]") from None
-    if len(nodeset) > MAX_HOSTS:  # len() counts without expanding: gpu-[1-1000]-[1-1000] is still cheap here
-        raise HostSetError(field, whole, expr, f"{len(nodeset)} hosts; at most {MAX_HOSTS} (check the ranges)")
-    return list(nodeset)
+
+
+def _part(expr: str, field: str, whole: str) -> tuple[int, Callable[[], list[str]]]:
+    """(how many names, how to list them): counted before anything is expanded, so a huge set is refused in time."""
+    _check_ranges(expr, field, whole)
+    slurm = _slurm_dims(expr)
+    if slurm is not None:
+        texts, dims = slurm
+        return math.prod(sum(int(hi) - int(lo) + 1 for lo, hi in ranges) for ranges in dims), \
+            lambda: _slurm_names(texts, dims)
+    operands = [o for piece in re.split(f"[{_SET_OPERATORS}]", expr) for o in _split_top_level(piece)]
+    if len(operands) > 1:  # set algebra on a huge operand takes ClusterShell minutes: count every operand first
+        named = sum(_part(o, field, whole)[0] for o in operands)
+        if named > MAX_HOSTS:
+            raise HostSetError(field, whole, expr, f"its operands name {named} hosts; at most {MAX_HOSTS}")
+    nodeset = _clustershell(expr, field, whole)  # a step (n[1-9/2]), set operators, or malformed
+    return len(nodeset), lambda: list(nodeset)  # len() counts without expanding
 
 
 def _check_name(name: str, field: str, whole: str) -> str:
@@ -145,9 +196,13 @@ def expand(expr: str, *, field: str = "--hosts") -> list[str]:
         parts = [p.strip() for p in _split_top_level(text)]
         if "" in parts:
             raise HostSetError(field, expr, expr, "empty element between commas; remove the extra comma")
+    sized = [_part(part, field, expr) for part in parts]
+    total = sum(count for count, _ in sized)
+    if total > MAX_HOSTS:  # the whole expression, not each part: a,b,c of 65536 each is still too many
+        raise HostSetError(field, expr, expr, f"{total} hosts; at most {MAX_HOSTS} (check the ranges)")
     names: dict[str, None] = {}
-    for part in parts:
-        for name in _nodeset(part, field, expr):
+    for _, listing in sized:
+        for name in listing():
             names.setdefault(_check_name(name, field, expr))
     if not names:
         raise ConfigError(field, expr, "the expression selects no host; check the ! / & / ^ operands")
@@ -275,8 +330,8 @@ def resolve_hosts(
     """
     from orchestrator import hostfile as hostfile_mod  # hostfile builds on Host; imported here to avoid a cycle
 
-    if nproc_per_node is not None and nproc_per_node < 1:
-        raise ConfigError("--nproc-per-node", nproc_per_node, "use a positive integer")
+    if nproc_per_node is not None and not 1 <= nproc_per_node <= MAX_SLOTS:
+        raise ConfigError("--nproc-per-node", nproc_per_node, f"use 1 to {MAX_SLOTS}")
     if hosts is not None and hostfile is not None:
         raise ConfigError("--hosts/--hostfile", f"{hosts} / {hostfile}", "give one of them, not both")
     default_slots = nproc_per_node or 1

@@ -1,7 +1,7 @@
 """Slurm state in one place: the current allocation, node lists, jobs, nodes, drain/cancel.
 
     from orchestrator import slurm
-    slurm.nodelist("gpu[01-03],cpu7")       # ['gpu01', 'gpu02', 'gpu03', 'cpu7'] (ClusterShell; checked by scontrol)
+    slurm.nodelist("gpu[01-03],cpu7")       # ['gpu01', 'gpu02', 'gpu03', 'cpu7'] (checked by scontrol)
     alloc = slurm.allocation()              # Allocation(job_id='42', nodes=['node1', ...], gpus_per_node=2) or None
     slurm.require_allocation("--via slurm")  # the same, or ConfigError (exit 2) outside salloc/sbatch
     slurm.job("42").state, slurm.job("42").exit_code       # 'COMPLETED', 0
@@ -13,9 +13,9 @@ it against Debian's 22.05 fails with "Slurm version mismatch"), otherwise the Sl
 `sinfo --json` and `scontrol` (22.05 has no `scontrol --json`). Writes (drain, resume, cancel) always go
 through `scontrol`/`scancel`, which every Slurm version has.
 
-Node lists are expanded by ClusterShell (orchestrator.hosts.expand) and, where `scontrol` can run, compared with
+Node lists are expanded in Slurm's order by orchestrator.hosts.expand and, where `scontrol` can run, compared with
 `scontrol show hostnames`: Slurm is the authority on its own lists, so on a disagreement its answer wins and the
-difference is logged. Known difference: Slurm 22.05 rejects a suffix after the last bracket (`n[1-2]-ib`), which
+difference is logged (tests/unit/test_slurm_nodelist.py keeps the two equal on a table of lists). Known difference: Slurm 22.05 rejects a suffix after the last bracket (`n[1-2]-ib`), which
 ClusterShell expands; Slurm never produces such a list itself.
 """
 
@@ -140,7 +140,7 @@ def scontrol_hostnames(expr: str) -> list[str] | None:
 
 
 def nodelist(expr: str, *, field: str = "SLURM_JOB_NODELIST", check: bool = True) -> list[str]:
-    """Expand a Slurm node list in Slurm's order, with ClusterShell; with `check`, confirmed by scontrol."""
+    """Expand a Slurm node list in Slurm's order; with `check`, confirmed by scontrol."""
     names = expand(expr, field=field)
     if check:
         slurm_names = scontrol_hostnames(expr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -69,7 +70,7 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
     """
     from orchestrator.launch.env import build_env_manifest
     from orchestrator.launch.plan import LaunchSpec, build_plan
-    from orchestrator.launch.rundir import new_run_id
+    from orchestrator.launch.rundir import RunDir, new_run_id
 
     hosts = resolve_from_cli(host_selection, nproc_per_node=nproc_per_node)
     env = build_env_manifest(head_env=os.environ, env_files=env_files, env_args=env_args, forward=not no_forward_env)
@@ -93,6 +94,7 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
             for line in plan.describe():
                 click.echo(line)
         return 0
+    RunDir(Path(plan.run_dir)).create()  # a run dir that cannot be made is exit 2, before the header and any host
     if container:
         from orchestrator.containers.run import run_containerized as run_plan  # also removes the containers
     else:
@@ -100,7 +102,8 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
     out = sys.stderr if as_json else sys.stdout
 
     def sink(line: str, stream: str) -> None:
-        print(line, file=sys.stderr if stream == "stderr" else out, flush=True)
+        end = "" if getattr(line, "partial", False) else "\n"  # a long line comes in pieces, prefixed once
+        print(line, file=sys.stderr if stream == "stderr" else out, end=end, flush=True)
 
     click.echo(f"[orch] run {plan.run_id}: {len(plan.nodes)} nodes x {plan.nodes[0].nproc} ({plan.launcher}), "
                f"logs in {plan.run_dir}/logs/", err=True)

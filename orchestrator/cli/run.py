@@ -81,7 +81,7 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
     from orchestrator.launch.env import parse_env_arg, redact_value
     from orchestrator.errors import EXIT_INTERRUPTED
     from orchestrator.remote import new_run_id, plan_commands
-    from orchestrator.remote.output import OutputFolder, prefixed, results_table, summary
+    from orchestrator.remote.output import OutputFolder, Prefixer, results_table, summary
 
     hosts = resolve_from_cli(host_selection).names
     env = dict(parse_env_arg(e) for e in env_args)
@@ -103,7 +103,7 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
                 _emit(sys.stdout, f"would run on {c['host']}: {(env_text + ' ') if env_text else ''}{shlex.join(c['argv'])}")
         return 0
 
-    folder = OutputFolder(hosts)
+    folder, prefix = OutputFolder(hosts), Prefixer()
 
     def on_line(host: str, stream: str, line: str) -> None:
         if as_json:
@@ -111,14 +111,16 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
         if fold and stream == "stdout":
             folder.add(host, stream, line)
         else:
-            _emit(sys.stdout if stream == "stdout" else sys.stderr, prefixed(host, line))
+            out = sys.stdout if stream == "stdout" else sys.stderr
+            out.write(prefix(host, stream, line))  # a long line's pieces: prefixed once
+            out.flush()
 
     result, signum = asyncio.run(_run_until_signal(hosts, list(command), ssh=ssh, fanout=fanout, env=env, python=python,
                                                    agent=agent, run_id=run_id, timeout=timeout, on_line=on_line))
     if as_json:
         _emit(sys.stdout, json.dumps(result.to_json(), indent=2))
     elif fold:
-        _emit(sys.stdout, folder.render())
+        folder.write(sys.stdout)
     for line in summary(result):
         _emit(sys.stderr, line)
     if table:

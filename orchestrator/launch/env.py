@@ -29,13 +29,21 @@ RESERVED = frozenset({
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
     "ORCH_RUN_ID", "TORCHELASTIC_ERROR_FILE", "TORCHELASTIC_RUN_ID",
 })
-SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+# A name holds a secret when it contains TOKEN, SECRET, PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL, COOKIE, AUTH
+# (AUTH, OAUTH, AUTHORIZATION; also AUTHOR: showing a harmless value as *** is the cheaper mistake), PRIVATE or
+# APIKEY anywhere, or has KEY, KEYS, PASS, PWD or SESSION as a word between `_`, `-`, `.` or the ends
+# (API_KEY, --ssh-key, DB_PASS, not MONKEY, KEYBOARD or PASSTHROUGH). Case does not matter.
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|COOKIE|AUTH|PRIVATE|APIKEY"
+    r"|(?:^|[_.-])(?:KEYS?|PASS|PWD|SESSION)(?:$|[_.-])",
+    re.IGNORECASE,
+)
 REDACTED = "***"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def is_secret(name: str) -> bool:
-    """True when a variable or option name looks like it holds a secret (TOKEN, KEY, SECRET, PASSWORD...)."""
+    """True when a variable or option name looks like it holds a secret (the rule is at SECRET_NAME)."""
     return bool(SECRET_NAME.search(name))
 
 

@@ -193,6 +193,8 @@ def _validate(spec: LaunchSpec, hosts: Sequence[Host]) -> None:
         raise ConfigError("--run-id", spec.run_id, "use 1-64 characters from A-Z a-z 0-9 . _ - (it names a directory)")
     if spec.master_addr is not None and not _ADDRESS.match(spec.master_addr):
         raise ConfigError("--master-addr", spec.master_addr, "give a host name or IP address the nodes can reach")
+    if not spec.run_dir.strip() or "\0" in spec.run_dir:  # '' would put the run at the file-system root
+        raise ConfigError("--run-dir", spec.run_dir, "give a directory for the run's files, e.g. runs")
     if spec.launcher not in LAUNCHERS:
         raise ConfigError("--launcher", spec.launcher, f"use one of {', '.join(LAUNCHERS)}")
     if not spec.program or not spec.program[0]:

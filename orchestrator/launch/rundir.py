@@ -5,9 +5,9 @@
     rd.create()
     rd.write_json("plan.json", plan.to_json())  # redacted plan
     with rd.host_logs(["node1", "node2"]) as logs:
-        logs.write("node1", "node1/0: hello")   # -> runs/<run_id>/logs/node1.log
+        logs.write("node1", "node1/0: hello")   # -> runs/<run_id>/logs/node1.log (a full disk: one warning)
 
-Layout:
+Layout (every file 0600: the plan lists the env, logs may echo it):
     runs/<run_id>/plan.json           the plan as printed by --json (secrets redacted)
     runs/<run_id>/hostfile            the DeepSpeed hostfile (deepspeed launcher only)
     runs/<run_id>/logs/<host>.log     every line from that host, with its host/rank prefix
@@ -16,7 +16,10 @@ Layout:
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import re
 import secrets
 import time
@@ -24,6 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from orchestrator.errors import ConfigError
+
+log = logging.getLogger("orchestrator.launch.rundir")
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
@@ -39,39 +46,96 @@ def log_name(host: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@:-]", "_", host).lstrip(".") or "_"
 
 
+def _private(path: Path, mode: str):
+    """open() for a run-dir file, readable by its owner only (0600 whatever the umask): the plan names the env."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC), 0o600)
+    os.fchmod(fd, 0o600)  # an older file of the same run keeps no wider mode
+    return os.fdopen(fd, mode, buffering=0 if "b" in mode else -1)  # logs unbuffered: `tail -f` sees every line
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
 
     def create(self) -> None:
-        (self.path / "logs").mkdir(parents=True, exist_ok=True)
+        """Make RUN_DIR/logs; ConfigError (exit 2, before anything starts) when it cannot be made."""
+        try:
+            (self.path / "logs").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("--run-dir", str(self.path),
+                              f"cannot create it ({exc.strerror}); pick a writable directory with a shorter name")
 
     def log_path(self, host: str) -> Path:
         return self.path / "logs" / f"{log_name(host)}.log"
 
     def write_json(self, name: str, data: object) -> Path:
-        target = self.path / name
-        target.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        return target
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
     def write_text(self, name: str, text: str) -> Path:
-        target = self.path / name
-        target.write_text(text)
+        """Whole or not at all (a full disk leaves no truncated file): written aside, then renamed."""
+        target, partial = self.path / name, self.path / f".{name}.partial"
+        try:
+            with _private(partial, "w") as f:
+                f.write(text)
+            partial.replace(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            exc.filename = str(target)
+            raise
         return target
 
     @contextmanager
     def host_logs(self, hosts: list[str]):
-        files: dict[str, IO[str]] = {h: open(self.log_path(h), "a", buffering=1) for h in hosts}
+        logs = HostLogs({h: self.log_path(h) for h in hosts})
         try:
-            yield HostLogs(files)
+            yield logs
         finally:
-            for f in files.values():
-                f.close()
+            logs.close()
 
 
-@dataclass
 class HostLogs:
-    files: dict[str, IO[str]]
+    """Appends each host's lines to its log, byte for byte (str lines carry undecodable bytes as surrogates).
 
-    def write(self, host: str, line: str) -> None:
-        self.files[host].write(line.rstrip("\n") + "\n")
+    A log that cannot be written (disk full, file too large) is dropped with one warning naming the file and
+    the error: the run, and its output on the terminal, go on without it.
+    """
+
+    def __init__(self, paths: dict[str, Path]):
+        self.paths = paths
+        self.files: dict[str, IO[bytes] | None] = {}
+        self.warned = False
+
+    def write(self, host: str, line: str | bytes, *, end: bytes = b"\n") -> None:
+        """Append `line` and `end` (b"" while a long line goes on in the next call)."""
+        if host not in self.files:
+            self.files[host] = self._guard(host, lambda: _private(self.paths[host], "ab"))
+        f = self.files[host]
+        if f is not None:
+            data = line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape")
+            if self._guard(host, lambda: f.write(data + end)) is None:
+                self._drop(host)
+
+    def _guard(self, host: str, action):
+        try:
+            return action()
+        except OSError as exc:
+            if not self.warned:
+                self.warned = True
+                log.warning("cannot write %s (%s: %s); the run goes on, without this host log", self.paths[host],
+                            errno.errorcode.get(exc.errno, exc.errno), exc.strerror)
+            else:
+                log.debug("cannot write %s: %s", self.paths[host], exc)
+            return None
+
+    def _drop(self, host: str) -> None:
+        f, self.files[host] = self.files[host], None
+        try:
+            f.close()
+        except OSError:
+            pass  # the data it could not flush is what the warning was about
+
+    def close(self) -> None:
+        for host, f in list(self.files.items()):
+            if f is not None:
+                self._guard(host, f.flush)
+                self._drop(host)

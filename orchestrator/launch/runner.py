@@ -28,15 +28,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE
+from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, ConfigError
 from orchestrator.launch.failures import LAST_LINES, Failure, first_failure, host_failure
 from orchestrator.launch.plan import LaunchPlan
 from orchestrator.launch.rundir import HostLogs, RunDir
 from orchestrator.launch.torchrun import split_rank_prefix
+from orchestrator.remote.session import Line
 
 log = logging.getLogger("orchestrator.launch.runner")
 
-Sink = Callable[[str, str], None]  # (formatted line, "stdout" | "stderr")
+Sink = Callable[[str, str], None]  # (formatted line, "stdout" | "stderr"); a Line whose .partial says "no newline yet"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -90,20 +91,26 @@ class _Collector:
         self.agent_lines = {h: deque(maxlen=200) for h in plan.hosts}
         self.host_lines = {h: deque(maxlen=50) for h in plan.hosts}
         self.rank_lines: dict[str, dict[int, deque]] = {h: {} for h in plan.hosts}
+        self.open_lines: set[tuple[str, str]] = set()  # (host, stream) in the middle of a long line
 
     def on_line(self, host: str, stream: str, line: str) -> None:
-        rank, _local, body = split_rank_prefix(line)
-        if rank is None:
-            text = f"{host}: {body}"
-            self.agent_lines[host].append(body)
+        raw = getattr(line, "raw", None)  # remote.session.Line: the exact bytes, for the log
+        raw = raw if raw is not None else line.encode("utf-8", "surrogateescape")
+        if (host, stream) in self.open_lines:  # the rest of a long line: no prefix, no rank parsing
+            prefix = ""
         else:
-            text = f"{host}/{rank}: {body}"
-            self.rank_lines[host].setdefault(rank, deque(maxlen=LAST_LINES)).append(body)
-        self.host_lines[host].append(body)
-        self.logs.write(host, text)
+            rank, _local, body = split_rank_prefix(line)
+            raw = raw[len(line) - len(body):]  # the rank marker is ASCII: as many bytes as characters
+            prefix = f"{host}: " if rank is None else f"{host}/{rank}: "
+            (self.agent_lines[host] if rank is None
+             else self.rank_lines[host].setdefault(rank, deque(maxlen=LAST_LINES))).append(body)
+            self.host_lines[host].append(body)
+        partial = getattr(line, "partial", False)
+        (self.open_lines.add if partial else self.open_lines.discard)((host, stream))
+        self.logs.write(host, prefix.encode() + raw, end=b"" if partial else b"\n")
         if self.sink is not None:
             try:
-                self.sink(text, stream)
+                self.sink(Line(prefix.encode() + raw, partial), stream)
             except OSError:  # terminal gone (SIGHUP, closed pipe): keep logging to the run dir, keep the run
                 self.sink = None
 
@@ -125,9 +132,13 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
 
     rundir = RunDir(Path(plan.run_dir))
     rundir.create()
-    rundir.write_json("plan.json", plan.to_json())
-    if plan.hostfile:
-        rundir.write_text("hostfile", plan.hostfile)
+    try:
+        rundir.write_json("plan.json", plan.to_json())
+        if plan.hostfile:
+            rundir.write_text("hostfile", plan.hostfile)
+    except OSError as exc:  # nothing has started yet
+        raise ConfigError("--run-dir", plan.run_dir, f"cannot write {exc.filename} ({exc.strerror}); "
+                          "free some space or pick another directory") from None
     result = LaunchResult(plan)
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
@@ -176,7 +187,11 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
                 for sig in STOP_SIGNALS:
                     loop.remove_signal_handler(sig)
                     signal.signal(sig, previous[sig])  # the caller's handlers (e.g. demo: tear the sandbox down)
-    rundir.write_json("result.json", result.to_json())
+    try:
+        rundir.write_json("result.json", result.to_json())
+    except OSError as exc:  # the run is over: its exit code stands, the result is on the terminal
+        log.warning("cannot write %s (%s); the run's result is only what is shown here",
+                    exc.filename or rundir.path / "result.json", exc.strerror)
     return result
 
 

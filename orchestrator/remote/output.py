@@ -2,56 +2,121 @@
 
     folder = OutputFolder(hosts)
     run_on(hosts, argv, on_line=folder.add)          # collect instead of streaming
-    print(folder.render())                           # identical output of many hosts shown once:
+    folder.write(sys.stdout)                         # identical output of many hosts shown once:
     # ----------------
     # node[1-3,5]
     # ----------------
     # Linux 6.1.0
     print(prefixed("node3", "Linux 6.1.0"))          # node3: Linux 6.1.0
+    sys.stdout.write(prefixer("node3", "stdout", line))   # the same, a long line's pieces prefixed once
 
-Folding is ClusterShell's MsgTree (what `clush -b` uses): hosts whose whole output is identical share a key.
+Folding goes by digest, so memory does not grow with the output: each host's output is hashed as it arrives
+and spooled to one temporary file (in blocks, with an index of where each host's blocks are); hosts whose
+whole output has the same digest share a group, and each group's output is read back from the spool once.
+The spool keeps the exact bytes (a long line stays whole); the terminal shows undecodable bytes as U+FFFD.
 """
 
 from __future__ import annotations
 
+import codecs
+import hashlib
+import io
+import tempfile
 from collections.abc import Sequence
+from typing import IO
 
-from ClusterShell.MsgTree import MsgTree
 from ClusterShell.NodeSet import NodeSet
 
 from orchestrator.remote.fanout import FanoutResult
 
-__all__ = ["OutputFolder", "prefixed", "results_table", "summary"]
+__all__ = ["OutputFolder", "Prefixer", "prefixed", "results_table", "summary"]
 
 RULE = "-" * 16
+_BLOCK = 1 << 14  # per-host bytes held before they go to the spool: memory is hosts x 16 KiB at most
 
 
 def prefixed(host: str, line: str) -> str:
     return f"{host}: {line}"
 
 
+def _raw(line: str) -> bytes:
+    raw = getattr(line, "raw", None)  # remote.session.Line keeps the exact bytes
+    return raw if raw is not None else line.encode("utf-8", "surrogateescape")
+
+
+class Prefixer:
+    """`host: line` + newline for a stream; the pieces of a long line (Line.partial) get the prefix once."""
+
+    def __init__(self) -> None:
+        self._open: set[tuple[str, str]] = set()
+
+    def __call__(self, host: str, stream: str, line: str) -> str:
+        text = line if (host, stream) in self._open else prefixed(host, line)
+        if getattr(line, "partial", False):
+            self._open.add((host, stream))
+            return text
+        self._open.discard((host, stream))
+        return text + "\n"
+
+
 class OutputFolder:
-    """Collects one stream's lines per host (an on_line callback) and renders them folded like dshbak -c."""
+    """Collects one stream's output per host (an on_line callback) and writes it folded like dshbak -c."""
 
     def __init__(self, hosts: Sequence[str] = (), stream: str = "stdout"):
         self.stream = stream
         self._order = {h: i for i, h in enumerate(hosts)}  # groups are listed in the order hosts were given
-        self._tree = MsgTree()
+        self._spool = tempfile.TemporaryFile()
+        self._digests: dict = {}  # host -> a running sha256 of its output
+        self._pending: dict[str, bytearray] = {}
+        self._blocks: dict[str, list[tuple[int, int]]] = {}  # host -> [(offset, length)] in the spool
 
     def add(self, host: str, stream: str, line: str) -> None:
-        if stream == self.stream:
-            self._tree.add(host, line.encode("utf-8", "surrogateescape"))
+        if stream != self.stream:
+            return
+        data = _raw(line) + (b"" if getattr(line, "partial", False) else b"\n")
+        self._digests.setdefault(host, hashlib.sha256()).update(data)
+        pending = self._pending.setdefault(host, bytearray())
+        pending += data
+        if len(pending) >= _BLOCK:
+            self._spill(host)
 
-    def groups(self) -> list[tuple[str, list[str]]]:
-        """[(folded node set, lines)], groups in the order of their first host."""
+    def _spill(self, host: str) -> None:
+        pending = self._pending[host]
+        offset = self._spool.seek(0, 2)
+        self._spool.write(pending)
+        self._blocks.setdefault(host, []).append((offset, len(pending)))
+        pending.clear()
+
+    def _groups(self) -> list[tuple[str, str]]:
+        """[(folded node set, a host of it)], in the order of each group's first host."""
+        by_digest: dict[bytes, list[str]] = {}
+        for host, digest in self._digests.items():
+            by_digest.setdefault(digest.digest(), []).append(host)
         last = len(self._order)
-        out = [(min((self._order.get(h, last), h) for h in keys), str(NodeSet.fromlist(keys)),
-                [b.decode("utf-8", "replace") for b in msg.lines()]) for msg, keys in self._tree.walk()]
-        return [(nodes, lines) for _, nodes, lines in sorted(out)]
+        firsts = sorted((min((self._order.get(h, last), h) for h in hosts), hosts) for hosts in by_digest.values())
+        return [(str(NodeSet.fromlist(hosts)), first[1]) for first, hosts in firsts]
+
+    def write(self, out: IO[str]) -> None:
+        """Each group: a rule, its node set, a rule, then its output once (read back from the spool)."""
+        for host in self._pending:
+            self._spill(host)
+        for nodes, host in self._groups():
+            out.write(f"{RULE}\n{nodes}\n{RULE}\n")
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a block may end inside a character
+            for offset, length in self._blocks.get(host, []):
+                self._spool.seek(offset)
+                out.write(decoder.decode(self._spool.read(length)))
+            out.write(decoder.decode(b"", final=True))
+            out.flush()
 
     def render(self) -> str:
-        blocks = [f"{RULE}\n{nodes}\n{RULE}\n" + "\n".join(lines) for nodes, lines in self.groups()]
-        return "\n".join(blocks)
+        """write() into a string (small outputs, tests)."""
+        text = io.StringIO()
+        self.write(text)
+        return text.getvalue()
+
+    def close(self) -> None:
+        self._spool.close()
 
 
 def summary(result: FanoutResult) -> list[str]:

@@ -28,10 +28,13 @@ time counts each step's final execution once (re-trained steps and start-up are 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("orchestrator.supervisor.events")
 
 __all__ = ["EVENTS_FILE", "EventLog", "read_events", "read_metrics", "summarize"]
 
@@ -57,24 +60,43 @@ class EventLog:
         self._file.close()
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _jsonl(path: Path, valid) -> list[dict]:
+    """The JSON objects of a JSONL file that pass `valid`; any other line (not UTF-8, not JSON, not an object of
+    the expected shape) is skipped with one warning naming the line numbers. A last line without its newline is
+    a live writer mid-line: skipped without a word."""
     if not path.is_file():
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a live writer may be mid-line
+    out, bad = [], []
+    *lines, partial = path.read_bytes().split(b"\n")  # partial: b"" when the file ends with a newline
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+            record = None
+        if isinstance(record, dict) and valid(record):
+            out.append(record)
+        else:
+            bad.append(lineno)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        log.warning("%s: skipped %d line(s) that are not a JSON %s (line %s)", path, len(bad),
+                    "object of the expected shape", shown)
     return out
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def read_events(run_dir: Path) -> list[dict]:
-    return _jsonl(Path(run_dir) / EVENTS_FILE)
+    return _jsonl(Path(run_dir) / EVENTS_FILE, lambda r: isinstance(r.get("event"), str) and _number(r.get("time")))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return [r for r in _jsonl(Path(run_dir) / "metrics.jsonl") if isinstance(r.get("step"), int)]
+    return _jsonl(Path(run_dir) / "metrics.jsonl",
+                  lambda r: type(r.get("step")) is int and (r.get("step_time_s") is None or _number(r["step_time_s"])))
 
 
 def useful_step_time(metrics: list[dict]) -> float:
@@ -101,7 +123,7 @@ def summarize(events: list[dict], metrics: list[dict]) -> dict:
         "attempts": sum(1 for e in events if e["event"] == "launch"),
         "restarts": len(restarts),
         "causes": [e.get("cause") for e in events if e["event"] == "diagnosis"],
-        "excluded": [e["host"] for e in events if e["event"] == "exclude"],
+        "excluded": [str(e.get("host")) for e in events if e["event"] == "exclude"],
         "last_step": steps[-1] if steps else None,
         "steps_lost": sum(int(e.get("steps_lost") or 0) for e in restarts),
         "time_lost_s": round(sum(lost), 2),

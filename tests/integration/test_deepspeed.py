@@ -6,6 +6,7 @@ DeepSpeed's CPU shared-memory op (no g++ JIT build); TORCH_EXTENSIONS_DIR still 
 in case another op is built.
 """
 
+import importlib.util
 import json
 import os
 import socket
@@ -19,10 +20,8 @@ from orchestrator.engine.checkpoint import complete_steps, latest_complete_step
 
 pytestmark = pytest.mark.slow
 
-try:
-    import deepspeed  # noqa: F401
-except ImportError as exc:
-    pytest.skip(f"SKIPPED LOUDLY: deepspeed is not importable ({exc}); install the extra with "
+if importlib.util.find_spec("deepspeed") is None:  # only a missing extra skips: a broken install fails below
+    pytest.skip("SKIPPED LOUDLY: deepspeed is not installed; install the extra with "
                 "`DS_BUILD_OPS=0 .venv/bin/pip install --no-build-isolation -c requirements/constraints.txt deepspeed`",
                 allow_module_level=True)
 

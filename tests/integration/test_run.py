@@ -41,6 +41,18 @@ def test_run_on_16_hosts_prefixed_and_folded(sandbox, ssh_config):
     assert (out.returncode, out.stdout) == (0, "----------------\nnode[1-16]\n----------------\nLinux\n"), out.stderr
 
 
+def test_long_lines_and_raw_bytes_over_ssh(sandbox, ssh_config):
+    """A 3 MB line without a newline arrives whole, prefixed once; -b folds it by digest, shown once."""
+    spam = "head -c 3000000 /dev/zero | tr '\\0' a; printf '\\377'"
+    argv = ("-w", "node[1-2]", "--ssh-config", str(ssh_config), "--", "sh", "-c", spam)
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "run", *argv], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == [f"{h}: {'a' * 3000000}\ufffd".encode() for h in ("node1", "node2")]
+    folded = subprocess.run([sys.executable, "-m", "orchestrator", "run", "-b", *argv], capture_output=True,
+                            timeout=60)
+    assert folded.stdout == f"{'-' * 16}\nnode[1-2]\n{'-' * 16}\n{'a' * 3000000}\ufffd\n".encode(), folded.stderr
+
+
 def test_unreachable_and_refusing_hosts_get_their_own_errors(sandbox, ssh_config, tmp_path):
     unused_ip = ipaddress.ip_address(sandbox.ip("node1")) + 200  # inside the sandbox subnet, nobody there
     config = tmp_path / "ssh_config"

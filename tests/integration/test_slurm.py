@@ -131,9 +131,6 @@ def test_slurm_launch_inside_salloc_runs_4x2_ranks(cluster):
 
 def test_launch_via_slurm_in_an_sbatch_script_runs_4x2_ranks(cluster, tmp_path):
     """`orchestrator launch --via slurm` (the LAUNCH command's hook onto orchestrator.launch.slurm)."""
-    help_text = subprocess.run([*ORCH, "launch", "--help"], capture_output=True, text=True).stdout
-    if "--via" not in help_text:
-        pytest.skip("orchestrator launch has no --via option yet (hook: orchestrator.launch.slurm.run_via_slurm)")
     sb, _ = cluster
     script = f"""#!/bin/bash
 #SBATCH --nodes=4

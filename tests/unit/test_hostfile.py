@@ -104,8 +104,8 @@ def test_json_file_is_loaded_by_extension(tmp_path):
         ('[{"name": "a"}]', "<hostfile>[0]="),
         ('[{"host": "a"}, {"host": "a"}]', "host a is already entry 0"),
         ('[{"host": "a[1-2]"}]', "one host per entry"),
-        ('[{"host": "a", "slot_ids": [0, "1"]}]', "slot_ids a list of integers"),
-        ('[{"host": "a", "slots": 0}]', "at least 1 slot"),
+        ('[{"host": "a", "slot_ids": [0, "1"]}]', "slot_ids is a list of integers"),
+        ('[{"host": "a", "slots": 0}]', "slots is an integer from 1 to"),
     ],
 )
 def test_bad_json(text, expected):

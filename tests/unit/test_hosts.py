@@ -3,7 +3,8 @@
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.hosts import Host, HostList, HostSetError, apply_filter, expand, fold, resolve_hosts
+from orchestrator.hosts import (MAX_HOSTS, MAX_SLOTS, Host, HostList, HostSetError, apply_filter, expand, fold,
+                                resolve_hosts)
 
 
 @pytest.mark.parametrize(
@@ -13,7 +14,9 @@ from orchestrator.hosts import Host, HostList, HostSetError, apply_filter, expan
         ("gpu-[1-2]-[1-2]", ["gpu-1-1", "gpu-1-2", "gpu-2-1", "gpu-2-2"]),
         ("a,b", ["a", "b"]),
         ("b,a", ["b", "a"]),  # user order kept
-        ("n[3,1],m1", ["n1", "n3", "m1"]),  # each part in ClusterShell order, parts in user order
+        ("n[3,1],m1", ["n3", "n1", "m1"]),  # ranges in a bracket and parts in the order written (Slurm's)
+        ("n[01-3]", ["n01", "n02", "n03"]),  # width from the range's start, as Slurm reads it
+        ("n[1-9/4]", ["n1", "n5", "n9"]),  # a step: ClusterShell's syntax
         ("a, b,a", ["a", "b"]),  # duplicates keep their first place
         ("node[1-4]!node3", ["node1", "node2", "node4"]),
         ("n[1-5]&n[4-9]", ["n4", "n5"]),
@@ -65,6 +68,38 @@ def test_huge_sets_are_refused_before_expanding():
         expand("n[1-999999999]")
     with pytest.raises(HostSetError, match="1000000 hosts; at most"):
         expand("gpu-[1-1000]-[1-1000]")
+    with pytest.raises(HostSetError, match="operands name 1000001 hosts; at most"):
+        expand("gpu-[1-1000]-[1-1000]!gpu-1-1")  # ClusterShell would take minutes to subtract
+
+
+def test_the_host_cap_is_for_the_whole_expression():
+    """Three parts of 65536 hosts each: refused by counting, not after expanding 196608 names."""
+    parts = ",".join(f"{p}[1-{MAX_HOSTS}]" for p in "abc")
+    with pytest.raises(HostSetError, match=f"{3 * MAX_HOSTS} hosts; at most {MAX_HOSTS}"):
+        expand(parts)
+    assert len(expand(f"a[1-{MAX_HOSTS // 2}],b[1-{MAX_HOSTS // 2}]")) == MAX_HOSTS
+
+
+@pytest.mark.parametrize("slots", ["99999999999999999999", "100000000", str(MAX_SLOTS + 1), "0", "\u00b2", "-1"])
+def test_hostfile_slots_out_of_range_name_file_line_value_and_limit(tmp_path, slots):
+    path = tmp_path / "hosts.txt"
+    path.write_text(f"node1 slots=8\nnode2 slots={slots}\n")
+    with pytest.raises(ConfigError) as err:
+        resolve_hosts(hostfile=path)
+    assert str(err.value).startswith(f"{path}:2=")
+    assert f"slots=" in str(err.value) and f"from 1 to {MAX_SLOTS}" in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_slot_limit_holds_for_every_source(tmp_path):
+    (tmp_path / "h.json").write_text('[{"host": "a", "slots": 100000000}]')
+    with pytest.raises(ConfigError, match=f"from 1 to {MAX_SLOTS}"):
+        resolve_hosts(hostfile=tmp_path / "h.json")
+    with pytest.raises(ConfigError, match="--nproc-per-node"):
+        resolve_hosts(hosts="a", nproc_per_node=MAX_SLOTS + 1)
+    with pytest.raises(ConfigError, match=f"1 to {MAX_SLOTS}"):
+        resolve_hosts(environ={"SLURM_JOB_NODELIST": "a", "SLURM_GPUS_PER_NODE": "99999999999999999999"})
+    assert resolve_hosts(hosts="a", nproc_per_node=MAX_SLOTS)[0].slots == MAX_SLOTS
 
 
 @pytest.mark.parametrize("expr", ["", "  ", "n[1-2]!n[1-2]"])

@@ -1,6 +1,7 @@
 """`orchestrator launch --dry-run/--json` and bad input: exit codes, redaction, nothing started (no network)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -45,3 +46,31 @@ def test_bad_input_exits_2_without_traceback(args, needle):
     out = cli(*args)
     assert out.returncode == 2, out.stderr
     assert needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_empty_run_dir_is_refused():
+    """'' would have put runs/<id> at the file-system root."""
+    out = cli("--hosts", "localhost", "--nproc-per-node", "1", "--run-dir", "", "--", "t.py")
+    assert out.returncode == 2 and "--run-dir=''" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("bad", ["not-a-dir/sub", "x" * 300])
+def test_run_dir_that_cannot_be_made_is_one_line_before_the_header(tmp_path, bad):
+    (tmp_path / "not-a-dir").write_text("a file")
+    out = cli("--hosts", "localhost", "--nproc-per-node", "1", "--run-dir", str(tmp_path / bad), "--run-id", "r1",
+              "--", "t.py")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("orchestrator: config error: --run-dir=") and "cannot create it" in out.stderr
+    assert out.stderr.count("\n") == 1 and "[orch] run" not in out.stderr  # no header: nothing started
+
+
+def test_auth_names_are_never_printed(tmp_path):
+    env = {**os.environ, "TORCH_AUTH": "head-secret-1"}  # TORCH_* is forwarded from the head
+    args = ("--hosts", "a", "--nproc-per-node", "1", "--env", "AUTH=cli-secret-2", "--env", "MONKEY=banana",
+            "--dry-run")
+    for extra in ((), ("--json",)):
+        out = cli(*args, *extra, "--", "t.py", env=env)
+        assert out.returncode == 0, out.stderr
+        assert "head-secret-1" not in out.stdout and "cli-secret-2" not in out.stdout and "banana" in out.stdout
+    doc = json.loads(out.stdout)
+    assert doc["env"]["values"]["TORCH_AUTH"] == doc["env"]["values"]["AUTH"] == "***"

@@ -78,3 +78,20 @@ def test_redact_argv():
     argv = ["train.py", "--hf-token=abc", "--api-key", "xyz", "--lr", "3", "DB_PASSWORD=p", "plain"]
     assert redact_argv(argv) == ["train.py", f"--hf-token={REDACTED}", "--api-key", REDACTED, "--lr", "3",
                                  f"DB_PASSWORD={REDACTED}", "plain"]
+
+
+@pytest.mark.parametrize("name", [
+    "TORCH_AUTH", "AUTH", "OAUTH_CLIENT", "HTTP_AUTHORIZATION", "API_KEY", "SSH_KEY", "KEYS", "aws_access_key_id",
+    "WANDB_APIKEY", "DB_PASS", "DB_PWD", "GITHUB_TOKEN", "MY_COOKIE", "SESSION_ID", "GCP_CREDENTIALS",
+    "PRIVATE_DATA", "GPG_PASSPHRASE", "--ssh-key", "--auth", "secrets.yaml",
+])
+def test_secret_names(name):
+    assert is_secret(name)
+
+
+@pytest.mark.parametrize("name", [
+    "NCCL_DEBUG", "MONKEY", "KEYBOARD_LAYOUT", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "PASSTHROUGH", "OMP_NUM_THREADS",
+    "CUDA_LAUNCH_BLOCKING", "NCCL_IB_PKEY_INDEX", "--lr",
+])
+def test_plain_names(name):
+    assert not is_secret(name)

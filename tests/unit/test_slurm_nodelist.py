@@ -30,6 +30,19 @@ CORPUS = [
     "n1-ib,n2-ib",                      # suffixes without brackets
     "x[1-2],y[007-008],z",
     "gpu-[1-2]-[1-2]",
+    "node[3,1-2]",                      # ranges inside one bracket keep the written order
+    "n[5-6,1]",
+    "n[10,2-3,1]",
+    "n[3-4,1]x[2,1]",
+    "r[2,1]n[2,1]c[2,1]",               # three bracket groups: Slurm's walk, not lexicographic
+    "r[1-2]n[01-02]c[1-2]",
+    "a[1-2]b[3-4]c[5-6]d[7-8]",
+    "n[01-3]",                          # width from the start of the range
+    "n[9-011]",
+    "n[1-03],m[001-2]",
+    "z[2-3],a[1-2]",
+    "[1-2]",
+    "n[0-0]",
 ]
 
 
@@ -48,15 +61,6 @@ def test_clustershell_matches_scontrol(expr):
     ours = slurm.nodelist(expr, check=False)
     assert ours == slurm.scontrol_hostnames(expr)
     assert slurm.nodelist(expr) == ours
-
-
-def test_three_bracket_groups_same_hosts_slurm_order_wins():
-    """Slurm walks three bracket groups in its own order (r1n01c1 r1n01c2 r2n01c1 ...), ClusterShell
-    lexicographically: the same hosts, and nodelist() returns Slurm's order, which decides node ranks."""
-    expr = "r[1-2]n[01-02]c[1-2]"
-    ours, theirs = slurm.nodelist(expr, check=False), slurm.scontrol_hostnames(expr)
-    assert sorted(ours) == sorted(theirs) and len(theirs) == 8
-    assert slurm.nodelist(expr) == theirs
 
 
 @pytest.mark.parametrize("expr", ["n[1-2]-ib", "a[1-2]b[3-4]c"])
