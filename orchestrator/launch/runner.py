@@ -33,6 +33,7 @@ from orchestrator.launch.failures import LAST_LINES, Failure, first_failure, hos
 from orchestrator.launch.plan import LaunchPlan
 from orchestrator.launch.rundir import HostLogs, RunDir
 from orchestrator.launch.torchrun import split_rank_prefix
+from orchestrator.remote.output import LineJoiner
 from orchestrator.remote.session import Line
 
 log = logging.getLogger("orchestrator.launch.runner")
@@ -92,8 +93,12 @@ class _Collector:
         self.host_lines = {h: deque(maxlen=50) for h in plan.hosts}
         self.rank_lines: dict[str, dict[int, deque]] = {h: {} for h in plan.hosts}
         self.open_lines: set[tuple[str, str]] = set()  # (host, stream) in the middle of a long line
+        self.join = LineJoiner()
 
     def on_line(self, host: str, stream: str, line: str) -> None:
+        line = self.join((host, stream), line)  # a long line whole: no other line lands inside it
+        if line is None:
+            return
         raw = getattr(line, "raw", None)  # remote.session.Line: the exact bytes, for the log
         raw = raw if raw is not None else line.encode("utf-8", "surrogateescape")
         if (host, stream) in self.open_lines:  # the rest of a long line: no prefix, no rank parsing

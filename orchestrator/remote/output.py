@@ -28,10 +28,12 @@ from typing import IO
 from ClusterShell.NodeSet import NodeSet
 
 from orchestrator.remote.fanout import FanoutResult
+from orchestrator.remote.session import Line
 
-__all__ = ["OutputFolder", "Prefixer", "prefixed", "results_table", "summary"]
+__all__ = ["LineJoiner", "OutputFolder", "Prefixer", "prefixed", "results_table", "summary"]
 
 RULE = "-" * 16
+MAX_JOINED = 1 << 25  # a line up to 32 MiB is shown whole; a longer one goes out in pieces of that size
 _BLOCK = 1 << 14  # per-host bytes held before they go to the spool: memory is hosts x 16 KiB at most
 
 
@@ -44,13 +46,43 @@ def _raw(line: str) -> bytes:
     return raw if raw is not None else line.encode("utf-8", "surrogateescape")
 
 
+class LineJoiner:
+    """Whole lines from the pieces of a long one (Line.partial), so that another host's lines never land inside it.
+
+        join = LineJoiner()
+        line = join((host, stream), line)     # None while the line goes on; then the whole line
+    Holds at most MAX_JOINED bytes per open line: past that a piece goes out (still partial), as it came.
+    """
+
+    def __init__(self, limit: int = MAX_JOINED) -> None:
+        self.limit = limit
+        self._open: dict[object, bytearray] = {}
+
+    def __call__(self, key: object, line: str) -> str | None:
+        partial = getattr(line, "partial", False)
+        pending = self._open.get(key)
+        if pending is None and not partial:
+            return line
+        if pending is None:
+            pending = self._open[key] = bytearray()
+        pending += _raw(line)
+        if partial and len(pending) < self.limit:
+            return None
+        del self._open[key]
+        return Line(bytes(pending), partial)
+
+
 class Prefixer:
-    """`host: line` + newline for a stream; the pieces of a long line (Line.partial) get the prefix once."""
+    """`host: line` + newline for a stream; a long line is shown whole (LineJoiner), prefixed once."""
 
     def __init__(self) -> None:
         self._open: set[tuple[str, str]] = set()
+        self._join = LineJoiner()
 
     def __call__(self, host: str, stream: str, line: str) -> str:
+        line = self._join((host, stream), line)
+        if line is None:
+            return ""
         text = line if (host, stream) in self._open else prefixed(host, line)
         if getattr(line, "partial", False):
             self._open.add((host, stream))

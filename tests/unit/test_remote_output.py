@@ -45,11 +45,21 @@ def test_fold_spools_by_digest_and_keeps_a_long_line_whole():
     assert folder.render() == f"{rule}\na,b\n{rule}\n{big.decode()}\n{rule}\nc\n{rule}\n{big.decode()}\ufffd\n"
 
 
-def test_prefixer_prefixes_a_long_line_once():
+def test_prefixer_shows_a_long_line_whole_and_prefixed_once_while_other_hosts_print():
     prefix = Prefixer()
     pieces = [prefix("n1", "stdout", Line(b"aaa", partial=True)), prefix("n1", "stdout", Line(b"bbb", partial=True)),
               prefix("n2", "stdout", Line(b"other")), prefix("n1", "stdout", Line(b"ccc"))]
-    assert pieces == ["n1: aaa", "bbb", "n2: other\n", "ccc\n"]
+    assert pieces == ["", "", "n2: other\n", "n1: aaabbbccc\n"]
+
+
+def test_a_line_longer_than_the_join_limit_goes_out_in_pieces_prefixed_once():
+    from orchestrator.remote.output import LineJoiner
+
+    prefix = Prefixer()
+    prefix._join = LineJoiner(limit=4)
+    pieces = [prefix("n1", "stdout", Line(b"aaa", partial=True)), prefix("n1", "stdout", Line(b"bbb", partial=True)),
+              prefix("n1", "stdout", Line(b"c"))]
+    assert pieces == ["", "n1: aaabbb", "c\n"]
 
 
 def test_lines_keep_bytes_and_split_an_overlong_line_into_partial_pieces():
