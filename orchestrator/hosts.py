@@ -1,9 +1,8 @@
-"""Host sets: which machines a run uses, in which order, with how many slots (GPUs/processes) each.
+"""Host sets: machines in order, with how many slots (GPUs/processes) each; DeepSpeed-style filters.
 
-    from orchestrator.hosts import resolve_hosts, expand, fold
-    hosts = resolve_hosts(hosts="node[01-04]", nproc_per_node=8)          # 4 x Host(slots=8)
-    hosts = resolve_hosts(hostfile="hostfiles/example-deepspeed.txt", include="node01:0,1@node03")
-    hosts.names    -> ["node01", "node03"]         hosts.folded -> "node[01,03]"
+    from orchestrator.hosts import Host, HostList, apply_filter, expand, fold
+    hosts = HostList(Host(n, 8) for n in expand("node[01-04]"))            # 4 x Host(slots=8)
+    apply_filter(hosts, include="node01:0,1@node03").names -> ["node01", "node03"]
     expand("gpu-[1-2]-[1-2]") -> ["gpu-1-1", "gpu-1-2", "gpu-2-1", "gpu-2-2"]
     fold(["node3", "node1", "node2"]) -> "node[1-3]"
 
@@ -23,9 +22,8 @@ Host names must look like DNS names or IPv4 addresses (letters, digits, `.`, `-`
 letter or digit): a name is passed to ssh as an argument, so `-oProxyCommand=...` or `a;rm -rf ~` must never
 get that far.
 
-Sources, first match wins: --hosts, --hostfile, then SLURM_JOB_NODELIST inside a Slurm job. Slots per host
-come from the hostfile (`host slots=N`), else SLURM_GPUS_PER_NODE when it is a plain count, else
---nproc-per-node, else 1. --include/--exclude follow DeepSpeed's runner (parse_resource_filter):
+Which source a command reads (--hosts, --hostfile, a Slurm job) is orchestrator.selection's.
+--include/--exclude follow DeepSpeed's runner (parse_resource_filter):
 `NODE_SPEC[@NODE_SPEC...]`, `NODE_SPEC = NAME[:SLOT[,SLOT...]]`; NAME may be a node set here.
 """
 
@@ -34,9 +32,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
@@ -45,7 +42,7 @@ from orchestrator.errors import ConfigError
 
 log = logging.getLogger("orchestrator.hosts")
 
-__all__ = ["MAX_HOSTS", "MAX_SLOTS", "Host", "HostList", "HostSetError", "expand", "fold", "apply_filter", "slurm_hosts", "resolve_hosts"]
+__all__ = ["MAX_HOSTS", "MAX_SLOTS", "Host", "HostList", "HostSetError", "expand", "fold", "apply_filter"]
 
 MAX_HOSTS = 65536
 MAX_SLOTS = 1024  # processes per host: far above any node's GPU count, low enough to plan in an instant
@@ -286,65 +283,3 @@ def apply_filter(hosts: HostList, *, include: str | None = None, exclude: str | 
     if not result:
         raise ConfigError(field, text, f"no host is left of {hosts.folded}; exclude fewer hosts")
     return result
-
-
-def _slurm_gpus_per_node(environ: Mapping[str, str]) -> int | None:
-    """SLURM_GPUS_PER_NODE when it is a plain count (`4` or `a100:4`); anything fancier is ignored."""
-    value = environ.get("SLURM_GPUS_PER_NODE", "")
-    match = re.fullmatch(r"(?:[A-Za-z0-9_-]+:)?(\d+)", value)
-    return int(match.group(1)) if match and int(match.group(1)) > 0 else None
-
-
-def slurm_hosts(environ: Mapping[str, str], default_slots: int) -> HostList | None:
-    """The hosts of the enclosing Slurm job (SLURM_JOB_NODELIST), or None outside a job."""
-    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
-    if not nodelist:
-        return None
-    slots = _slurm_gpus_per_node(environ) or default_slots
-    return HostList(Host(name, slots) for name in expand(nodelist, field="SLURM_JOB_NODELIST"))
-
-
-def _check_slots(hosts: HostList, nproc_per_node: int, source: str) -> None:
-    short = [h for h in hosts if h.slots < nproc_per_node]
-    if short:
-        fewest = min(h.slots for h in short)
-        raise ConfigError(
-            "--nproc-per-node", nproc_per_node,
-            f"{fold(h.name for h in short)} {'has' if len(short) == 1 else 'have'} only {fewest} slot(s) "
-            f"({source}); use --nproc-per-node {fewest} or give those hosts more slots",
-        )
-
-
-def resolve_hosts(
-    *,
-    hosts: str | None = None,
-    hostfile: str | os.PathLike | None = None,
-    include: str | None = None,
-    exclude: str | None = None,
-    nproc_per_node: int | None = None,
-    environ: Mapping[str, str] = os.environ,
-) -> HostList:
-    """The one entry point for commands: node set / hostfile / Slurm job -> filtered, checked HostList.
-
-    Raises ConfigError (exit 2) for every bad input, before anything is started.
-    """
-    from orchestrator import hostfile as hostfile_mod  # hostfile builds on Host; imported here to avoid a cycle
-
-    if nproc_per_node is not None and not 1 <= nproc_per_node <= MAX_SLOTS:
-        raise ConfigError("--nproc-per-node", nproc_per_node, f"use 1 to {MAX_SLOTS}")
-    if hosts is not None and hostfile is not None:
-        raise ConfigError("--hosts/--hostfile", f"{hosts} / {hostfile}", "give one of them, not both")
-    default_slots = nproc_per_node or 1
-    if hosts is not None:
-        resolved, source = HostList(Host(n, default_slots) for n in expand(hosts)), "--hosts"
-    elif hostfile is not None:
-        resolved, source = hostfile_mod.load(hostfile, default_slots=default_slots), f"hostfile {hostfile}"
-    else:
-        resolved, source = slurm_hosts(environ, default_slots), "SLURM_JOB_NODELIST"
-        if resolved is None:
-            raise ConfigError("--hosts", None, "give --hosts node[1-4] or --hostfile FILE, or run inside a Slurm job")
-    resolved = apply_filter(resolved, include=include, exclude=exclude)
-    if nproc_per_node is not None:
-        _check_slots(resolved, nproc_per_node, source)
-    log.debug("resolved %d hosts from %s: %s", len(resolved), source, resolved.folded)
-    return resolved

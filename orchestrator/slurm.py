@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ __all__ = ["Allocation", "Job", "Node", "nodelist", "scontrol_hostnames", "alloc
            "job", "jobs", "nodes", "drain", "resume", "cancel", "backend", "exit_code_from_status"]
 
 CLI_TIMEOUT = 30.0
+_GPU_COUNT = re.compile(r"(?:[A-Za-z0-9_-]+:)*([0-9]+)")  # `4`, `a100:4`, `gpu:a100:4`
 ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
                            "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED"})
 
@@ -151,21 +153,28 @@ def nodelist(expr: str, *, field: str = "SLURM_JOB_NODELIST", check: bool = True
 
 
 # ---- the current allocation -------------------------------------------------------------------------------
-def _gpus_per_node(environ: Mapping[str, str]) -> int | None:
+def gpus_per_node(environ: Mapping[str, str] = os.environ) -> int | None:
+    """GPUs Slurm gave each node: SLURM_GPUS_ON_NODE, else SLURM_GPUS_PER_NODE when it is a plain count
+    (`4`, `a100:4`, `gpu:a100:4`); None when neither says (or says something fancier, e.g. per-type lists)."""
     for name in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
-        count = environ.get(name, "").rpartition(":")[2]
-        if count.isdigit() and int(count) > 0:
-            return int(count)
+        match = _GPU_COUNT.fullmatch(environ.get(name, ""))
+        if match and int(match.group(1)) > 0:
+            return int(match.group(1))
     return None
+
+
+def nodelist_expr(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The enclosing job's node list expression (SLURM_JOB_NODELIST, or the older SLURM_NODELIST), or None."""
+    return environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST") or None
 
 
 def allocation(environ: Mapping[str, str] = os.environ, *, check: bool = True) -> Allocation | None:
     """The enclosing Slurm job from its environment, or None outside one."""
     job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
-    expr = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    expr = nodelist_expr(environ)
     if not job_id or not expr:
         return None
-    return Allocation(job_id=job_id, nodes=nodelist(expr, check=check), gpus_per_node=_gpus_per_node(environ))
+    return Allocation(job_id=job_id, nodes=nodelist(expr, check=check), gpus_per_node=gpus_per_node(environ))
 
 
 def require_allocation(what: str, environ: Mapping[str, str] = os.environ) -> Allocation:

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 
 import click
 
-from orchestrator.hosts import HostList, resolve_hosts
+from orchestrator.hosts import HostList
+from orchestrator.selection import resolve_hosts
 
 __all__ = ["HostSelection", "host_options", "resolve_from_cli"]
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.errors import ConfigError
-from orchestrator.hosts import Host, expand, resolve_hosts
+from orchestrator.hosts import Host, expand
+from orchestrator.selection import resolve_hosts
 from orchestrator.launch.env import EnvManifest
 from orchestrator.launch.plan import LaunchPlan, LaunchSpec, build_plan
 from orchestrator.supervisor.policy import Limits

@@ -4,7 +4,7 @@ import pytest
 
 from orchestrator.containers.run import ContainerSpec, cleanup_argv, container_argv, containerize
 from orchestrator.errors import ConfigError
-from orchestrator.hosts import resolve_hosts
+from orchestrator.selection import resolve_hosts
 from orchestrator.launch.env import build_env_manifest
 from orchestrator.launch.plan import LaunchSpec, build_plan
 

@@ -3,8 +3,8 @@
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.hosts import (MAX_HOSTS, MAX_SLOTS, Host, HostList, HostSetError, apply_filter, expand, fold,
-                                resolve_hosts)
+from orchestrator.hosts import MAX_HOSTS, MAX_SLOTS, Host, HostList, HostSetError, apply_filter, expand, fold
+from orchestrator.selection import resolve_hosts
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_hostfile_slots_out_of_range_name_file_line_value_and_limit(tmp_path, sl
     with pytest.raises(ConfigError) as err:
         resolve_hosts(hostfile=path)
     assert str(err.value).startswith(f"{path}:2=")
-    assert f"slots=" in str(err.value) and f"from 1 to {MAX_SLOTS}" in str(err.value)
+    assert "slots=" in str(err.value) and f"from 1 to {MAX_SLOTS}" in str(err.value)
     assert err.value.exit_code == 2
 
 
@@ -229,3 +229,20 @@ def test_host_checks_its_slots():
         with pytest.raises(ConfigError):
             Host("a", 2, ids)
     assert Host("a", 2, (3, 5)).devices == (3, 5) and Host("a", 2).devices == (0, 1)
+
+
+@pytest.mark.parametrize(("env", "gpus"), [
+    ({"SLURM_GPUS_ON_NODE": "8", "SLURM_GPUS_PER_NODE": "4"}, 8),  # what this node got wins
+    ({"SLURM_GPUS_PER_NODE": "gpu:a100:4"}, 4),
+    ({"SLURM_GPUS_PER_NODE": "a100:4,v100:2"}, None),
+    ({"SLURM_GPUS_PER_NODE": "²"}, None),
+    ({"SLURM_GPUS_PER_NODE": "0"}, None),
+    ({}, None),
+])
+def test_one_slurm_gpu_parser_for_host_slots_and_the_allocation(env, gpus):
+    from orchestrator import slurm
+
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n[1-2]", **env}
+    assert slurm.gpus_per_node(env) == gpus
+    assert slurm.allocation(env, check=False).gpus_per_node == gpus
+    assert {h.slots for h in resolve_hosts(environ=env)} == {gpus or 1}

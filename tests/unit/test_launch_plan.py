@@ -7,7 +7,8 @@ import shlex
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.hosts import Host, HostList, apply_filter, resolve_hosts
+from orchestrator.hosts import Host, HostList, apply_filter
+from orchestrator.selection import resolve_hosts
 from orchestrator.launch.deepspeed import SHOWN_SOURCE, rank_prefix_source, world_info_b64
 from orchestrator.launch.env import REDACTED, build_env_manifest
 from orchestrator.launch.plan import RUN_TMPDIR, LaunchSpec, build_plan, default_master_port, per_host_values
