@@ -31,6 +31,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from orchestrator.contracts import signal_exit_code
 from orchestrator.errors import ConfigError, RemoteError
 from orchestrator.hosts import expand, fold
 
@@ -90,7 +91,7 @@ class Node:
 
 def exit_code_from_status(raw: int) -> int:
     """Slurm reports a wait(2) status (512 = exit 2, 15 = SIGTERM); return the shell's view (2, 143)."""
-    return 128 + (raw & 0x7F) if raw & 0x7F else (raw >> 8) & 0xFF
+    return signal_exit_code(raw & 0x7F) if raw & 0x7F else (raw >> 8) & 0xFF
 
 
 # ---- running the Slurm CLI --------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
     """
     from orchestrator.launch.env import build_env_manifest
     from orchestrator.launch.plan import LaunchSpec, build_plan
-    from orchestrator.launch.rundir import RunDir, new_run_id
+    from orchestrator.contracts import new_run_id
+    from orchestrator.launch.rundir import RunDir
 
     hosts = resolve_from_cli(host_selection, nproc_per_node=nproc_per_node)
     env = build_env_manifest(head_env=os.environ, env_files=env_files, env_args=env_args, forward=not no_forward_env)

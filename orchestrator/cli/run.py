@@ -80,7 +80,8 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
     """Run COMMAND (everything after `--`) on every host; `localhost` alone runs without SSH."""
     from orchestrator.launch.env import parse_env_arg, redact_value
     from orchestrator.errors import EXIT_INTERRUPTED
-    from orchestrator.remote import new_run_id, plan_commands
+    from orchestrator.contracts import new_run_id
+    from orchestrator.remote import plan_commands
     from orchestrator.remote.output import OutputFolder, Prefixer, results_table, summary
 
     hosts = resolve_from_cli(host_selection).names

@@ -139,7 +139,7 @@ def slurm_launch_command(env_args, env_files, nproc_per_node, python, module, no
     from orchestrator.launch import slurm as via_slurm
     from orchestrator.launch.env import build_env_manifest
     from orchestrator.launch.plan import LaunchSpec, build_plan
-    from orchestrator.launch.rundir import new_run_id
+    from orchestrator.contracts import new_run_id
 
     alloc = slurm.require_allocation("slurm-launch")
     env = build_env_manifest(head_env=os.environ, env_files=env_files, env_args=env_args, forward=not no_forward_env)

@@ -50,7 +50,7 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
 
     from orchestrator.launch.env import build_env_manifest
     from orchestrator.launch.plan import LaunchSpec
-    from orchestrator.launch.rundir import new_run_id
+    from orchestrator.contracts import new_run_id
     from orchestrator.remote.ssh import SshOptions
     from orchestrator.supervisor import Supervisor, SuperviseOptions, plan_supervise
 

@@ -20,8 +20,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from orchestrator.contracts import RUN_TMPDIR, RUN_TOKEN
 from orchestrator.errors import ConfigError
-from orchestrator.launch.plan import RUN_TMPDIR, LaunchPlan, NodePlan
+from orchestrator.launch.plan import LaunchPlan, NodePlan
 
 LABEL = "orch.run"
 _SHM = re.compile(r"\d+[bkmg]?\Z", re.I)
@@ -57,7 +58,7 @@ def container_argv(plan: LaunchPlan, node: NodePlan, spec: ContainerSpec) -> lis
     """The node's `docker run` argv around its launcher argv (pure)."""
     # Not ORCH_RUN_TMPDIR: the agent's temp dir is on the host. The container gets a /tmp of its own, gone with
     # it (torchrun's per-rank files go to TMPDIR; an image without a writable /tmp would put them in the workdir).
-    env_names = sorted({*plan.node_env(node), "ORCH_RUN_ID"} - {RUN_TMPDIR})
+    env_names = sorted({*plan.node_env(node), RUN_TOKEN} - {RUN_TMPDIR})
     argv = [spec.docker, "run", "--rm", "--init", "--network", "host", "--ipc", "host", "--tmpfs", "/tmp:exec,mode=1777",
             "--shm-size", spec.shm_size, "--label", f"{LABEL}={plan.run_id}", "--label", f"orch.host={node.host}",
             "--name", _NAME_OK.sub("-", f"orch-{plan.run_id}-{node.host}")]

@@ -20,12 +20,13 @@ DCP reshards on load. `extra` is global, JSON-able state (data position, anythin
 rank 0's copy is stored. Each rank's RNG state is stored too and restored when the same rank existed.
 
 On disk (run_dir/checkpoints/):
-    step-40/            complete: DCP shards, .metadata, meta.json {format, step, extra, world_size, time}
+    step-40/            complete: DCP shards, .metadata, meta.json {format, step, extra, world_size, time, files}
     .step-50.partial/   being written (or abandoned by a crash): never loaded, removed on the next start
 A save is written under the partial name and renamed to step-N/ by rank 0 only after DCP's metadata is
 written (which DCP does after every rank finished its shards), so step-N/ exists only when complete.
-load_latest() tries complete checkpoints newest first and skips one whose files are missing, truncated or
-unreadable, with a warning (and refuses to start over when none loads). The run dir must be on a file
+meta.json's "files" holds the size of every file of step-N/, so a checkpoint's completeness is checked without
+torch (checkpoint_files.py: what the supervisor runs on the head). load_latest() tries complete checkpoints
+newest first and skips one whose files are missing, truncated or unreadable, with a warning (and refuses to start over when none loads). The run dir must be on a file
 system every rank sees (DCP's rule: rank 0 writes the metadata, every rank its shards). keep-last-K
 deletes older complete checkpoints only after a newer one is committed, so keep=1 is safe with async
 saves. Async saves copy the state in a background thread (the next optimizer step waits for that copy
@@ -43,7 +44,6 @@ import re
 import shutil
 import time
 import warnings
-from collections import defaultdict
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -53,56 +53,19 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from orchestrator.contracts import step_dir_name
+from orchestrator.engine.checkpoint_files import checkpoint_problem, complete_steps, file_sizes
 from orchestrator.engine.staging import ReusableStager
 from orchestrator.errors import ConfigError
 
-__all__ = ["Checkpointer", "complete_steps", "latest_complete_step"]
+__all__ = ["Checkpointer"]
 
 log = logging.getLogger("orchestrator.engine.checkpoint")
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 _PARTIAL_DIR = re.compile(r"^\.step-(\d+)\.partial$")
 _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 # One-process runs pass no_dist=True on purpose; DCP still warns about it on every save and load.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-
-
-def complete_steps(run_dir: str | Path) -> list[int]:
-    """Steps of the committed checkpoints under run_dir/checkpoints, ascending (no validation: see below)."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(root)) if m)
-
-
-def latest_complete_step(run_dir: str | Path) -> int | None:
-    """The newest committed, intact checkpoint's step (what a restart resumes from), or None."""
-    for step in reversed(complete_steps(run_dir)):
-        if checkpoint_problem(Path(run_dir) / "checkpoints" / f"step-{step}") is None:
-            return step
-    return None
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why this committed checkpoint cannot be loaded (missing/truncated files, bad metadata), or None."""
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-        if meta.get("format") == "deepspeed":  # the DeepSpeed path's own files; meta.json is its commit marker
-            return None
-        metadata = dcp.FileSystemReader(str(path)).read_metadata()
-    except Exception as exc:  # noqa: BLE001 - any unreadable metadata means "skip this checkpoint"
-        return f"unreadable metadata ({type(exc).__name__}: {exc})"
-    needed: dict[str, int] = defaultdict(int)
-    for info in (metadata.storage_data or {}).values():
-        needed[info.relative_path] = max(needed[info.relative_path], info.offset + info.length)
-    for name, size in needed.items():
-        try:
-            actual = (path / name).stat().st_size
-        except FileNotFoundError:
-            return f"missing shard {name}"
-        if actual < size:
-            return f"truncated shard {name} ({actual} of {size} bytes)"
-    return None
 
 
 def _as_list(x: Any) -> list:
@@ -144,10 +107,11 @@ class Checkpointer:
         begin = time.perf_counter()
         state = self._state(model_parts, optimizers)
         state["rng"] = self._rng_state()
-        # Serialised now so a value JSON cannot hold fails here, not later in the background commit.
+        # Serialised now so a value JSON cannot hold fails here, not later in the background commit; the commit
+        # adds the files' sizes.
         meta = json.dumps({"format": "dcp", "step": step, "extra": extra or {}, "world_size": self.world_size,
                            "time": time.time()})
-        partial = self.root / f".step-{step}.partial"  # DCP's writer creates it on every rank
+        partial = self.root / f".{step_dir_name(step)}.partial"  # DCP's writer creates it on every rank
         if self.async_save:
             response = dcp.async_save(state, checkpoint_id=str(partial), process_group=self._group,
                                       async_stager=self._stager, no_dist=not self.distributed)
@@ -203,15 +167,17 @@ class Checkpointer:
             committed.set_exception(exc)
 
     def _commit(self, step: int, partial: Path, meta: str) -> None:
+        # Every rank's shards are closed by now (DCP writes .metadata last, after gathering every rank's writes).
+        meta = json.dumps(json.loads(meta) | {"files": file_sizes(partial)})
         (partial / "meta.json").write_text(meta + "\n")
-        final = self.root / f"step-{step}"
+        final = self.root / step_dir_name(step)
         if final.exists():  # the same step saved again (a rerun past an old checkpoint): replace it
             shutil.rmtree(final)
         os.replace(partial, final)
         log.info("checkpoint step %d committed: %s", step, final)
         if self.keep > 0:
             for old in complete_steps(self.root.parent)[:-self.keep]:
-                shutil.rmtree(self.root / f"step-{old}", ignore_errors=True)
+                shutil.rmtree(self.root / step_dir_name(old), ignore_errors=True)
 
     # ---- load -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -227,7 +193,7 @@ class Checkpointer:
         steps = self._from_rank0(steps)  # every rank tries the same checkpoints in the same order
         failures = []
         for step in steps:
-            path = self.root / f"step-{step}"
+            path = self.root / step_dir_name(step)
             problem = self._from_rank0(checkpoint_problem(path) if self.rank == 0 else None)
             if problem is None:
                 try:
@@ -239,7 +205,7 @@ class Checkpointer:
                     lines = str(exc).strip().splitlines() or [""]  # DCP's message opens with every traceback
                     problem = f"cannot load it ({type(exc).__name__}: {lines[-1]})"
             log.warning("skipping checkpoint %s: %s", path, problem)
-            failures.append(f"step-{step}: {problem}")
+            failures.append(f"{step_dir_name(step)}: {problem}")
         if failures:
             raise ConfigError("--run-dir", str(self.root.parent), f"holds checkpoints but none loads ("
                               f"{'; '.join(failures)}); move {self.root} away to start over")

@@ -10,8 +10,9 @@ formula), so a fp32 run matches the torch engine's single-process losses. On CPU
 `--no_local_rank` keeps the launcher from appending --local_rank (the engine reads LOCAL_RANK).
 
 Checkpoints: DeepSpeed's own format (save_checkpoint with tag step-N) under run_dir/checkpoints/step-N/,
-committed by rank 0 writing meta.json {"format": "deepspeed", ...} after every rank finished; resume loads
-the newest committed tag (not reshardable into the torch path; same world size or ZeRO's own rules).
+committed by rank 0 writing meta.json {"format": "deepspeed", "files": {name: size}, ...} after every rank
+finished (the sizes are what checkpoint_files.py checks); resume loads the newest committed tag (not
+reshardable into the torch path; same world size or ZeRO's own rules).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.contracts import step_dir_name
+from orchestrator.engine.checkpoint_files import complete_steps, file_sizes
 from orchestrator.engine.config import EngineConfig, world_from_env
 from orchestrator.errors import ConfigError
 
@@ -60,9 +63,7 @@ def _import_deepspeed():
 
 
 def _committed_steps(ckpt_dir: Path) -> list[int]:
-    from orchestrator.engine.checkpoint import complete_steps
-
-    return [s for s in complete_steps(ckpt_dir.parent) if (ckpt_dir / f"step-{s}" / "meta.json").is_file()]
+    return [s for s in complete_steps(ckpt_dir.parent) if (ckpt_dir / step_dir_name(s) / "meta.json").is_file()]
 
 
 def train(cfg: EngineConfig) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def _run(cfg: EngineConfig, deepspeed, *, rank: int, local_rank: int, world_size
     from orchestrator.engine.data import build_batches
     from orchestrator.engine.loss import cross_entropy
     from orchestrator.engine.model import Transformer, init_weights
-    from orchestrator.engine.train import lr_at, run_steps
+    from orchestrator.engine.steps import lr_at, run_steps
 
     t = cfg.train
     accel = get_accelerator()
@@ -149,7 +150,7 @@ def _resume(engine, batches, ckpt_dir: Path) -> int:
     steps = _committed_steps(ckpt_dir)
     if not steps:
         return 0
-    tag = f"step-{steps[-1]}"
+    tag = step_dir_name(steps[-1])
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:
         raise RuntimeError(f"deepspeed could not load committed checkpoint {ckpt_dir / tag}")
@@ -161,12 +162,13 @@ def _resume(engine, batches, ckpt_dir: Path) -> int:
 def _save(engine, ckpt_dir: Path, step: int, data_state: dict, *, keep: int, rank: int) -> None:
     import torch.distributed as dist
 
-    tag = f"step-{step}"
+    tag = step_dir_name(step)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "data": data_state})
     dist.barrier()  # every rank's shards are on disk before the commit marker
     if rank == 0:
-        meta = {"format": "deepspeed", "step": step, "extra": {"data": data_state}, "time": time.time()}
+        meta = {"format": "deepspeed", "step": step, "extra": {"data": data_state}, "time": time.time(),
+                "files": file_sizes(ckpt_dir / tag)}
         (ckpt_dir / tag / "meta.json").write_text(json.dumps(meta) + "\n")
         if keep > 0:
             for old in _committed_steps(ckpt_dir)[:-keep]:
-                shutil.rmtree(ckpt_dir / f"step-{old}", ignore_errors=True)
+                shutil.rmtree(ckpt_dir / step_dir_name(old), ignore_errors=True)

@@ -27,9 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Heartbeat", "read_heartbeats", "HEARTBEAT_ENV", "STATUSES"]
+from orchestrator.contracts import HEARTBEAT_ENV
 
-HEARTBEAT_ENV = "ORCH_HEARTBEAT_DIR"
+__all__ = ["Heartbeat", "read_heartbeats", "STATUSES"]
+
 STATUSES = ("starting", "training", "checkpointing", "done", "failed")
 
 

@@ -15,7 +15,6 @@ losses for every layout (the parity tests hold this to 1e-5 in fp32).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Any
 
 from orchestrator.engine.config import EngineConfig, world_from_env
 from orchestrator.engine.parallel_dims import ParallelDims
+from orchestrator.engine.steps import lr_at, run_steps
 
-__all__ = ["train", "lr_at", "validate"]
+__all__ = ["train", "validate"]
 
 log = logging.getLogger("orchestrator.engine.train")
 
@@ -34,47 +34,6 @@ def validate(cfg: EngineConfig, world_size: int | None = None) -> ParallelDims:
     dims = ParallelDims.resolve(cfg.parallel, world_size=world_from_env()[2] if world_size is None else world_size)
     dims.validate_for(cfg)
     return dims
-
-
-def lr_at(step: int, cfg: EngineConfig) -> float:
-    """Linear warm-up to lr, then cosine decay to lr * min_lr_ratio at the last step (a pure function of
-    the step, so nothing about the schedule needs saving)."""
-    t = cfg.train
-    if t.warmup_steps and step <= t.warmup_steps:
-        return t.lr * step / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cosine)
-
-
-def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save) -> list[float]:
-    """The step loop both engines share; returns the losses of steps start+1..steps.
-
-    step(n) trains step n and returns its metrics record; save(n) checkpoints on the --checkpoint-every schedule
-    and returns fields for the record (checkpoint_stall_s: the seconds it blocked) or None; every step beats the
-    heartbeat, rank 0 appends metrics.jsonl.
-    """
-    from orchestrator.engine.metrics import MetricsWriter
-
-    t = cfg.train
-    writer = MetricsWriter(Path(t.run_dir) / "metrics.jsonl") if rank == 0 else None
-    losses: list[float] = []
-    try:
-        for n in range(start + 1, t.steps + 1):
-            record = step(n)
-            if n == start + 1 and start:
-                record["resumed_from"] = start
-            if t.checkpoint_every and (n % t.checkpoint_every == 0 or n == t.steps):
-                heartbeat.beat(step=n, status="checkpointing")
-                record.update(save(n) or {})
-            heartbeat.beat(step=n)
-            losses.append(record["loss"])
-            if writer is not None:
-                writer.write(record)
-    finally:
-        if writer is not None:
-            writer.close()
-    return losses
 
 
 def train(cfg: EngineConfig) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def run_demo(*, nodes: int = 4, nproc: int = 2, sandbox_name: str = "demo", run_
     from orchestrator.hosts import Host, HostList
     from orchestrator.launch.env import build_env_manifest
     from orchestrator.launch.plan import LaunchSpec, build_plan
-    from orchestrator.launch.rundir import new_run_id
+    from orchestrator.contracts import new_run_id
     from orchestrator.launch.runner import run_plan
 
     rows: list[dict] = []

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.contracts import RUN_TOKEN
 from orchestrator.errors import ConfigError
 
 # Forwarded from the head by default: communication/runtime tuning that users set on the head and expect on
@@ -27,7 +28,7 @@ NOT_FORWARDED = frozenset({"CUDA_VISIBLE_DEVICES", "PYTHONHOME", "PYTHONEXECUTAB
 # Set per rank by the launcher itself; a user value would be silently overridden, so refuse it.
 RESERVED = frozenset({
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-    "ORCH_RUN_ID", "TORCHELASTIC_ERROR_FILE", "TORCHELASTIC_RUN_ID",
+    RUN_TOKEN, "TORCHELASTIC_ERROR_FILE", "TORCHELASTIC_RUN_ID",
 })
 # A name holds a secret when it contains TOKEN, SECRET, PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL, COOKIE, AUTH
 # (AUTH, OAUTH, AUTHORIZATION; also AUTHOR: showing a harmless value as *** is the cheaper mistake), PRIVATE or

@@ -23,16 +23,15 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from orchestrator.contracts import RUN_ID, RUN_TMPDIR
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, expand, fold
 from orchestrator.launch import deepspeed, torchrun
 from orchestrator.launch.env import EnvManifest, redact_argv, redact_value
-from orchestrator.launch.rundir import RUN_ID
 
 LAUNCHERS = ("torchrun", "deepspeed")
 DEFAULT_PYTHON = "python3"
 PORT_BASE, PORT_SPAN = 29500, 1000
-RUN_TMPDIR = "ORCH_RUN_TMPDIR"  # asks the node agent for the run's private TMPDIR (orchestrator/remote/agent.py)
 _ADDRESS = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9._:\[\]-]{0,252}\Z")  # names, IPv4, [IPv6]
 
 

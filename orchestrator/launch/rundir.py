@@ -1,6 +1,6 @@
 """Run ids and the run directory: where a launch keeps its plan, per-host logs and result.
 
-    run_id = new_run_id()                       # '20261123-104501-3f9a2c'
+    run_id = new_run_id()                       # orchestrator.contracts: '20261123-104501-3f9a2c'
     rd = RunDir(Path("runs") / run_id)
     rd.create()
     rd.write_json("plan.json", plan.to_json())  # redacted plan
@@ -21,8 +21,6 @@ import json
 import logging
 import os
 import re
-import secrets
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +29,6 @@ from typing import IO
 from orchestrator.errors import ConfigError
 
 log = logging.getLogger("orchestrator.launch.rundir")
-
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-
-
-def new_run_id(now: float | None = None) -> str:
-    """Sortable by start time, unique across heads: 'YYYYMMDD-HHMMSS-<6 hex>'."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
-    return f"{stamp}-{secrets.token_hex(3)}"
 
 
 def log_name(host: str) -> str:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.contracts import signal_exit_code
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, ConfigError
 from orchestrator.launch.failures import LAST_LINES, Failure, first_failure, host_failure
 from orchestrator.launch.plan import LaunchPlan
@@ -62,7 +63,7 @@ class LaunchResult:
     @property
     def exit_code(self) -> int:
         if self.stopped_by is not None:
-            return 128 + self.stopped_by
+            return signal_exit_code(self.stopped_by)
         if self.unreachable:
             return EXIT_UNREACHABLE
         return EXIT_FAILURE if self.failures else EXIT_OK

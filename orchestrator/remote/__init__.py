@@ -8,8 +8,9 @@ ssh.py: the asyncssh transport and SshOptions; local.py: localhost without sshd;
 teardown and their results; agent.py: the node-side dead-man switch; output.py: host prefixes, dshbak folding.
 """
 
+from orchestrator.contracts import new_run_id
 from orchestrator.remote.fanout import (
-    DEFAULT_FANOUT, FanoutResult, HostCommand, HostResult, Transport, new_run_id, plan_commands, run_on,
+    DEFAULT_FANOUT, FanoutResult, HostCommand, HostResult, Transport, plan_commands, run_on,
     run_on_async, teardown, teardown_async,
 )
 from orchestrator.remote.local import LocalTransport

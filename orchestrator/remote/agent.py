@@ -36,6 +36,7 @@ try:
 except ImportError:  # pragma: no cover - other interpreters
     import signal
 
+# Copies of orchestrator/contracts.py (this file travels alone): tests/unit/test_contracts.py keeps them equal.
 RUN_TOKEN = "ORCH_RUN_ID"
 AGENT_TOKEN = "ORCH_RUN_AGENT"
 RUN_TMPDIR = "ORCH_RUN_TMPDIR"
@@ -149,9 +150,14 @@ def kill_run(entries, pgid=0, scan=True, subreaper=False, child=0, statuses=None
         time.sleep(0.05)
 
 
+def signal_exit_code(signum):
+    """What a command stopped by signal `signum` reports: 128 + N (orchestrator.contracts.signal_exit_code)."""
+    return 128 + signum
+
+
 def _exit_code(status):
     if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
+        return signal_exit_code(os.WTERMSIG(status))
     return os.WEXITSTATUS(status)
 
 
@@ -259,7 +265,7 @@ def _supervise(spec, env):
             return _exit_code(statuses[0])
         if stop:
             kill_run(mine, pgid=child, subreaper=subreaper, child=child, statuses=statuses)
-            return 128 + stop[0]
+            return signal_exit_code(stop[0])
         try:
             ready, _, _ = select.select(watch, [], [], 1.0)
         except InterruptedError:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import signal
 import time
 from collections import deque
@@ -29,12 +28,13 @@ from typing import Protocol, TypeVar
 
 from ClusterShell.NodeSet import NodeSet
 
+from orchestrator.contracts import RUN_ID, new_run_id, signal_exit_code
 from orchestrator.errors import EXIT_UNREACHABLE, ConfigError
 from orchestrator.remote.agent import encode_spec
 from orchestrator.inline import python_source, sh_source
 from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
-__all__ = ["FanoutResult", "HostCommand", "HostResult", "Transport", "default_transport", "new_run_id", "plan_commands",
+__all__ = ["FanoutResult", "HostCommand", "HostResult", "Transport", "default_transport", "plan_commands",
            "run_on", "run_on_async", "teardown", "teardown_async"]
 
 log = logging.getLogger("orchestrator.remote.fanout")
@@ -53,7 +53,6 @@ def sh_agent_source() -> str:
 
 
 AGENTS = ("python", "sh")
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 T = TypeVar("T")
@@ -165,13 +164,8 @@ class FanoutResult(Mapping[str, HostResult]):
                 "hosts": [asdict(r) | {"ok": r.ok} for r in self._results.values()]}
 
 
-def new_run_id() -> str:
-    """A fresh run id: time-ordered and unique enough to be the token of every process of the run."""
-    return time.strftime("r%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
-
-
 def _check_run_id(run_id: str) -> str:
-    if not _RUN_ID.fullmatch(run_id):
+    if not RUN_ID.match(run_id):
         raise ConfigError("--run-id", run_id, "use 1-64 characters from A-Z a-z 0-9 . _ -")
     return run_id
 
@@ -232,7 +226,7 @@ def default_transport(hosts: Sequence[str], ssh: SshOptions | None) -> Transport
 
 def _signal_code(name: str | None) -> int | None:
     try:
-        return 128 + signal.Signals[f"SIG{name}"].value if name else None
+        return signal_exit_code(signal.Signals[f"SIG{name}"].value) if name else None
     except KeyError:
         return None
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from orchestrator.remote.fanout import new_run_id, run_on_async
+from orchestrator.contracts import new_run_id
+from orchestrator.remote.fanout import run_on_async
 
 __all__ = ["check_hosts", "probe_pids"]
 

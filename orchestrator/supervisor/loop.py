@@ -27,16 +27,14 @@ contract; never retried).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-import os
-import re
 import shutil
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from orchestrator.contracts import signal_exit_code
+from orchestrator.engine.checkpoint_files import newest_checkpoint
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from orchestrator.hosts import Host
 from orchestrator.supervisor import policy
@@ -46,30 +44,9 @@ from orchestrator.supervisor.events import EventLog, read_events, read_metrics, 
 from orchestrator.supervisor.plan import SupervisorConfig, attempt_plan
 from orchestrator.supervisor.runner import AttemptRunner
 
-__all__ = ["Supervisor", "newest_checkpoint"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger("orchestrator.supervisor.loop")
-
-_STEP_DIR = re.compile(r"step-\d+\Z")
-
-
-def newest_checkpoint(run_dir: Path) -> tuple[int | None, list[str]]:
-    """(newest intact checkpoint step, warnings about damaged newer ones) under run_dir/checkpoints/.
-
-    The engine's own validation (it reads DCP metadata, so it imports torch: seconds on a busy head) runs only
-    when a committed checkpoint exists; Supervisor.run() warms that import up in the background."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir() or not any(_STEP_DIR.match(name) for name in os.listdir(root)):
-        return None, []
-    from orchestrator.engine.checkpoint import checkpoint_problem, complete_steps
-
-    skipped = []
-    for step in reversed(complete_steps(run_dir)):
-        why = checkpoint_problem(run_dir / "checkpoints" / f"step-{step}")
-        if why is None:
-            return step, skipped
-        skipped.append(f"step-{step}: {why}")
-    return None, skipped
 
 
 class Supervisor:
@@ -89,7 +66,6 @@ class Supervisor:
     async def run(self) -> dict:
         cfg = self.cfg
         hosts, spares = list(cfg.hosts), list(cfg.spares)
-        threading.Thread(target=importlib.import_module, args=("orchestrator.engine.checkpoint",), daemon=True).start()
         self.events.emit("start", run_id=cfg.spec.run_id, hosts=[h.name for h in hosts],
                          spares=[h.name for h in spares], limits=asdict(cfg.limits),
                          hang_timeout=cfg.hang_timeout, program=list(cfg.spec.program))
@@ -99,7 +75,7 @@ class Supervisor:
                 attempt = await self._attempt(number, hosts)
                 result = attempt.result
                 if result is not None and result.stopped_by is not None:
-                    end, exit_code = ("stopped", {"reason": f"signal {result.stopped_by}"}), 128 + result.stopped_by
+                    end, exit_code = ("stopped", {"reason": f"signal {result.stopped_by}"}), signal_exit_code(result.stopped_by)
                     break
                 if attempt.error is None and attempt.hang is None and result is not None and result.exit_code == 0:
                     end, exit_code = ("done", {}), EXIT_OK

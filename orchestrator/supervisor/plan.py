@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.contracts import HEARTBEAT_ENV
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, expand
 from orchestrator.selection import resolve_hosts
@@ -38,10 +39,8 @@ from orchestrator.supervisor.runner import AttemptRunner, SshAttempts
 if TYPE_CHECKING:
     from orchestrator.remote.ssh import SshOptions
 
-__all__ = ["HEARTBEAT_ENV", "SupervisePlan", "SuperviseOptions", "SupervisorConfig", "attempt_plan",
+__all__ = ["SupervisePlan", "SuperviseOptions", "SupervisorConfig", "attempt_plan",
            "model_parallel_of", "parse_nodes", "plan_supervise", "program_option"]
-
-HEARTBEAT_ENV = "ORCH_HEARTBEAT_DIR"  # the engine's contract (orchestrator/engine/heartbeat.py)
 
 
 @dataclass(frozen=True, kw_only=True)

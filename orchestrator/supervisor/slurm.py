@@ -27,6 +27,7 @@ import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from orchestrator.contracts import signal_exit_code
 from orchestrator.errors import EXIT_USAGE
 from orchestrator.launch.plan import LaunchPlan
 from orchestrator.launch.runner import STOP_SIGNALS
@@ -42,7 +43,7 @@ STOP_WAIT_S = 30.0
 
 def step_result(step_exit: int, stopped_by: int | None) -> AttemptResult:
     """srun's exit code (the step's highest task exit code) as an AttemptResult; 2 is a configuration error."""
-    return AttemptResult(exit_code=128 + stopped_by if stopped_by is not None else step_exit, stopped_by=stopped_by,
+    return AttemptResult(exit_code=signal_exit_code(stopped_by) if stopped_by is not None else step_exit, stopped_by=stopped_by,
                          config_error=stopped_by is None and step_exit == EXIT_USAGE)
 
 

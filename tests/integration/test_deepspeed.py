@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.engine.checkpoint import complete_steps, latest_complete_step
+from orchestrator.engine.checkpoint_files import complete_steps, newest_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -64,4 +64,5 @@ def test_zero_matches_single_process_torch(torch_reference, tmp_path, stage):
     diff = max(abs(a - b) for a, b in zip(ds, torch_reference))
     assert diff <= 1e-5, f"ZeRO-{stage} losses differ from torch by {diff}: {ds} vs {torch_reference}"
     # DeepSpeed's own checkpoints, committed with meta.json where the supervisor looks for them
-    assert complete_steps(run_dir) == [3, 6] and latest_complete_step(run_dir) == 6
+    assert complete_steps(run_dir) == [3, 6] and newest_checkpoint(run_dir) == (6, [])  # sizes recorded and intact
+    assert json.loads((run_dir / "checkpoints/step-6/meta.json").read_text())["files"]

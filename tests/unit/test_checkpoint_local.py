@@ -3,13 +3,16 @@ corrupt checkpoints skipped, async save committed by wait(). Multi-process layou
 
 import json
 import logging
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 from torch import nn
 
-from orchestrator.engine.checkpoint import Checkpointer, complete_steps, latest_complete_step
+from orchestrator.engine.checkpoint import Checkpointer
+from orchestrator.engine.checkpoint_files import complete_steps, newest_checkpoint
 from orchestrator.errors import ConfigError
 
 
@@ -47,7 +50,7 @@ def train(model, opt, steps, start=0):
 def test_fresh_run_has_nothing_to_load(tmp_path):
     model, opt = make()
     assert Checkpointer(tmp_path).load_latest(model, opt) is None
-    assert latest_complete_step(tmp_path) is None
+    assert newest_checkpoint(tmp_path) == (None, [])
 
 
 @pytest.mark.parametrize("async_save", [False, True])
@@ -178,3 +181,63 @@ def test_no_loadable_checkpoint_refuses_to_start_over(tmp_path):
     with pytest.raises(ConfigError, match="none loads") as err:
         Checkpointer(tmp_path).load_latest(*make())
     assert err.value.field == "--run-dir" and "step-1" in str(err.value)
+
+
+def two_checkpoints(tmp_path):
+    model, opt = make()
+    ckpt = Checkpointer(tmp_path)
+    for step in (1, 2):
+        train(model, opt, 1, start=step)
+        ckpt.save(step, model, opt)
+    return tmp_path / "checkpoints/step-2"
+
+
+def test_meta_json_records_every_file_size(tmp_path):
+    newest = two_checkpoints(tmp_path)
+    files = json.loads((newest / "meta.json").read_text())["files"]
+    assert ".metadata" in files and any(name.endswith(".distcp") for name in files)
+    assert files == {p.name: p.stat().st_size for p in newest.iterdir() if p.name != "meta.json"}
+    assert newest_checkpoint(tmp_path) == (2, [])
+
+
+def resize(path, delta):
+    """Change the size of the step dir's biggest shard by `delta` bytes (None: delete it); returns its name."""
+    shard = max(path.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    if delta is None:
+        shard.unlink()
+    else:
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size + delta)
+    return shard.name
+
+
+@pytest.mark.parametrize("delta, why", [(-100, "truncated shard"), (7, "damaged shard"), (None, "missing shard")])
+def test_size_check_names_the_damaged_file(tmp_path, delta, why):
+    name = resize(two_checkpoints(tmp_path), delta)
+    step, skipped = newest_checkpoint(tmp_path)
+    assert step == 1 and len(skipped) == 1 and skipped[0].startswith(f"step-2: {why} {name}")
+
+
+def test_checkpoint_without_recorded_sizes_is_checked_from_dcp_metadata(tmp_path):
+    """Checkpoints committed before meta.json had "files" still load, and a truncated shard is still found."""
+    newest = two_checkpoints(tmp_path)
+    for path in (newest, tmp_path / "checkpoints/step-1"):
+        meta = json.loads((path / "meta.json").read_text())
+        del meta["files"]
+        (path / "meta.json").write_text(json.dumps(meta))
+    assert newest_checkpoint(tmp_path) == (2, [])
+    name = resize(newest, -100)
+    step, skipped = newest_checkpoint(tmp_path)
+    assert step == 1 and skipped[0].startswith(f"step-2: truncated shard {name} (")
+    assert Checkpointer(tmp_path).load_latest(*make())[0] == 1
+
+
+def test_the_supervisors_check_imports_no_torch(tmp_path):
+    two_checkpoints(tmp_path)
+    resize(tmp_path / "checkpoints/step-2", -100)
+    code = ("import json, sys; from orchestrator.supervisor.loop import Supervisor; "
+            "from orchestrator.engine.checkpoint_files import newest_checkpoint; "
+            f"print(json.dumps([newest_checkpoint({str(tmp_path)!r}), 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    (step, skipped), torch_imported = json.loads(out)
+    assert step == 1 and skipped[0].startswith("step-2: truncated shard") and not torch_imported

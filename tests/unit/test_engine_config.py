@@ -8,7 +8,7 @@ import pytest
 from orchestrator.engine.config import config_names, load_config
 from orchestrator.engine.heartbeat import Heartbeat, read_heartbeats
 from orchestrator.engine.metrics import flops_per_token, mfu
-from orchestrator.engine.train import lr_at
+from orchestrator.engine.steps import lr_at
 from orchestrator.errors import ConfigError
 
 

@@ -6,15 +6,15 @@ import shlex
 
 import pytest
 
+from orchestrator.contracts import RUN_TMPDIR, new_run_id
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, HostList, apply_filter
 from orchestrator.selection import resolve_hosts
 from orchestrator.launch.deepspeed import SHOWN_SOURCE, rank_prefix_source, world_info_b64
 from orchestrator.launch.env import REDACTED, build_env_manifest
-from orchestrator.launch.plan import RUN_TMPDIR, LaunchSpec, build_plan, default_master_port, per_host_values
-from orchestrator.launch.rundir import RunDir, log_name, new_run_id
+from orchestrator.launch.plan import LaunchSpec, build_plan, default_master_port, per_host_values
+from orchestrator.launch.rundir import RunDir, log_name
 from orchestrator.launch.torchrun import RANK_PREFIX_TEMPLATE, split_rank_prefix, torchrun_argv
-from orchestrator.remote import agent
 
 HOSTS = resolve_hosts(hosts="node[1-4]", nproc_per_node=2)
 
@@ -37,7 +37,6 @@ def test_torchrun_plan_static_rendezvous_on_first_host():
     assert plan.rank_location(5) == ("node3", 1) and plan.rank_location(8) is None
     assert plan.node_env(n2)["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] == RANK_PREFIX_TEMPLATE
     assert plan.node_env(n2)[RUN_TMPDIR] == "/tmp"  # the agent's private TMPDIR takes torchrun's per-rank files
-    assert RUN_TMPDIR == agent.RUN_TMPDIR
 
 
 def test_module_and_default_port_is_stable_per_run_id():
