@@ -27,12 +27,13 @@ JOB_RECORD = "job.json"
 
 
 def process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot), or None when there is no such process."""
+    """The kernel's start time of `pid` (clock ticks since boot), or None when there is no such process (or only
+    its exit status is left: a zombie, whose parent has not reaped it yet)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return None if fields[0] in "ZX" else fields[19]
 
 
 def _read(path: Path) -> dict:
