@@ -68,6 +68,8 @@ class JobPlan:
         spec = self.job.spec
         if workdirs is None:
             where = (self.planned_workdir(),) if self.tree else ()
+        elif len(set(workdirs.values())) == 1:  # the usual case: one path for all (srun takes only one --chdir)
+            where = (next(iter(workdirs.values())),)
         else:
             where = tuple(f"{host}={path}" for host, path in workdirs.items())
         return LaunchSpec(program=spec.program, module=spec.module, run_id=self.run_id,
@@ -90,7 +92,7 @@ class JobPlan:
         spec, sup = self.job.spec, self.job.spec.supervise
         with job_fields(self.job):
             return plan_supervise(self.launch_spec(workdirs), SuperviseOptions(
-                hosts=",".join(h.name for h in self.hosts), ssh=ssh, nodes=sup.nodes, spare_hosts=sup.spares,
+                hosts=",".join(h.name for h in self.hosts), via="slurm" if spec.slurm else "ssh", ssh=ssh, nodes=sup.nodes, spare_hosts=sup.spares,
                 max_restarts=sup.max_restarts, hang_timeout=sup.hang_timeout, health_check=sup.health_check))
 
     def to_json(self) -> dict:
