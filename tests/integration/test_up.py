@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -112,3 +113,23 @@ def test_stop_from_another_process_leaves_nothing(sandbox, job):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(slurm_sandbox_factory):
+    with slurm_sandbox_factory("up", nodes=2) as both:
+        yield both
+
+
+@pytest.mark.slow
+def test_slurm_section_inside_salloc(slurm_cluster, job):
+    """The same job file with `slurm:` instead of `hosts:`: synced over SSH, run as one srun step."""
+    sb, _ = slurm_cluster
+    text = (job / "job.yaml").read_text()
+    hosts_line = next(ln for ln in text.splitlines() if ln.startswith("hosts:"))
+    (job / "slurm.yaml").write_text(text.replace(hosts_line, "slurm: {nodes: 2}"))
+    out = subprocess.run(["salloc", "--nodes=2", sys.executable, "-m", "orchestrator", "up", "slurm.yaml", *ssh(sb),
+                          "--run-id", "up-slurm"], cwd=job, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = sorted(re.findall(r"hello rank=(\d) cwd=\S*/\.cache/orchestrator/code/", out.stdout + out.stderr))
+    assert ranks == ["0", "1", "2", "3"], out.stdout[-3000:]

@@ -3,6 +3,7 @@ line naming the field (exit 2, nothing started)."""
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,14 @@ def test_bad_set_names_the_option(job_dir):
         load_job(job_dir / "job.yaml", sets=["nproc_per_node"])
     with pytest.raises(ConfigError, match="name is not a section"):
         load_job(job_dir / "job.yaml", sets=["name.x=1"])
+
+
+def test_examples_plan(capsys, monkeypatch, tmp_path):
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    code, out, _ = up(capsys, str(examples / "hello.yaml"), "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["sync"]["files"] == 1
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[1-2]")
+    code, out, _ = up(capsys, str(examples / "engine-slurm.yaml"), "--dry-run", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["supervised"] and doc["plan"]["srun"][0] == "srun"
