@@ -89,7 +89,7 @@ class Run:
         code = self.record.get("exit_code")
         if code is None:
             return "running" if self.alive else ("lost" if "pid" in self.record else "unknown")
-        return "done" if code == 0 else ("stopped" if code >= 128 else "failed")
+        return "done" if code == 0 else ("stopped" if 128 < code < 128 + 65 else "failed")  # 128+N: signal N
 
     def log_files(self, host: str | None = None) -> list[Path]:
         """Per-host logs, oldest attempt first (supervised runs keep one directory per attempt)."""

@@ -102,10 +102,13 @@ def test_stop_from_another_process_leaves_nothing(sandbox, job):
             p.read_bytes() for p in (job / "runs" / run_id / "logs").glob("*.log")), timeout=60)
         running = json.loads(orch("jobs", "--json", cwd=job).stdout)
         assert {r["id"]: r["state"] for r in running}[run_id] == "running"
+        follow = subprocess.Popen([sys.executable, "-m", "orchestrator", "logs", run_id, "--follow"], cwd=job,
+                                  stdout=subprocess.PIPE, text=True)
         stopped = orch("stop", run_id, "--timeout", "30", cwd=job)
         assert stopped.returncode == 0, stopped.stderr
         assert "stopped" in stopped.stdout
         assert proc.wait(timeout=30) == 128 + 15
+        assert "hello rank=3" in follow.communicate(timeout=30)[0]  # --follow ends with the run
         assert wait_for(lambda: not any(tokened(run_id, pids=sandbox.pids(h)) for h in hosts), timeout=10)
         again = orch("stop", run_id, cwd=job)
         assert again.returncode == 2 and "not running" in again.stderr
@@ -113,6 +116,15 @@ def test_stop_from_another_process_leaves_nothing(sandbox, job):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_unreachable_host_fails_the_sync_and_starts_nothing(sandbox, job):
+    out = orch("up", "job.yaml", *ssh(sandbox), "--run-id", "up-unreachable", "--set",
+               f"hosts={sandbox.hosts[0]},nosuchhost.invalid", cwd=job)
+    assert out.returncode == 255, out.stderr[-2000:]
+    assert "nosuchhost.invalid failed" in out.stderr and "hello rank=" not in out.stdout
+    rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
+    assert rows["up-unreachable"]["state"] == "failed" and rows["up-unreachable"]["exit"] == "255"
 
 
 @pytest.fixture(scope="module")
