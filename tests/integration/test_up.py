@@ -118,6 +118,17 @@ def test_stop_from_another_process_leaves_nothing(sandbox, job):
             proc.communicate()
 
 
+def test_supervised_job_file(sandbox, job):
+    out = orch("up", "job.yaml", *ssh(sandbox), "--run-id", "up-supervised", "--set", "supervise.max_restarts=1",
+               cwd=job)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("hello rank=") == 4 and "outcome: done" in out.stderr
+    rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
+    assert rows["up-supervised"]["state"] == "done" and rows["up-supervised"]["restarts"] == "0"
+    logs = orch("logs", "up-supervised", "--rank", "2", cwd=job)
+    assert "hello rank=2" in logs.stdout
+
+
 def test_unreachable_host_fails_the_sync_and_starts_nothing(sandbox, job):
     out = orch("up", "job.yaml", *ssh(sandbox), "--run-id", "up-unreachable", "--set",
                f"hosts={sandbox.hosts[0]},nosuchhost.invalid", cwd=job)
