@@ -4,7 +4,7 @@
     sudo .venv/bin/python bench/sync.py --hosts 8 --tree /path/to/code --runs 3
 
 Starts its own sandbox (removed at the end) and measures, with the copies removed from every node before each
-fresh measurement (median of --runs):
+fresh measurement (median of --runs, the methods interleaved):
 
   one host     sync_tree to node1 alone (the unit every other time is divided by)
   N hosts      sync_tree to node[1-N] (one SSH session per node, all at once)
@@ -57,7 +57,7 @@ def ours(tree_dir: Path, hosts, ssh):
 
 
 def pdsh_rsync(tree_dir: Path, hosts, config: Path):
-    argv = ["pdsh", "-R", "exec", "-f", str(len(hosts)), "-w", ",".join(hosts), "rsync", "-a",
+    argv = ["pdsh", "-S", "-R", "exec", "-f", str(len(hosts)), "-w", ",".join(hosts), "rsync", "-a",
             "--exclude=__pycache__", "-e", f"ssh -F {config}", f"{tree_dir}/", f"%h:{RSYNC_DEST}/"]
     return lambda: subprocess.run(argv, check=True, capture_output=True)
 
@@ -75,19 +75,19 @@ def main() -> int:
     sb = Sandbox.up(f"bsync{os.getpid()}", nodes=args.hosts)
     try:
         hosts, ssh = sb.hosts, SshOptions(config=str(sb.ssh_config))
-        rows = {}
-        for name, fn, subset, fresh in (
+        methods = (
             ("one host", ours(args.tree, hosts[:1], ssh), hosts[:1], True),
             (f"{len(hosts)} hosts", ours(args.tree, hosts, ssh), hosts, True),
             ("re-sync (unchanged)", ours(args.tree, hosts, ssh), hosts, False),
             ("pdsh+rsync", pdsh_rsync(args.tree, hosts, sb.ssh_config), hosts, True),
-        ):
-            times = []
-            for _ in range(args.runs):
+        )
+        times: dict[str, list[float]] = {name: [] for name, *_ in methods}
+        for _ in range(args.runs):  # interleaved: the machine's other load falls on every method alike
+            for name, fn, subset, fresh in methods:
                 if fresh:
                     clear(sb, subset)
-                times.append(timed(fn))
-            rows[name] = statistics.median(times)
+                times[name].append(timed(fn))
+        rows = {name: statistics.median(t) for name, t in times.items()}
         unit = rows["one host"]
         print(f"tree {args.tree}: {len(tree.files)} files, {size / 1e6:.1f} MB; {len(hosts)} hosts; "
               f"median of {args.runs}")
