@@ -86,3 +86,15 @@ def test_process_start_tells_zombies_from_live_processes():
         time.sleep(0.05)
     assert process_start(child.pid) is None  # exited but not reaped yet: a zombie counts as gone
     child.wait()
+
+
+def test_plain_launch_runs_are_listed_without_a_name(tmp_path):
+    run = tmp_path / "20261204-000000-abcdef"
+    (run / "logs").mkdir(parents=True)
+    (run / "plan.json").write_text(json.dumps({"nodes": [{"host": "node1"}, {"host": "node2"}]}))
+    (run / "result.json").write_text(json.dumps({"exit_code": 1}))
+    (tmp_path / "not-a-run").mkdir()
+    [listed] = list_runs(tmp_path)
+    assert listed.row() | {"started": "-", "duration": "-"} == {
+        "id": run.name, "name": "-", "state": "failed", "hosts": "node[1-2]", "started": "-", "duration": "-",
+        "exit": "1", "restarts": "-"}
