@@ -58,10 +58,9 @@ def _convert(tp, value, path: str, where: str):
         for option in typing.get_args(tp):
             try:
                 return _convert(option, value, path, where)
-            except ConfigError as exc:
+            except ConfigError:
                 if dataclasses.is_dataclass(option) and isinstance(value, Mapping):
                     raise  # the mapping was meant for the section: its own error is the useful one
-                del exc
         raise _error(where, path, value, f"use {_name(tp)}")
     if origin is Literal:
         if value in typing.get_args(tp):
