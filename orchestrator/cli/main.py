@@ -26,6 +26,7 @@ COMMAND_MODULES = {
     "data": "data", "demo": "demo", "events": "status", "hosts": "hosts", "images": "images", "install": "install",
     "launch": "launch", "plot": "plot", "run": "run", "sandbox": "sandbox", "slurm-launch": "submit",
     "status": "status", "submit": "submit", "supervise": "supervise", "train": "train",
+    "up": "up", "jobs": "jobs", "logs": "jobs", "stop": "jobs",
 }
 
 

@@ -1,0 +1,164 @@
+"""`orchestrator up`: run a job file: sync its workdir to every node, run its setup, then launch (or supervise).
+
+    $ orchestrator up job.yaml --ssh-config ssh_config
+    $ orchestrator up job.yaml --set nproc_per_node=4 --set 'run=train.py --steps 10'   # dotted FIELD=VALUE
+    $ orchestrator up job.yaml --dry-run [--json]      # the resolved plan (secrets redacted); connects to nothing
+    $ orchestrator up --schema                         # the job file's JSON Schema
+
+Output streams as `host/rank: line` like `orchestrator launch`; the run is recorded under RUN_DIR/RUN_ID
+(job.json with this process's pid, logs/, plan.json, result.json) for `orchestrator jobs`, `logs` and `stop`.
+Exit: the launch's (0 ok, 1 a rank failed, 255 a host unreachable, 128+N stopped by signal N); 1 when the sync or
+the setup failed on a host; 2 for a bad job file (nothing started).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from orchestrator.cli.ssh_options import ssh_options
+
+
+@click.command("up")
+@click.argument("job_file", required=False, metavar="JOB_FILE")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="Override a job file field, dotted for sections: --set supervise.max_restarts=5 (repeatable).")
+@click.option("--run-dir", default="runs", show_default=True, help="Base directory for runs/<run_id>/ on the head.")
+@click.option("--run-id", default=None, help="Use this run id (default: a fresh one).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan and exit; connect to nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable: the plan (with --dry-run) as JSON on stdout.")
+@click.option("--schema", is_flag=True, help="Print the job file's JSON Schema and exit.")
+@ssh_options
+def up_command(job_file, sets, run_dir, run_id, dry_run, as_json, schema, ssh) -> int:
+    """Run JOB_FILE (YAML): copy its workdir to the nodes, run its setup, launch or supervise its `run`."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.job.plan import plan_job
+    from orchestrator.job.spec import job_schema, load_job
+    from orchestrator.launch.rundir import new_run_id
+
+    if schema:
+        click.echo(json.dumps(job_schema(), indent=2))
+        return 0
+    if job_file is None:
+        raise ConfigError("JOB_FILE", "", "give the job file, e.g. orchestrator up job.yaml")
+    jp = plan_job(load_job(job_file, sets=sets), run_id=run_id or new_run_id(), run_dir=run_dir)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps(jp.to_json(), indent=2, default=str))
+        else:
+            for line in jp.describe():
+                click.echo(line)
+        return 0
+    return _up(jp, ssh)
+
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt  # SIGTERM during sync/setup: end them like Ctrl-C (sessions closed, nodes clean)
+
+
+def _up(jp, ssh) -> int:
+    from orchestrator.job.history import record_end, record_start
+
+    spec = jp.job.spec
+    run = Path(jp.run_dir) / jp.run_id
+    work = jp.supervise_plan(ssh=ssh).config.run_dir if jp.supervised else run
+    record_start(run, name=spec.name, hosts=[h.name for h in jp.hosts], run_dir=work, supervised=jp.supervised,
+                 job_file=str(jp.job.source), code=jp.tree.digest if jp.tree else None)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    rc, restarts = 130, None
+    try:
+        workdirs, rc = _sync(jp, ssh) if jp.tree is not None else (None, 0)
+        if rc:
+            return rc
+        if spec.setup_script:
+            rc = _setup(jp, ssh, run, workdirs)
+            if rc:
+                return rc
+        signal.signal(signal.SIGTERM, previous)  # the launcher installs its own stop handlers
+        rc, restarts = _launch(jp, ssh, workdirs)
+        return rc
+    except KeyboardInterrupt:
+        click.echo("orchestrator: interrupted", err=True)
+        return rc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        record_end(run, exit_code=rc, restarts=restarts)
+
+
+def _sync(jp, ssh) -> tuple[dict[str, str] | None, int]:
+    """Code on every node: (host -> its code directory, 0), or (None, exit code) when a host failed."""
+    from orchestrator.hosts import fold
+    from orchestrator.job.sync import sync_tree
+
+    hosts = [h.name for h in jp.hosts]
+    results = sync_tree(jp.tree, hosts, ssh=ssh, python=jp.job.spec.python, dest=jp.job.spec.sync.dest)
+    by_status: dict[str, list[str]] = {}
+    for r in results.values():
+        by_status.setdefault(r.status if r.ok else f"failed: {r.error}", []).append(r.host)
+    summary = "; ".join(f"{fold(h)} {status}" for status, h in by_status.items())
+    click.echo(f"[orch] sync {len(jp.tree.files)} files (sha256 {jp.tree.digest[:12]}): {summary}", err=True)
+    failed = [r for r in results.values() if not r.ok]
+    if failed:
+        return None, 255 if any(r.path is None for r in failed) else 1
+    return {h: results[h].path for h in hosts}, 0
+
+
+def _setup(jp, ssh, run: Path, workdirs) -> int:
+    from orchestrator.job.setup import setup_argv
+    from orchestrator.launch.rundir import RunDir
+    from orchestrator.remote import run_on
+
+    hosts = [h.name for h in jp.hosts]
+    rundir = RunDir(run)
+    rundir.create()
+    with rundir.host_logs(hosts) as logs:
+        def on_line(host: str, stream: str, line: str) -> None:
+            text = f"{host}: setup: {line}"
+            logs.write(host, text)
+            click.echo(text, err=stream == "stderr")
+
+        result = run_on(hosts, setup_argv(script=jp.job.spec.setup_script, digest=jp.tree.digest if jp.tree else ""),
+                        ssh=ssh, cwd=(lambda h: workdirs[h]) if workdirs else None, env=jp.env.values,
+                        python=jp.job.spec.python, run_id=f"{jp.run_id}-setup", on_line=on_line)
+    for line in result.grouped_failures():
+        click.echo(f"[orch] setup failed: {line}", err=True)
+    return result.exit_code
+
+
+def _launch(jp, ssh, workdirs) -> tuple[int, int | None]:
+    from orchestrator.cli.launch import _report, launch_via_slurm
+
+    def sink(line: str, stream: str) -> None:
+        print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
+
+    if jp.supervised:
+        import asyncio
+
+        from orchestrator.cli.status import print_summary
+        from orchestrator.supervisor import Supervisor
+
+        plan = jp.supervise_plan(workdirs, ssh=ssh)
+        click.echo(f"[orch] supervised run {jp.run_id}: {len(plan.config.hosts)} nodes, "
+                   f"events in {plan.config.run_dir}/events.jsonl", err=True)
+        summary = asyncio.run(Supervisor(plan.config, plan.runner, sink=sink).run())
+        print_summary(summary)
+        return summary["exit_code"], summary.get("restarts")
+    plan = jp.launch_plan(workdirs)
+    if jp.job.spec.slurm is not None:
+        return launch_via_slurm(plan, (), dry_run=False, as_json=False, what="slurm:"), None
+    if jp.job.spec.container:
+        from orchestrator.containers.run import run_containerized as run_plan
+    else:
+        from orchestrator.launch.runner import run_plan
+    click.echo(f"[orch] run {plan.run_id}: {len(plan.nodes)} nodes x {plan.nodes[0].nproc} ({plan.launcher}), "
+               f"logs in {plan.run_dir}/logs/", err=True)
+    result = run_plan(plan, ssh=ssh, sink=sink)
+    _report(result)
+    return result.exit_code, 0
+
+
+commands = [up_command]

@@ -1,0 +1,192 @@
+"""Code sync: a head directory to every node, content-addressed, so an unchanged tree costs one check per node.
+
+    tree = read_tree(Path("."), exclude=("data/*",))   # files git would keep (or all but DEFAULT_IGNORE), never .git
+    tree.digest                                        # sha256 over paths, modes and contents
+    results = sync_tree(tree, ["node1", "node2"], ssh=SshOptions(config="ssh_config"), python="/opt/venv/bin/python")
+    results["node1"].status, results["node1"].path     # 'sent' | 'unchanged' | 'failed', '/root/.cache/.../<digest>'
+
+Which files: in a git work tree, `git ls-files -co --exclude-standard` (tracked and untracked, .gitignore
+honoured); elsewhere every file but DEFAULT_IGNORE; then the job's `sync.exclude` globs (matched against the
+relative path and against the file name). Every node runs receive.py (inline over SSH with the job's
+interpreter): it answers whether DEST/<digest> exists; only nodes without it get the tar, over their own SSH
+session, all nodes in parallel. (The head therefore sends the tar once per node that lacks it; the image
+relay's node-to-node chain would send it once in all.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import io
+import json
+import os
+import stat
+import subprocess
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import ConfigError
+from orchestrator.inline import python_source
+from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
+
+RECEIVER = Path(__file__).with_name("receive.py")
+DEFAULT_IGNORE = (".git", "__pycache__", "*.pyc", ".venv", "venv", ".mypy_cache", ".pytest_cache", ".ipynb_checkpoints")
+KEEPALIVE_S = 5
+
+
+@dataclass(frozen=True)
+class Tree:
+    root: Path
+    files: tuple[str, ...]
+    """Relative POSIX paths, sorted."""
+    digest: str
+
+    def tar_bytes(self) -> bytes:
+        """The files as one gzip'd tar (owner root, so a node's unpack does not depend on head uids)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+            for rel in self.files:
+                info = tar.gettarinfo(str(self.root / rel), arcname=rel)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if info.isreg():
+                    with open(self.root / rel, "rb") as fh:
+                        tar.addfile(info, fh)
+                else:
+                    tar.addfile(info)
+        return buf.getvalue()
+
+
+def _excluded(rel: str, patterns: Sequence[str]) -> bool:
+    parts = rel.split("/")
+    if ".git" in parts:
+        return True
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(parts[-1], p) or any(fnmatch.fnmatch(d, p) for d in parts[:-1])
+               for p in patterns)
+
+
+def _git_files(root: Path) -> list[str] | None:
+    """The files git keeps in `root` (tracked + untracked, not ignored), or None when root is no git work tree."""
+    try:
+        inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"], capture_output=True,
+                                text=True, timeout=30)
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            return None
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-co", "--exclude-standard", "-z"],
+                                capture_output=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [p for p in listed.stdout.decode().split("\0") if p]
+
+
+def _walk(root: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        dirnames[:] = [d for d in dirnames if not _excluded(d, DEFAULT_IGNORE)]
+        for name in filenames:
+            found.append(name if rel_dir == "." else f"{rel_dir}/{name}")
+    return [f for f in found if not _excluded(f, DEFAULT_IGNORE)]
+
+
+def read_tree(root: Path, *, exclude: Sequence[str] = (), field: str = "workdir") -> Tree:
+    """List and hash the tree under `root` (ConfigError when it is not a directory)."""
+    if not root.is_dir():
+        raise ConfigError(field, str(root), "give a directory on the head (relative to the job file), e.g. workdir: .")
+    listed = _git_files(root)
+    names = sorted(set(listed if listed is not None else _walk(root)))
+    files, sha = [], hashlib.sha256()
+    for rel in names:
+        if _excluded(rel, exclude):
+            continue
+        path = root / rel
+        try:
+            st = path.lstat()
+        except FileNotFoundError:  # tracked by git but deleted in the work tree
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            content = os.readlink(path).encode()
+        elif stat.S_ISREG(st.st_mode):
+            content = path.read_bytes()
+        else:
+            continue
+        kind = "l" if stat.S_ISLNK(st.st_mode) else ("x" if st.st_mode & 0o111 else "f")
+        sha.update(f"{rel}\0{kind}\0{len(content)}\0".encode() + hashlib.sha256(content).digest())
+        files.append(rel)
+    return Tree(root, tuple(files), sha.hexdigest())
+
+
+@dataclass
+class SyncResult:
+    host: str
+    status: str = "failed"
+    """'sent', 'unchanged' (the node had this version) or 'failed'."""
+    path: str | None = None
+    """The code directory on the node (absolute)."""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("sent", "unchanged")
+
+
+async def _event(session) -> dict:
+    async for line in session.stdout:
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    last = ""
+    async for line in session.stderr:
+        last = line.strip() or last
+    raise ConnectionError(f"receiver ended without an answer{': ' + last if last else ''}")
+
+
+async def sync_tree_async(tree: Tree, hosts: Sequence[str], *, ssh: SshOptions | None = None, python: str = "python3",
+                          dest: str = "~/.cache/orchestrator/code", timeout: float = 600.0) -> dict[str, SyncResult]:
+    """Bring `tree` to DEST/<digest> on every host (parallel); every host gets a result, never first-error-wins."""
+    transport = SshTransport(ssh or SshOptions())
+    transport.prepare(hosts)
+    argv = [python, "-I", "-S", "-c", python_source(RECEIVER), dest, tree.digest]
+    payload: list[bytes] = []  # built once, on the first node that needs it
+
+    async def one(host: str) -> SyncResult:
+        result = SyncResult(host)
+        try:
+            session = await transport.open(host, argv, keepalive=KEEPALIVE_S)
+        except Exception as exc:  # noqa: BLE001 - this host's result; the others go on
+            result.error = describe_error(exc)
+            return result
+        try:
+            first = await _event(session)
+            result.path = first.get("path")
+            if first.get("have"):
+                result.status = "unchanged"
+                return result
+            if not payload:
+                payload.append(tree.tar_bytes())
+            data = payload[0]
+            session.send(json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}).encode() + b"\n")
+            session.send(data)
+            await session.drain()
+            done = await _event(session)
+            result.status, result.error = ("sent", None) if done.get("done") else ("failed", done.get("error"))
+        except Exception as exc:  # noqa: BLE001
+            result.error = describe_error(exc) if not isinstance(exc, ConnectionError) else str(exc)
+        finally:
+            session.close()
+        return result
+
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*(one(h) for h in hosts)), timeout)
+    finally:
+        await transport.aclose()
+    return {r.host: r for r in results}
+
+
+def sync_tree(tree: Tree, hosts: Sequence[str], **kwargs) -> dict[str, SyncResult]:
+    """Blocking sync_tree_async."""
+    return asyncio.run(sync_tree_async(tree, hosts, **kwargs))

@@ -1,0 +1,158 @@
+"""`orchestrator up` on real sandbox hosts: the smallest job file, re-runs that skip sync and setup, `jobs`,
+`logs`, and `stop` from a second process (nothing of the run left on the hosts). 2 hosts x 2 ranks."""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from run_tokens import tokened, wait_for
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(240)]
+
+TRAIN = textwrap.dedent("""\
+    import os, sys, time
+    print(f"hello rank={os.environ['RANK']} cwd={os.getcwd()} marker={open('data.txt').read().strip()}", flush=True)
+    time.sleep(float(sys.argv[sys.argv.index('--sleep') + 1]) if '--sleep' in sys.argv else 0)
+""")
+
+
+def orch(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=180, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def job(sandbox, tmp_path_factory) -> Path:
+    """A job dir on the head: job.yaml (the README's smallest job file, with this venv's python) + code/."""
+    root = tmp_path_factory.mktemp("up")
+    code = root / "code"
+    code.mkdir()
+    (code / "train.py").write_text(TRAIN)
+    (code / "data.txt").write_text(f"{os.urandom(4).hex()}\n")
+    (code / "skip.log").write_text("excluded\n")
+    hosts = ",".join(sandbox.hosts[:2])
+    (root / "job.yaml").write_text(textwrap.dedent(f"""\
+        name: hello
+        hosts: {hosts}
+        nproc_per_node: 2
+        python: {sys.executable}
+        workdir: code
+        run: train.py --steps 3
+        env: {{OMP_NUM_THREADS: "1"}}
+        sync: {{exclude: ["*.log"]}}
+        setup: echo setup-ran-here
+    """))
+    return root
+
+
+def ssh(sandbox):
+    return ["--ssh-config", str(sandbox.ssh_config), "--connect-timeout", "5"]
+
+
+def test_up_syncs_runs_and_records(sandbox, job):
+    first = orch("up", "job.yaml", *ssh(sandbox), "--run-id", "up-first", cwd=job)
+    assert first.returncode == 0, first.stderr[-3000:]
+    lines = [ln for ln in first.stdout.splitlines() if "hello rank=" in ln]
+    assert sorted(ln.split(":", 1)[0] for ln in lines) == sorted(
+        [f"{h}/{r}" for h, rs in zip(sandbox.hosts[:2], ([0, 1], [2, 3])) for r in rs])
+    marker = (job / "code" / "data.txt").read_text().strip()
+    assert all(f"marker={marker}" in ln and "/.cache/orchestrator/code/" in ln for ln in lines)
+    assert "sent" in first.stderr and first.stdout.count(": setup: setup-ran-here") == 2
+    # the excluded file never reached a node
+    cwd = lines[0].split("cwd=")[1].split()[0]
+    assert sandbox.exec(sandbox.hosts[0], ["test", "-e", f"{cwd}/skip.log"]).returncode != 0
+
+    second = orch("up", "job.yaml", *ssh(sandbox), "--run-id", "up-second", cwd=job)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "unchanged" in second.stderr and "sent" not in second.stderr.split("[orch] sync", 1)[1].splitlines()[0]
+    assert "setup-ran-here" not in second.stdout and second.stdout.count("skipped") == 2
+
+    listed = json.loads(orch("jobs", "--json", cwd=job).stdout)
+    rows = {r["id"]: r for r in listed}
+    assert rows["up-first"]["name"] == "hello" and rows["up-first"]["state"] == "done"
+    assert rows["up-second"]["exit"] == "0"
+    table = orch("jobs", cwd=job)
+    assert "up-first" in table.stdout and "done" in table.stdout
+
+    host = sandbox.hosts[1]
+    logs = orch("logs", "up-first", "--host", host, cwd=job)
+    assert logs.returncode == 0 and f"{host}/2: hello rank=2" in logs.stdout and sandbox.hosts[0] not in logs.stdout
+    one = orch("logs", "up-first", "--rank", "3", cwd=job)
+    assert [ln.split(":")[0] for ln in one.stdout.splitlines()] == [f"{host}/3"]
+
+
+def test_stop_from_another_process_leaves_nothing(sandbox, job):
+    run_id = "up-stop"
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "job.yaml", *ssh(sandbox), "--run-id", run_id,
+                             "--set", "run=train.py --sleep 300"], cwd=job, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        hosts = sandbox.hosts[:2]
+        assert wait_for(lambda: all(tokened(run_id, pids=sandbox.pids(h)) for h in hosts), timeout=60)
+        assert wait_for(lambda: b"hello rank=3" in b"".join(
+            p.read_bytes() for p in (job / "runs" / run_id / "logs").glob("*.log")), timeout=60)
+        running = json.loads(orch("jobs", "--json", cwd=job).stdout)
+        assert {r["id"]: r["state"] for r in running}[run_id] == "running"
+        follow = subprocess.Popen([sys.executable, "-m", "orchestrator", "logs", run_id, "--follow"], cwd=job,
+                                  stdout=subprocess.PIPE, text=True)
+        stopped = orch("stop", run_id, "--timeout", "30", cwd=job)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "stopped" in stopped.stdout
+        assert proc.wait(timeout=30) == 128 + 15
+        assert "hello rank=3" in follow.communicate(timeout=30)[0]  # --follow ends with the run
+        assert wait_for(lambda: not any(tokened(run_id, pids=sandbox.pids(h)) for h in hosts), timeout=10)
+        again = orch("stop", run_id, cwd=job)
+        assert again.returncode == 2 and "not running" in again.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_supervised_job_file(sandbox, job):
+    out = orch("up", "job.yaml", *ssh(sandbox), "--run-id", "up-supervised", "--set", "supervise.max_restarts=1",
+               cwd=job)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("hello rank=") == 4 and "outcome: done" in out.stderr
+    rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
+    assert rows["up-supervised"]["state"] == "done" and rows["up-supervised"]["restarts"] == "0"
+    logs = orch("logs", "up-supervised", "--rank", "2", cwd=job)
+    assert "hello rank=2" in logs.stdout
+
+
+def test_unreachable_host_fails_the_sync_and_starts_nothing(sandbox, job):
+    out = orch("up", "job.yaml", *ssh(sandbox), "--run-id", "up-unreachable", "--set",
+               f"hosts={sandbox.hosts[0]},nosuchhost.invalid", cwd=job)
+    assert out.returncode == 255, out.stderr[-2000:]
+    assert "nosuchhost.invalid failed" in out.stderr and "hello rank=" not in out.stdout
+    rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
+    assert rows["up-unreachable"]["state"] == "failed" and rows["up-unreachable"]["exit"] == "255"
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(slurm_sandbox_factory):
+    with slurm_sandbox_factory("up", nodes=2) as both:
+        yield both
+
+
+@pytest.mark.slow
+def test_slurm_section_inside_salloc(slurm_cluster, job):
+    """The same job file with `slurm:` instead of `hosts:`: synced over SSH, run as one srun step."""
+    sb, _ = slurm_cluster
+    text = (job / "job.yaml").read_text()
+    hosts_line = next(ln for ln in text.splitlines() if ln.startswith("hosts:"))
+    (job / "slurm.yaml").write_text(text.replace(hosts_line, "slurm: {nodes: 2}"))
+    out = subprocess.run(["salloc", "--nodes=2", sys.executable, "-m", "orchestrator", "up", "slurm.yaml", *ssh(sb),
+                          "--run-id", "up-slurm"], cwd=job, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = sorted(re.findall(r"hello rank=(\d) cwd=\S*/\.cache/orchestrator/code/", out.stdout + out.stderr))
+    assert ranks == ["0", "1", "2", "3"], out.stdout[-3000:]

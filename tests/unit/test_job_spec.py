@@ -1,0 +1,138 @@
+"""Job files: the smallest one as written, --set overrides, the schema from the same fields, and bad files as one
+line naming the field (exit 2, nothing started)."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli.main import main
+from orchestrator.errors import ConfigError
+from orchestrator.job.spec import JobSpec, job_schema, load_job
+
+SMALLEST = """\
+name: hello
+hosts: node[1-2]
+nproc_per_node: 2
+python: /opt/venv/bin/python
+workdir: .
+run: train.py --steps 3
+"""
+
+
+def up(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(["up", *args])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.fixture
+def job_dir(tmp_path):
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    (tmp_path / "job.yaml").write_text(SMALLEST)
+    return tmp_path
+
+
+def test_smallest_job_file_plans_as_written(job_dir, capsys):
+    code, out, _ = up(capsys, str(job_dir / "job.yaml"), "--dry-run", "--json", "--run-dir", str(job_dir / "runs"))
+    assert code == 0
+    doc = json.loads(out)
+    plan = doc["plan"]
+    assert [n["host"] for n in plan["nodes"]] == ["node1", "node2"] and plan["world_size"] == 4
+    assert plan["program"] == ["train.py", "--steps", "3"]
+    assert all(n["python"] == "/opt/venv/bin/python" for n in plan["nodes"])
+    assert doc["sync"]["files"] == 2 and plan["nodes"][0]["workdir"].endswith(doc["sync"]["digest"])
+    assert not (job_dir / "runs").exists()  # dry run: nothing written
+
+
+def test_set_overrides_dotted_fields_and_module_runs(job_dir):
+    job = load_job(job_dir / "job.yaml", sets=["nproc_per_node=4", "run=-m pkg.train --lr 3e-4",
+                                               "supervise.max_restarts=5", "env.NCCL_DEBUG=INFO"])
+    spec = job.spec
+    assert spec.nproc_per_node == 4 and spec.module and spec.program == ("pkg.train", "--lr", "3e-4")
+    assert spec.supervise.max_restarts == 5 and spec.supervise.hang_timeout == 60.0
+    assert spec.env == {"NCCL_DEBUG": "INFO"}
+
+
+def test_run_as_a_list_is_taken_word_for_word(job_dir):
+    spec = load_job(job_dir / "job.yaml", sets=["run=[train.py, 'a b', '$HOME']"]).spec
+    assert spec.program == ("train.py", "a b", "$HOME")
+
+
+def test_schema_lists_every_field_with_help():
+    schema = job_schema()
+    assert set(schema["properties"]) == set(JobSpec.__dataclass_fields__)
+    assert schema["required"] == ["name", "run"] and schema["additionalProperties"] is False
+    assert all(p.get("description") for p in schema["properties"].values())
+    assert schema["properties"]["launcher"]["enum"] == ["torchrun", "deepspeed"]
+    assert "max_restarts" in schema["properties"]["supervise"]["anyOf"][0]["properties"]
+
+
+def test_schema_option_prints_it(capsys):
+    code, out, _ = up(capsys, "--schema")
+    assert code == 0 and json.loads(out)["title"] == "orchestrator job file"
+
+
+BAD = [
+    ("unknown field", "nprocs: 2\n", "nprocs", "did you mean 'nproc_per_node'"),
+    ("unknown nested field", "supervise: {max_restart: 2}\n", "supervise.max_restart", "did you mean 'max_restarts'"),
+    ("wrong type", "nproc_per_node: two\n", "nproc_per_node", "use an integer"),
+    ("bool is no int", "nproc_per_node: true\n", "nproc_per_node", "use an integer"),
+    ("wrong launcher", "launcher: mpirun\n", "launcher", "torchrun, deepspeed"),
+    ("env not a mapping", "env: [A=1]\n", "env", "mapping"),
+    ("empty run", "run: ''\n", "run", "give the script"),
+    ("unbalanced quote", "run: \"train.py 'x\"\n", "run", "close the quote"),
+    ("unknown host in include", "include: node7\n", "include", "node7"),
+    ("hosts and slurm", "slurm: {nodes: 2}\n", "slurm", "not both"),
+    ("hosts and hostfile", "hostfile: hosts.txt\n", "hostfile", "not both"),
+    ("bad name", "name: 'a b'\n", "name", "A-Z a-z 0-9"),
+    ("missing workdir", "workdir: nope\n", "workdir", "give a directory"),
+    ("reserved env", "env: {RANK: '1'}\n", "env", "set per rank"),
+]
+
+
+@pytest.mark.parametrize("case, extra, field, fix", BAD, ids=[b[0] for b in BAD])
+def test_bad_job_file_is_one_line_exit_2(job_dir, capsys, case, extra, field, fix):
+    (job_dir / "job.yaml").write_text(SMALLEST + extra)
+    code, out, err = up(capsys, str(job_dir / "job.yaml"), "--run-dir", str(job_dir / "runs"))
+    assert code == 2 and out == ""
+    assert err.startswith(f"orchestrator: config error: job.yaml:{field}=") and fix in err, err
+    assert err.count("\n") == 1
+    assert not (job_dir / "runs").exists()
+
+
+def test_missing_run(job_dir, capsys):
+    (job_dir / "job.yaml").write_text(SMALLEST.replace("run: train.py --steps 3\n", ""))
+    code, _, err = up(capsys, str(job_dir / "job.yaml"))
+    assert code == 2 and "job.yaml:run=None: missing" in err
+
+
+def test_unreadable_and_non_mapping_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_job(tmp_path / "none.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_job(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text(textwrap.dedent("name: [\n"))
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_job(tmp_path / "bad.yaml")
+
+
+def test_bad_set_names_the_option(job_dir):
+    with pytest.raises(ConfigError, match="--set"):
+        load_job(job_dir / "job.yaml", sets=["nproc_per_node"])
+    with pytest.raises(ConfigError, match="name is not a section"):
+        load_job(job_dir / "job.yaml", sets=["name.x=1"])
+
+
+def test_examples_plan(capsys, monkeypatch, tmp_path):
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    code, out, _ = up(capsys, str(examples / "hello.yaml"), "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["sync"]["files"] == 1
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[1-2]")
+    code, out, _ = up(capsys, str(examples / "engine-slurm.yaml"), "--dry-run", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["supervised"] and doc["plan"]["srun"][0] == "srun"

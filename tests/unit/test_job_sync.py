@@ -1,0 +1,93 @@
+"""Which files a job's workdir sync carries and its content digest (the node side is in test_up.py), and the
+node-side receiver run locally on a tar stream."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+from orchestrator.inline import python_source
+from orchestrator.job.setup import setup_argv
+from orchestrator.job.sync import RECEIVER, read_tree
+
+
+def make(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_plain_dir_skips_default_ignores_and_excludes(tmp_path):
+    make(tmp_path, {"train.py": "x", "pkg/m.py": "y", "pkg/__pycache__/m.pyc": "z", ".git/HEAD": "h",
+                    ".venv/bin/python": "p", "data/big.bin": "b", "out.log": "l"})
+    tree = read_tree(tmp_path, exclude=("data", "*.log"))
+    assert tree.files == ("pkg/m.py", "train.py")
+
+
+def test_git_tree_honours_gitignore_and_keeps_untracked(tmp_path):
+    make(tmp_path, {"train.py": "x", ".gitignore": "ckpt/\n", "ckpt/model.pt": "w", "new.py": "n"})
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "train.py", ".gitignore"], check=True)
+    assert read_tree(tmp_path).files == (".gitignore", "new.py", "train.py")
+
+
+def test_digest_follows_content_and_names_only(tmp_path):
+    make(tmp_path, {"a.py": "1"})
+    first = read_tree(tmp_path).digest
+    (tmp_path / "a.py").touch()  # same content, new mtime: same version
+    assert read_tree(tmp_path).digest == first
+    (tmp_path / "a.py").write_text("2")
+    assert read_tree(tmp_path).digest != first
+    (tmp_path / "a.py").write_text("1")
+    (tmp_path / "a.py").chmod(0o755)  # the exec bit is part of the version
+    assert read_tree(tmp_path).digest != first
+
+
+def receiver(dest, digest, stdin=b""):
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", python_source(RECEIVER), str(dest), digest], input=stdin,
+                         capture_output=True, timeout=60)
+    return [json.loads(line) for line in out.stdout.splitlines()], out.returncode
+
+
+def test_receiver_unpacks_once_then_reports_have(tmp_path):
+    src = tmp_path / "src"
+    make(src, {"train.py": "print(1)\n", "pkg/m.py": "y"})
+    tree = read_tree(src)
+    data = tree.tar_bytes()
+    header = json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}).encode() + b"\n"
+    events, rc = receiver(tmp_path / "code", tree.digest, header + data)
+    assert rc == 0 and events[0]["have"] is False and events[1] == {"done": True, "error": None}
+    assert (tmp_path / "code" / tree.digest / "pkg" / "m.py").read_text() == "y"
+    events, rc = receiver(tmp_path / "code", tree.digest)
+    assert rc == 0 and events == [{"have": True, "path": str(tmp_path / "code" / tree.digest)}]
+
+
+def test_receiver_refuses_damaged_or_short_streams_and_leaves_nothing(tmp_path):
+    src = tmp_path / "src"
+    make(src, {"train.py": "print(1)\n"})
+    tree = read_tree(src)
+    data = tree.tar_bytes()
+    bad = json.dumps({"size": len(data), "sha256": "0" * 64}).encode() + b"\n"
+    events, rc = receiver(tmp_path / "code", tree.digest, bad + data)
+    assert rc == 1 and "sha256 mismatch" in events[-1]["error"]
+    short = json.dumps({"size": len(data) + 10, "sha256": "0" * 64}).encode() + b"\n"
+    events, rc = receiver(tmp_path / "code", tree.digest, short + data)
+    assert rc == 1 and "ended early" in events[-1]["error"]
+    assert list((tmp_path / "code").iterdir()) == []
+
+
+def test_setup_runs_once_per_version_and_script(tmp_path):
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+
+    def run(script, digest):
+        return subprocess.run(setup_argv(script=script, digest=digest), cwd=tmp_path, env=env, capture_output=True,
+                              text=True)
+
+    assert run("echo ran >> count", "d1").returncode == 0
+    assert "skipped" in run("echo ran >> count", "d1").stdout
+    assert run("echo ran >> count", "d2").returncode == 0  # new code: runs again
+    assert (tmp_path / "count").read_text().count("ran") == 2
+    failed = run("false; echo never", "d3")
+    assert failed.returncode != 0 and "never" not in failed.stdout
+    assert run("echo ok", "d3").returncode == 0  # a failure left no marker; a changed script runs
