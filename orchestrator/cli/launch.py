@@ -109,7 +109,7 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
     click.echo(f"[orch] run {plan.run_id}: {len(plan.nodes)} nodes x {plan.nodes[0].nproc} ({plan.launcher}), "
                f"logs in {plan.run_dir}/logs/", err=True)
     result = run_plan(plan, ssh=ssh, sink=sink, failure_grace=failure_grace)
-    _report(result)
+    report_launch(result)
     if as_json:
         click.echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}, indent=2))
     return result.exit_code
@@ -132,7 +132,7 @@ def launch_via_slurm(plan, srun_opts, *, dry_run: bool, as_json: bool, what: str
     return via_slurm.run_via_slurm(plan, srun_options=srun_opts, alloc=alloc)
 
 
-def _report(result) -> None:
+def report_launch(result) -> None:
     """Per-host table, then the root cause (stderr: stdout may carry --json)."""
     from rich.console import Console
     from rich.table import Table

@@ -38,7 +38,7 @@ def up_command(job_file, sets, run_dir, run_id, dry_run, as_json, schema, ssh) -
     from orchestrator.errors import ConfigError
     from orchestrator.job.plan import plan_job
     from orchestrator.job.spec import job_schema, load_job
-    from orchestrator.launch.rundir import new_run_id
+    from orchestrator.contracts import new_run_id
 
     if schema:
         click.echo(json.dumps(job_schema(), indent=2))
@@ -130,7 +130,7 @@ def _setup(jp, ssh, run: Path, workdirs) -> int:
 
 
 def _launch(jp, ssh, workdirs) -> tuple[int, int | None]:
-    from orchestrator.cli.launch import _report, launch_via_slurm
+    from orchestrator.cli.launch import launch_via_slurm, report_launch
 
     def sink(line: str, stream: str) -> None:
         print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
@@ -157,7 +157,7 @@ def _launch(jp, ssh, workdirs) -> tuple[int, int | None]:
     click.echo(f"[orch] run {plan.run_id}: {len(plan.nodes)} nodes x {plan.nodes[0].nproc} ({plan.launcher}), "
                f"logs in {plan.run_dir}/logs/", err=True)
     result = run_plan(plan, ssh=ssh, sink=sink)
-    _report(result)
+    report_launch(result)
     return result.exit_code, 0
 
 

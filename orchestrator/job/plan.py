@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError
-from orchestrator.hosts import HostList, resolve_hosts
+from orchestrator.hosts import HostList
+from orchestrator.selection import resolve_hosts
 from orchestrator.job.spec import Job
 from orchestrator.job.sync import Tree, read_tree
 from orchestrator.launch.env import EnvManifest, build_env_manifest
