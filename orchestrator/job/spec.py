@@ -29,7 +29,7 @@ import yaml
 
 from orchestrator.errors import ConfigError
 from orchestrator.job.typed import apply_set, doc, load, schema
-from orchestrator.launch.rundir import RUN_ID
+from orchestrator.contracts import RUN_ID
 
 __all__ = ["Job", "JobSpec", "SlurmSection", "SuperviseSection", "SyncSection", "job_schema", "load_job"]
 
