@@ -15,7 +15,7 @@ Starts its own sandbox (orchestrator.sandbox, max of the host counts, removed at
    once); once every remote sleep runs, PSS (from /proc/PID/smaps_rollup) is summed over the tool's whole
    process tree on the head (pdsh: pdsh + its N ssh clients; ours: one Python process) and divided by N.
 
-Prints medians, min/max and the ratios ours/pdsh and ours/clush. Targets (issue 2): wall time <= 1.0x pdsh on
+Prints medians, min/max and the ratios ours/pdsh and ours/clush. Targets: wall time <= 1.0x pdsh on
 64 hosts, memory per session <= 1.0x pdsh.
 """
 

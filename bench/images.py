@@ -17,8 +17,8 @@ node before each measurement:
                what N loads cost on this machine's shared cores and disk whatever the distribution
 
 Prints seconds, the ratio to one host and the machine's CPU use (busy core-seconds, every process's) per
-method, and how busy the cores were with others' work just before each measurement. Target
-(issue 6): relay <= 2x one host. All hosts of the sandbox share this machine's cores and disk, so read the
+method, and how busy the cores were with others' work just before each measurement. Target:
+relay <= 2x one host. All hosts of the sandbox share this machine's cores and disk, so read the
 relay against the floor (docs/benchmarks/images.md).
 
 --node-cpus F gives every node a CPU budget of its own (F cores; a cgroup per node with a CFS quota, holding its
