@@ -99,3 +99,24 @@ def test_to_json_is_serialisable():
     assert doc["exit_code"] == 255 and doc["hosts"][1] == {
         "host": "node03", "exit_code": None, "signal": None, "duration_s": 0.0, "error": "connection refused",
         "tail": [], "ok": False}
+
+
+def test_a_host_that_never_answers_a_teardown_is_not_waited_for():
+    """A transport whose open() hangs (a stopped sshd accepts TCP, then says nothing): NoAnswer after `answer` s."""
+    import asyncio
+
+    from orchestrator.remote.fanout import teardown_async
+
+    class Hung:
+        def prepare(self, hosts):
+            pass
+
+        async def open(self, host, argv):
+            await asyncio.sleep(3600)
+
+        async def aclose(self):
+            pass
+
+    result = asyncio.run(teardown_async("r1", ["n1", "n2"], transport=Hung(), answer=0.05))
+    assert result.grouped_failures() == [
+        "n[1-2]: exit 255: no answer within 0.05 s (the node agent kills the run when its SSH channel drops)"]
