@@ -12,10 +12,11 @@ and appended to runs/<run_id>/logs/<host>.log.
 Stopping: SIGINT, SIGTERM or SIGHUP of this process close every session (each node's agent then kills its
 process group and every process carrying the run id, within 5 s), then teardown(run_id) runs on every reachable
 host and verifies nothing of the run is left; a host that does not answer it within STOP_ANSWER_S (a hung sshd)
-is reported as not verified instead of holding the stop for the SSH timeouts. SIGKILL of this process closes the connections, which trips the
-same agent dead-man switch on each node. A node that exits non-zero gives the others `failure_grace` seconds to
-fail on their own (their errors are the cascade; first_failure picks the root cause), then the rest is stopped.
-An unreachable host stops the run at once: the other nodes would only wait for it in the rendezvous.
+is reported as not verified instead of holding the stop for the SSH timeouts. SIGKILL of this process closes
+the connections, which trips the same agent dead-man switch on each node. A node that exits non-zero gives the
+others `failure_grace` seconds to fail on their own (their errors are the cascade; first_failure picks the root
+cause), then the rest is stopped. An unreachable host stops the run at once: the other nodes would only wait for
+it in the rendezvous.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class LaunchResult:
 
     def teardown_lines(self) -> list[str]:
         """The teardown in a few readable lines, hosts folded by reason:
-        ['teardown: clean on n1', 'n[2]: teardown not verified: no answer within 5 s (...)'], or
+        ['teardown: clean on n1', 'n2: teardown not verified: no answer within 5 s (...)'], or
         ['teardown: clean on every host']; [] when no teardown ran."""
         from ClusterShell.NodeSet import NodeSet
 
