@@ -82,6 +82,7 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
     from orchestrator.launch.env import parse_env_arg, redact_value
     from orchestrator.errors import EXIT_INTERRUPTED
     from orchestrator.remote import new_run_id, plan_commands
+    from orchestrator.remote.fanout import STOPPED_UNVERIFIED
     from orchestrator.remote.output import OutputFolder, prefixed, results_table, summary
 
     hosts = resolve_from_cli(host_selection).names
@@ -127,7 +128,7 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
 
         Console(stderr=True).print(results_table(result))
     if signum is not None:
-        unverified = [r.host for r in result.values() if (r.error or "").startswith("stopped, not verified")]
+        unverified = [r.host for r in result.values() if (r.error or "").startswith(STOPPED_UNVERIFIED)]
         _emit(sys.stderr, f"interrupted by {signal.Signals(signum).name}: " + (
             f"{len(unverified)} host{'s' * (len(unverified) > 1)} did not confirm the stop (above)" if unverified
             else "every host's command was stopped"))

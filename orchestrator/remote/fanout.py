@@ -34,8 +34,9 @@ from orchestrator.remote.agent import encode_spec
 from orchestrator.inline import python_source, sh_source
 from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
-__all__ = ["FanoutResult", "HostCommand", "HostResult", "NoAnswer", "STOP_ANSWER_S", "Transport", "default_transport",
-           "fold_hosts", "new_run_id", "plan_commands", "run_on", "run_on_async", "teardown", "teardown_async"]
+__all__ = ["FanoutResult", "HostCommand", "HostResult", "NoAnswer", "STOP_ANSWER_S", "STOPPED_UNVERIFIED",
+           "Transport", "default_transport", "fold_hosts", "new_run_id", "plan_commands", "run_on", "run_on_async",
+           "teardown", "teardown_async"]
 
 log = logging.getLogger("orchestrator.remote.fanout")
 
@@ -44,6 +45,7 @@ STOP_ANSWER_S = 5.0
 """Seconds a host gets to answer a stop (its agent's exit) or a teardown (the connection) before the head stops
 waiting and reports it as not verified: a hung sshd or a dead link must not hold a Ctrl-C for the 30-60 s of
 the SSH timeouts. Nothing is left running for it: the agent kills the run when its SSH channel drops."""
+STOPPED_UNVERIFIED = "stopped, not verified"  # the error of a host that did not confirm a stop (run_on_async stop_wait)
 
 
 def agent_source() -> str:
@@ -259,10 +261,9 @@ async def _open(transport: Transport, host: str, argv: list[str], answer: float 
     done, _ = await asyncio.wait({opening}, timeout=answer)
     if not done:
         opening.cancel()
-        try:
-            (await opening).close()  # it came up just now: not wanted any more
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the cancel or its own failure: no session
-            pass
+        await asyncio.wait({opening})  # our own cancellation still propagates from here
+        if not opening.cancelled() and opening.exception() is None:
+            opening.result().close()  # it came up just now: not wanted any more
         raise NoAnswer(answer)
     return opening.result()
 
@@ -326,7 +327,7 @@ async def _run_host(transport: Transport, host: str, argv: list[str], spec: byte
                 raise
             code, sig = None, None
             if unanswered:
-                error = f"stopped, not verified: {NoAnswer(stop_wait)}"
+                error = f"{STOPPED_UNVERIFIED}: {NoAnswer(stop_wait)}"
             else:
                 error = f"timed out after {timeout:g} s" if stop is None or not stop.is_set() else "stopped"
         except Exception as exc:  # noqa: BLE001 - any failure is this host's result, the others go on
