@@ -9,7 +9,8 @@ Starts its own sandbox (orchestrator.sandbox, max of the host counts, removed at
    plus the head's CPU time (user+sys of the tool and its head-side children: pdsh's ssh clients too) and the
    whole machine's busy CPU time (/proc/stat: head + every sandbox node's sshd, shell and agent), with the
    same OpenSSH client config (sandbox ssh_config: host keys checked, curve25519 KEX) for all three;
-   `orchestrator` is `run` as users get it (the sh agent), `orch-python` the same with `--agent python`;
+   `orchestrator` is `run` as users get it (the sh agent), `orch-python` the same with `--agent python`,
+   `orch-no-keepalive` the same with `-o ServerAliveInterval=0` (what the default SSH keepalive costs);
    one warm-up round, then --runs rounds with the tool order rotated each round (load drift hits all alike);
 2. head memory per held session: each tool holds N sessions running `sleep 30` (fan-out N so all are open at
    once); once every remote sleep runs, PSS (from /proc/PID/smaps_rollup) is summed over the tool's whole
@@ -38,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 def tool_argv(tool: str, n: int, cfg: Path, fanout: int, command: list[str]) -> list[str]:
     nodes = f"node[1-{n}]"
-    if tool in ("orchestrator", "orch-python"):
-        agent = ["--agent", "python"] if tool == "orch-python" else []
+    if tool.startswith("orch"):
+        agent = {"orch-python": ["--agent", "python"], "orch-no-keepalive": ["-o", "ServerAliveInterval=0"]}.get(tool, [])
         return [sys.executable, "-m", "orchestrator", "run", "-w", nodes, "--ssh-config", str(cfg), "-f", str(fanout),
                 *agent, "--", *command]
     if tool == "pdsh":
@@ -151,7 +152,7 @@ def main() -> int:
         raise SystemExit("bench: needs root (it creates sandbox hosts)")
     from orchestrator.sandbox import Sandbox
 
-    tools = ["orchestrator", "pdsh", "clush", "orch-python"]
+    tools = ["orchestrator", "pdsh", "clush", "orch-python", "orch-no-keepalive"]
     t0 = time.monotonic()
     sb = Sandbox.up(f"bfan{os.getpid()}", nodes=max(time_hosts + mem_hosts))
     print(f"sandbox: {len(sb.hosts)} hosts up in {time.monotonic() - t0:.1f} s", flush=True)
@@ -182,7 +183,8 @@ def main() -> int:
                 med = {t: statistics.median(walls[(t, n)]) for t in tools}
                 print(f"  {n:4d} hosts  ratio orchestrator/pdsh {med['orchestrator'] / med['pdsh']:.2f}x"
                       f"  orchestrator/clush {med['orchestrator'] / med['clush']:.2f}x"
-                      f"  orch-python/pdsh {med['orch-python'] / med['pdsh']:.2f}x")
+                      f"  orch-python/pdsh {med['orch-python'] / med['pdsh']:.2f}x"
+                      f"  orchestrator/orch-no-keepalive {med['orchestrator'] / med['orch-no-keepalive']:.2f}x")
             print("\nhead memory per held session (`sleep 30`, PSS summed over the head-side process tree)")
             for n in mem_hosts:
                 mem = {}

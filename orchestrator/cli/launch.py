@@ -159,9 +159,8 @@ def report_launch(result) -> None:
         click.echo(f"first failure: {first.describe()}", err=True)
     if result.stopped_by is not None:
         console.print(f"stopped by {signal_name(result.stopped_by)}", highlight=False)
-    if result.teardown is not None:
-        left = {h: why for h, why in result.teardown.items() if why != "clean"}
-        console.print(f"teardown: {'clean on every host' if not left else left}", highlight=False)
+    for line in result.teardown_lines():
+        click.echo(line, err=True)  # one line per group, unwrapped: scripts grep it
 
 
 def signal_name(signum: int) -> str:

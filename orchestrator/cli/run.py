@@ -8,7 +8,8 @@
     $ orchestrator run -w 'node[1-4]' --dry-run --json -- hostname  # the plan, connect to nothing
 
 Exit code: the highest remote exit code; 255 when a host was unreachable or timed out (like pdsh -S); 130
-when SIGINT, SIGTERM or SIGHUP stopped the run (every host's command is killed, the summary still printed).
+when SIGINT, SIGTERM or SIGHUP stopped the run (every host's command is killed, the summary still printed; a host
+that does not confirm within 5 s, a hung sshd, is listed as `stopped, not verified` and not waited for).
 Failures are summarised on stderr, grouped: `node[03,07]: exit 255: connection refused`.
 """
 
@@ -31,7 +32,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 async def _run_until_signal(hosts, command, **kwargs):
     """run_on_async, stopped (every session closed: the agents kill the commands) by SIGINT/SIGTERM/SIGHUP:
     (result, the signal or None)."""
-    from orchestrator.remote import run_on_async
+    from orchestrator.remote.fanout import STOP_ANSWER_S, run_on_async
 
     loop, stop, got = asyncio.get_running_loop(), asyncio.Event(), []
 
@@ -42,7 +43,7 @@ async def _run_until_signal(hosts, command, **kwargs):
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        result = await run_on_async(hosts, command, stop=stop, **kwargs)
+        result = await run_on_async(hosts, command, stop=stop, stop_wait=STOP_ANSWER_S, **kwargs)
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
@@ -82,6 +83,7 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
     from orchestrator.errors import EXIT_INTERRUPTED
     from orchestrator.contracts import new_run_id
     from orchestrator.remote import plan_commands
+    from orchestrator.remote.fanout import STOPPED_UNVERIFIED
     from orchestrator.remote.output import OutputFolder, Prefixer, results_table, summary
 
     hosts = resolve_from_cli(host_selection).names
@@ -129,7 +131,10 @@ def run_command(host_selection: HostSelection, ssh, fanout: int, timeout: float 
 
         Console(stderr=True).print(results_table(result))
     if signum is not None:
-        _emit(sys.stderr, f"interrupted by {signal.Signals(signum).name}: every host's command was stopped")
+        unverified = [r.host for r in result.values() if (r.error or "").startswith(STOPPED_UNVERIFIED)]
+        _emit(sys.stderr, f"interrupted by {signal.Signals(signum).name}: " + (
+            f"{len(unverified)} host{'s' * (len(unverified) > 1)} did not confirm the stop (above)" if unverified
+            else "every host's command was stopped"))
         return EXIT_INTERRUPTED
     return result.exit_code
 

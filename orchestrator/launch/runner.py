@@ -11,10 +11,12 @@ and appended to runs/<run_id>/logs/<host>.log.
 
 Stopping: SIGINT, SIGTERM or SIGHUP of this process close every session (each node's agent then kills its
 process group and every process carrying the run id, within 5 s), then teardown(run_id) runs on every reachable
-host and verifies nothing of the run is left. SIGKILL of this process closes the connections, which trips the
-same agent dead-man switch on each node. A node that exits non-zero gives the others `failure_grace` seconds to
-fail on their own (their errors are the cascade; first_failure picks the root cause), then the rest is stopped.
-An unreachable host stops the run at once: the other nodes would only wait for it in the rendezvous.
+host and verifies nothing of the run is left; a host that does not answer it within STOP_ANSWER_S (a hung sshd)
+is reported as not verified instead of holding the stop for the SSH timeouts. SIGKILL of this process closes
+the connections, which trips the same agent dead-man switch on each node. A node that exits non-zero gives the
+others `failure_grace` seconds to fail on their own (their errors are the cascade; first_failure picks the root
+cause), then the rest is stopped. An unreachable host stops the run at once: the other nodes would only wait for
+it in the rendezvous.
 """
 
 from __future__ import annotations
@@ -55,6 +57,23 @@ class LaunchResult:
     """The signal that stopped the launcher, if any."""
     teardown: dict[str, str] | None = None
     """host -> 'clean' or why not, when a teardown ran."""
+
+    def teardown_lines(self) -> list[str]:
+        """The teardown in a few readable lines, hosts folded by reason:
+        ['teardown: clean on n1', 'n2: teardown not verified: no answer within 5 s (...)'], or
+        ['teardown: clean on every host']; [] when no teardown ran."""
+        from ClusterShell.NodeSet import NodeSet
+
+        from orchestrator.remote.fanout import fold_hosts
+
+        if self.teardown is None:
+            return []
+        clean = [h for h, why in self.teardown.items() if why == "clean"]
+        left = {h: why for h, why in self.teardown.items() if why != "clean"}
+        if not left:
+            return ["teardown: clean on every host"]
+        return ([f"teardown: clean on {NodeSet.fromlist(clean)}"] if clean else []) + \
+            fold_hosts(left, "teardown not verified: ")
 
     @property
     def first_failure(self) -> Failure | None:
@@ -187,7 +206,7 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
                 reachable = [h for h in plan.hosts if h not in result.unreachable]
                 down = await teardown_async(plan.run_id, reachable, ssh=ssh, transport=transport,
                                             python=lambda h: nodes[h].python)
-                result.teardown = {h: "clean" if r.ok else r.reason() for h, r in down.items()}
+                result.teardown = {h: "clean" if r.ok else r.error or r.reason() for h, r in down.items()}
         finally:
             if handle_signals:
                 for sig in STOP_SIGNALS:

@@ -34,12 +34,18 @@ from orchestrator.remote.agent import encode_spec
 from orchestrator.inline import python_source, sh_source
 from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
-__all__ = ["FanoutResult", "HostCommand", "HostResult", "Transport", "default_transport", "plan_commands",
-           "run_on", "run_on_async", "teardown", "teardown_async"]
+__all__ = ["FanoutResult", "HostCommand", "HostResult", "NoAnswer", "STOP_ANSWER_S", "STOPPED_UNVERIFIED",
+           "Transport", "default_transport", "fold_hosts", "plan_commands", "run_on", "run_on_async", "teardown",
+           "teardown_async"]
 
 log = logging.getLogger("orchestrator.remote.fanout")
 
 DEFAULT_FANOUT = 64
+STOP_ANSWER_S = 5.0
+"""Seconds a host gets to answer a stop (its agent's exit) or a teardown (the connection) before the head stops
+waiting and reports it as not verified: a hung sshd or a dead link must not hold a Ctrl-C for the 30-60 s of
+the SSH timeouts. Nothing is left running for it: the agent kills the run when its SSH channel drops."""
+STOPPED_UNVERIFIED = "stopped, not verified"  # the error of a host that did not confirm a stop (run_on_async stop_wait)
 
 
 def agent_source() -> str:
@@ -65,6 +71,7 @@ class Session(Protocol):
     stderr: object
 
     def send(self, data: bytes) -> None: ...
+    def end_input(self) -> None: ...
     async def wait(self) -> tuple[int | None, str | None]: ...
     def close(self) -> None: ...
 
@@ -153,15 +160,19 @@ class FanoutResult(Mapping[str, HostResult]):
 
     def grouped_failures(self) -> list[str]:
         """Failed hosts folded by identical reason: ['node[03,07]: exit 255: connection refused', ...]."""
-        groups: dict[str, list[str]] = {}
-        for r in self._results.values():
-            if not r.ok:
-                groups.setdefault(r.reason(), []).append(r.host)
-        return [f"{NodeSet.fromlist(hosts)}: {reason}" for reason, hosts in groups.items()]
+        return fold_hosts({h: r.reason() for h, r in self._results.items() if not r.ok})
 
     def to_json(self) -> dict:
         return {"run_id": self.run_id, "exit_code": self.exit_code,
                 "hosts": [asdict(r) | {"ok": r.ok} for r in self._results.values()]}
+
+
+def fold_hosts(reasons: Mapping[str, str], what: str = "") -> list[str]:
+    """host -> reason, folded by identical reason in first-seen order: ['node[03,07]: <what>connection refused']."""
+    groups: dict[str, list[str]] = {}
+    for host, reason in reasons.items():
+        groups.setdefault(reason, []).append(host)
+    return [f"{NodeSet.fromlist(hosts)}: {what}{reason}" for reason, hosts in groups.items()]
 
 
 def _check_run_id(run_id: str) -> str:
@@ -231,9 +242,31 @@ def _signal_code(name: str | None) -> int | None:
         return None
 
 
+class NoAnswer(Exception):
+    """A host that did not answer within a bound (STOP_ANSWER_S); its str() is the reason shown for it."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"no answer within {seconds:g} s (the node agent kills the run when its SSH channel drops)")
+
+
+async def _open(transport: Transport, host: str, argv: list[str], answer: float | None) -> Session:
+    """transport.open, or NoAnswer when the connection is not up within `answer` seconds."""
+    opening = asyncio.ensure_future(transport.open(host, argv))
+    done, _ = await asyncio.wait({opening}, timeout=answer)
+    if not done:
+        opening.cancel()
+        await asyncio.wait({opening})  # our own cancellation still propagates from here
+        if not opening.cancelled() and opening.exception() is None:
+            opening.result().close()  # it came up just now: not wanted any more
+        raise NoAnswer(answer)
+    return opening.result()
+
+
 async def _session(transport: Transport, host: str, argv: list[str], spec: bytes | None,
-                   emit: Callable[[str, str], None]) -> tuple[int | None, str | None]:
-    session = await transport.open(host, argv)
+                   emit: Callable[[str, str], None], opened: list[Session],
+                   answer: float | None) -> tuple[int | None, str | None]:
+    session = await _open(transport, host, argv, answer)
+    opened.append(session)
     try:
         if spec is not None:
             session.send(spec)
@@ -250,8 +283,10 @@ async def _session(transport: Transport, host: str, argv: list[str], spec: bytes
 
 async def _run_host(transport: Transport, host: str, argv: list[str], spec: bytes | None, *,
                     limit: asyncio.Semaphore, timeout: float | None, stop: asyncio.Event | None,
-                    on_line: LineCallback | None, tail_lines: int) -> HostResult:
+                    on_line: LineCallback | None, tail_lines: int, answer: float | None = None,
+                    stop_wait: float | None = None) -> HostResult:
     tail: deque[str] = deque(maxlen=tail_lines)
+    opened: list[Session] = []
 
     def emit(stream: str, line: str) -> None:
         tail.append(line)
@@ -262,22 +297,33 @@ async def _run_host(transport: Transport, host: str, argv: list[str], spec: byte
         start = time.monotonic()
         if stop is not None and stop.is_set():
             return HostResult(host, error="stopped")
-        work = asyncio.ensure_future(_session(transport, host, argv, spec, emit))
+        work = asyncio.ensure_future(_session(transport, host, argv, spec, emit, opened, answer))
         waiters = {work} | ({asyncio.ensure_future(stop.wait())} if stop is not None else set())
+        confirming = unanswered = False
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if stop_wait is not None and stop is not None and stop.is_set() and opened and not work.done():
+                # a confirmed stop: EOF on the agent's control channel, then its exit (it kills the command first)
+                confirming = True
+                opened[0].end_input()
+                unanswered = not (await asyncio.wait({work}, timeout=stop_wait))[0]
         finally:
             for w in waiters:
                 w.cancel()
         error = None
         try:
             code, sig = await work
+            if confirming:  # the agent's exit code says how it ended the command, not what the command did
+                code, sig, error = None, None, "stopped"
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if not work.cancelled() or getattr(me, "cancelling", lambda: 0)():  # our caller cancels: pass it on
                 raise
             code, sig = None, None
-            error = f"timed out after {timeout:g} s" if stop is None or not stop.is_set() else "stopped"
+            if unanswered:
+                error = f"{STOPPED_UNVERIFIED}: {NoAnswer(stop_wait)}"
+            else:
+                error = f"timed out after {timeout:g} s" if stop is None or not stop.is_set() else "stopped"
         except Exception as exc:  # noqa: BLE001 - any failure is this host's result, the others go on
             log.debug("%s: session failed", host, exc_info=True)
             code, sig, error = None, None, describe_error(exc)
@@ -291,7 +337,8 @@ async def _run_host(transport: Transport, host: str, argv: list[str], spec: byte
 async def _fan(hosts: Sequence[str], argv_for: Callable[[str], list[str]], spec_for: Callable[[str], bytes | None], *,
                run_id: str, ssh: SshOptions | None, transport: Transport | None, fanout: int,
                timeout: float | None, stop: asyncio.Event | None, on_line: LineCallback | None,
-               on_result: Callable[[HostResult], None] | None, tail_lines: int) -> FanoutResult:
+               on_result: Callable[[HostResult], None] | None, tail_lines: int, answer: float | None = None,
+               stop_wait: float | None = None) -> FanoutResult:
     if fanout < 1:
         raise ConfigError("--fanout", fanout, "use a positive number of parallel sessions, e.g. 64")
     if timeout is not None and not timeout > 0:
@@ -304,7 +351,8 @@ async def _fan(hosts: Sequence[str], argv_for: Callable[[str], list[str]], spec_
 
     async def one(host: str) -> HostResult:
         result = await _run_host(transport, host, argv_for(host), spec_for(host), limit=limit, timeout=timeout,
-                                 stop=stop, on_line=on_line, tail_lines=tail_lines)
+                                 stop=stop, on_line=on_line, tail_lines=tail_lines, answer=answer,
+                                 stop_wait=stop_wait)
         if on_result is not None:
             on_result(result)
         return result
@@ -322,7 +370,7 @@ async def run_on_async(hosts: Sequence[str], argv: PerHost[Sequence[str]], *, ss
                        python: PerHost[str] = "python3", agent: str = "python", run_id: str | None = None,
                        timeout: float | None = None, on_line: LineCallback | None = None,
                        on_result: Callable[[HostResult], None] | None = None, stop: asyncio.Event | None = None,
-                       tail_lines: int = 20) -> FanoutResult:
+                       tail_lines: int = 20, stop_wait: float | None = None) -> FanoutResult:
     """Run `argv` (or argv(host)) on every host under the agent, at most `fanout` sessions at a time.
 
     ssh/transport: how to reach hosts (default_transport(hosts, ssh)); a transport passed in stays open.
@@ -330,12 +378,14 @@ async def run_on_async(hosts: Sequence[str], argv: PerHost[Sequence[str]], *, ss
     agent: "python" (agent.py) or "sh" (agent.sh: no Python on the hosts, faster start, no env).
     timeout: seconds per host, then the session is closed (the agent kills the command): exit 255.
     stop: when set, every running session is closed and hosts not started get error "stopped".
+    stop_wait: with stop, first close only each agent's stdin and give it this long to confirm (its exit: the
+    command is gone); a host that does not answer gets "stopped, not verified: no answer within N s".
     """
     run_id = _check_run_id(run_id or new_run_id())
     plan = {c.host: c for c in plan_commands(hosts, argv, env=env, cwd=cwd, python=python, agent=agent)}
     return await _fan(list(plan), lambda h: command_argv(plan[h], run_id), lambda h: agent_spec(plan[h]),
                       run_id=run_id, ssh=ssh, transport=transport, fanout=fanout, timeout=timeout, stop=stop,
-                      on_line=on_line, on_result=on_result, tail_lines=tail_lines)
+                      on_line=on_line, on_result=on_result, tail_lines=tail_lines, stop_wait=stop_wait)
 
 
 def run_on(hosts: Sequence[str], argv: PerHost[Sequence[str]], **kwargs) -> FanoutResult:
@@ -345,14 +395,16 @@ def run_on(hosts: Sequence[str], argv: PerHost[Sequence[str]], **kwargs) -> Fano
 
 async def teardown_async(run_id: str, hosts: Sequence[str], *, ssh: SshOptions | None = None,
                          transport: Transport | None = None, fanout: int = DEFAULT_FANOUT,
-                         python: PerHost[str] = "python3", timeout: float | None = 30.0) -> FanoutResult:
+                         python: PerHost[str] = "python3", timeout: float | None = 30.0,
+                         answer: float | None = STOP_ANSWER_S) -> FanoutResult:
     """Kill every process carrying ORCH_RUN_ID=run_id on every host, and verify: a host is ok when none remains.
 
-    Processes of other runs (another id) are left alone; nothing is matched by name or pattern."""
+    Processes of other runs (another id) are left alone; nothing is matched by name or pattern. A host whose
+    connection is not up within `answer` seconds (hung sshd, dead link) gets NoAnswer's reason as its error."""
     _check_run_id(run_id)
     return await _fan(list(hosts), lambda h: agent_argv(_for(python, h), run_id, teardown=True), lambda h: None,
                       run_id=run_id, ssh=ssh, transport=transport, fanout=fanout, timeout=timeout, stop=None,
-                      on_line=None, on_result=None, tail_lines=5)
+                      on_line=None, on_result=None, tail_lines=5, answer=answer)
 
 
 def teardown(run_id: str, hosts: Sequence[str], **kwargs) -> FanoutResult:

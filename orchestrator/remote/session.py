@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 
@@ -25,6 +26,11 @@ class ProcessStreams:
 
     def send(self, data: bytes) -> None:
         self._proc.stdin.write(data)
+
+    def end_input(self) -> None:
+        """EOF on stdin, the session kept open: the agent's control channel ends, it stops the command, exits."""
+        with contextlib.suppress(OSError):  # stdin already closed: the same end
+            self._proc.stdin.write_eof()
 
 
 MAX_LINE = 1 << 20  # a longer line arrives in pieces of this size: memory stays bounded whatever a host prints

@@ -156,49 +156,46 @@ def test_teardown_kills_by_token_only(agent):
 
 
 @pytest.mark.usefixtures("cpu_load")
-def test_under_load_sigterm_ignoring_commands_die_with_every_end_of_the_head(agent):
-    """Head SIGKILL, SIGINT, SIGTERM and a -t timeout, all at once on a busy machine: nothing of any run is left."""
-    ends = {rid(tag): how for tag, how in (("kill", signal.SIGKILL), ("int", signal.SIGINT), ("term", signal.SIGTERM),
-                                           ("timeout", None))}
-    heads = {r: head(r, agent, STUBBORN, *(["-t", "3"] if how is None else [])) for r, how in ends.items()}
+def test_under_load_every_end_of_the_head_leaves_nothing(agent):
+    """On a busy machine, all at once: heads (the CLI) ended by SIGKILL, SIGINT and SIGTERM, a -t timeout, a
+    command that exits leaving SIGTERM-ignoring processes on the output pipe (the run still returns), and heads
+    gone while their command starts: nothing of any run is left, every head that could report did."""
+    ends = {rid(tag): how for tag, how in (("kill", signal.SIGKILL), ("int", signal.SIGINT), ("term", signal.SIGTERM))}
+    heads = {r: head(r, agent, STUBBORN) for r in ends}
+    early = rid("early-load")
+    (cmd,) = plan_commands(["localhost"], STUBBORN, agent=agent)
+    gone = [subprocess.Popen(command_argv(cmd, early), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL) for _ in range(3)]
+    for p in gone:  # the control channel closes before the command may have exec'd
+        p.stdin.write(agent_spec(cmd) or b"")
+        p.stdin.close()
+    timeout, survivor = rid("timeout"), rid("survivor")
+
+    async def in_process():
+        return await asyncio.gather(
+            run_on_async(["localhost"], STUBBORN, run_id=timeout, timeout=3, agent=agent),
+            run_on_async(["localhost"], ["sh", "-c", "trap '' TERM; setsid sleep 300 & (sleep 300 &); echo bye; exit 7"],
+                         run_id=survivor, agent=agent))
+
     try:
         assert wait_for(lambda: all(len(tokened(r)) == 3 for r in ends), timeout=30), {r: tokened(r) for r in ends}
         for r, how in ends.items():
-            if how is not None:
-                heads[r].send_signal(how)
+            heads[r].send_signal(how)
+        timed_out, exited = asyncio.run(in_process())
+        assert timed_out["localhost"].reason() == "exit 255: timed out after 3 s"
+        assert (exited["localhost"].exit_code, exited["localhost"].tail) == (7, ("bye",))
         codes = {r: heads[r].wait(timeout=30) for r in ends}
-        assert codes == {r: -9 if how == signal.SIGKILL else 130 if how else 255 for r, how in ends.items()}
+        assert codes == {r: -9 if how == signal.SIGKILL else 130 for r, how in ends.items()}
         for r in ends:
             if ends[r] != signal.SIGKILL:  # the summary, and the reason, are still printed
                 assert "1 host: 0 ok, 1 failed" in heads[r].stderr.read()
-        assert wait_for(lambda: not any(tokened(r) for r in ends), timeout=10), {r: tokened(r) for r in ends}
+        assert all(p.wait(timeout=15) is not None for p in gone)
+        runs = [*ends, early, timeout, survivor]
+        assert wait_for(lambda: not any(tokened(r) for r in runs), timeout=10), {r: tokened(r) for r in runs}
     finally:
-        for p in heads.values():
+        for p in [*heads.values(), *gone]:
             p.kill()
             p.wait()
-
-
-@pytest.mark.usefixtures("cpu_load")
-def test_under_load_a_normal_exit_leaves_no_survivor_and_run_returns(agent):
-    """The command exits; what it left behind ignores SIGTERM and holds the output pipe: killed, and run ends."""
-    run_id = rid("survivor")
-    p = head(run_id, agent, ["sh", "-c", "trap '' TERM; setsid sleep 300 & (sleep 300 &); echo bye; exit 7"])
-    out, err = p.communicate(timeout=30)
-    assert (p.returncode, out) == (7, "localhost: bye\n"), err
-    assert wait_for(lambda: not tokened(run_id), timeout=5), tokened(run_id)
-
-
-@pytest.mark.usefixtures("cpu_load")
-def test_under_load_head_gone_while_the_command_starts_leaves_nothing(agent):
-    run_id = rid("early-load")
-    (cmd,) = plan_commands(["localhost"], STUBBORN, agent=agent)
-    for _ in range(3):
-        p = subprocess.Popen(command_argv(cmd, run_id), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        p.stdin.write(agent_spec(cmd) or b"")
-        p.stdin.close()
-        p.wait(timeout=15)
-    assert wait_for(lambda: not tokened(run_id), timeout=10), tokened(run_id)
 
 
 def test_the_command_starts_with_default_signal_dispositions(agent):

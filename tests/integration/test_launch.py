@@ -3,7 +3,7 @@
 Runs are reused between assertions (torchrun start-up costs seconds on 2 cores): one good run checks ranks,
 the all_reduce, per-host logs, redaction and hostile strings; one run with a failing rank; five concurrent runs
 for teardown (SIGINT, SIGTERM, SIGHUP, SIGKILL of four launchers while a fifth run on the same hosts survives);
-one run with an unreachable host; DeepSpeed runs (2 hosts x 2), a good one and one with a failing rank. After
+one run with an unreachable host; Ctrl-C of `launch` and of `run` with one host's sshd hung; DeepSpeed runs (2 hosts x 2), a good one and one with a failing rank. After
 each, nothing of the run is left in the nodes' temp dir either.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -219,6 +220,48 @@ def test_unreachable_host_exits_255_and_leaves_nothing(private_sandbox, tmp_path
     assert out.returncode == 255, out.stderr[-3000:]
     assert f"unreachable: {sb.hosts[2]}:" in out.stderr
     assert wait_gone(cluster, "t-unreach") == {}
+
+
+def sshd_pids(sb, host: str) -> list[int]:
+    """The host's sshd: its listener and the per-connection children serving the sessions."""
+    return [pid for pid in sb.pids(host) if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd"]
+
+
+def test_a_hung_sshd_holds_ctrl_c_of_launch_and_of_run_for_seconds_only(private_sandbox, tmp_path):
+    """One host's sshd SIGSTOPped (listener and sessions): Ctrl-C of `launch` and of `run` ends with 130 in
+    seconds, not the 30-60 s of the SSH timeouts; the host is named in one folded line (no dict); once its sshd
+    runs again, the connection it finds closed ends the run there (the agent's dead-man switch)."""
+    sb = private_sandbox(nodes=2)
+    cluster, hung = Cluster(sb, sb.hosts), sb.hosts[1]
+    cases = {
+        "t-hung-launch": (launch_argv(cluster, tmp_path, "t-hung-launch", "-m", MODULE, "--", "--sleep", "600", nproc=1),
+                          f"{hung}: teardown not verified: no answer within 5 s (the node agent kills the run"),
+        "t-hung-run": ([sys.executable, "-m", "orchestrator", "run", "-w", ",".join(sb.hosts), "--ssh-config",
+                        str(sb.ssh_config), "--run-id", "t-hung-run", "--", "sleep", "600"],
+                       f"{hung}: exit 255: stopped, not verified: no answer within 5 s (the node agent kills the run"),
+    }
+    for run_id, (argv, expected) in cases.items():
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not all(run_pids(cluster, run_id).values()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            stopped = sshd_pids(sb, hung)
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=20)  # a generous bound: the SSH timeouts alone are 30 s
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            assert proc.returncode == 130, err[-3000:]
+            assert expected in err, err[-3000:]
+            assert "{" not in err[max(0, err.index(expected) - 200):], err[-3000:]  # the report, not a dict's repr
+            assert wait_gone(cluster, run_id) == {}
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def deepspeed_argv(cluster, tmp_path: Path, run_id: str, *args: str) -> list[str]:

@@ -99,3 +99,35 @@ def test_to_json_is_serialisable():
     assert doc["exit_code"] == 255 and doc["hosts"][1] == {
         "host": "node03", "exit_code": None, "signal": None, "duration_s": 0.0, "error": "connection refused",
         "tail": [], "ok": False}
+
+
+def test_a_host_that_never_answers_a_teardown_is_not_waited_for():
+    """A transport whose open() hangs (a stopped sshd accepts TCP, then says nothing): NoAnswer after `answer` s."""
+    import asyncio
+
+    from orchestrator.remote.fanout import teardown_async
+
+    class Hung:
+        def prepare(self, hosts):
+            pass
+
+        async def open(self, host, argv):
+            await asyncio.sleep(3600)
+
+        async def aclose(self):
+            pass
+
+    result = asyncio.run(teardown_async("r1", ["n1", "n2"], transport=Hung(), answer=0.05))
+    assert result.grouped_failures() == [
+        "n[1-2]: exit 255: no answer within 0.05 s (the node agent kills the run when its SSH channel drops)"]
+
+
+def test_teardown_report_folds_hosts_by_reason_never_a_dict():
+    from orchestrator.launch.runner import LaunchResult
+
+    why = "no answer within 5 s (the node agent kills the run when its SSH channel drops)"
+    result = LaunchResult(None, teardown={"n1": "clean", "n2": why, "n3": "clean", "n4": why, "n5": "exit 1"})
+    assert result.teardown_lines() == ["teardown: clean on n[1,3]", f"n[2,4]: teardown not verified: {why}",
+                                       "n5: teardown not verified: exit 1"]
+    assert LaunchResult(None, teardown={"n1": "clean"}).teardown_lines() == ["teardown: clean on every host"]
+    assert LaunchResult(None).teardown_lines() == []
