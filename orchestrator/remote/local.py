@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Sequence
 
 from orchestrator.remote.session import ProcessStreams
 
 __all__ = ["LocalTransport"]
+
+log = logging.getLogger("orchestrator.remote.local")
 
 _LINE_LIMIT = 1 << 20  # asyncio's default (64 KiB) would fail on long progress lines
 _AGENT_CLEANUP_S = 6.0
@@ -58,5 +61,25 @@ class LocalTransport:
                     await asyncio.wait_for(proc.wait(), _AGENT_CLEANUP_S)
                 except asyncio.TimeoutError:
                     proc.kill()
-                    await proc.wait()
+                    await _kill_leftovers(proc)
         self._procs.clear()
+
+
+async def _kill_leftovers(agent: asyncio.subprocess.Process) -> None:
+    """After SIGKILL of an agent that could not finish its cleanup: kill what it started (its token), then wait.
+
+    Without this the wait never ends: asyncio waits for the output pipes too, and a process the agent left
+    (one that ignores SIGTERM) holds them open."""
+    try:
+        await asyncio.wait_for(agent.wait(), 1.0)
+        return
+    except asyncio.TimeoutError:
+        pass
+    from orchestrator.contracts import AGENT_TOKEN
+    from orchestrator.remote.agent import kill_run
+
+    left = await asyncio.to_thread(kill_run, [f"{AGENT_TOKEN}={agent.pid}".encode()], scan=True)
+    try:
+        await asyncio.wait_for(agent.wait(), 2.0)
+    except asyncio.TimeoutError:  # a pipe still held (by a process we cannot see): give up on the streams
+        log.warning("local agent %d: %d process(es) of the command left; its output pipes stay open", agent.pid, left)

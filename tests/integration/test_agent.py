@@ -204,3 +204,24 @@ def test_the_command_starts_with_default_signal_dispositions(agent):
     (line,) = result["localhost"].tail
     ignored = int(line.split()[1], 16)
     assert ignored & (1 << (signal.SIGINT - 1) | 1 << (signal.SIGQUIT - 1) | 1 << (signal.SIGPIPE - 1)) == 0, line
+
+
+def test_a_stuck_agent_is_killed_with_what_it_started_and_the_close_returns(agent):
+    """An agent that cannot clean up (stopped here) is SIGKILLed by the local transport, which then kills the
+    command's processes by the agent's token: otherwise they hold the output pipes and the close never returns."""
+    run_id = rid("stuck")
+
+    async def go():
+        transport = LocalTransport()
+        task = asyncio.ensure_future(run_on_async(["localhost"], STUBBORN, transport=transport, timeout=2,
+                                                  agent=agent, run_id=run_id))
+        assert await asyncio.to_thread(wait_for, lambda: len(tokened(run_id)) == 3, 30)
+        for proc in transport._procs:
+            os.kill(proc.pid, signal.SIGSTOP)
+        result = await task
+        await asyncio.wait_for(transport.aclose(), 30)
+        return result
+
+    result = asyncio.run(go())
+    assert result.exit_code == 255
+    assert wait_for(lambda: not tokened(run_id), timeout=5), tokened(run_id)
