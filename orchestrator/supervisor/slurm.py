@@ -158,13 +158,14 @@ class SlurmSteps:
 def output_line(plan: LaunchPlan, raw: bytes, stream: str) -> OutputLine:
     """One line of srun --label: "N: text" -> host plan.hosts[N], rank from torchrun's marker (None for
     torchrun's own lines); srun's own messages -> host None, the line as it came."""
-    line = raw.decode(errors="replace").rstrip("\n")
-    task, sep, body = line.partition(": ")
+    raw = raw.rstrip(b"\n")
+    task, sep, body = raw.partition(b": ")
     task = task.strip()
     if not sep or not task.isdigit() or int(task) >= len(plan.hosts):
-        return OutputLine(None, None, stream, line, line.encode())
-    rank, _local, text = split_rank_prefix(body)
-    return OutputLine(plan.hosts[int(task)], rank, stream, text, text.encode())
+        return OutputLine(None, None, stream, raw.decode(errors="replace"), raw)
+    line = body.decode(errors="replace")
+    rank, _local, text = split_rank_prefix(line)
+    return OutputLine(plan.hosts[int(task)], rank, stream, text, body[len(line) - len(text):])  # the marker is ASCII
 
 
 async def _pump(stream: asyncio.StreamReader, emit: Callable[[bytes, str], None], name: str) -> None:

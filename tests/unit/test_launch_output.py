@@ -65,4 +65,5 @@ def test_srun_label_to_output_line():
     for own in (b"srun: error: n2: task 1: Killed\n", b"7: a task the plan does not have\n"):  # srun's own lines
         text = own.decode().rstrip("\n")
         assert output_line(PLAN, own, "stderr") == out(None, None, text, "stderr")
-    assert output_line(PLAN, b"1: caf\xc3\xa9 \xff\n", "stdout") == out("n2", None, "caf\u00e9 \ufffd")
+    assert output_line(PLAN, b"1: \x1f2/0\x1fcaf\xc3\xa9 \xff\n", "stdout") == OutputLine(
+        "n2", 2, "stdout", "caf\u00e9 \ufffd", b"caf\xc3\xa9 \xff")  # the exact bytes, shown decodable
