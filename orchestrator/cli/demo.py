@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 
 import click
 
@@ -23,6 +24,7 @@ def demo_command(nodes: int, nproc_per_node: int, name: str, run_dir: str, job: 
     """Bring up a sandbox cluster, train on it across hosts, show the result, tear it down."""
     from rich.console import Console
 
+    from orchestrator.cli.lines import line_printer
     from orchestrator.launch.demo import run_demo
 
     console = Console(stderr=True)
@@ -34,7 +36,7 @@ def demo_command(nodes: int, nproc_per_node: int, name: str, run_dir: str, job: 
         signal.signal(sig, interrupt)
     outcome = run_demo(nodes=nodes, nproc=nproc_per_node, sandbox_name=name, run_dir=run_dir, job=job,
                        say=lambda msg: console.print(f"[orch] {msg}", highlight=False),
-                       sink=lambda line, stream: print(line, flush=True))
+                       sink=line_printer(err=sys.stdout))
     if outcome.rows:
         Console().print(_allreduce_table(outcome))
     if outcome.metrics:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from orchestrator.cli.lines import line_printer
 from orchestrator.cli.options import HostSelection, host_options, resolve_from_cli
 from orchestrator.cli.ssh_options import ssh_options
 
@@ -100,11 +101,7 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
         from orchestrator.containers.run import run_containerized as run_plan  # also removes the containers
     else:
         from orchestrator.launch.runner import run_plan
-    out = sys.stderr if as_json else sys.stdout
-
-    def sink(line: str, stream: str) -> None:
-        end = "" if getattr(line, "partial", False) else "\n"  # a long line comes in pieces, prefixed once
-        print(line, file=sys.stderr if stream == "stderr" else out, end=end, flush=True)
+    sink = line_printer(sys.stderr if as_json else None)
 
     click.echo(f"[orch] run {plan.run_id}: {len(plan.nodes)} nodes x {plan.nodes[0].nproc} ({plan.launcher}), "
                f"logs in {plan.run_dir}/logs/", err=True)

@@ -26,6 +26,7 @@ import sys
 import click
 
 from orchestrator.cli.launch import launch_command
+from orchestrator.cli.lines import line_printer
 from orchestrator.errors import ConfigError
 
 _REPLACED = {"failure_grace"}
@@ -77,10 +78,7 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
             for line in plan.describe():
                 click.echo(line)
         return 0
-    out = sys.stderr if as_json else sys.stdout
-
-    def sink(line: str, stream: str) -> None:
-        print(line, file=sys.stderr if stream == "stderr" else out, flush=True)
+    sink = line_printer(sys.stderr if as_json else None)
 
     click.echo(f"[orch] supervised run {spec.run_id}: {len(cfg.hosts)} nodes x {cfg.limits.nproc_per_node}, "
                f"events in {cfg.run_dir}/events.jsonl", err=True)

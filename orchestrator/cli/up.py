@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from pathlib import Path
 
 import click
 
+from orchestrator.cli.lines import line_printer
 from orchestrator.cli.ssh_options import ssh_options
 
 
@@ -132,8 +132,7 @@ def _setup(jp, ssh, run: Path, workdirs) -> int:
 def _launch(jp, ssh, workdirs) -> tuple[int, int | None]:
     from orchestrator.cli.launch import launch_via_slurm, report_launch
 
-    def sink(line: str, stream: str) -> None:
-        print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
+    sink = line_printer()
 
     if jp.supervised:
         import asyncio

@@ -2,7 +2,7 @@
 
     spec = ContainerSpec(image="train:1", mounts=("/data:/data:ro", "/ckpt:/ckpt"), gpus=True)
     plan = containerize(build_plan(launch_spec, hosts), spec)     # pure: every node's argv becomes docker run ...
-    result = run_containerized(plan, ssh=ssh, sink=print)          # run_plan, then remove the run's containers
+    result = run_containerized(plan, ssh=ssh, sink=line_printer())  # run_plan, then remove the run's containers
     remove_run_containers(run_id, hosts, ssh=ssh)                  # exactly the containers labelled orch.run=ID
 
 A node's command becomes `docker run --rm --init --network host --ipc host --tmpfs /tmp [--gpus all] --shm-size S

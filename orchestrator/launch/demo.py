@@ -1,6 +1,6 @@
 """The README's main job: the engine (or an all-reduce) across a sandbox cluster (root) or localhost.
 
-    outcome = run_demo(nodes=4, nproc=2, say=print, sink=lambda line, stream: print(line))
+    outcome = run_demo(nodes=4, nproc=2, say=print, sink=lambda line: print(line.formatted()))
     outcome.launch.exit_code, outcome.metrics   # engine job: one dict per step from metrics.jsonl
     outcome = run_demo(job="allreduce")         # rows: one dict per rank from the job's RESULT lines
 
@@ -17,7 +17,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from orchestrator.launch.runner import LaunchResult, Sink
+from orchestrator.launch.output import OutputLine, Sink
+from orchestrator.launch.runner import LaunchResult
 
 DEMO_MODULE = "orchestrator.launch.examples.allreduce"
 ENGINE_MODULE = "orchestrator.engine"
@@ -53,13 +54,12 @@ class DemoOutcome:
                 and all(r["sum"] == r["expected"] and r["env_rank"] == r["rank"] for r in self.rows))
 
 
-def parse_result(line: str) -> dict | None:
-    """'node2/3: RESULT {...}' -> the dict; None for any other line."""
-    _, sep, rest = line.partition(": ")
-    if not sep or not rest.startswith(RESULT_PREFIX):
+def parse_result(line: OutputLine) -> dict | None:
+    """A line 'RESULT {...}' (node2/3: RESULT {...} on the terminal) -> the dict; None for any other line."""
+    if line.continued or not line.text.startswith(RESULT_PREFIX):
         return None
     try:
-        return json.loads(rest[len(RESULT_PREFIX):])
+        return json.loads(line.text[len(RESULT_PREFIX):])
     except json.JSONDecodeError:
         return None
 
@@ -75,11 +75,11 @@ def run_demo(*, nodes: int = 4, nproc: int = 2, sandbox_name: str = "demo", run_
 
     rows: list[dict] = []
 
-    def collect(line: str, stream: str) -> None:
+    def collect(line: OutputLine) -> None:
         if (row := parse_result(line)) is not None:
             rows.append(row)
         if sink is not None:
-            sink(line, stream)
+            sink(line)
 
     env = build_env_manifest(head_env=os.environ, env_args=["OMP_NUM_THREADS=1"])
     as_root = os.geteuid() == 0 if as_root is None else as_root

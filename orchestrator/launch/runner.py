@@ -1,13 +1,13 @@
 """Execute a LaunchPlan over the remote layer: stream every rank's output, keep per-host logs, tear down.
 
-    result = run_plan(plan, ssh=SshOptions(config="ssh_config"), sink=lambda line, stream: print(line))
+    result = run_plan(plan, ssh=SshOptions(config="ssh_config"), sink=lambda line: print(line.formatted()))
     result.exit_code        # 0 ok, 1 a rank failed, 255 a host unreachable, 128+N stopped by signal N
     result.first_failure    # Failure(host="node3", rank=5, ...): the root cause, see failures.py
 
 One agent-wrapped launcher (torchrun / deepspeed.launcher.launch) per node through
-orchestrator.remote.run_on_async, all under the plan's run id (ORCH_RUN_ID). Lines arrive per host and are
-printed as `host/rank: text` (rank lines, from torchrun's tee prefix) or `host: text` (the launcher's own lines),
-and appended to runs/<run_id>/logs/<host>.log.
+orchestrator.remote.run_on_async, all under the plan's run id (ORCH_RUN_ID). Lines arrive per host; each goes to
+the sink as an OutputLine (output.py: its host, its rank from torchrun's tee prefix or None for the launcher's
+own lines, stream, text) and to runs/<run_id>/logs/<host>.log as `host/rank: text` or `host: text`.
 
 Stopping: SIGINT, SIGTERM or SIGHUP of this process close every session (each node's agent then kills its
 process group and every process carrying the run id, within 5 s), then teardown(run_id) runs on every reachable
@@ -26,22 +26,20 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.contracts import signal_exit_code
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, ConfigError
 from orchestrator.launch.failures import LAST_LINES, Failure, first_failure, host_failure
+from orchestrator.launch.output import OutputLine, Sink
 from orchestrator.launch.plan import LaunchPlan
 from orchestrator.launch.rundir import HostLogs, RunDir
 from orchestrator.launch.torchrun import split_rank_prefix
 from orchestrator.remote.output import LineJoiner
-from orchestrator.remote.session import Line
 
 log = logging.getLogger("orchestrator.launch.runner")
 
-Sink = Callable[[str, str], None]  # (formatted line, "stdout" | "stderr"); a Line whose .partial says "no newline yet"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -105,14 +103,14 @@ class LaunchResult:
 
 
 class _Collector:
-    """Per-host line handling: prefix, print, log, and keep the tails the failure analysis needs."""
+    """Per-host line handling: rank, log, hand to the sink, and keep the tails the failure analysis needs."""
 
     def __init__(self, plan: LaunchPlan, logs: HostLogs, sink: Sink | None):
         self.logs, self.sink = logs, sink
         self.agent_lines = {h: deque(maxlen=200) for h in plan.hosts}
         self.host_lines = {h: deque(maxlen=50) for h in plan.hosts}
         self.rank_lines: dict[str, dict[int, deque]] = {h: {} for h in plan.hosts}
-        self.open_lines: set[tuple[str, str]] = set()  # (host, stream) in the middle of a long line
+        self.open_lines: dict[tuple[str, str], int | None] = {}  # (host, stream) in a long line -> its rank
         self.join = LineJoiner()
 
     def on_line(self, host: str, stream: str, line: str) -> None:
@@ -121,21 +119,25 @@ class _Collector:
             return
         raw = getattr(line, "raw", None)  # remote.session.Line: the exact bytes, for the log
         raw = raw if raw is not None else line.encode("utf-8", "surrogateescape")
-        if (host, stream) in self.open_lines:  # the rest of a long line: no prefix, no rank parsing
-            prefix = ""
+        continued = (host, stream) in self.open_lines
+        if continued:  # the rest of a long line: no rank parsing, its start's rank
+            rank, text = self.open_lines[host, stream], line
         else:
-            rank, _local, body = split_rank_prefix(line)
-            raw = raw[len(line) - len(body):]  # the rank marker is ASCII: as many bytes as characters
-            prefix = f"{host}: " if rank is None else f"{host}/{rank}: "
+            rank, _local, text = split_rank_prefix(line)
+            raw = raw[len(line) - len(text):]  # the rank marker is ASCII: as many bytes as characters
             (self.agent_lines[host] if rank is None
-             else self.rank_lines[host].setdefault(rank, deque(maxlen=LAST_LINES))).append(body)
-            self.host_lines[host].append(body)
+             else self.rank_lines[host].setdefault(rank, deque(maxlen=LAST_LINES))).append(text)
+            self.host_lines[host].append(text)
         partial = getattr(line, "partial", False)
-        (self.open_lines.add if partial else self.open_lines.discard)((host, stream))
-        self.logs.write(host, prefix.encode() + raw, end=b"" if partial else b"\n")
+        if partial:
+            self.open_lines[host, stream] = rank
+        else:
+            self.open_lines.pop((host, stream), None)
+        out = OutputLine(host, rank, stream, text, raw, partial, continued)
+        self.logs.write(host, out.prefix().encode() + raw, end=b"" if partial else b"\n")
         if self.sink is not None:
             try:
-                self.sink(Line(prefix.encode() + raw, partial), stream)
+                self.sink(out)
             except OSError:  # terminal gone (SIGHUP, closed pipe): keep logging to the run dir, keep the run
                 self.sink = None
 

@@ -1,7 +1,8 @@
 """Detectors: a rank's exit from its node's torchrun log line, a hang from the heartbeat files, progress from
 metrics.jsonl. Pure functions plus one small file tail; the loop polls them.
 
-    exit = parse_rank_exit("node2: E1123 10:42:51.649000 22901 ...] failed (exitcode: -9) local_rank: 1 (pid: 4)")
+    exit = parse_rank_exit(OutputLine("node2", None, "stderr", "E1123 10:42:51.649000 22901 ...] failed "
+                                      "(exitcode: -9) local_rank: 1 (pid: 4)", b"..."))
     exit.host, exit.local_rank, exit.exitcode, exit.signal     # 'node2', 1, -9, 'SIGKILL'
     stalled_ranks(read_heartbeats(d), now=time.time(), hang_timeout=30, startup_timeout=600, launched_at=t0,
                   expected=4)                                 # [] or the ranks whose heartbeat stopped
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.launch.failures import signal_name
+from orchestrator.launch.output import OutputLine
 
 __all__ = ["MetricsTail", "RankExit", "parse_rank_exit", "stalled_ranks"]
 
@@ -43,15 +45,14 @@ class RankExit:
         return signal_name(self.exitcode)
 
 
-def parse_rank_exit(line: str, now: float | None = None) -> RankExit | None:
-    """A runner line `host: <torchrun log line>` reporting a failed worker, else None."""
-    prefix, sep, body = line.partition(": ")
-    if not sep or "/" in prefix:  # rank output (host/rank: ...) is the program's, not torchrun's
+def parse_rank_exit(line: OutputLine, now: float | None = None) -> RankExit | None:
+    """A node's torchrun log line reporting a failed worker, else None."""
+    if line.host is None or line.rank is not None or line.continued:  # rank output is the program's, not torchrun's
         return None
-    m = _FAILED.search(body)
+    m = _FAILED.search(line.text)
     if not m:
         return None
-    return RankExit(prefix, int(m.group(2)), int(m.group(1)), int(m.group(3)) if m.group(3) else None,
+    return RankExit(line.host, int(m.group(2)), int(m.group(1)), int(m.group(3)) if m.group(3) else None,
                     now if now is not None else time.time())
 
 

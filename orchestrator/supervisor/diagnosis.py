@@ -1,7 +1,7 @@
 """Name the culprit of a failed attempt: the root cause, not the cascade (pure over what the attempt observed).
 
     attempt = Attempt(0, plan, launched_at=t0)
-    attempt.rank_exit = parse_rank_exit("n2: E1123 ...] failed (exitcode: -9) local_rank: 1 (pid: 77)")
+    attempt.rank_exit = RankExit("n2", local_rank=1, exitcode=-9, pid=77, seen_at=t1)   # detect.parse_rank_exit
     attempt.result = AttemptResult(exit_code=1)
     d = diagnose(attempt, health={"n1": "ok", "n2": "ok"})
     d.cause, d.host, d.rank, d.signal       # 'killed', 'n2', 3, 'SIGKILL'

@@ -37,6 +37,7 @@ from orchestrator.contracts import signal_exit_code
 from orchestrator.engine.checkpoint_files import newest_checkpoint
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from orchestrator.hosts import Host
+from orchestrator.launch.output import OutputLine
 from orchestrator.supervisor import policy
 from orchestrator.supervisor.detect import MetricsTail, parse_rank_exit, stalled_ranks
 from orchestrator.supervisor.diagnosis import Attempt, Diagnosis, diagnose
@@ -51,8 +52,8 @@ log = logging.getLogger("orchestrator.supervisor.loop")
 
 class Supervisor:
     def __init__(self, cfg: SupervisorConfig, runner: AttemptRunner, *, sink=None):
-        """runner: runs attempts and checks hosts (runner.SshAttempts, slurm.SlurmSteps); sink(line, stream)
-        gets every output line of every attempt."""
+        """runner: runs attempts and checks hosts (runner.SshAttempts, slurm.SlurmSteps); sink(OutputLine) gets
+        every output line of every attempt."""
         self.cfg, self.runner, self.sink = cfg, runner, sink
         self.run_dir = cfg.run_dir
         self.events = EventLog(cfg.run_dir)
@@ -120,7 +121,7 @@ class Supervisor:
                          resume_step=resume, skipped_checkpoints=skipped, logs=str(Path(plan.run_dir) / "logs"))
         stop = asyncio.Event()
 
-        def sink(line: str, stream: str) -> None:
+        def sink(line: OutputLine) -> None:
             if attempt.rank_exit is None and not stop.is_set() and (found := parse_rank_exit(line)) is not None:
                 attempt.rank_exit = found
                 node = plan.node(found.host) if found.host in plan.hosts else None
@@ -129,7 +130,7 @@ class Supervisor:
                                  local_rank=found.local_rank, exitcode=found.exitcode, signal=found.signal,
                                  pid=found.pid, since_launch_s=round(found.seen_at - attempt.launched_at, 3))
             if self.sink is not None:
-                self.sink(line, stream)
+                self.sink(line)
 
         task = asyncio.ensure_future(self.runner.run_attempt(plan, sink=sink, stop=stop))
         while not task.done():

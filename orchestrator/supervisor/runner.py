@@ -1,7 +1,7 @@
 """How the supervisor runs an attempt and checks hosts: one interface, over SSH (here) or as Slurm steps (slurm.py).
 
     runner = SshAttempts(ssh=SshOptions(config="ssh_config"), failure_grace=2.0)    # or slurm.SlurmSteps(alloc)
-    result = await runner.run_attempt(plan, sink=print_line, stop=stop_event)       # AttemptResult
+    result = await runner.run_attempt(plan, sink=show, stop=stop_event)             # show(OutputLine); AttemptResult
     result.exit_code, result.first_failure, result.config_error                      # 1, Failure(...), False
     health = await runner.check_hosts(["n1", "n2"], command=None, timeout=20)        # {"n1": "ok", ...}
 
@@ -18,7 +18,7 @@ from typing import Protocol
 
 from orchestrator.launch.failures import Failure, first_failure
 from orchestrator.launch.plan import LaunchPlan
-from orchestrator.launch.runner import Sink
+from orchestrator.launch.output import Sink
 
 __all__ = ["AttemptResult", "AttemptRunner", "SshAttempts"]
 

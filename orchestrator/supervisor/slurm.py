@@ -6,8 +6,8 @@
 SlurmSteps is an AttemptRunner (runner.py). What changes from the SSH path (the loop keeps everything else:
 detectors, diagnosis, policy, events):
 - launch: orchestrator.launch.slurm.srun_argv(plan) plus `--label`; srun's "N: line" output becomes the runner's
-  "host: line" / "host/rank: line" (task N is node rank N = plan.hosts[N]), so detect.parse_rank_exit sees
-  torchrun's "failed (exitcode" line with its host exactly as over SSH.
+  OutputLine (task N is node rank N: host plan.hosts[N]; the rank from torchrun's marker), so
+  detect.parse_rank_exit sees torchrun's "failed (exitcode" line with its host exactly as over SSH.
 - failure: srun --kill-on-bad-exit ends the whole step when one node's torchrun fails; srun's exit code follows
   the requeue contract (2 = a configuration error: AttemptResult.config_error, never retried).
 - teardown: ending the step is Slurm's job (it kills every process of the step on every node); a stop request
@@ -29,12 +29,13 @@ from pathlib import Path
 
 from orchestrator.contracts import signal_exit_code
 from orchestrator.errors import EXIT_USAGE
+from orchestrator.launch.output import OutputLine, Sink
 from orchestrator.launch.plan import LaunchPlan
 from orchestrator.launch.runner import STOP_SIGNALS
 from orchestrator.launch.torchrun import split_rank_prefix
 from orchestrator.supervisor.runner import AttemptResult
 
-__all__ = ["SlurmSteps", "step_result"]
+__all__ = ["SlurmSteps", "output_line", "step_result"]
 
 log = logging.getLogger("orchestrator.supervisor.slurm")
 
@@ -58,7 +59,7 @@ class SlurmSteps:
 
         return srun_argv(plan, self.alloc, srun_options=("--label", *self.srun_options))
 
-    async def run_attempt(self, plan: LaunchPlan, *, sink: Callable[[str, str], None] | None = None,
+    async def run_attempt(self, plan: LaunchPlan, *, sink: Sink | None = None,
                           stop: asyncio.Event | None = None) -> AttemptResult:
         """Run the attempt as one srun step; returns when the step has ended (done, failed, or stopped)."""
         from orchestrator.launch.slurm import srun_env
@@ -84,10 +85,10 @@ class SlurmSteps:
         try:
             with open(logs / "step.log", "a", encoding="utf-8") as log_file:
                 def emit(raw: bytes, stream: str) -> None:
-                    text = self._format(plan, raw.decode(errors="replace").rstrip("\n"))
-                    log_file.write(text + "\n")
+                    line = output_line(plan, raw, stream)
+                    log_file.write(line.formatted() + "\n")
                     if sink is not None:
-                        sink(text, stream)
+                        sink(line)
 
                 readers = [asyncio.ensure_future(_pump(proc.stdout, emit, "stdout")),
                            asyncio.ensure_future(_pump(proc.stderr, emit, "stderr"))]
@@ -109,17 +110,6 @@ class SlurmSteps:
                 loop.remove_signal_handler(sig)
                 signal.signal(sig, previous[sig])
         return step_result(step_exit, stopped_by)
-
-    @staticmethod
-    def _format(plan: LaunchPlan, line: str) -> str:
-        """srun --label's "N: text" -> "host: text" or "host/rank: text" (the SSH runner's form)."""
-        task, sep, body = line.partition(": ")
-        task = task.strip()
-        if not sep or not task.isdigit() or int(task) >= len(plan.hosts):
-            return line  # srun's own messages
-        host = plan.hosts[int(task)]
-        rank, _local, text = split_rank_prefix(body)
-        return f"{host}: {text}" if rank is None else f"{host}/{rank}: {text}"
 
     async def check_hosts(self, hosts: Sequence[str], *, command: Sequence[str] | None = None,
                           timeout: float = 20.0) -> dict[str, str]:
@@ -163,6 +153,19 @@ class SlurmSteps:
             log.warning("could not drain %s: %s", host, exc)
             return False
         return True
+
+
+def output_line(plan: LaunchPlan, raw: bytes, stream: str) -> OutputLine:
+    """One line of srun --label: "N: text" -> host plan.hosts[N], rank from torchrun's marker (None for
+    torchrun's own lines); srun's own messages -> host None, the line as it came."""
+    raw = raw.rstrip(b"\n")
+    task, sep, body = raw.partition(b": ")
+    task = task.strip()
+    if not sep or not task.isdigit() or int(task) >= len(plan.hosts):
+        return OutputLine(None, None, stream, raw.decode(errors="replace"), raw)
+    line = body.decode(errors="replace")
+    rank, _local, text = split_rank_prefix(line)
+    return OutputLine(plan.hosts[int(task)], rank, stream, text, body[len(line) - len(text):])  # the marker is ASCII
 
 
 async def _pump(stream: asyncio.StreamReader, emit: Callable[[bytes, str], None], name: str) -> None:

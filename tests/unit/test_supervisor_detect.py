@@ -2,21 +2,28 @@
 
 import json
 
+from orchestrator.launch.output import OutputLine
 from orchestrator.supervisor.detect import MetricsTail, parse_rank_exit, stalled_ranks
 from orchestrator.supervisor.events import EventLog, read_events, summarize
 
-LINE = ("node2: E1123 10:42:51.649000 22901 torch/distributed/elastic/multiprocessing/api.py:1002] "
+TEXT = ("E1123 10:42:51.649000 22901 torch/distributed/elastic/multiprocessing/api.py:1002] "
         "failed (exitcode: -9) local_rank: 1 (pid: 22931) of binary: .venv/bin/python")
 
 
+def out(host, rank, text, **kw):
+    return OutputLine(host, rank, "stderr", text, text.encode(), **kw)
+
+
 def test_parse_rank_exit_from_torchrun_line():
-    found = parse_rank_exit(LINE, now=5.0)
+    found = parse_rank_exit(out("node2", None, TEXT), now=5.0)
     assert (found.host, found.local_rank, found.exitcode, found.pid, found.signal) == ("node2", 1, -9, 22931, "SIGKILL")
 
 
 def test_rank_output_is_not_a_rank_exit():
-    assert parse_rank_exit("node2/3: " + LINE.split(": ", 1)[1]) is None
-    assert parse_rank_exit("node2: hello") is None
+    assert parse_rank_exit(out("node2", 3, TEXT)) is None  # a rank printed it: the program's, not torchrun's
+    assert parse_rank_exit(out("node2", None, "hello")) is None
+    assert parse_rank_exit(out(None, None, TEXT)) is None  # srun's own message
+    assert parse_rank_exit(out("node2", None, TEXT, continued=True)) is None  # the middle of a long line
 
 
 def _beat(rank, step, t, status="training"):

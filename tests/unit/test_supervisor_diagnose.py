@@ -2,12 +2,13 @@
 
 from orchestrator.hosts import Host
 from orchestrator.launch.failures import Failure
+from orchestrator.launch.output import OutputLine
 from orchestrator.launch.plan import LaunchSpec, build_plan
 from orchestrator.supervisor.detect import RankExit, parse_rank_exit
 from orchestrator.supervisor.diagnosis import Attempt
 from orchestrator.supervisor.diagnosis import diagnose as diagnosis
 from orchestrator.supervisor.runner import AttemptResult
-from orchestrator.supervisor.slurm import SlurmSteps
+from orchestrator.supervisor.slurm import output_line
 
 PLAN = build_plan(LaunchSpec(program=("train.py",), run_id="r1", nproc_per_node=2), [Host("n1", 2), Host("n2", 2)])
 OK = {"n1": "ok", "n2": "ok"}
@@ -68,15 +69,19 @@ def test_launcher_error():
     assert diagnose(attempt(error="OSError: boom"), OK)["cause"] == "launcher_error"
 
 
+def out(host, rank, text, stream="stderr"):
+    return OutputLine(host, rank, stream, text, text.encode())
+
+
 # Runner output recorded from a 2-node run whose rank 3 (n2, local rank 1) was SIGKILLed: the rank's own
 # line, torchrun's report of the dead worker, then the cascade on n1.
 RECORDED = [
-    "n2/3: step 7 loss 4.81",
-    "n2: E1123 10:42:51.649000 22901 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -9) "
-    "local_rank: 1 (pid: 22931) of binary: .venv/bin/python",
-    "n1/0: RuntimeError: Connection closed by peer",
-    "n1: E1123 10:42:52.101000 22850 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1) "
-    "local_rank: 0 (pid: 22870) of binary: .venv/bin/python",
+    out("n2", 3, "step 7 loss 4.81"),
+    out("n2", None, "E1123 10:42:51.649000 22901 torch/distributed/elastic/multiprocessing/api.py:1002] failed "
+        "(exitcode: -9) local_rank: 1 (pid: 22931) of binary: .venv/bin/python"),
+    out("n1", 0, "RuntimeError: Connection closed by peer"),
+    out("n1", None, "E1123 10:42:52.101000 22850 torch/distributed/elastic/multiprocessing/api.py:1002] failed "
+        "(exitcode: 1) local_rank: 0 (pid: 22870) of binary: .venv/bin/python"),
 ]
 
 
@@ -92,9 +97,12 @@ def test_diagnosis_from_recorded_output_lines():
 
 
 def test_diagnosis_from_recorded_srun_lines_is_the_same():
-    """Under Slurm the same lines arrive as srun --label's "TASK: line" (task N = node N of the plan)."""
-    srun = ["1: " + RECORDED[1].split(": ", 1)[1], "0: " + RECORDED[3].split(": ", 1)[1]]
-    lines = [SlurmSteps._format(PLAN, line) for line in srun]
+    """Under Slurm the same lines arrive as srun --label's "TASK: line" (task N = node N of the plan), the ranks'
+    lines with torchrun's rank marker."""
+    srun = [f"{PLAN.hosts.index(line.host)}: " + ("" if line.rank is None else f"\x1f{line.rank}/{line.rank % 2}\x1f")
+            + line.text + "\n" for line in RECORDED]
+    lines = [output_line(PLAN, text.encode(), "stderr") for text in srun]
+    assert lines == RECORDED
     assert diagnosis(attempt(rank_exit=first_rank_exit(lines)), OK) == diagnosis(
         attempt(rank_exit=first_rank_exit(RECORDED)), OK)
 

@@ -8,13 +8,19 @@ import asyncio
 import json
 
 from orchestrator.hosts import Host
+from orchestrator.launch.output import OutputLine
 from orchestrator.launch.plan import LaunchSpec
 from orchestrator.supervisor import Supervisor, SupervisorConfig
 from orchestrator.supervisor.policy import Limits
 from orchestrator.supervisor.runner import AttemptResult
 
-KILLED = ("{host}: E1123 10:42:51.649000 22901 torch/distributed/elastic/multiprocessing/api.py:1002] "
+KILLED = ("E1123 10:42:51.649000 22901 torch/distributed/elastic/multiprocessing/api.py:1002] "
           "failed (exitcode: -9) local_rank: 0 (pid: 4242) of binary: python3")
+
+
+def killed(host):
+    """torchrun's report of a SIGKILLed worker, as a runner hands it on."""
+    return OutputLine(host, None, "stderr", KILLED, KILLED.encode())
 
 
 class ScriptedRunner:
@@ -28,7 +34,7 @@ class ScriptedRunner:
         self.plans.append(plan)
         lines, result = self.attempts.pop(0)
         for line in lines:
-            sink(line, "stderr")
+            sink(line)
         return result
 
     async def check_hosts(self, hosts, *, command, timeout):
@@ -53,7 +59,7 @@ def supervise(tmp_path, runner, hosts=("n1", "n2"), spares=(), **limits):
 
 
 def test_a_killed_rank_is_diagnosed_and_the_same_hosts_relaunched(tmp_path):
-    runner = ScriptedRunner([([KILLED.format(host="n2")], AttemptResult(exit_code=1)),
+    runner = ScriptedRunner([([killed("n2")], AttemptResult(exit_code=1)),
                              ([], AttemptResult(exit_code=0))])
     summary, events = supervise(tmp_path, runner)
     assert summary["exit_code"] == 0 and summary["outcome"] == "done"
@@ -65,7 +71,7 @@ def test_a_killed_rank_is_diagnosed_and_the_same_hosts_relaunched(tmp_path):
 
 
 def test_an_unhealthy_host_is_excluded_drained_and_replaced(tmp_path):
-    runner = ScriptedRunner([([KILLED.format(host="n2")], AttemptResult(exit_code=1)),
+    runner = ScriptedRunner([([killed("n2")], AttemptResult(exit_code=1)),
                              ([], AttemptResult(exit_code=0))], health={"n2": "check failed: exit 1"}, drains=True)
     summary, events = supervise(tmp_path, runner, spares=("s1",))
     assert summary["exit_code"] == 0 and runner.excluded == ["n2"]
