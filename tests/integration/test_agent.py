@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import uuid
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from orchestrator.remote import LocalTransport, plan_commands, run_on, run_on_async, teardown
 from orchestrator.remote.fanout import agent_spec, command_argv
 from run_tokens import tokened, wait_for
+from orch_cli import ORCH
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,7 +40,7 @@ def rid(tag: str) -> str:
 
 
 def head(run_id: str, agent: str, command=ESCAPING, *options: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-w", "localhost", "--run-id", run_id,
+    return subprocess.Popen([*ORCH, "run", "-w", "localhost", "--run-id", run_id,
                              "--agent", agent, *options, "--", *command], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

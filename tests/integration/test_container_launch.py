@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from orch_cli import ORCH
 
 pytestmark = pytest.mark.sandbox
 
@@ -27,7 +28,7 @@ REPO = str(Path(__file__).resolve().parents[2])
 
 def launch_argv(sb, image: str, run_dir: Path, program: list[str]) -> list[str]:
     python = f"{sys.prefix}/bin/python"
-    return [sys.executable, "-m", "orchestrator", "launch", "--container", image, "--container-python", python,
+    return [*ORCH, "launch", "--container", image, "--container-python", python,
             "--hosts", ",".join(sb.hosts), "--nproc-per-node", "2", "--ssh-config", str(sb.ssh_config),
             "--workdir", REPO, "--run-dir", str(run_dir), "--env", "OMP_NUM_THREADS=1", "-m", program[0], "--",
             *program[1:]]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.engine.checkpoint_files import complete_steps, newest_checkpoint
+from orch_cli import ORCH
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def losses(run_dir: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def torch_reference(tmp_path_factory) -> list[float]:
     run_dir = tmp_path_factory.mktemp("ds") / "torch"
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "train", "--config", "tiny", "--steps", str(STEPS),
+    out = subprocess.run([*ORCH, "train", "--config", "tiny", "--steps", str(STEPS),
                           "--run-dir", str(run_dir)], capture_output=True, text=True, env=ENV, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return losses(run_dir)

@@ -3,17 +3,17 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from orch_cli import ORCH
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
 
 
 def test_demo_trains_the_engine_across_four_sandbox_hosts(tmp_path):
     name = f"ptdemo{os.getpid()}"
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "demo", "--name", name, "--run-dir", str(tmp_path)],
+    out = subprocess.run([*ORCH, "demo", "--name", name, "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=280, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "demo ok" in out.stderr

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from orch_cli import ORCH
 
 STEPS, SAVE_AT = 8, 4
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def run_engine(run_dir: Path, nproc: int, *layout: str) -> subprocess.CompletedP
     args = ["--config", "tiny", "--steps", str(STEPS), "--checkpoint-every", str(SAVE_AT), "--keep-checkpoints", "0",
             "--run-dir", str(run_dir), *layout]
     if nproc == 1:
-        cmd = [sys.executable, "-m", "orchestrator", "-v", "train", *args]
+        cmd = [*ORCH, "-v", "train", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
                "127.0.0.1", "--master-port", str(free_port()), "-m", "orchestrator.engine", *args]

@@ -15,12 +15,12 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
+from orch_cli import ORCH, orch
 
 pytestmark = pytest.mark.sandbox
 
@@ -54,8 +54,7 @@ def docker_hosts(tmp_path_factory):
 
 
 def cli(sb, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", "images", *args, "--ssh-config", str(sb.ssh_config)],
-                          capture_output=True, text=True, timeout=120)
+    return orch("images", *args, "--ssh-config", sb.ssh_config)
 
 
 def load(sb, image_path, hosts: str, *extra: str) -> tuple[int, dict]:
@@ -293,7 +292,7 @@ def test_relay_listens_on_its_route_address_and_outlasts_bad_connections(docker_
     hold = ["INPUT", "-p", "tcp", "--syn", "-s", sb.ip("n1"), "-j", "DROP"]
     sb.exec("n2", ["iptables", "-I", *hold], check=True)
     held = True
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "images", "load", image.path, "--hosts", "n[1-3]",
+    proc = subprocess.Popen([*ORCH, "images", "load", image.path, "--hosts", "n[1-3]",
                              "--json", "--ssh-config", str(sb.ssh_config)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     bad = []

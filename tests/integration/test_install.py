@@ -25,6 +25,7 @@ from orchestrator.hosts import Host, HostList
 from orchestrator.provision import gated, localrepo
 from orchestrator.provision.gate import GateThresholds
 from orchestrator.provision.runner import plan_install, run_install
+from orch_cli import ORCH
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "playbooks" / "roles"
@@ -41,7 +42,7 @@ def _mirror(bind: str) -> localrepo.RepoServer:
 
 
 def _install(sb, out: Path, *args: str) -> tuple[int, dict]:
-    argv = [sys.executable, "-m", "orchestrator", "install", "-w", ",".join(sb.hosts), "--ssh-config", str(sb.ssh_config),
+    argv = [*ORCH, "install", "-w", ",".join(sb.hosts), "--ssh-config", str(sb.ssh_config),
             "--out", str(out), "--json", *args]
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=800)
     assert proc.stdout, proc.stderr[-3000:]

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from orch_cli import ORCH
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
 
@@ -47,7 +48,7 @@ class Cluster:
 
 
 def launch_argv(cluster, tmp_path: Path, run_id: str, *args: str, nproc: int = 2) -> list[str]:
-    return [sys.executable, "-m", "orchestrator", "launch", "--hosts", ",".join(cluster.hosts), "--nproc-per-node", str(nproc),
+    return [*ORCH, "launch", "--hosts", ",".join(cluster.hosts), "--nproc-per-node", str(nproc),
             "--ssh-config", str(cluster.ssh_config), "--connect-timeout", "3", "--python", sys.executable,
             "--run-dir", str(tmp_path), "--run-id", run_id, "--env", "OMP_NUM_THREADS=1", *args]
 
@@ -236,7 +237,7 @@ def test_a_hung_sshd_holds_ctrl_c_of_launch_and_of_run_for_seconds_only(private_
     cases = {
         "t-hung-launch": (launch_argv(cluster, tmp_path, "t-hung-launch", "-m", MODULE, "--", "--sleep", "600", nproc=1),
                           f"{hung}: teardown not verified: no answer within 5 s (the node agent kills the run"),
-        "t-hung-run": ([sys.executable, "-m", "orchestrator", "run", "-w", ",".join(sb.hosts), "--ssh-config",
+        "t-hung-run": ([*ORCH, "run", "-w", ",".join(sb.hosts), "--ssh-config",
                         str(sb.ssh_config), "--run-id", "t-hung-run", "--", "sleep", "600"],
                        f"{hung}: exit 255: stopped, not verified: no answer within 5 s (the node agent kills the run"),
     }

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.launch.demo import run_demo
+from orch_cli import ORCH
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -26,7 +27,7 @@ def test_demo_on_localhost_reports_every_rank(tmp_path, monkeypatch):
 
 def test_failing_rank_on_localhost_is_named(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "launch", "--hosts", "localhost", "--nproc-per-node", "2",
+        [*ORCH, "launch", "--hosts", "localhost", "--nproc-per-node", "2",
          "--python", sys.executable, "--run-dir", str(tmp_path), "--run-id", "t-local-fail", "--env",
          "OMP_NUM_THREADS=1", "--failure-grace", "2", "--json", "-m", "orchestrator.launch.examples.allreduce", "--",
          "--fail-rank", "0", "--exit-code", "9"],
@@ -53,7 +54,7 @@ def _run_processes(run_id: str) -> list[int]:
 def test_sighup_tears_down_the_local_run(tmp_path):
     run_id = f"t-hup-{os.getpid()}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "launch", "--hosts", "localhost", "--nproc-per-node", "1",
+        [*ORCH, "launch", "--hosts", "localhost", "--nproc-per-node", "1",
          "--python", sys.executable, "--run-dir", str(tmp_path), "--run-id", run_id, "--env", "OMP_NUM_THREADS=1",
          "-m", "orchestrator.launch.examples.allreduce", "--", "--sleep", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -95,7 +96,7 @@ def test_full_run_dir_warns_once_and_the_run_goes_on(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "launch", "--hosts", "localhost", "--nproc-per-node", "1",
+            [*ORCH, "launch", "--hosts", "localhost", "--nproc-per-node", "1",
              "--python", sys.executable, "--run-dir", str(mnt), "--run-id", "t-full", "--", str(script)],
             capture_output=True, timeout=150)
         log = (mnt / "t-full" / "logs" / "localhost.log").read_bytes()

@@ -10,20 +10,19 @@ from __future__ import annotations
 import ipaddress
 import logging
 import subprocess
-import sys
 import uuid
 
 import pytest
 
 from orchestrator.remote import SshOptions, run_on, teardown
 from run_tokens import tokened, wait_for
+from orch_cli import ORCH, orch
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(120)]
 
 
 def orch_run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", "run", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return orch("run", *args, timeout=timeout)
 
 
 def on_hosts(sb, hosts, run_id: str) -> dict[str, int]:
@@ -45,10 +44,10 @@ def test_long_lines_and_raw_bytes_over_ssh(sandbox, ssh_config):
     """A 3 MB line without a newline arrives whole, prefixed once; -b folds it by digest, shown once."""
     spam = "head -c 3000000 /dev/zero | tr '\\0' a; printf '\\377'"
     argv = ("-w", "node[1-2]", "--ssh-config", str(ssh_config), "--", "sh", "-c", spam)
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "run", *argv], capture_output=True, timeout=60)
+    out = subprocess.run([*ORCH, "run", *argv], capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.splitlines()) == [f"{h}: {'a' * 3000000}\ufffd".encode() for h in ("node1", "node2")]
-    folded = subprocess.run([sys.executable, "-m", "orchestrator", "run", "-b", *argv], capture_output=True,
+    folded = subprocess.run([*ORCH, "run", "-b", *argv], capture_output=True,
                             timeout=60)
     assert folded.stdout == f"{'-' * 16}\nnode[1-2]\n{'-' * 16}\n{'a' * 3000000}\ufffd\n".encode(), folded.stderr
 
@@ -96,7 +95,7 @@ def test_hostile_strings_stay_inert(sandbox, ssh_config, tmp_path):
 def test_dead_man_switch_on_head_sigkill_spares_another_run(sandbox, ssh_config):
     hosts = sandbox.hosts[:4]
     a, b = (f"t-dm{x}-{uuid.uuid4().hex[:6]}" for x in "ab")
-    heads = {r: subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-w", ",".join(hosts), "--ssh-config",
+    heads = {r: subprocess.Popen([*ORCH, "run", "-w", ",".join(hosts), "--ssh-config",
                                   str(ssh_config), "--run-id", r, "--", "sh", "-c", "setsid sleep 300 & sleep 300"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (a, b)}
     try:
@@ -151,14 +150,14 @@ def test_a_dead_link_is_noticed_by_keepalive_and_odd_bytes_and_signals_pass(priv
     never; an argument that is no UTF-8 reaches the host as its bytes; the command has default SIGINT/SIGQUIT."""
     sb = private_sandbox(nodes=2)
     cfg = ["--ssh-config", str(sb.ssh_config)]
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "run", "-w", "n1", *cfg, "--", "sh", "-c",
+    out = subprocess.run([*ORCH, "run", "-w", "n1", *cfg, "--", "sh", "-c",
                           'printf %s "$1" | od -An -tx1; grep ^SigIgn: /proc/self/status', "sh", b"a\xffb"],
                          capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.decode().splitlines()
     assert lines[0].split() == ["n1:", "61", "ff", "62"], lines
     assert int(lines[1].split()[-1], 16) & 0b110 == 0, lines  # bits of SIGINT (2) and SIGQUIT (3)
-    p = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-w", "n2", "-t", "50", *cfg, "-o",
+    p = subprocess.Popen([*ORCH, "run", "-w", "n2", "-t", "50", *cfg, "-o",
                           "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2", "--", "sh", "-c",
                           "echo up; exec sleep 600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from orch_cli import ORCH
 
 pytestmark = pytest.mark.sandbox
 
@@ -126,7 +127,7 @@ def test_up_refuses_a_name_that_is_taken(sandbox):
 
 
 def test_cli_status_env_and_ssh_config(sandbox):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "orchestrator", "sandbox", *a, "--name", sandbox.name],  # noqa: E731
+    run = lambda *a: subprocess.run([*ORCH, "sandbox", *a, "--name", sandbox.name],  # noqa: E731
                                     capture_output=True, text=True, timeout=60)
     status = run("status", "--json")
     assert status.returncode == 0, status.stderr
@@ -153,7 +154,7 @@ def test_up_refuses_names_that_exist_and_are_not_its_own():
 
 def test_sigterm_during_up_rolls_back():
     name = f"pt{os.getpid()}-sigterm"
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "sandbox", "up", "--nodes", "16", "--name", name],
+    proc = subprocess.Popen([*ORCH, "sandbox", "up", "--nodes", "16", "--name", name],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     state = Path("/tmp/orchestrator-sandbox", name, "state.json")
     deadline = time.monotonic() + 60

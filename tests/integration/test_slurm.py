@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 from probes import wait_job
+from orch_cli import ORCH
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 WRAPPER = REPO / "launchers" / "srun-torchrun"
 ALLREDUCE = "orchestrator.launch.examples.allreduce"
-ORCH = [sys.executable, "-m", "orchestrator"]
 IDLE_PROCESSES = {"slurmd", "sshd"}
 JOB_TIMEOUT = 150
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from probes import heartbeat
+from orch_cli import ORCH
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(240)]
 
@@ -42,7 +43,7 @@ def supervise(sandbox, run_dir: Path, hosts: list[str], *args: str, program: lis
               steps: int = STEPS) -> subprocess.Popen:
     program = program or ["-m", "orchestrator.engine", "--", "--config", "tiny", "--steps", str(steps),
                           "--checkpoint-every", str(EVERY), "--run-dir", str(run_dir)]
-    argv = [sys.executable, "-m", "orchestrator", "supervise", "--hosts", ",".join(hosts), "--nproc-per-node", "1",
+    argv = [*ORCH, "supervise", "--hosts", ",".join(hosts), "--nproc-per-node", "1",
             "--ssh-config", str(sandbox.ssh_config), "--connect-timeout", "3", "--python", sys.executable,
             "--run-dir", str(run_dir / "launch"), "--env", "OMP_NUM_THREADS=1", "--backoff", "0.5",
             "--health-timeout", "5", *args, *program]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from probes import heartbeat, wait_job
+from orch_cli import ORCH
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -77,7 +78,7 @@ exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 -
 
 
 def supervise_argv(tmp_path: Path, run_dir: Path, *args: str, config: str = "tiny") -> list[str]:
-    return [sys.executable, "-m", "orchestrator", "supervise", "--via", "slurm", "--nproc-per-node", "1",
+    return [*ORCH, "supervise", "--via", "slurm", "--nproc-per-node", "1",
             "--python", sys.executable, "--run-dir", str(tmp_path / "launch"), "--backoff", "0.2",
             "--health-timeout", "20", *args, "-m", "orchestrator.engine", "--", "--config", config,
             "--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--run-dir", str(run_dir)]

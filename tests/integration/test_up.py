@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from run_tokens import tokened, wait_for
+from orch_cli import ORCH, orch
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(240)]
 
@@ -22,11 +23,6 @@ TRAIN = textwrap.dedent("""\
     print(f"hello rank={os.environ['RANK']} cwd={os.getcwd()} marker={open('data.txt').read().strip()}", flush=True)
     time.sleep(float(sys.argv[sys.argv.index('--sleep') + 1]) if '--sleep' in sys.argv else 0)
 """)
-
-
-def orch(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=180, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +87,7 @@ def test_up_syncs_runs_and_records(sandbox, job):
 
 def test_stop_from_another_process_leaves_nothing(sandbox, job):
     run_id = "up-stop"
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", "job.yaml", *ssh(sandbox), "--run-id", run_id,
+    proc = subprocess.Popen([*ORCH, "up", "job.yaml", *ssh(sandbox), "--run-id", run_id,
                              "--set", "run=train.py --sleep 300"], cwd=job, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -101,7 +97,7 @@ def test_stop_from_another_process_leaves_nothing(sandbox, job):
             p.read_bytes() for p in (job / "runs" / run_id / "logs").glob("*.log")), timeout=60)
         running = json.loads(orch("jobs", "--json", cwd=job).stdout)
         assert {r["id"]: r["state"] for r in running}[run_id] == "running"
-        follow = subprocess.Popen([sys.executable, "-m", "orchestrator", "logs", run_id, "--follow"], cwd=job,
+        follow = subprocess.Popen([*ORCH, "logs", run_id, "--follow"], cwd=job,
                                   stdout=subprocess.PIPE, text=True)
         stopped = orch("stop", run_id, "--timeout", "30", cwd=job)
         assert stopped.returncode == 0, stopped.stderr

@@ -5,26 +5,21 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import subprocess
-import sys
 
 import orchestrator.cli as cli_pkg
 from orchestrator.cli.main import COMMAND_MODULES, cli
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True)
+from orch_cli import orch
 
 
 def test_help_lists_commands():
-    out = run_cli("--help")
+    out = orch("--help")
     assert out.returncode == 0, out.stderr
     assert "Usage: orchestrator" in out.stdout
     assert all(name in out.stdout for name in COMMAND_MODULES)
 
 
 def test_unknown_command_is_usage_error():
-    out = run_cli("no-such-command")
+    out = orch("no-such-command")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
 

@@ -8,6 +8,7 @@ import pytest
 from orchestrator.containers.image import _write_archive, read_image_tar
 from orchestrator.containers.load import check_sha256, plan_chains
 from orchestrator.errors import ConfigError
+from orch_cli import ORCH
 
 
 def test_archive_written_by_us_reads_back_with_the_config_digest_as_id(tmp_path):
@@ -43,12 +44,11 @@ def test_chains_relay_one_chain_baselines_one_node_each():
 
 def test_images_load_exit_2_before_any_host_for_a_bad_file(tmp_path):
     import subprocess
-    import sys
 
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
     for path in (str(tmp_path / "missing.tar"), str(bad)):
-        done = subprocess.run([sys.executable, "-m", "orchestrator", "images", "load", path, "--hosts",
+        done = subprocess.run([*ORCH, "images", "load", path, "--hosts",
                                "unreachable-host-[1-4]"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "IMAGE=" in done.stderr, done.stderr
 

@@ -3,7 +3,6 @@ token files made by `orchestrator data prepare`."""
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 from orchestrator.engine.data import Batches, SyntheticTokens, TokenFile, build_batches, write_token_file
 from orchestrator.errors import ConfigError
+from orch_cli import ORCH
 
 
 def global_batches(data, dp_size, steps, **kw):
@@ -109,10 +109,10 @@ def test_bad_sizes_are_config_errors(token_file):
 
 def test_cli_prepare(tmp_path):
     (tmp_path / "in.txt").write_text("abc" * 100)
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "data", "prepare", str(tmp_path / "in.txt"), "-o",
+    out = subprocess.run([*ORCH, "data", "prepare", str(tmp_path / "in.txt"), "-o",
                           str(tmp_path / "out.npy"), "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["num_tokens"] == 300
-    bad = subprocess.run([sys.executable, "-m", "orchestrator", "data", "prepare", str(tmp_path / "missing.txt"),
+    bad = subprocess.run([*ORCH, "data", "prepare", str(tmp_path / "missing.txt"),
                           "-o", str(tmp_path / "x.npy")], capture_output=True, text=True)
     assert bad.returncode == 2 and "missing.txt" in bad.stderr and "Traceback" not in bad.stderr

@@ -3,7 +3,6 @@
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -12,6 +11,7 @@ from orchestrator.cli.main import cli
 from orchestrator.errors import ConfigError
 from orchestrator.hostfile import FORMATS, load, parse, render
 from orchestrator.hosts import Host, HostList
+from orch_cli import orch
 
 HOSTS = HostList([Host("node2", 8), Host("node1", 4), Host("gpu-1-1", 2, (1, 3))])
 
@@ -169,10 +169,6 @@ def test_cli_hostfile_with_include(tmp_path):
     assert json.loads(out.output) == [{"host": "a", "slots": 4}, {"host": "b", "slots": 2, "slot_ids": [0, 1]}]
 
 
-def _run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env)
-
-
 @pytest.mark.parametrize(
     ("args", "hostfile_text", "expected"),
     [
@@ -187,7 +183,7 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path, args, hostfile_text, 
     hf = tmp_path / "hf"
     if hostfile_text is not None:
         hf.write_text(hostfile_text)
-    out = _run(*[a.format(hf=hf) for a in args], env={"PATH": "/usr/bin:/bin"})
+    out = orch(*[a.format(hf=hf) for a in args], env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert out.stderr.startswith("orchestrator: config error: ")

@@ -2,15 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from orch_cli import orch
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "orchestrator", "launch", *args], capture_output=True, text=True,
-                          env=env)
+    return orch("launch", *args, env=env)
 
 
 def test_dry_run_prints_would_run_per_host_redacted(tmp_path):

@@ -2,12 +2,12 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
 
 from orchestrator.engine.plot import plot_run, read_history
 from orchestrator.errors import ConfigError
+from orch_cli import ORCH
 
 
 def write_jsonl(path, records):
@@ -50,7 +50,7 @@ def test_event_without_a_step_takes_it_from_the_metrics(run_dir):
 
 
 def test_cli_writes_a_png(run_dir):
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "plot", str(run_dir)], capture_output=True, text=True)
+    out = subprocess.run([*ORCH, "plot", str(run_dir)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     png = run_dir / "training.png"
     assert out.stdout.strip() == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

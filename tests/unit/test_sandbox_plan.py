@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from orchestrator.sandbox.netns import host_spec
 from orchestrator.sandbox.plan import (HEAD_NAME, choose_subnet, host_ip, plan_sandbox, render_etc_hosts,
                                        render_nsswitch, render_ssh_config, short_id)
 from orchestrator.sandbox.state import DaemonState, HostState, SandboxState
+from orch_cli import ORCH
 
 
 def test_subnet_skips_the_lab_other_sandboxes_and_overlaps():
@@ -105,7 +105,7 @@ def test_host_spec_mounts_shares_and_drops_namespace_dirs(tmp_path):
 
 
 def test_cli_refuses_non_root_with_exit_2():
-    argv = [sys.executable, "-m", "orchestrator", "sandbox", "up", "--nodes", "2", "--name", "nonroot"]
+    argv = [*ORCH, "sandbox", "up", "--nodes", "2", "--name", "nonroot"]
     if os.geteuid() == 0:
         argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
@@ -115,7 +115,7 @@ def test_cli_refuses_non_root_with_exit_2():
 
 def test_cli_down_of_an_unknown_sandbox_is_a_config_error(tmp_path):
     env = {**os.environ, "ORCH_SANDBOX_ROOT": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "sandbox", "down", "--name", "nothing-here"],
+    out = subprocess.run([*ORCH, "sandbox", "down", "--name", "nothing-here"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2
     assert "no sandbox recorded" in out.stderr and "Traceback" not in out.stderr

@@ -6,6 +6,7 @@ import pytest
 
 from orchestrator.cli.main import main
 from orchestrator.supervisor.plan import parse_nodes
+from orch_cli import ORCH
 
 
 class Out:
@@ -58,7 +59,6 @@ def test_via_slurm_outside_an_allocation_is_a_config_error(capsys, monkeypatch):
 
 def test_events_and_status_skip_lines_that_are_not_event_objects(tmp_path):
     import subprocess
-    import sys
 
     good = [{"event": "start", "time": 100.0}, {"event": "launch", "time": 101.0, "attempt": 0, "hosts": ["a"]}]
     lines = [json.dumps(good[0]).encode(), b"[1, 2]", b'"x"', b'{"event": "launch", "tim', b"\xff\xfe{}",
@@ -66,10 +66,10 @@ def test_events_and_status_skip_lines_that_are_not_event_objects(tmp_path):
     (tmp_path / "events.jsonl").write_bytes(b"\n".join(lines) + b"\n" + b'{"event": "first_st')  # live: mid-line
     (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1, "step_time_s": 0.5}\n{"step": 2, "step_time_s": "x"}\n')
     for args in (["events", str(tmp_path)], ["events", "--json", str(tmp_path)], ["status", "--once", str(tmp_path)]):
-        out = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True)
+        out = subprocess.run([*ORCH, *args], capture_output=True, text=True)
         assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
         assert "events.jsonl: skipped 5 line(s)" in out.stderr and "(line 2, 3, 4, 5, 6)" in out.stderr
         assert "metrics.jsonl: skipped 1 line(s)" in out.stderr and "(line 2)" in out.stderr
-    rows = subprocess.run([sys.executable, "-m", "orchestrator", "events", "--json", str(tmp_path)],
+    rows = subprocess.run([*ORCH, "events", "--json", str(tmp_path)],
                           capture_output=True, text=True).stdout.splitlines()
     assert [json.loads(row) for row in rows] == good
