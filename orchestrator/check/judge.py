@@ -153,7 +153,7 @@ class Reference:
 def link_problem(link: Link, ref: Reference | None, th: CheckThresholds) -> str | None:
     """Why this link is bad compared with the fleet's reference, or None."""
     if link.error is not None:
-        return link.error
+        return f"test failed: {link.error}"
     if ref is None:
         return None
     if link.bw_gbps < th.bw_ratio * ref.bw_gbps:

@@ -231,7 +231,7 @@ async def measure_pairs(pairs: list[Pair], spec: CheckSpec, pythons: dict[str, s
         errors = [f"{h}: {d['error'] if d and 'error' in d else r.reason()}" for h, d, r in ends
                   if d is None or "error" in d or "import_error" in d]
         doc = docs.get(a) or {}
-        links[(a, b)] = (Link(error="network: " + "; ".join(errors)) if errors
+        links[(a, b)] = (Link(error="; ".join(errors)) if errors
                          else Link(bw_gbps=doc["bw_gbps"], lat_us=doc["lat_us"]))
     return links, docs, failed
 
