@@ -5,13 +5,15 @@
         b.record({pair: measure(pair) for pair in pairs})   # Link(bw_gbps, lat_us) or Link(error=...)
     b.bad        # {"n7": "network: bandwidth 0.001 GB/s < 0.5 x median 0.4 GB/s (with n1, a good peer)"}
     b.links      # {("n2", "n6"): "..."}: a pair slow together while each end is fine with a good peer
-    len(b.rounds)  # 2 (round 1, then each suspect re-paired with a known-good node)
+    len(b.rounds)  # 2: round 1, then each suspect re-paired with a known-good node, all at once
 
 Round 1 pairs node i with node i+N/2, so every node is in exactly one test; a pair below the fleet's median
 (judge.link_problem) makes both ends suspects. Each later round pairs every suspect it can with a distinct node
 already known good, concurrently: a suspect that is slow again with a good peer is the bad node; one that is fine
-is cleared. A fleet with k bad nodes needs 1 + ceil(2k / good nodes) rounds: 2 while k <= N/4. An odd node out
-of round 1 is a suspect until it has been tested. Pure: the caller measures.
+is cleared. Speed is relative to round 1's median, so fewer than half of its pairs can be slow, the good nodes
+outnumber the suspects, and two rounds settle it; pairs that fail outright (errors are absolute) can outnumber
+them, and then each further round re-pairs as many suspects as there are good nodes. An odd node out of round 1
+is a suspect until it has been tested. Pure: the caller measures.
 """
 
 from __future__ import annotations
