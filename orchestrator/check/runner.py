@@ -11,7 +11,7 @@ Inside an event loop use `run_check_async`. This is the entry point for a pre-fl
 supervisor's attempts: it needs the hosts, how to reach them, and the run's interpreter and workdir.
 
 Phase 1 runs probe.py `node` on every host (at most `fanout` at a time): disk, clock, interpreter, CPU loop,
-nvidia-smi. Phase 2 tests the network between the nodes that passed, with the run's backend (gloo on CPU, NCCL
+nvidia-smi; a node whose CPU loop was slow is measured again and fails only if it is slow again. Phase 2 tests the network between the nodes that passed, with the run's backend (gloo on CPU, NCCL
 on GPU) and the run's interpreter, in rounds of concurrent pairs (bisect.Bisection). Every remote process runs
 under the node agent with the check's run id, so a timeout or Ctrl-C kills it on the node.
 """
@@ -203,8 +203,18 @@ async def _node_phase(report: CheckReport, spec: CheckSpec, pythons, workdirs, *
         for reason in judge_node(doc, skew_s=node.skew_s, thresholds=th):
             node.fail(reason)
     cpu = {h: n.cpu_ms for h, n in report.nodes.items() if n.cpu_ms is not None}
-    for host, median in slow_relative(cpu, ratio=th.cpu_ratio).items():
-        report.nodes[host].fail(f"cpu: loop {cpu[host]:.0f} ms > {th.cpu_ratio:g} x median {median:.0f} ms")
+    slow = slow_relative(cpu, ratio=th.cpu_ratio)
+    if slow:  # measured again: a busy moment is not a slow node, and a slow node is slow every time
+        again: dict[str, dict] = {}
+        await run_on_async(list(slow), lambda h: _probe(pythons[h], "node", "--cpu-reps", "3"),
+                           python=lambda h: pythons[h], ssh=ssh, transport=transport, fanout=spec.fanout,
+                           timeout=spec.timeout, on_line=_collector(again, {}), run_id=f"{spec.check_id}-cpu")
+        for host, median in slow.items():
+            node = report.nodes[host]
+            if host in again:
+                node.cpu_ms = min(node.cpu_ms, round(again[host]["cpu_s"] * 1e3, 1))
+            if node.cpu_ms > th.cpu_ratio * median:
+                node.fail(f"cpu: loop {node.cpu_ms:.0f} ms > {th.cpu_ratio:g} x median {median:.0f} ms (twice)")
 
 
 async def measure_pairs(pairs: list[Pair], spec: CheckSpec, pythons: dict[str, str], *, backend: str, port: int,

@@ -62,7 +62,7 @@ def test_three_faults_are_each_named_and_left_out_of_the_hostfile(private_sandbo
     found = nodes(doc)
     assert sorted(doc["failed"]) == [link, cpu, disk], err
     assert found[link]["reasons"][0].startswith("network: bandwidth") and "a good peer" in found[link]["reasons"][0]
-    assert found[cpu]["reasons"] == [found[cpu]["reasons"][0]] and found[cpu]["reasons"][0].startswith("cpu: loop")
+    assert len(found[cpu]["reasons"]) == 1 and found[cpu]["reasons"][0].startswith("cpu: loop")
     assert found[disk]["reasons"] == [f"disk: cannot write in {workdir}: No space left on device"]
     assert all(found[h]["status"] == "pass" for h in ("c1", "c3", "c6"))
     assert doc["network"]["rounds"] == 2 and doc["network"]["nodes"] == 4  # the cpu and disk failures sit it out
