@@ -11,8 +11,9 @@ Inside an event loop use `run_check_async`. This is the entry point for a pre-fl
 supervisor's attempts: it needs the hosts, how to reach them, and the run's interpreter and workdir.
 
 Phase 1 runs probe.py `node` on every host (at most `fanout` at a time): disk, clock, interpreter, CPU loop,
-nvidia-smi; a node whose CPU loop was slow is measured again and fails only if it is slow again. Phase 2 tests the network between the nodes that passed, with the run's backend (gloo on CPU, NCCL
-on GPU) and the run's interpreter, in rounds of concurrent pairs (bisect.Bisection). Every remote process runs
+nvidia-smi; a node whose CPU loop was slow is measured again and fails only if it is slow again. Phase 2 tests
+the network between the nodes that passed, with the run's backend (gloo on CPU, NCCL on GPU) and the run's
+interpreter, in rounds of concurrent pairs (bisect.Bisection). Every remote process runs
 under the node agent with the check's run id, so a timeout or Ctrl-C kills it on the node.
 """
 
@@ -152,8 +153,10 @@ class CheckReport:
         return admitted(self.hosts, self.nodes)
 
     def to_json(self) -> dict:
-        return {"check_id": self.check_id, "exit_code": self.exit_code, "passed": [h for h in self.nodes if h not in self.failed],
-                "failed": self.failed, "nodes": [asdict(n) | {"passed": n.passed} for n in self.nodes.values()],
+        failed = self.failed
+        return {"check_id": self.check_id, "exit_code": self.exit_code,
+                "passed": [h for h in self.nodes if h not in failed], "failed": failed,
+                "nodes": [asdict(n) | {"passed": n.passed} for n in self.nodes.values()],
                 "network": self.network, "timings": self.timings}
 
 
@@ -218,7 +221,8 @@ async def _node_phase(report: CheckReport, spec: CheckSpec, pythons, workdirs, *
 
 
 async def measure_pairs(pairs: list[Pair], spec: CheckSpec, pythons: dict[str, str], *, backend: str, port: int,
-                        round_id: str, ssh=None, transport=None) -> tuple[dict[Pair, Link], dict[str, dict], dict[str, str]]:
+                        round_id: str, ssh=None, transport=None,
+                        ) -> tuple[dict[Pair, Link], dict[str, dict], dict[str, str]]:
     """Run every pair's test at once: ({pair: Link}, {host: its probe document}, {host: why it failed by itself})."""
     first = pairs[0][0]
     roles = {a: (0, a) for a, _ in pairs} | {b: (1, a) for a, b in pairs}

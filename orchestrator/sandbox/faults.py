@@ -85,6 +85,7 @@ def cap_cpu(sb, host: str, *, quota: float = 0.2) -> Undo:
 
 def fill_disk(sb, host: str, path: str, *, size: str = "1m") -> Undo:
     """Mount a tmpfs of `size` over `path` inside the host and fill it: writes there fail with ENOSPC."""
-    script = 'mkdir -p "$1" && mount -t tmpfs -o size="$2" orch-fault "$1" && { dd if=/dev/zero of="$1/fill" bs=64k 2>/dev/null; true; }'
+    script = ('mkdir -p "$1" && mount -t tmpfs -o size="$2" orch-fault "$1" && '
+              '{ dd if=/dev/zero of="$1/fill" bs=64k 2>/dev/null; true; }')  # dd ends with ENOSPC: full
     sb.exec(host, ["sh", "-c", script, "sh", path, size], check=True)
     return lambda: sb.exec(host, ["umount", path])

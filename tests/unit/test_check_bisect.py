@@ -94,7 +94,8 @@ def test_a_node_that_cannot_import_torch_fails_and_its_peer_is_retested():
 
 def test_a_failed_collective_counts_as_a_slow_pair():
     b = Bisection(fleet(4), CheckThresholds())
-    b.record({("n1", "n3"): Link(error="n3: timed out after 60 s"), ("n2", "n4"): HEALTHY[0]}) if b.next_round() else None
+    assert b.next_round() == [("n1", "n3"), ("n2", "n4")]
+    b.record({("n1", "n3"): Link(error="n3: timed out after 60 s"), ("n2", "n4"): HEALTHY[0]})
     assert b.suspects == ["n1", "n3"] and b.good == ["n2", "n4"]
     assert b.next_round() == [("n2", "n1"), ("n4", "n3")]
 

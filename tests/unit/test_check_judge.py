@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.check.judge import CheckThresholds, Link, Reference, clock_problems, judge_node, link_problem, slow_relative
+from orchestrator.check.judge import (CheckThresholds, Link, Reference, clock_problems, judge_node, link_problem,
+                                      slow_relative)
 from orchestrator.errors import ConfigError
 
 GATE = Path(__file__).resolve().parents[1] / "fixtures" / "gate"
@@ -15,7 +16,8 @@ TH = CheckThresholds()
 
 def doc(**changes) -> dict:
     """A healthy node probe document (probe.py `node`), as a sandbox host printed it."""
-    base = {"python": "3.11.2", "disk": {"path": "/srv/job", "free_bytes": 75_000_000_000, "total_bytes": 270_000_000_000},
+    base = {"python": "3.11.2",
+            "disk": {"path": "/srv/job", "free_bytes": 75_000_000_000, "total_bytes": 270_000_000_000},
             "cpu_s": 0.112, "nvidia_smi": None, "clocks": None, "time": 1796413522.9}
     return base | changes
 
@@ -42,8 +44,9 @@ def test_clock_skew_either_way():
 
 
 def test_gpu_output_is_judged_by_the_install_gates_rules():
-    assert judge_node(doc(nvidia_smi=smi("nvidia-smi_8xh100.csv")), skew_s=0, thresholds=CheckThresholds(gpus_per_node=8)) == []
-    missing = judge_node(doc(nvidia_smi=smi("nvidia-smi_7of8.csv")), skew_s=0, thresholds=CheckThresholds(gpus_per_node=8))
+    eight = CheckThresholds(gpus_per_node=8)
+    assert judge_node(doc(nvidia_smi=smi("nvidia-smi_8xh100.csv")), skew_s=0, thresholds=eight) == []
+    missing = judge_node(doc(nvidia_smi=smi("nvidia-smi_7of8.csv")), skew_s=0, thresholds=eight)
     assert missing == ["gpu: 7 GPU(s) found, 8 expected"]
     ecc = judge_node(doc(nvidia_smi=smi("nvidia-smi_ecc.csv")), skew_s=0, thresholds=TH)
     assert len(ecc) == 1 and ecc[0].startswith("gpu: GPU") and "uncorrected ECC" in ecc[0]
@@ -54,7 +57,7 @@ def test_gpu_output_is_judged_by_the_install_gates_rules():
 
 
 def test_hardware_clock_slowdown_fails_the_gpu():
-    # `nvidia-smi --query-gpu=index,clocks.sm,clocks.max.sm,clocks_throttle_reasons.active --format=csv,noheader,nounits`
+    # nvidia-smi --query-gpu=index,clocks.sm,clocks.max.sm,clocks_throttle_reasons.active --format=csv,noheader,nounits
     text = "0, 1980, 1980, 0x0000000000000000\n1, 1980, 1980, 0x0000000000000001\n2, 1035, 1980, 0x0000000000000048\n"
     assert clock_problems(text) == ["GPU 2 clock 1035/1980 MHz: HW slowdown, HW thermal slowdown"]
     assert clock_problems("0, [N/A], [N/A], [N/A]\n") == []
