@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from orchestrator.errors import ConfigError
 from orchestrator.provision.gate import GateInputs, GateThresholds, ToolRun, decide, parse_nvidia_smi
 
-__all__ = ["CheckThresholds", "Link", "Reference", "clock_problems", "gpu_count", "judge_node", "link_problem",
+__all__ = ["CheckThresholds", "Link", "Reference", "clock_problems", "clock_skew", "gpu_count", "judge_node", "link_problem",
            "slow_relative"]
 
 GB = 1e9
@@ -36,7 +36,7 @@ class CheckThresholds:
     min_free_gb: float = 1.0
     """Free space (GB) the workdir needs."""
     max_skew_s: float = 1.0
-    """|node clock - head clock| allowed, seconds (measured within the output's delivery delay)."""
+    """|node clock - head clock| allowed, seconds (see clock_skew)."""
     cpu_ratio: float = 2.0
     """A node's CPU loop slower than this x the median fails."""
     bw_ratio: float = 0.5
@@ -86,6 +86,16 @@ def judge_node(facts: Mapping, *, skew_s: float | None, thresholds: CheckThresho
         if clocks.get("rc") == 0:
             reasons += [f"gpu: {p}" for p in clock_problems(clocks["stdout"])]
     return reasons
+
+
+def clock_skew(node_time: float, started: float, arrived: float) -> float:
+    """How far the node's clock is at least off the head's: its reading `node_time` was taken after the head
+    started the probe (`started`) and before its line arrived (`arrived`), so a right clock read a time inside
+    that window. 0 inside it; else the distance to it (negative: the node is behind). A slow session widens the
+    window, never makes a right clock look wrong."""
+    if node_time < started:
+        return node_time - started
+    return max(0.0, node_time - arrived)
 
 
 def gpu_count(facts: Mapping) -> int:

@@ -49,7 +49,7 @@ from orchestrator.cli.ssh_options import ssh_options
 @click.option("--size-mb", type=float, default=4.0, show_default=True, help="all_reduce size for bandwidth.")
 @click.option("--budget", "budget_s", type=float, default=1.0, show_default=True,
               help="Seconds of bandwidth measurement per pair.")
-@click.option("--no-network", is_flag=True, help="Per-node checks only.")
+@click.option("--no-network", is_flag=True, help="Per-node checks only (then `import torch` is not tried either).")
 @click.option("--net-port", type=int, default=None, help="First TCP port of the pair tests (default 31000-31899).")
 @click.option("-f", "--fanout", type=int, default=64, show_default=True, help="Node probes running at once.")
 @click.option("-t", "--timeout", type=float, default=60.0, show_default=True,

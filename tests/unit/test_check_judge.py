@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.check.judge import (CheckThresholds, Link, Reference, clock_problems, judge_node, link_problem,
-                                      slow_relative)
+from orchestrator.check.judge import (CheckThresholds, Link, Reference, clock_problems, clock_skew, judge_node,
+                                      link_problem, slow_relative)
 from orchestrator.errors import ConfigError
 
 GATE = Path(__file__).resolve().parents[1] / "fixtures" / "gate"
@@ -36,6 +36,13 @@ def test_disk_full_or_unwritable_or_too_small():
     small = doc(disk={"path": "/srv/job", "free_bytes": 400_000_000, "total_bytes": 1 << 40})
     assert judge_node(small, skew_s=0, thresholds=TH) == ["disk: 0.40 GB free in /srv/job < 1 GB"]
     assert judge_node(small, skew_s=0, thresholds=CheckThresholds(min_free_gb=0.1)) == []
+
+
+def test_clock_skew_is_the_distance_outside_the_probes_round_trip():
+    # the head started the probe at 100.0 and its line arrived at 101.5 (a busy head: 64 sessions, load 60)
+    assert clock_skew(100.8, 100.0, 101.5) == 0.0   # a right clock read a time inside the window
+    assert clock_skew(98.5, 100.0, 101.5) == -1.5   # behind: before the probe could have started
+    assert clock_skew(104.0, 100.0, 101.5) == 2.5   # ahead: after its line had arrived
 
 
 def test_clock_skew_either_way():
