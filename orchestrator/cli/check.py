@@ -51,7 +51,8 @@ from orchestrator.cli.ssh_options import ssh_options
               help="Seconds of bandwidth measurement per pair.")
 @click.option("--no-network", is_flag=True, help="Per-node checks only (then `import torch` is not tried either).")
 @click.option("--net-port", type=int, default=None, help="First TCP port of the pair tests (default 31000-31899).")
-@click.option("-f", "--fanout", type=int, default=64, show_default=True, help="Node probes running at once.")
+@click.option("-f", "--fanout", type=int, default=64, show_default=True,
+              help="Node probes running at once (2 on sandbox hosts, which share the head's cores).")
 @click.option("-t", "--timeout", type=float, default=60.0, show_default=True,
               help="Seconds per host and phase; a node that takes longer is reported unreachable.")
 @click.option("--out-hostfile", "output", metavar="FILE", type=click.Path(dir_okay=False),
@@ -61,7 +62,10 @@ from orchestrator.cli.ssh_options import ssh_options
 def check_command(host_selection: HostSelection, python, workdir, min_free_gb, max_skew, gpus_per_node, cpu_ratio,
                   bw_ratio, lat_ratio, lat_floor_us, backend, size_mb, budget_s, no_network, net_port, fanout, timeout,
                   output, as_json, ssh) -> int:
-    """Check the nodes before a run: per-node health, then the network by bisection."""
+    """Check the nodes before a run: per-node health, then the network by bisection.
+
+    Exit code: 0 every node passed, 1 a node failed a check, 255 a node was unreachable or timed out, 2 bad input.
+    """
     from rich.console import Console
 
     from orchestrator.check import CheckSpec, CheckThresholds, run_check
