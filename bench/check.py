@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -114,7 +115,12 @@ def run(n: int, clean: int, do_all_pairs: bool) -> dict:
     return result
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through the finally blocks: faults undone, sandbox down
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hosts", type=int, default=16)
     ap.add_argument("--clean", type=int, default=20, help="clean gates in a row after the faults are undone")

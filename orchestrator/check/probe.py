@@ -129,13 +129,15 @@ class Round:
 
 
 def _measure(torch, dist, args, device, sync, rnd, doc):
-    """Latency (lower quartile of small all_reduces), then bus bandwidth of `--size-mb` all_reduces."""
+    """Latency (lower quartile of small all_reduces, spread over time), then bus bandwidth of `--size-mb`
+    all_reduces."""
     tiny = torch.ones(1, device=device)
     for _ in range(5):  # warm-up: connections and buffers
         dist.all_reduce(tiny)
     sync()
     lats = []
     for _ in range(args.lat_reps):
+        time.sleep(0.005)  # spread over ~0.2 s: one busy moment of the node's CPUs does not make every sample
         t = time.perf_counter()
         dist.all_reduce(tiny)
         sync()
@@ -225,7 +227,7 @@ def main(argv=None):
     p_net.add_argument("--size-mb", type=float, default=4.0)
     p_net.add_argument("--budget-s", type=float, default=1.0)
     p_net.add_argument("--max-iters", type=int, default=20)
-    p_net.add_argument("--lat-reps", type=int, default=20)
+    p_net.add_argument("--lat-reps", type=int, default=30)
     p_net.add_argument("--timeout-s", type=float, default=30.0)
     p_net.add_argument("--barrier", default=None, help="ADDR:PORT:COUNT:IS_MASTER")
     args = parser.parse_args(argv)
