@@ -10,7 +10,9 @@
 Round 1 pairs node i with node i+N/2, so every node is in exactly one test; a pair below the fleet's median
 (judge.link_problem) makes both ends suspects. Each later round pairs every suspect it can with a distinct node
 already known good, concurrently: a suspect that is slow again with a good peer is the bad node; one that is fine
-is cleared. Speed is relative to round 1's median, so fewer than half of its pairs can be slow, the good nodes
+is cleared. Where two good nodes are left over, they run beside the tests as a control pair: a test is judged
+against the more lenient of round 1's median and the control (the same moment's fabric and load), so a busy
+moment fails no one. Speed is relative, so fewer than half of round 1's pairs can be slow, the good nodes
 outnumber the suspects, and two rounds settle it; pairs that fail outright (errors are absolute) can outnumber
 them, and then each further round re-pairs as many suspects as there are good nodes. An odd node out of round 1
 is a suspect until it has been tested. Pure: the caller measures.
@@ -39,6 +41,7 @@ class Bisection:
         self.bad: dict[str, str] = {}
         self.links: dict[Pair, str] = {}
         self._slow_pairs: dict[Pair, str] = {}
+        self._controls: list[Pair] = []
 
     def next_round(self) -> list[Pair]:
         """The pairs to measure next, all at once ([] when done). Each pair is (rank 0, rank 1)."""
@@ -48,6 +51,10 @@ class Bisection:
             self.suspects = self.nodes[2 * half:]  # the odd one out has not been tested yet
         else:
             pairs = list(zip(self.good, self.suspects))  # the good node leads: it hosts the rendezvous
+            spare = self.good[len(pairs):]
+            # a control: two good nodes measured in the same moment, the yardstick for this round's tests
+            self._controls = [(spare[0], spare[1])] if pairs and len(spare) >= 2 else []
+            pairs += self._controls
         if pairs:
             self.rounds.append(pairs)
         return pairs
@@ -60,15 +67,22 @@ class Bisection:
         for node, why in failed.items():
             self.bad.setdefault(node, why)
         first = len(self.rounds) == 1
-        if first:
-            self.reference = Reference.of(link for pair, link in results.items() if not set(pair) & failed.keys())
+        reference = self.reference = Reference.of(link for pair, link in results.items()
+                                                  if not set(pair) & failed.keys()) if first else self.reference
+        if not first and reference is not None:
+            control = Reference.of([results[p] for p in self._controls if p in results and not set(p) & failed.keys()],
+                                   minimum=1)
+            if control is not None:  # the more lenient of the two: a busy moment fails no one, nor a fast control
+                reference = Reference(min(reference.bw_gbps, control.bw_gbps), max(reference.lat_us, control.lat_us))
         for pair, link in results.items():
+            if pair in self._controls:
+                continue
             ends = [n for n in pair if n not in failed]
             if len(ends) < 2:
                 if first:
                     self.suspects += ends
                 continue
-            problem = link_problem(link, self.reference, self.th)
+            problem = link_problem(link, reference, self.th)
             if first:
                 if problem:
                     self._slow_pairs[pair] = problem

@@ -147,16 +147,18 @@ class Link:
 
 @dataclass(frozen=True, slots=True)
 class Reference:
-    """The fleet's typical link: medians over the links measured in the first round."""
+    """The fleet's typical link: medians over the links of round 1 (or of a later round's control pair)."""
 
     bw_gbps: float
     lat_us: float
 
     @classmethod
-    def of(cls, links: Iterable[Link]) -> Reference | None:
+    def of(cls, links: Iterable[Link], *, minimum: int = 2) -> Reference | None:
+        """Medians of the measured links; None with fewer than `minimum` (one link of unknown health is its own
+        median: nothing to compare with; one of two known-good nodes is a reference)."""
         good = [link for link in links if link.error is None and link.bw_gbps is not None]
-        if len(good) < 2:
-            return None  # one link is its own median: nothing to compare with
+        if len(good) < minimum:
+            return None
         return cls(statistics.median(link.bw_gbps for link in good), statistics.median(link.lat_us for link in good))
 
 

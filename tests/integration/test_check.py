@@ -48,7 +48,7 @@ def test_clean_gate_passes_every_node(sandbox, hosts4, tmp_path):
 
 
 def test_three_faults_are_each_named_and_left_out_of_the_hostfile(private_sandbox, tmp_path):
-    sb = private_sandbox(nodes=6, prefix="c")
+    sb = private_sandbox(nodes=8, prefix="c")  # 6 in the network test: round 2 has a control pair to spare
     link, cpu, disk = "c2", "c4", "c5"
     hostfile = tmp_path / "ok.txt"
     workdir = tmp_path / "job"
@@ -57,15 +57,15 @@ def test_three_faults_are_each_named_and_left_out_of_the_hostfile(private_sandbo
         undo.callback(slow_link(sb, link, rate="10mbit"))
         undo.callback(cap_cpu(sb, cpu, quota=0.05))
         undo.callback(fill_disk(sb, disk, str(workdir)))
-        rc, doc, err = check(sb, "c[1-6]", "--out-hostfile", str(hostfile), workdir=workdir)
+        rc, doc, err = check(sb, "c[1-8]", "--out-hostfile", str(hostfile), workdir=workdir)
     assert rc == 1, err
     found = nodes(doc)
     assert sorted(doc["failed"]) == [link, cpu, disk], err
     assert found[link]["reasons"][0].startswith("network: ") and "a good peer" in found[link]["reasons"][0], err
     assert len(found[cpu]["reasons"]) == 1 and found[cpu]["reasons"][0].startswith("cpu: loop"), err
     assert found[disk]["reasons"] == [f"disk: cannot write in {workdir}: No space left on device"], err
-    assert doc["network"]["rounds"] == 2 and doc["network"]["nodes"] == 4, err  # cpu and disk failures sit it out
-    assert hostfile.read_text().splitlines() == ["c1 slots=1", "c3 slots=1", "c6 slots=1"]
+    assert doc["network"]["rounds"] == 2 and doc["network"]["nodes"] == 6, err  # cpu and disk failures sit it out
+    assert hostfile.read_text().splitlines() == [f"{h} slots=1" for h in ("c1", "c3", "c6", "c7", "c8")]
     time.sleep(0.5)
     leftovers = {h: [p for p in sb.pids(h) if p != sb.state.host(h).sshd_pid] for h in sb.hosts}
     assert not any(leftovers.values()), leftovers  # every probe died with its session

@@ -43,14 +43,15 @@ def test_one_bad_node_is_found_in_two_rounds(n):
     b = simulate(fleet(n), bad=[bad])
     assert list(b.bad) == [bad] and "bandwidth" in b.bad[bad] and "a good peer" in b.bad[bad]
     assert len(b.rounds) == 2
-    assert sum(len(r) for r in b.rounds) == n // 2 + 2  # vs n(n-1)/2 for all pairs
+    controls = 1 if n >= 6 else 0  # two good nodes to spare measure beside the tests
+    assert sum(len(r) for r in b.rounds) == n // 2 + 2 + controls  # vs n(n-1)/2 for all pairs
     assert not b.links and not b.unresolved
 
 
 def test_three_bad_nodes_of_sixteen_in_two_rounds():
     b = simulate(fleet(16), bad=["n2", "n11", "n16"])
     assert sorted(b.bad) == ["n11", "n16", "n2"]
-    assert len(b.rounds) == 2 and len(b.rounds[1]) == 6  # each suspect with its own good peer, all at once
+    assert len(b.rounds) == 2 and len(b.rounds[1]) == 7  # each suspect with its own good peer + a control, at once
 
 
 def test_more_suspects_than_good_nodes_take_more_rounds_but_still_resolve():
@@ -60,7 +61,7 @@ def test_more_suspects_than_good_nodes_take_more_rounds_but_still_resolve():
     while pairs := b.next_round():
         b.record({p: Link(error="refused") if set(p) & set(dead) else HEALTHY[0] for p in pairs})
     assert sorted(b.bad) == sorted(dead)
-    assert [len(r) for r in b.rounds] == [8, 4, 6, 2]  # cleared suspects join the good nodes: the pool grows
+    assert [len(r) for r in b.rounds] == [8, 4, 6, 2 + 1]  # cleared suspects join the good nodes: the pool grows
 
 
 def test_slow_pairs_are_judged_against_the_median_of_round_one():
@@ -68,6 +69,16 @@ def test_slow_pairs_are_judged_against_the_median_of_round_one():
     b.record({p: link for p, link in zip(b.next_round(), [HEALTHY[0], HEALTHY[1], HEALTHY[2], SLOW_LINK])})
     assert b.reference.bw_gbps == pytest.approx((0.35 + 0.203) / 2)
     assert b.suspects == ["n4", "n8"]
+
+
+def test_later_rounds_are_judged_against_a_control_pair_measured_at_the_same_moment():
+    b = Bisection(fleet(8), CheckThresholds())
+    b.record(dict(zip(b.next_round(), [HEALTHY[0], HEALTHY[1], HEALTHY[2], SLOW_LINK])))  # n4-n8 slow
+    pairs = b.next_round()
+    assert pairs == [("n1", "n4"), ("n5", "n8"), ("n2", "n6")]  # two tests, one control
+    busy = Link(0.03, 900.0)  # the whole machine ten times slower for a moment (other work): not n4's fault
+    b.record({("n1", "n4"): busy, ("n5", "n8"): SLOW_LINK, ("n2", "n6"): Link(0.035, 850.0)})
+    assert list(b.bad) == ["n8"] and "n4" in b.good
 
 
 def test_a_bad_link_between_two_good_nodes_fails_neither():
@@ -79,7 +90,7 @@ def test_a_bad_link_between_two_good_nodes_fails_neither():
 def test_the_odd_node_out_is_tested_in_round_two():
     b = simulate(fleet(7), bad=["n7"])
     assert b.rounds[0] == [("n1", "n4"), ("n2", "n5"), ("n3", "n6")]
-    assert b.rounds[1] == [("n1", "n7")]
+    assert b.rounds[1] == [("n1", "n7"), ("n4", "n2")]  # the test and a control pair of good nodes
     assert list(b.bad) == ["n7"]
     clean = simulate(fleet(7))
     assert not clean.bad and "n7" in clean.good

@@ -13,7 +13,8 @@ from orchestrator.inline import python_source
 
 
 def probe(*args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", python_source(PROBE), *args], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", python_source(PROBE), *args], capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
