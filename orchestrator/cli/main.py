@@ -23,7 +23,7 @@ log = logging.getLogger("orchestrator")
 # command name -> the orchestrator.cli module whose `commands` list holds it. Imported when the command runs:
 # importing every command's module costs ~40 ms of start-up, paid by every `orchestrator run` on a head.
 COMMAND_MODULES = {
-    "data": "data", "demo": "demo", "events": "status", "hosts": "hosts", "images": "images", "install": "install",
+    "check": "check", "data": "data", "demo": "demo", "events": "status", "hosts": "hosts", "images": "images", "install": "install",
     "launch": "launch", "plot": "plot", "run": "run", "sandbox": "sandbox", "slurm-launch": "submit",
     "status": "status", "submit": "submit", "supervise": "supervise", "train": "train",
     "up": "up", "jobs": "jobs", "logs": "jobs", "stop": "jobs",
