@@ -36,7 +36,8 @@ from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, ConfigE
 from orchestrator.hosts import HostList
 from orchestrator.inline import python_source
 from orchestrator.launch.plan import DEFAULT_PYTHON, per_host_values
-from orchestrator.remote.fanout import DEFAULT_FANOUT, new_run_id, run_on_async
+from orchestrator.contracts import new_run_id
+from orchestrator.remote.fanout import DEFAULT_FANOUT, run_on_async
 
 __all__ = ["CheckSpec", "NodeReport", "CheckReport", "run_check", "run_check_async", "measure_pairs"]
 

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 import time
 
 import pytest
 
 from orchestrator.sandbox.faults import cap_cpu, fill_disk, slow_link
+from orch_cli import orch
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(240)]
 
 
 def check(sb, hosts: str, *args: str, workdir) -> tuple[int, dict, str]:
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "check", "--hosts", hosts, "--ssh-config",
-                          str(sb.ssh_config), "--connect-timeout", "5", "--python", sys.executable,
-                          "--workdir", str(workdir), "--fanout", "2", "--json", *args],
-                         capture_output=True, text=True, timeout=200)
+    out = orch("check", "--hosts", hosts, "--ssh-config", sb.ssh_config, "--connect-timeout", "5",
+               "--python", sys.executable, "--workdir", workdir, "--fanout", "2", "--json", *args, timeout=200)
     return out.returncode, json.loads(out.stdout) if out.stdout.strip() else {}, out.stderr
 
 

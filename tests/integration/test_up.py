@@ -146,7 +146,7 @@ def test_slurm_section_inside_salloc(slurm_cluster, job):
     text = (job / "job.yaml").read_text()
     hosts_line = next(ln for ln in text.splitlines() if ln.startswith("hosts:"))
     (job / "slurm.yaml").write_text(text.replace(hosts_line, "slurm: {nodes: 2}"))
-    out = subprocess.run(["salloc", "--nodes=2", sys.executable, "-m", "orchestrator", "up", "slurm.yaml", *ssh(sb),
+    out = subprocess.run(["salloc", "--nodes=2", *ORCH, "up", "slurm.yaml", *ssh(sb),
                           "--run-id", "up-slurm"], cwd=job, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = sorted(re.findall(r"hello rank=(\d) cwd=\S*/\.cache/orchestrator/code/", out.stdout + out.stderr))
