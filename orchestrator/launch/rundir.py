@@ -92,13 +92,13 @@ class HostLogs:
 
     def __init__(self, paths: dict[str, Path]):
         self.paths = paths
-        self.files: dict[str, IO[bytes] | None] = {}
         self.warned = False
+        # every host's log exists from the start, empty for a host that prints nothing: it took part
+        self.files: dict[str, IO[bytes] | None] = {h: self._guard(h, lambda p=p: _private(p, "ab"))
+                                                   for h, p in paths.items()}
 
     def write(self, host: str, line: str | bytes, *, end: bytes = b"\n") -> None:
         """Append `line` and `end` (b"" while a long line goes on in the next call)."""
-        if host not in self.files:
-            self.files[host] = self._guard(host, lambda: _private(self.paths[host], "ab"))
         f = self.files[host]
         if f is not None:
             data = line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape")
