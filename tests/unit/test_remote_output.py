@@ -62,16 +62,19 @@ def test_a_line_longer_than_the_join_limit_goes_out_in_pieces_prefixed_once():
     assert pieces == ["", "n1: aaabbb", "c\n"]
 
 
+class Reader:
+    """A stream's read(n), over bytes held in memory."""
+
+    def __init__(self, data):
+        self.data = data
+
+    async def read(self, n):
+        chunk, self.data = self.data[:n], self.data[n:]
+        return chunk
+
+
 def test_lines_keep_bytes_and_split_an_overlong_line_into_partial_pieces():
     import asyncio
-
-    class Reader:
-        def __init__(self, data):
-            self.data = data
-
-        async def read(self, n):
-            chunk, self.data = self.data[:n], self.data[n:]
-            return chunk
 
     long = "a" + "é" * MAX_LINE  # 2 bytes a character, odd offset: the pieces must not cut one
     data = b"ok \xff\n" + long.encode() + b"\ntail"
@@ -88,14 +91,6 @@ def test_lines_keep_bytes_and_split_an_overlong_line_into_partial_pieces():
 
 def test_a_line_of_exactly_max_line_bytes():
     import asyncio
-
-    class Reader:
-        def __init__(self, data):
-            self.data = data
-
-        async def read(self, n):
-            chunk, self.data = self.data[:n], self.data[n:]
-            return chunk
 
     async def collect(data):
         return [line async for line in lines(Reader(data))]
