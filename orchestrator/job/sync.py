@@ -34,7 +34,6 @@ from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
 RECEIVER = Path(__file__).with_name("receive.py")
 DEFAULT_IGNORE = (".git", "__pycache__", "*.pyc", ".venv", "venv", ".mypy_cache", ".pytest_cache", ".ipynb_checkpoints")
-KEEPALIVE_S = 5
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,7 @@ async def sync_tree_async(tree: Tree, hosts: Sequence[str], *, ssh: SshOptions |
     async def one(host: str) -> SyncResult:
         result = SyncResult(host)
         try:
-            session = await transport.open(host, argv, keepalive=KEEPALIVE_S)
+            session = await transport.open(host, argv)
         except Exception as exc:  # noqa: BLE001 - this host's result; the others go on
             result.error = describe_error(exc)
             return result
