@@ -8,7 +8,8 @@
 
 Shows a live per-host view (task, ok, changed, failed), then a summary per host with the GPU-only work skipped
 (and why) and the gate's verdict. When the validate role ran, nodes that failed the gate are left out of
-<out>/inventory.gated.yml and <out>/hostfile. Exit 0 when every host installed and passed the gate, else 1.
+<out>/inventory.gated.yml and <out>/hostfile. Exit 0 when every host installed and passed the gate, 255 when a host
+was unreachable, else 1.
 The playbook and its roles ship inside the package; --export-playbooks copies them out to edit.
 """
 
@@ -20,7 +21,7 @@ import click
 
 from orchestrator.cli.options import HostSelection, host_options, resolve_from_cli
 from orchestrator.cli.ssh_options import ssh_options
-from orchestrator.errors import EXIT_FAILURE, EXIT_OK, ConfigError
+from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, ConfigError
 
 
 def _extra_vars(pairs: tuple[str, ...]) -> dict:
@@ -112,6 +113,8 @@ def install_command(host_selection: HostSelection, ssh, inventory: str | None, p
                                                                   "busbw_gbps": verdicts[h].busbw_gbps}}
                       for h, r in result.hosts.items()},
         }, indent=2))
+    if any(r.unreachable for r in result.hosts.values()):
+        return EXIT_UNREACHABLE  # the exit-code contract: a host that could not be reached wins over a failure
     ok = result.rc == 0 and not result.failed_hosts and all(v.passed for v in verdicts.values())
     return EXIT_OK if ok else EXIT_FAILURE
 

@@ -25,7 +25,7 @@ from orchestrator.hosts import Host, HostList
 from orchestrator.provision import gated, localrepo
 from orchestrator.provision.gate import GateThresholds
 from orchestrator.provision.runner import plan_install, run_install
-from orch_cli import ORCH
+from orch_cli import ORCH, orch
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "playbooks" / "roles"
@@ -179,3 +179,14 @@ def test_rdma_discovery_finds_active_ports_roce_gid_and_the_socket_interface(tmp
     assert lines[:3] == ["port mlx5_0 1 ACTIVE InfiniBand -", "port mlx5_1 1 DOWN InfiniBand -",
                          "port mlx5_2 1 ACTIVE Ethernet 2"]
     assert lines[3].startswith("netdev ") and len(lines) == 4
+
+
+def test_an_unreachable_host_is_exit_255(tmp_path):
+    """The exit-code contract of every command: a host that could not be reached is 255 (here: a closed port on
+    loopback, so ssh is refused at once)."""
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n  HostName 127.0.0.1\n  Port 1\n  UserKnownHostsFile /dev/null\n")
+    out = orch("install", "-w", "node1", "--ssh-config", config, "--check", "-t", "common", "--out", tmp_path / "out",
+               cwd=tmp_path, timeout=120)
+    assert out.returncode == 255, out.stdout + out.stderr
+    assert "refused" in out.stdout + out.stderr
