@@ -44,9 +44,11 @@ starting() {  # the command is ours (not reaped) and not a zombie: it may still 
 }
 
 sweep() {  # SIGTERM the command's group, its PID while it starts, and tokened processes; SIGKILL after 2 s.
-  # Done when a scan finds nothing at once, or, once something was found, after 3 empty scans in a row
-  # (a process killed between two scans may have forked: its child shows in the next one).
+  # Done when a scan finds nothing at once after the command ended by itself, or else (it was stopped, or
+  # something was found) after 3 empty scans in a row: a process killed between two scans may have forked,
+  # and its child shows only in the next one.
   s=TERM k=0 e=3
+  [ -z "$alive" ] || e=0
   while :; do
     tokened
     kill -$s -"$c" $t 2>/dev/null
@@ -81,7 +83,10 @@ trap 'x=143' TERM
 trap 'x=130' INT
 trap 'x=129' HUP
 exec 3<&0
-(while read -r _; do :; done; kill -TERM $$) <&3 >/dev/null 2>&1 &  # holds none of the head's output
+# The watcher: TERM when the control channel closes, repeated a few times: a TERM that lands between start's
+# check of $x and its `wait` is eaten by that wait's start, and the next one interrupts it.
+(while read -r _; do :; done; kill -TERM $$ && for i in 1 2 3 4 5 6; do sleep 0.5; kill -TERM $$ || break; done
+) <&3 >/dev/null 2>&1 &  # holds none of the head's output
 w=$!
 exec 3<&-
 # sh starts background jobs with SIGINT and SIGQUIT ignored, and an exec keeps that: env --default-signal
