@@ -134,8 +134,7 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host]) -> Launc
 def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
                    environ: Mapping[str, str] = os.environ) -> SupervisePlan:
     """The supervised run of `spec` (ConfigError on bad input; nothing is written or started)."""
-    ssh = opts.ssh
-    steps = _slurm_steps(opts, ssh, environ)
+    steps = _slurm_steps(opts, environ)
     host_list = list(resolve_hosts(hosts=opts.hosts, hostfile=opts.hostfile, include=opts.include,
                                    exclude=opts.exclude, nproc_per_node=spec.nproc_per_node, environ=environ))
     nproc = spec.nproc_per_node or host_list[0].slots
@@ -157,18 +156,18 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
         health_timeout=opts.health_timeout)
     first = attempt_plan(cfg, 0, cfg.hosts)
     if steps is None:
-        return SupervisePlan(cfg, first, SshAttempts(ssh=ssh, failure_grace=opts.failure_grace))
+        return SupervisePlan(cfg, first, SshAttempts(ssh=opts.ssh, failure_grace=opts.failure_grace))
     return SupervisePlan(cfg, first, steps, srun=steps.argv(first))  # argv() checks the step fits the allocation
 
 
-def _slurm_steps(opts: SuperviseOptions, ssh, environ: Mapping[str, str]):
+def _slurm_steps(opts: SuperviseOptions, environ: Mapping[str, str]):
     """The Slurm runner under --via slurm (ConfigError outside an allocation), else None."""
     if opts.via == "slurm":  # inside salloc/sbatch: attempts are srun steps; hosts default to the allocation's nodes
         from orchestrator import slurm
         from orchestrator.supervisor.slurm import SlurmSteps
 
         return SlurmSteps(slurm.require_allocation("--via slurm", environ), srun_options=opts.srun_options,
-                          drain_bad_nodes=opts.drain_bad_nodes, ssh=ssh)
+                          drain_bad_nodes=opts.drain_bad_nodes, ssh=opts.ssh)
     if opts.srun_options or opts.drain_bad_nodes:
         raise ConfigError("--srun-opt/--drain-bad-nodes", list(opts.srun_options) or True, "only with --via slurm")
     return None
