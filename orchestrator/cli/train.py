@@ -31,6 +31,9 @@ from orchestrator.errors import OrchestratorError
 @click.option("--run-dir", help="Where metrics.jsonl and checkpoints/ go.")
 @click.option("--checkpoint-every", type=int, help="Save every K steps (0 = never).")
 @click.option("--keep-checkpoints", type=int, help="Keep the newest K checkpoints (0 = all).")
+@click.option("--snapshot-every", type=int,
+              help="Snapshot each rank's state into host memory every K steps, for warm restarts (default under "
+                   "the warm launcher: 1).")
 @click.option("--async-checkpoint/--sync-checkpoint", default=None, help="Save checkpoints in the background.")
 @click.option("--data", help="synthetic, or a token file from `orchestrator data prepare`.")
 @click.option("--engine", help="torch (FSDP2 x TP x PP) or deepspeed (ZeRO).")

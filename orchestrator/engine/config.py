@@ -169,10 +169,13 @@ class TrainConfig:
     """Keep the newest K complete checkpoints; 0 keeps all."""
     async_checkpoint: bool = False
     """Save in the background (training continues while the checkpoint is written)."""
+    snapshot_every: int = 0
+    """Snapshot each rank's state into host memory every K steps (0: never); what a warm restart restores. Needs
+    ORCH_SNAPSHOT_DIR (the warm launcher sets it, and sets K=1 when this is 0)."""
 
     def __post_init__(self) -> None:
         _positive("train", steps=self.steps, global_batch_size=self.global_batch_size, lr=self.lr)
-        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "seed"):
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "seed", "snapshot_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}", getattr(self, name), "use 0 or a positive integer")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -210,6 +213,7 @@ FLAG_SECTIONS = {
     "dp_shard": "parallel", "dp_replicate": "parallel", "tp": "parallel", "pp": "parallel", "schedule": "parallel",
     "microbatches": "parallel", "steps": "train", "seed": "train", "run_dir": "train", "data": "train",
     "checkpoint_every": "train", "keep_checkpoints": "train", "async_checkpoint": "train", "engine": "train",
+    "snapshot_every": "train",
 }
 
 

@@ -29,12 +29,15 @@ def lr_at(step: int, cfg: EngineConfig) -> float:
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * cosine)
 
 
-def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save) -> list[float]:
+def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save, snapshot=None,
+              resumed: dict | None = None) -> list[float]:
     """The step loop both engines share; returns the losses of steps start+1..steps.
 
     step(n) trains step n and returns its metrics record; save(n) checkpoints on the --checkpoint-every schedule
-    and returns fields for the record (checkpoint_stall_s: the seconds it blocked) or None; every step beats the
-    heartbeat, rank 0 appends metrics.jsonl.
+    and returns fields for the record (checkpoint_stall_s: the seconds it blocked) or None; snapshot(n), when
+    given, runs on the train.snapshot_every schedule and returns fields (snapshot_stall_s); every step beats the
+    heartbeat, rank 0 appends metrics.jsonl. `resumed` (e.g. {"resume_source": "memory"}) joins the first
+    record after a resume, next to resumed_from.
     """
     t = cfg.train
     writer = MetricsWriter(Path(t.run_dir) / "metrics.jsonl") if rank == 0 else None
@@ -43,7 +46,9 @@ def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save
         for n in range(start + 1, t.steps + 1):
             record = step(n)
             if n == start + 1 and start:
-                record["resumed_from"] = start
+                record |= {"resumed_from": start, **(resumed or {})}
+            if snapshot is not None and t.snapshot_every and n % t.snapshot_every == 0:
+                record.update(snapshot(n) or {})
             if t.checkpoint_every and (n % t.checkpoint_every == 0 or n == t.steps):
                 heartbeat.beat(step=n, status="checkpointing")
                 record.update(save(n) or {})

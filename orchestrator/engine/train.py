@@ -194,13 +194,17 @@ class _Trainer:
         self._build_data()
         run_dir = Path(t.run_dir)
         ckpt = Checkpointer(run_dir, keep=t.keep_checkpoints, async_save=t.async_checkpoint)
-        start = 0
-        resumed = ckpt.load_latest(self.parts, self.optimizers)
-        if resumed is not None:
-            start, extra = resumed
+        snaps = self._snapshots()
+        start, source, extra = 0, None, None
+        memory_step = self._common_snapshot(snaps) if snaps is not None else None
+        if memory_step is not None:
+            start, source, extra = memory_step, "memory", snaps.load(memory_step, self.parts, self.optimizers)
+        elif (resumed := ckpt.load_latest(self.parts, self.optimizers)) is not None:
+            (start, extra), source = resumed, "disk"
+        if extra is not None:
             self.batches.load_state_dict(extra["data"])
             self.heartbeat.beat(step=start, status="starting")
-            log.info("resumed at step %d", start)
+            log.info("resumed at step %d from %s", start, source)
         log.info("training %s (%.1fM params) on %s, %s", cfg.name, cfg.model.num_params() / 1e6,
                  self.device, self.dims.describe())
 
@@ -211,11 +215,48 @@ class _Trainer:
             # writes take longer than the steps between two saves)
             return {"checkpoint_stall_s": time.perf_counter() - begin, "checkpoint_wait_s": ckpt.last_wait_s}
 
-        losses = run_steps(start=start, cfg=cfg, rank=self.rank, heartbeat=self.heartbeat, step=self._step, save=save)
+        def snapshot(step: int) -> dict:
+            return {"snapshot_stall_s": snaps.save(step, self.parts, self.optimizers,
+                                                   extra={"data": self.batches.state_dict()})}
+
+        losses = run_steps(start=start, cfg=cfg, rank=self.rank, heartbeat=self.heartbeat, step=self._step, save=save,
+                           snapshot=snapshot if snaps is not None else None,
+                           resumed={"resume_source": source} if source else None)
         ckpt.close()
+        if snaps is not None:
+            snaps.close()
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
         return {"losses": losses, "first_step": start + 1, "last_step": max(start, t.steps),
-                "layout": self.dims.describe()}
+                "layout": self.dims.describe(), "resume_source": source}
+
+    # ---- in-memory snapshots -------------------------------------------------------------------------------
+    def _snapshots(self):
+        from orchestrator.engine.snapshot import SNAPSHOT_DIR_ENV, Snapshots
+
+        directory = os.environ.get(SNAPSHOT_DIR_ENV)
+        if not self.cfg.train.snapshot_every or not directory:
+            return None
+        return Snapshots(directory, rank=self.rank)
+
+    def _common_snapshot(self, snaps) -> int | None:
+        """The newest snapshot step every rank holds (None: some rank has none), unless a newer disk checkpoint
+        exists; every rank gets the same answer."""
+        import torch.distributed as dist
+
+        from orchestrator.engine.checkpoint_files import complete_steps
+
+        torch = self.torch
+        steps = snaps.steps()
+        newest = torch.tensor([steps[-1] if steps else -1])
+        if self.dims.world_size > 1:
+            dist.all_reduce(newest, op=dist.ReduceOp.MIN)
+        step = int(newest.item())
+        disk = complete_steps(self.cfg.train.run_dir)
+        # One vote per rank, so that every rank takes the same path even if they see the disk differently.
+        usable = torch.tensor([1 if step in steps and not (disk and disk[-1] > step) else 0])
+        if self.dims.world_size > 1:
+            dist.all_reduce(usable, op=dist.ReduceOp.MIN)
+        return step if usable.item() else None

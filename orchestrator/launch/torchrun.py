@@ -50,6 +50,11 @@ def torchrun_argv(
     return argv + list(program)
 
 
+def rank_prefix(rank: int, local_rank: int) -> str:
+    """The prefix RANK_PREFIX_TEMPLATE expands to for one rank (what the warm keeper writes itself)."""
+    return RANK_PREFIX_TEMPLATE.replace("${rank}", str(rank)).replace("${local_rank}", str(local_rank))
+
+
 def torchrun_env() -> dict[str, str]:
     """Variables torchrun itself needs on every node (added to the env manifest's values)."""
     return {PREFIX_ENV: RANK_PREFIX_TEMPLATE}

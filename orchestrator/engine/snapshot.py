@@ -1,0 +1,156 @@
+"""In-memory snapshots: every K steps each rank's own shard of the training state, in host memory that outlives it.
+
+    snaps = Snapshots(Path(os.environ["ORCH_SNAPSHOT_DIR"]), rank=3, keep=2)   # /dev/shm, owned by the run
+    stall_s = snaps.save(step, parts, optimizers, extra={"data": batches.state_dict()})  # every K steps
+    snaps.newest()                   # 41: the newest complete snapshot of rank 3 (any process of rank 3 wrote it)
+    extra = snaps.load(41, parts, optimizers)   # the same layout only: local shards are copied back as they were
+    snaps.close()                    # waits for the last write
+
+What a snapshot holds: this rank's local shard of every model and optimizer tensor (DTensors as their local
+part), the non-tensor optimizer values, the data position (`extra`) and the RNG state, so the steps after a
+restore train exactly what an uninterrupted run trains. Unlike a DCP checkpoint it does not reshard: it is for
+a restart with the same world size and layout (the warm restart's case; a layout change goes through disk).
+
+The save copies the tensors into host buffers in the calling thread (on a GPU a device-to-host copy; on CPU a
+memcpy: the stall) and writes the file in a background thread, so the next steps run while it is written. The
+file is written under a temporary name and renamed, so a snapshot file that exists is whole. One write is in
+flight at a time: a save that finds the previous write unfinished waits for it (counted in its stall).
+
+On disk: DIR/rank<R>/step-<S>.pt; the newest `keep` of each rank are kept (2 by default: during a recovery the
+step every rank holds may be one older than one rank's newest). DIR lives in the node agent's per-run temp dir
+on /dev/shm, which the agent removes however the run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+__all__ = ["Snapshots", "SNAPSHOT_DIR_ENV"]
+
+log = logging.getLogger("orchestrator.engine.snapshot")
+
+SNAPSHOT_DIR_ENV = "ORCH_SNAPSHOT_DIR"
+_FILE = re.compile(r"step-(\d+)\.pt\Z")
+_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def _local(value: Any) -> Any:
+    """A DTensor's local shard, a plain tensor as is, anything else unchanged."""
+    to_local = getattr(value, "to_local", None)
+    return to_local() if callable(to_local) else value
+
+
+class Snapshots:
+    """One rank's snapshots in `directory`/rank<R>/ (see the module docstring)."""
+
+    def __init__(self, directory: str | Path, *, rank: int, keep: int = 2):
+        self.dir = Path(directory) / f"rank{rank}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rank, self.keep = rank, max(1, keep)
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # ---- save -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def save(self, step: int, model_parts: list, optimizers: list, *, extra: dict) -> float:
+        """Snapshot `step`; returns the seconds the caller was held (the copy, and waiting on the last write)."""
+        begin = time.perf_counter()
+        self.wait()
+        state = {"step": step, "extra": extra, "rng": _rng_state(), "parts": []}
+        for part, opt in zip(model_parts, optimizers):
+            model_sd, optim_sd = get_state_dict(part, opt, options=_OPTIONS)
+            state["parts"].append({"model": _copy(model_sd), "optim": _copy(optim_sd)})
+        self._writer = threading.Thread(target=self._write, args=(step, state), name="snapshot-writer", daemon=True)
+        self._writer.start()
+        return time.perf_counter() - begin
+
+    def _write(self, step: int, state: dict) -> None:
+        try:
+            tmp = self.dir / f".step-{step}.pt.tmp"
+            torch.save(state, tmp)
+            os.replace(tmp, self.dir / f"step-{step}.pt")
+            for old in self.steps()[:-self.keep]:
+                (self.dir / f"step-{old}.pt").unlink(missing_ok=True)
+        except BaseException as exc:  # noqa: BLE001 - handed to the next wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Block until the last write is on disk; re-raise its failure."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    close = wait
+
+    # ---- find and load --------------------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        """The steps of this rank's complete snapshots, oldest first."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return sorted(int(m.group(1)) for name in names if (m := _FILE.match(name)))
+
+    def newest(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    @torch.no_grad()
+    def load(self, step: int, model_parts: list, optimizers: list) -> dict:
+        """Restore snapshot `step` into freshly built parts/optimizers of the same layout; returns its `extra`."""
+        state = torch.load(self.dir / f"step-{step}.pt", weights_only=False)
+        if len(state["parts"]) != len(model_parts):
+            raise ValueError(f"snapshot of step {step} has {len(state['parts'])} model parts, this rank {len(model_parts)}")
+        for part, opt, saved in zip(model_parts, optimizers, state["parts"]):
+            model_sd, optim_sd = get_state_dict(part, opt, options=_OPTIONS)  # also creates the optimizer state
+            set_state_dict(part, opt, options=_OPTIONS, model_state_dict=_fill(model_sd, saved["model"]),
+                           optim_state_dict=_fill(optim_sd, saved["optim"]))
+        _set_rng_state(state["rng"])
+        return state["extra"]
+
+
+def _copy(state: dict) -> dict:
+    """Host copies of the local shards (tensors); other values as they are."""
+    return {k: _local(v).detach().to("cpu", copy=True) if isinstance(_local(v), torch.Tensor) else v
+            for k, v in state.items()}
+
+
+def _fill(template: dict, saved: dict) -> dict:
+    """The template (a fresh state dict of the same layout) with the saved values copied into its tensors."""
+    missing = template.keys() - saved.keys()
+    if missing:
+        raise ValueError(f"snapshot lacks {len(missing)} entries, e.g. {sorted(missing)[0]!r}: another model?")
+    out = {}
+    for key, value in template.items():
+        local = _local(value)
+        if isinstance(local, torch.Tensor):
+            local.copy_(saved[key])
+            out[key] = value
+        else:
+            out[key] = saved[key]
+    return out
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def _set_rng_state(rng: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
