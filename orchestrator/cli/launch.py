@@ -25,7 +25,9 @@ from orchestrator.cli.ssh_options import ssh_options
 @host_options
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
               help="Processes per node (default: each host's slots from the hostfile).")
-@click.option("--launcher", type=click.Choice(["torchrun", "deepspeed"]), default="torchrun", show_default=True)
+@click.option("--launcher", type=click.Choice(["torchrun", "deepspeed", "warm"]), default="torchrun", show_default=True,
+              help="warm: the engine only (-m orchestrator.engine); a node keeper restarts a failed rank from a "
+                   "standby and in-memory snapshots in about a second, without stopping the others.")
 @click.option("--via", type=click.Choice(["ssh", "slurm"]), default="ssh", show_default=True,
               help="slurm: inside salloc/sbatch, one `srun --ntasks-per-node=1 --kill-on-bad-exit=1` step "
                    "over the allocation's nodes (or --hosts among them).")

@@ -104,7 +104,8 @@ def events_command(run_dir: str, as_json: bool, only_summary: bool) -> int:
 def print_summary(summary: dict) -> None:
     """The end-of-run summary on stderr (stdout may carry --json)."""
     lines = [f"outcome: {summary['outcome']}" + (f" ({summary['reason']})" if summary.get("reason") else ""),
-             f"attempts {summary['attempts']}, restarts {summary['restarts']}, last step {summary['last_step']}, "
+             f"attempts {summary['attempts']}, restarts {summary['restarts']} cold + {summary.get('warm_restarts', 0)} "
+             f"warm, last step {summary['last_step']}, "
              f"steps lost {summary['steps_lost']}",
              f"causes: {', '.join(str(c) for c in summary['causes']) or '-'}; "
              f"excluded: {', '.join(summary['excluded']) or '-'}",

@@ -46,7 +46,7 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
                ssh_option, user, port, connect_timeout, program, nodes, spare_hosts, max_restarts, hang_timeout,
                startup_timeout, health_check, health_timeout, no_progress_attempts, max_host_failures, backoff,
                backoff_max, model_parallel, global_batch, failure_grace, via, srun_opts, drain_bad_nodes,
-               **extra) -> int:
+               restart, **extra) -> int:
     import asyncio
 
     from orchestrator.launch.env import build_env_manifest
@@ -69,7 +69,7 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
         max_restarts=max_restarts, no_progress_attempts=no_progress_attempts, max_host_failures=max_host_failures,
         backoff=backoff, backoff_max=backoff_max, model_parallel=model_parallel, global_batch=global_batch,
         hang_timeout=hang_timeout, startup_timeout=startup_timeout, health_check=health_check,
-        health_timeout=health_timeout))
+        health_timeout=health_timeout, restart=restart))
     cfg = plan.config
     if dry_run:
         if as_json:
@@ -122,6 +122,11 @@ supervise_command = click.Command(
                      help="When given, a shrunk data-parallel degree must divide it."),
         click.Option(["--drain-bad-nodes"], is_flag=True, help="With --via slurm: drain (scontrol) the nodes "
                      "the supervisor excludes, with the reason, so later jobs avoid them too."),
+        click.Option(["--restart"], type=click.Choice(["auto", "warm", "cold"]), default="auto", show_default=True,
+                     help="warm: a failed or hung rank is replaced in about a second by a standby process on its "
+                          "node, every rank restoring the newest in-memory snapshot (the engine over SSH only); "
+                          "cold: every failure restarts the whole run from the disk checkpoint; auto: warm when "
+                          "possible. A warm restart that cannot finish falls back to cold."),
         click.Option(["--failure-grace"], type=float, default=2.0, show_default=True,
                      help="Seconds other nodes get to exit on their own after the first failure."),
         _program,

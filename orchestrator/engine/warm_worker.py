@@ -15,6 +15,7 @@ exits 2 before any assignment, as the engine does under torchrun.
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import select
@@ -73,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     import torch.distributed as dist
 
-    from orchestrator.engine.train import train  # noqa: F401 - the heavy imports, paid before anyone waits
-    import orchestrator.engine.checkpoint, orchestrator.engine.model, orchestrator.engine.parallelize  # noqa: E401,F401
-    import orchestrator.engine.snapshot  # noqa: F401
+    # The heavy imports, paid before anyone waits (train() would import these as it builds the model).
+    for name in ("checkpoint", "data", "model", "parallelize", "pipeline", "snapshot"):
+        importlib.import_module(f"orchestrator.engine.{name}")
+    from orchestrator.engine.train import train
 
     print(READY_MARK, flush=True)
     lines, store, generation = _Lines(sys.stdin.fileno()), None, -1

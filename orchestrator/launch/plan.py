@@ -29,7 +29,8 @@ from orchestrator.hosts import Host, expand, fold
 from orchestrator.launch import deepspeed, torchrun
 from orchestrator.launch.env import EnvManifest, redact_argv, redact_value
 
-LAUNCHERS = ("torchrun", "deepspeed")
+LAUNCHERS = ("torchrun", "deepspeed", "warm")
+WARM_MODULE = "orchestrator.engine"  # the one program the warm launcher runs
 DEFAULT_PYTHON = "python3"
 PORT_BASE, PORT_SPAN = 29500, 1000
 _ADDRESS = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9._:\[\]-]{0,252}\Z")  # names, IPv4, [IPv6]
@@ -202,6 +203,9 @@ def _validate(spec: LaunchSpec, hosts: Sequence[Host]) -> None:
         raise ConfigError("SCRIPT_OR_MODULE", spec.program[0], "the first word after '--' is the script or module")
     if spec.module and not all(part.isidentifier() for part in spec.program[0].split(".")):
         raise ConfigError("-m", spec.program[0], "give a dotted module name, e.g. -m orchestrator.engine")
+    if spec.launcher == "warm" and not (spec.module and spec.program[0] == WARM_MODULE):
+        raise ConfigError("--launcher", "warm", f"warm restarts run the engine only: -m {WARM_MODULE} -- ARGS "
+                          "(use --launcher torchrun for other programs)")
     if spec.nproc_per_node is not None and spec.nproc_per_node < 1:
         raise ConfigError("--nproc-per-node", spec.nproc_per_node, "use a positive integer")
     if spec.master_port is not None and not 1 <= spec.master_port <= 65535:
@@ -212,6 +216,14 @@ def _validate(spec: LaunchSpec, hosts: Sequence[Host]) -> None:
         raise ConfigError("SCRIPT_OR_MODULE", spec.program, "arguments cannot contain NUL bytes")
     if any("\0" in v for v in spec.env.values.values()):
         raise ConfigError("--env", "", "values cannot contain NUL bytes")
+
+
+def keeper_argv(*, python: str, nnodes: int, node_rank: int, nproc: int, first_rank: int, world_size: int,
+                master_addr: str, master_port: int, engine_args: list[str]) -> list[str]:
+    """argv of one node's warm keeper (engine/keeper.py): torchrun's place for warm restarts."""
+    return [python, "-m", "orchestrator.engine.keeper", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
+            f"--nproc-per-node={nproc}", f"--first-rank={first_rank}", f"--world-size={world_size}",
+            f"--master-addr={master_addr}", f"--master-port={master_port}", "--", *engine_args]
 
 
 def build_plan(spec: LaunchSpec, hosts: Sequence[Host]) -> LaunchPlan:
@@ -227,7 +239,11 @@ def build_plan(spec: LaunchSpec, hosts: Sequence[Host]) -> LaunchPlan:
     nodes, first_rank = [], 0
     for node_rank, (host, nproc) in enumerate(zip(hosts, nprocs)):
         python = pythons[host.name]
-        if spec.launcher == "torchrun":
+        if spec.launcher == "warm":
+            argv = keeper_argv(python=python, nnodes=len(hosts), node_rank=node_rank, nproc=nproc,
+                               first_rank=first_rank, world_size=sum(nprocs), master_addr=master_addr,
+                               master_port=master_port, engine_args=list(spec.program[1:]))
+        elif spec.launcher == "torchrun":
             argv = torchrun.torchrun_argv(
                 python=python, nnodes=len(hosts), node_rank=node_rank, nproc=nproc, master_addr=master_addr,
                 master_port=master_port, program=list(spec.program), module=spec.module,
@@ -240,7 +256,7 @@ def build_plan(spec: LaunchSpec, hosts: Sequence[Host]) -> LaunchPlan:
         # Devices picked with --include/--exclude: torchrun does not know slots, so pin them via the env
         # (DeepSpeed's world_info carries the slot ids itself).
         node_env = {}
-        if host.slot_ids is not None and spec.launcher == "torchrun":
+        if host.slot_ids is not None and spec.launcher != "deepspeed":
             node_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in host.slot_ids[:nproc])
         nodes.append(NodePlan(host.name, node_rank, nproc, first_rank, python, workdirs[host.name], tuple(argv), node_env))
         first_rank += nproc

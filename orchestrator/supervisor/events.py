@@ -18,6 +18,8 @@ One JSON object per line, flushed at once (a live run is readable by `orchestrat
     replace      a spare takes its place: host, spare
     shrink       fewer nodes: from_nodes, to_nodes
     restart      the next attempt: attempt, resume_step, steps_lost, backoff_s, cause
+    warm_*       warm restarts inside an attempt (supervisor/warm.py): warm_restart, warm_resumed (steps_lost,
+                 time_lost_s, phases), warm_kill, warm_stuck, warm_give_up
     done / gave_up / stopped   the end, with the summary
 Summary definitions: time lost to a failure = head time from when the step it resumed from finished to when
 the first step after the restart finished, minus that step's own time (the recomputed work, the detection,
@@ -113,7 +115,9 @@ def summarize(events: list[dict], metrics: list[dict]) -> dict:
     end_event = next((e for e in reversed(events) if e["event"] in ("done", "gave_up", "stopped")), None)
     end = end_event["time"] if end_event else (events[-1]["time"] if events else None)
     restarts = [e for e in events if e["event"] == "restart"]
-    lost = [float(e["time_lost_s"]) for e in events if e["event"] == "first_step" and e.get("time_lost_s") is not None]
+    warm = [e for e in events if e["event"] == "warm_resumed"]
+    lost = [float(e["time_lost_s"]) for e in events
+            if e["event"] in ("first_step", "warm_resumed") and e.get("time_lost_s") is not None]
     wall = (end - start) if start is not None and end is not None else None
     useful = useful_step_time(metrics)
     steps = sorted({r["step"] for r in metrics})
@@ -122,10 +126,11 @@ def summarize(events: list[dict], metrics: list[dict]) -> dict:
         "reason": end_event.get("reason") if end_event else None,
         "attempts": sum(1 for e in events if e["event"] == "launch"),
         "restarts": len(restarts),
+        "warm_restarts": len(warm),
         "causes": [e.get("cause") for e in events if e["event"] == "diagnosis"],
         "excluded": [str(e.get("host")) for e in events if e["event"] == "exclude"],
         "last_step": steps[-1] if steps else None,
-        "steps_lost": sum(int(e.get("steps_lost") or 0) for e in restarts),
+        "steps_lost": sum(int(e.get("steps_lost") or 0) for e in restarts + warm),
         "time_lost_s": round(sum(lost), 2),
         "wall_s": round(wall, 2) if wall is not None else None,
         "useful_s": round(useful, 2),

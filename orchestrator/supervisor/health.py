@@ -5,6 +5,7 @@ that tells a stopped or stuck rank from the ranks waiting for it.
     health        # {"n1": "ok", "n2": "unreachable: connection refused"}
     states = await probe_pids({"n2": [4242, 4243]}, ssh=ssh)
     states        # {"n2": {4242: "T", 4243: "S"}}   (state letters of /proc/PID/stat; "gone" when it exited)
+    await kill_pids({"n2": [4242]}, ssh=ssh)          # ["n2"]: the hosts where SIGKILL was sent (warm restarts)
 
 Both run through the fan-out (the same SSH transport and node-side agent as the run), under their own run
 ids, so a check that hangs is killed with its session. The check command is an argv list (no shell); on GPU
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from orchestrator.contracts import new_run_id
 from orchestrator.remote.fanout import run_on_async
 
-__all__ = ["check_hosts", "probe_pids"]
+__all__ = ["check_hosts", "kill_pids", "probe_pids"]
 
 log = logging.getLogger("orchestrator.supervisor.health")
 
@@ -66,6 +67,25 @@ async def probe_pids(pids: dict[str, list[int]], *, ssh=None, transport=None, ti
         if r.ok:
             states[host] = {int(p): s for p, s in (line.split() for line in r.tail if len(line.split()) == 2)}
     return states
+
+
+_KILL = ("import os, signal, sys\n"
+         "for p in sys.argv[1:]:\n"
+         "    try:\n"
+         "        os.kill(int(p), signal.SIGKILL)\n"
+         "    except OSError:\n"
+         "        pass\n")
+
+
+async def kill_pids(pids: dict[str, list[int]], *, ssh=None, transport=None, timeout: float = 10.0,
+                    python: str | Callable[[str], str] = "python3") -> list[str]:
+    """SIGKILL the given processes; the hosts that answered (a process already gone counts as killed)."""
+    hosts = [h for h, p in pids.items() if p]
+    if not hosts:
+        return []
+    result = await run_on_async(hosts, lambda h: [_py(python, h), "-c", _KILL, *map(str, pids[h])], ssh=ssh,
+                                transport=transport, timeout=timeout, python=python, run_id=new_run_id() + "-kill")
+    return [host for host, r in result.items() if r.ok]
 
 
 def _py(python: str | Callable[[str], str], host: str) -> str:

@@ -44,6 +44,7 @@ from orchestrator.supervisor.diagnosis import Attempt, Diagnosis, diagnose
 from orchestrator.supervisor.events import EventLog, read_events, read_metrics, summarize
 from orchestrator.supervisor.plan import SupervisorConfig, attempt_plan
 from orchestrator.supervisor.runner import AttemptRunner
+from orchestrator.supervisor.warm import WarmRestarts
 
 __all__ = ["Supervisor"]
 
@@ -62,12 +63,13 @@ class Supervisor:
         self.step_seen: dict[int, float] = {}
         self.metrics = MetricsTail(cfg.run_dir / "metrics.jsonl")
         self.started_at = time.time()
+        self.warm = WarmRestarts(self.events, runner, hang_timeout=cfg.hang_timeout) if cfg.restart == "warm" else None
 
     # ---- the whole run ------------------------------------------------------------------------------------
     async def run(self) -> dict:
         cfg = self.cfg
         hosts, spares = list(cfg.hosts), list(cfg.spares)
-        self.events.emit("start", run_id=cfg.spec.run_id, hosts=[h.name for h in hosts],
+        self.events.emit("start", run_id=cfg.spec.run_id, restart=cfg.restart, hosts=[h.name for h in hosts],
                          spares=[h.name for h in spares], limits=asdict(cfg.limits),
                          hang_timeout=cfg.hang_timeout, program=list(cfg.spec.program))
         number, end, exit_code = 0, None, EXIT_FAILURE
@@ -129,6 +131,8 @@ class Supervisor:
                                  rank=node.first_rank + found.local_rank if node else None,
                                  local_rank=found.local_rank, exitcode=found.exitcode, signal=found.signal,
                                  pid=found.pid, since_launch_s=round(found.seen_at - attempt.launched_at, 3))
+            if self.warm is not None:
+                self.warm.on_line(attempt, line)
             if self.sink is not None:
                 self.sink(line)
 
@@ -138,6 +142,8 @@ class Supervisor:
             self._poll_metrics(attempt)
             if stop.is_set() or attempt.rank_exit is not None or task.done():
                 continue
+            if self.warm is not None and self.warm.hang_check_paused(time.time()):
+                continue  # the ranks killed for a hang are being replaced
             stalled = stalled_ranks(read_heartbeats(self.heartbeat_dir), now=time.time(),
                                     hang_timeout=self.cfg.hang_timeout, startup_timeout=self.cfg.startup_timeout,
                                     launched_at=attempt.launched_at, expected=plan.world_size)
@@ -147,6 +153,9 @@ class Supervisor:
                                  stalled=[{k: b.get(k) for k in ("host", "rank", "step", "status", "time", "pid",
                                                                  "missing")} for b in stalled])
                 attempt.probe = await self._probe(stalled)
+                if self.warm is not None and await self.warm.kill_hung(attempt, stalled, attempt.probe):
+                    attempt.hang = None  # the keepers replace the killed ranks: the attempt goes on
+                    continue
                 stop.set()
         try:
             attempt.result = task.result()
@@ -171,6 +180,8 @@ class Supervisor:
     def _poll_metrics(self, attempt: Attempt) -> None:
         for record in self.metrics.poll():
             step, seen = record["step"], record["seen_at"]
+            if self.warm is not None:
+                self.warm.on_step(attempt, record, seen, attempt.last_step, self.step_seen)
             attempt.last_step = step
             if not attempt.first_step_seen:
                 attempt.first_step_seen = True

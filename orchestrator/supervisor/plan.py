@@ -32,15 +32,18 @@ from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, expand
 from orchestrator.selection import resolve_hosts
 from orchestrator.launch.env import EnvManifest
-from orchestrator.launch.plan import LaunchPlan, LaunchSpec, build_plan
+from orchestrator.launch.plan import WARM_MODULE, LaunchPlan, LaunchSpec, build_plan
 from orchestrator.supervisor.policy import Limits
 from orchestrator.supervisor.runner import AttemptRunner, SshAttempts
 
 if TYPE_CHECKING:
     from orchestrator.remote.ssh import SshOptions
 
-__all__ = ["SupervisePlan", "SuperviseOptions", "SupervisorConfig", "attempt_plan",
-           "model_parallel_of", "parse_nodes", "plan_supervise", "program_option"]
+RESTART_MODES = ("auto", "warm", "cold")
+WARM_TMP_DIR = "/dev/shm"
+
+__all__ = ["RESTART_MODES", "SupervisePlan", "SuperviseOptions", "SupervisorConfig", "attempt_plan",
+           "model_parallel_of", "parse_nodes", "plan_supervise", "program_option", "restart_mode"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +59,11 @@ class SupervisorConfig:
     health_command: tuple[str, ...] = ()
     health_timeout: float = 20.0
     poll_s: float = 0.2
+    restart: str = "cold"
+    """'warm': each node runs a keeper (engine/keeper.py) that restarts a failed rank in-attempt from a standby and
+    in-memory snapshots, the supervisor kills hung ranks instead of stopping the attempt, and a cold restart from
+    disk is the fallback; 'cold': every failure ends the attempt."""
+    restart_reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +98,9 @@ class SuperviseOptions:
     health_check: str | None = None
     """A command line (split like a shell would, run without one); None: reachability only."""
     health_timeout: float = 20.0
+    restart: str = "auto"
+    """'warm', 'cold', or 'auto': warm when the program is the engine (-m orchestrator.engine, torch engine) over
+    SSH, else cold."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,7 @@ class SupervisePlan:
         from orchestrator.launch.env import redact_argv
 
         return {"run_dir": str(self.config.run_dir), "plan": self.first_attempt.to_json(),
+                "restart": self.config.restart, "restart_reason": self.config.restart_reason,
                 "limits": vars(self.config.limits), "spares": [s.name for s in self.config.spares]} | (
             {"srun": redact_argv(self.srun)} if self.srun else {})
 
@@ -118,6 +130,7 @@ class SupervisePlan:
         lines.append(f"supervised: run dir {cfg.run_dir}, nodes {limits.min_nodes}:{limits.max_nodes}, spares "
                      f"{','.join(s.name for s in cfg.spares) or '-'}, max restarts {limits.max_restarts}, "
                      f"hang timeout {cfg.hang_timeout:g} s")
+        lines.append(f"restarts: {cfg.restart} ({cfg.restart_reason})")
         return lines
 
 
@@ -135,6 +148,9 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
                    environ: Mapping[str, str] = os.environ) -> SupervisePlan:
     """The supervised run of `spec` (ConfigError on bad input; nothing is written or started)."""
     steps = _slurm_steps(opts, environ)
+    restart, restart_reason = restart_mode(spec, opts)
+    if restart == "warm":  # snapshots go to the agent's per-run temp dir: host memory, removed however the run ends
+        spec = replace(spec, launcher="warm", node_tmp_dir=WARM_TMP_DIR)
     host_list = list(resolve_hosts(hosts=opts.hosts, hostfile=opts.hostfile, include=opts.include,
                                    exclude=opts.exclude, nproc_per_node=spec.nproc_per_node, environ=environ))
     nproc = spec.nproc_per_node or host_list[0].slots
@@ -153,11 +169,31 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
         spares=spares + [Host(h.name, nproc) for h in host_list[limits.max_nodes:]], limits=limits,
         hang_timeout=opts.hang_timeout, startup_timeout=opts.startup_timeout,
         health_command=tuple(shlex.split(opts.health_check)) if opts.health_check else (),
-        health_timeout=opts.health_timeout)
+        health_timeout=opts.health_timeout, restart=restart, restart_reason=restart_reason)
     first = attempt_plan(cfg, 0, cfg.hosts)
     if steps is None:
         return SupervisePlan(cfg, first, SshAttempts(ssh=opts.ssh, failure_grace=opts.failure_grace))
     return SupervisePlan(cfg, first, steps, srun=steps.argv(first))  # argv() checks the step fits the allocation
+
+
+def restart_mode(spec: LaunchSpec, opts: SuperviseOptions) -> tuple[str, str]:
+    """('warm' or 'cold', why) for --restart; ConfigError when warm is asked for and cannot be had."""
+    if opts.restart not in RESTART_MODES:
+        raise ConfigError("--restart", opts.restart, f"use one of {', '.join(RESTART_MODES)}")
+    if opts.restart == "cold":
+        return "cold", "--restart cold"
+    obstacle = None
+    if not (spec.module and spec.program and spec.program[0] == WARM_MODULE):
+        obstacle = f"the program is not the engine (-m {WARM_MODULE})"
+    elif spec.launcher == "deepspeed" or program_option(spec.program, "--engine") == "deepspeed":
+        obstacle = "the DeepSpeed path restarts cold"
+    elif opts.via == "slurm":
+        obstacle = "--via slurm restarts cold (srun steps)"
+    if obstacle is None:
+        return "warm", "standby workers and in-memory snapshots on every node; cold from disk as the fallback"
+    if opts.restart == "warm":
+        raise ConfigError("--restart", "warm", f"{obstacle}; use --restart cold or auto")
+    return "cold", obstacle
 
 
 def _slurm_steps(opts: SuperviseOptions, environ: Mapping[str, str]):

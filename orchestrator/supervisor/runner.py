@@ -63,6 +63,9 @@ class AttemptRunner(Protocol):
     async def probe_pids(self, pids: dict[str, list[int]], *, timeout: float) -> dict[str, dict[int, str]]:
         """host -> {pid: /proc state letter} of stalled ranks; hosts that did not answer are left out."""
 
+    async def kill_pids(self, pids: dict[str, list[int]], *, timeout: float) -> list[str]:
+        """SIGKILL the processes (a hung rank under warm restarts, which run over SSH only); the hosts reached."""
+
     def exclude(self, host: str, reason: str) -> bool:
         """The supervisor stopped using `host`; True when the runner also fenced it off (Slurm: drained)."""
 
@@ -90,6 +93,11 @@ class SshAttempts:
         from orchestrator.supervisor.health import probe_pids
 
         return await probe_pids(pids, ssh=self.ssh, transport=self.transport, timeout=timeout)
+
+    async def kill_pids(self, pids: dict[str, list[int]], *, timeout: float) -> list[str]:
+        from orchestrator.supervisor.health import kill_pids
+
+        return await kill_pids(pids, ssh=self.ssh, transport=self.transport, timeout=timeout)
 
     def exclude(self, host: str, reason: str) -> bool:
         return False  # nothing to fence off: the supervisor simply stops using the host

@@ -74,4 +74,5 @@ def test_via_slurm_plans_the_srun_step_of_each_attempt():
     p = plan_supervise(spec(nproc=1), SuperviseOptions(via="slurm", drain_bad_nodes=True), environ=environ)
     assert p.first_attempt.hosts == ["c1", "c2"] and p.srun[0] == "srun" and "--label" in p.srun
     assert p.runner.drain_bad_nodes and p.to_json()["srun"][0] == "srun"
-    assert p.describe()[-1].startswith("supervised: run dir runs/r1, nodes 2:2, spares -")
+    assert p.describe()[-2].startswith("supervised: run dir runs/r1, nodes 2:2, spares -")
+    assert p.describe()[-1] == "restarts: cold (--via slurm restarts cold (srun steps))"
