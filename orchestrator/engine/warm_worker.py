@@ -15,7 +15,6 @@ exits 2 before any assignment, as the engine does under torchrun.
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import os
 import select
@@ -74,11 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     import torch.distributed as dist
 
-    # The heavy imports, paid before anyone waits (train() would import these as it builds the model).
-    for name in ("checkpoint", "data", "model", "parallelize", "pipeline", "snapshot"):
-        importlib.import_module(f"orchestrator.engine.{name}")
     from orchestrator.engine.train import train
 
+    _warm_up(train)
     print(READY_MARK, flush=True)
     lines, store, generation = _Lines(sys.stdin.fileno()), None, -1
     timeout, detail = None, ""
@@ -115,6 +112,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(detail, file=sys.stderr, flush=True)  # a broken generation and no new one came: our own failure
     return 1  # (or stdin closed: the keeper is gone)
+
+
+def _warm_up(train) -> None:
+    """Train one step of the tiny model in a world of one, quietly: the first model build, sharding, optimizer
+    step and snapshot of a process pay for lazy imports and first calls (3 s on a busy CPU; 0.1 s after)."""
+    import tempfile
+
+    import torch.distributed as dist
+
+    from orchestrator.contracts import HEARTBEAT_ENV
+    from orchestrator.engine.config import load_config
+    from orchestrator.engine.snapshot import SNAPSHOT_DIR_ENV
+
+    saved = {k: os.environ.pop(k, None) for k in (HEARTBEAT_ENV, SNAPSHOT_DIR_ENV, "RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    quiet = logging.getLogger("orchestrator")
+    level, quiet.level = quiet.level, logging.WARNING
+    try:
+        with tempfile.TemporaryDirectory(prefix="orch-warm-up-") as scratch:
+            os.environ[SNAPSHOT_DIR_ENV] = scratch
+            tiny = load_config("tiny", steps=1, run_dir=scratch, snapshot_every=1)
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+            train(tiny)  # destroys its process group at the end
+    finally:
+        quiet.setLevel(level)
+        os.environ.pop(SNAPSHOT_DIR_ENV, None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
 
 
 def _config(argv: list[str]):

@@ -94,7 +94,8 @@ class JobPlan:
         with job_fields(self.job):
             return plan_supervise(self.launch_spec(workdirs), SuperviseOptions(
                 hosts=",".join(h.name for h in self.hosts), via="slurm" if spec.slurm else "ssh", ssh=ssh, nodes=sup.nodes, spare_hosts=sup.spares,
-                max_restarts=sup.max_restarts, hang_timeout=sup.hang_timeout, health_check=sup.health_check))
+                max_restarts=sup.max_restarts, hang_timeout=sup.hang_timeout, health_check=sup.health_check,
+                restart=sup.restart))
 
     def to_json(self) -> dict:
         spec = self.job.spec

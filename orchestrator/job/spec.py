@@ -68,6 +68,9 @@ class SuperviseSection:
                                                            "hung."))
     health_check: str | None = field(default=None, metadata=doc("Command run on every host between attempts "
                                                                 "(exit 0 = healthy), e.g. 'nvidia-smi -L'."))
+    restart: Literal["auto", "warm", "cold"] = field(default="auto", metadata=doc(
+        "warm: a failed or hung rank is replaced in-run by a standby restoring in-memory snapshots (the engine "
+        "over SSH); cold: every failure restarts the run from the disk checkpoint; auto: warm when possible."))
 
 
 @dataclass(frozen=True, kw_only=True)

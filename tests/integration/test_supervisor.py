@@ -6,7 +6,7 @@ signals by the PID in the rank's heartbeat file; a lost node = its link taken do
 (Sandbox API). Each run must finish every step, no resume may lose more than one checkpoint interval (two where
 the newest checkpoint was corrupted on purpose), and events.jsonl must name the right cause and reaction.
 
-Cold starts dominate (torch import, gloo rendezvous: 10-40 s per attempt on 2 busy cores), so faults share
+These are cold restarts (`--restart cold`; warm restarts: test_warm_restart.py). Cold starts dominate (torch import, gloo rendezvous: 10-40 s per attempt on 2 busy cores), so faults share
 runs: one run takes faults 1, 2, 3 and 6 one after another (attempts 0-3), one takes 4 and 5 together, and
 the always-crashing script has its own short run.
 """
@@ -46,7 +46,7 @@ def supervise(sandbox, run_dir: Path, hosts: list[str], *args: str, program: lis
     argv = [*ORCH, "supervise", "--hosts", ",".join(hosts), "--nproc-per-node", "1",
             "--ssh-config", str(sandbox.ssh_config), "--connect-timeout", "3", "--python", sys.executable,
             "--run-dir", str(run_dir / "launch"), "--env", "OMP_NUM_THREADS=1", "--backoff", "0.5",
-            "--health-timeout", "5", *args, *program]
+            "--health-timeout", "5", "--restart", "cold", *args, *program]
     log = open(run_dir.parent / f"{run_dir.name}.supervisor.log", "w")
     run_dir.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)

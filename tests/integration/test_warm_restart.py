@@ -1,0 +1,127 @@
+"""Warm restarts under `orchestrator supervise` on real sandbox hosts (sshd, node keepers, gloo, the tiny engine).
+
+The supervisor's default for the engine: each node runs a keeper with a standby worker, every rank snapshots its
+state into the node's memory every step. One run takes a SIGKILL of rank 1 and, later, a SIGSTOP of rank 0 (a
+hang: the supervisor kills the stopped rank after --hang-timeout); both are repaired inside attempt 0 (no cold
+restart) and every step's loss equals that of an uninterrupted run of the same command. Two more runs end by
+SIGKILL and by SIGINT of the supervisor: no process of the run (workers, standbys, keepers) and no snapshot
+memory may be left on any host. Cold restarts are tested in test_supervisor.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from orch_cli import ORCH
+from probes import heartbeat
+from run_tokens import tokened, wait_for
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
+
+STEPS, EVERY = 120, 40
+
+
+def engine_args(run_dir: Path, steps: int = STEPS) -> list[str]:
+    return ["--config", "tiny", "--steps", str(steps), "--checkpoint-every", str(EVERY), "--run-dir", str(run_dir)]
+
+
+def supervise(sandbox, hosts: list[str], run_dir: Path, run_id: str, steps: int = STEPS) -> subprocess.Popen:
+    run_dir.mkdir(parents=True)
+    argv = [*ORCH, "supervise", "--hosts", ",".join(hosts), "--nproc-per-node", "1", "--ssh-config",
+            str(sandbox.ssh_config), "--python", sys.executable, "--run-dir", str(run_dir / "launch"), "--run-id",
+            run_id, "--env", "OMP_NUM_THREADS=1", "--hang-timeout", "3", "--backoff", "0.5",
+            "-m", "orchestrator.engine", "--", *engine_args(run_dir, steps)]
+    return subprocess.Popen(argv, stdout=open(run_dir / "supervise.log", "w"), stderr=subprocess.STDOUT)
+
+
+def events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def count(run_dir: Path, kind: str) -> int:
+    return sum(e["event"] == kind for e in events(run_dir))
+
+
+def leftovers(sandbox, hosts: list[str], run_id: str) -> dict[str, list]:
+    """Per host: processes carrying the attempt's token and the agent temp dirs (snapshots) left in /dev/shm."""
+    left = {}
+    for host in hosts:
+        shm = sandbox.exec(host, ["ls", "/dev/shm"], capture_output=True, text=True).stdout.split()
+        left[host] = tokened(f"{run_id}-a0", pids=sandbox.pids(host)) + [n for n in shm if run_id in n]
+    return {h: v for h, v in left.items() if v}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[int, float]:
+    """The losses of an uninterrupted run of the same command (torchrun, 2 local processes, gloo)."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29397",
+                    "-m", "orchestrator.engine", *engine_args(run_dir)], check=True, capture_output=True,
+                   env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=240)
+    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_a_killed_and_a_hung_rank_are_replaced_in_run_and_every_loss_matches(sandbox, reference, tmp_path):
+    hosts, run_dir = sandbox.hosts[-5:-3], tmp_path / "warm"
+    proc = supervise(sandbox, hosts, run_dir, "warm1")
+    try:
+        beat = wait_for(lambda: heartbeat(run_dir, 1, 20), timeout=180) and heartbeat(run_dir, 1, 20)
+        assert beat, (run_dir / "supervise.log").read_text()[-3000:]
+        os.kill(beat["pid"], signal.SIGKILL)
+        assert wait_for(lambda: count(run_dir, "warm_resumed") == 1, timeout=120), events(run_dir)
+        beat = wait_for(lambda: heartbeat(run_dir, 0, 70), timeout=120) and heartbeat(run_dir, 0, 70)
+        assert beat, events(run_dir)
+        os.kill(beat["pid"], signal.SIGSTOP)  # a hang: rank 1 now waits for it in a collective
+        assert proc.wait(timeout=180) == 0, (run_dir / "supervise.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    evs = events(run_dir)
+    kinds = [e["event"] for e in evs]
+    assert kinds.count("launch") == 1 and "restart" not in kinds, kinds  # both faults repaired inside attempt 0
+    failures = [e for e in evs if e["event"] == "failure"]
+    assert [f["kind"] for f in failures] == ["rank_exit", "hang"], failures
+    assert failures[0]["rank"] == 1 and failures[0]["signal"] == "SIGKILL" and failures[0]["host"] == hosts[1]
+    assert [d["cause"] for d in evs if d["event"] == "diagnosis"] == ["killed", "hang"]
+    kill = next(e for e in evs if e["event"] == "warm_kill")
+    assert kill["targets"] == {hosts[0]: [beat["pid"]]}  # only the stopped rank, not the one waiting for it
+    resumed = [e for e in evs if e["event"] == "warm_resumed"]
+    assert len(resumed) == 2 and all(e["steps_lost"] <= 1 for e in resumed), resumed
+    assert evs[-1]["event"] == "done" and evs[-1]["summary"]["warm_restarts"] == 2
+    losses = {}
+    for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+        assert record.get("resume_source") in (None, "memory"), record  # never from disk
+        losses[record["step"]] = record["loss"]  # a step trained again: its last loss counts
+    assert set(losses) == set(reference)
+    assert max(abs(losses[s] - reference[s]) for s in reference) <= 1e-5
+    assert wait_for(lambda: not leftovers(sandbox, hosts, "warm1"), timeout=10), leftovers(sandbox, hosts, "warm1")
+
+
+def test_sigkill_or_ctrl_c_of_the_supervisor_leaves_no_worker_standby_or_snapshot(sandbox, tmp_path):
+    runs = {"warmkill": (sandbox.hosts[-7:-5], signal.SIGKILL), "warmint": (sandbox.hosts[-9:-7], signal.SIGINT)}
+    procs = {name: supervise(sandbox, hosts, tmp_path / name, name, steps=100000) for name, (hosts, _) in runs.items()}
+    try:
+        for name, (hosts, sig) in runs.items():
+            assert wait_for(lambda: heartbeat(tmp_path / name, 1, 5), timeout=180), \
+                (tmp_path / name / "supervise.log").read_text()[-3000:]
+        for name, (hosts, sig) in runs.items():  # each host: a keeper, a worker, a standby, their snapshots
+            assert all(len(tokened(f"{name}-a0", pids=sandbox.pids(h))) >= 3 for h in hosts)
+            assert set(leftovers(sandbox, hosts, name)) == set(hosts)
+            procs[name].send_signal(sig)
+        assert procs["warmint"].wait(timeout=60) == 130
+        assert procs["warmkill"].wait(timeout=10) == -signal.SIGKILL
+        for name, (hosts, _) in runs.items():
+            assert wait_for(lambda: not leftovers(sandbox, hosts, name), timeout=30), leftovers(sandbox, hosts, name)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
