@@ -11,10 +11,12 @@ part), the non-tensor optimizer values, the data position (`extra`) and the RNG 
 restore train exactly what an uninterrupted run trains. Unlike a DCP checkpoint it does not reshard: it is for
 a restart with the same world size and layout (the warm restart's case; a layout change goes through disk).
 
-The save copies the tensors into host buffers in the calling thread (on a GPU a device-to-host copy; on CPU a
-memcpy: the stall) and writes the file in a background thread, so the next steps run while it is written. The
-file is written under a temporary name and renamed, so a snapshot file that exists is whole. One write is in
-flight at a time: a save that finds the previous write unfinished waits for it (counted in its stall).
+The save copies the tensors into host buffers in the calling thread, with one foreach copy into buffers
+allocated by the first save and reused (on a GPU an asynchronous device-to-host copy into pinned memory that the
+writer waits for; on CPU a memcpy: the stall), and writes the file in a background thread, so the next steps run
+while it is written. The file is written under a temporary name and renamed, so a snapshot file that exists is
+whole. One write is in flight at a time: a save that finds the previous write unfinished waits for it (counted in
+its stall).
 
 On disk: DIR/rank<R>/step-<S>.pt; the newest `keep` of each rank are kept (2 by default: during a recovery the
 step every rank holds may be one older than one rank's newest). DIR lives in the node agent's per-run temp dir
@@ -26,8 +28,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +58,10 @@ class Snapshots:
         self.dir = Path(directory) / f"rank{rank}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.keep = rank, max(1, keep)
-        self._writer: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-writer")
+        self._pending: Future | None = None
+        self._layout: tuple[list[int], list[dict], list[torch.Tensor]] | None = None
+        self._buffers: list[torch.Tensor] = []  # host copies, reused by every save of the same layout
 
     # ---- save -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -65,34 +69,64 @@ class Snapshots:
         """Snapshot `step`; returns the seconds the caller was held (the copy, and waiting on the last write)."""
         begin = time.perf_counter()
         self.wait()
-        state = {"step": step, "extra": extra, "rng": _rng_state(), "parts": []}
-        for part, opt in zip(model_parts, optimizers):
-            model_sd, optim_sd = get_state_dict(part, opt, options=_OPTIONS)
-            state["parts"].append({"model": _copy(model_sd), "optim": _copy(optim_sd)})
-        self._writer = threading.Thread(target=self._write, args=(step, state), name="snapshot-writer", daemon=True)
-        self._writer.start()
+        layout, sources = self._state_layout(model_parts, optimizers)
+        buffers = self._host_buffers(sources)
+        torch._foreach_copy_(buffers, sources, non_blocking=True)
+        copied = torch.cuda.Event() if any(t.is_cuda for t in sources) else None
+        if copied is not None:
+            copied.record()
+        it = iter(buffers)  # the same walk as _state_layout's: each tensor's place gets its buffer
+        parts = [{name: {k: next(it) if isinstance(v, torch.Tensor) else v for k, v in entry[name].items()}
+                  for name in ("model", "optim")} for entry in layout]
+        state = {"step": step, "extra": extra, "rng": _rng_state(), "parts": parts}
+        self._pending = self._writer.submit(self._write, step, state, copied)
         return time.perf_counter() - begin
 
-    def _write(self, step: int, state: dict) -> None:
-        try:
-            tmp = self.dir / f".step-{step}.pt.tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, self.dir / f"step-{step}.pt")
-            for old in self.steps()[:-self.keep]:
-                (self.dir / f"step-{old}.pt").unlink(missing_ok=True)
-        except BaseException as exc:  # noqa: BLE001 - handed to the next wait()
-            self._error = exc
+    def _state_layout(self, model_parts: list, optimizers: list) -> tuple[list[dict], list[torch.Tensor]]:
+        """Every part's state dict with local shards, and its tensors in order. Kept between saves: parameters
+        and optimizer state are updated in place, so the same tensors hold every later step's values (walking
+        the state dicts costs more than the copy on a small model); rebuilt when the optimizer state grows."""
+        sizes = [len(opt.state) for opt in optimizers]
+        if self._layout is None or self._layout[0] != sizes:
+            layout, sources = [], []
+            for part, opt in zip(model_parts, optimizers):
+                entry = {}
+                for name, sd in zip(("model", "optim"), get_state_dict(part, opt, options=_OPTIONS)):
+                    entry[name] = {k: _local(v) for k, v in sd.items()}
+                    sources += [v for v in entry[name].values() if isinstance(v, torch.Tensor)]
+                layout.append(entry)
+            self._layout = (sizes, layout, sources)
+        return self._layout[1], self._layout[2]
+
+    def _host_buffers(self, sources: list[torch.Tensor]) -> list[torch.Tensor]:
+        same = len(self._buffers) == len(sources) and all(
+            b.shape == s.shape and b.dtype == s.dtype for b, s in zip(self._buffers, sources))
+        if not same:
+            pin = torch.cuda.is_available() and any(t.is_cuda for t in sources)
+            self._buffers = [torch.empty(s.shape, dtype=s.dtype, device="cpu", pin_memory=pin) for s in sources]
+        return self._buffers
+
+    def _write(self, step: int, state: dict, copied) -> None:
+        if copied is not None:
+            copied.synchronize()
+        tmp = self.dir / f".step-{step}.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.dir / f"step-{step}.pt")
+        for old in self.steps()[:-self.keep]:
+            (self.dir / f"step-{old}.pt").unlink(missing_ok=True)
 
     def wait(self) -> None:
-        """Block until the last write is on disk; re-raise its failure."""
-        if self._writer is not None:
-            self._writer.join()
-            self._writer = None
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+        """Block until the last write is in memory; re-raise its failure."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
-    close = wait
+    def close(self) -> None:
+        """wait(), then stop the writer thread."""
+        try:
+            self.wait()
+        finally:
+            self._writer.shutdown()
 
     # ---- find and load --------------------------------------------------------------------------------
     def steps(self) -> list[int]:
@@ -119,12 +153,6 @@ class Snapshots:
                            optim_state_dict=_fill(optim_sd, saved["optim"]))
         _set_rng_state(state["rng"])
         return state["extra"]
-
-
-def _copy(state: dict) -> dict:
-    """Host copies of the local shards (tensors); other values as they are."""
-    return {k: _local(v).detach().to("cpu", copy=True) if isinstance(_local(v), torch.Tensor) else v
-            for k, v in state.items()}
 
 
 def _fill(template: dict, saved: dict) -> dict:

@@ -219,12 +219,14 @@ class _Trainer:
             return {"snapshot_stall_s": snaps.save(step, self.parts, self.optimizers,
                                                    extra={"data": self.batches.state_dict()})}
 
-        losses = run_steps(start=start, cfg=cfg, rank=self.rank, heartbeat=self.heartbeat, step=self._step, save=save,
-                           snapshot=snapshot if snaps is not None else None,
-                           resumed={"resume_source": source} if source else None)
+        try:
+            losses = run_steps(start=start, cfg=cfg, rank=self.rank, heartbeat=self.heartbeat, step=self._step,
+                               save=save, snapshot=snapshot if snaps is not None else None,
+                               resumed={"resume_source": source} if source else None)
+        finally:
+            if snaps is not None:  # its writer thread too: a warm worker lives on after a broken generation
+                snaps.close()
         ckpt.close()
-        if snaps is not None:
-            snaps.close()
         import torch.distributed as dist
 
         dist.barrier()
