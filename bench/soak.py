@@ -1,14 +1,16 @@
-"""Soak: a supervised engine run takes N random faults (default 15) and must still finish; ETTR reported.
+"""Soak: the same random faults hit a warm-restarting and a cold-restarting supervised run side by side; ETTR of each.
 
-    sudo .venv/bin/python bench/soak.py --faults 15 --seed 1        # ~10 min on 2 busy cores
+    sudo .venv/bin/python bench/soak.py --faults 15 --every 120 --seed 1     # ~25 min on 2 busy cores
 
-2 sandbox hosts x 1 process run the tiny engine (a checkpoint every 10 steps) with 2 spare hosts. Each fault
-waits until the current attempt trained 11-20 steps past its resume point (so every attempt saves progress),
-then injects one of: SIGKILL of a random rank, SIGSTOP of a random rank (a hang, --hang-timeout 5), or a lost
-node (link down + its processes killed; at most as many as there are spares, the link comes back later but the
-supervisor keeps the host excluded). At the end: outcome, restarts, causes, steps lost, time lost, ETTR (useful
-step time / wall time; see orchestrator/supervisor/events.py) and how many faults the event log diagnosed
-with the right cause.
+Two supervised runs of the engine start at once, each on its own 2 sandbox hosts x 1 process with 2 spare hosts:
+`--restart warm` (the default for the engine) and `--restart cold`. The tiny model trains at global batch 128
+(steps of ~0.5 s when one run has the machine), a disk checkpoint every 10 steps, --hang-timeout 5. Both runs get
+the same seeded schedule: fault i lands once every rank trained past step (i+1) x --every (+ 1-10) and the run
+recovered from fault i-1; it is one of SIGKILL of a rank, SIGSTOP of a rank (a hang), or a lost node (link down
+and its processes killed; at most one per spare; warm restarts fall back to cold for it). At the end, per run:
+outcome, recoveries (warm and cold), how many faults the event log diagnosed with the right cause, steps lost,
+time lost, ETTR (useful step time / wall time, orchestrator/supervisor/events.py); and the largest difference
+between the two runs' losses over every step (both must train exactly the fault-free run's steps).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY = 10
 CAUSE = {"kill": "killed", "stop": "hang", "lose": "node_lost"}
+MODES = ("warm", "cold")
 
 
 def events(run_dir: Path) -> list[dict]:
@@ -39,83 +43,121 @@ def events(run_dir: Path) -> list[dict]:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--faults", type=int, default=15)
-    ap.add_argument("--seed", type=int, default=1)
-    args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from orchestrator.sandbox import Sandbox
+def recoveries(evs: list[dict]) -> int:
+    return sum(e["event"] in ("restart", "warm_resumed") for e in evs)
 
-    rng = random.Random(args.seed)
-    steps = (args.faults + 2) * 2 * EVERY
-    work = Path(f"/tmp/orch-bench-soak-{os.getpid()}")
-    run_dir = work / "run"
+
+def beats(run_dir: Path) -> list[dict]:
+    found = []
+    for p in (run_dir / "heartbeat").glob("*-rank*.json"):
+        try:
+            found.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def schedule(seed: int, faults: int, every: int, spares: int) -> list[tuple[int, str, int]]:
+    """(step, kind, rank index) per fault; the same for both runs."""
+    rng, plan, lose_budget = random.Random(seed), [], spares
+    for i in range(faults):
+        kind = rng.choice(["kill", "stop", "lose"] if lose_budget else ["kill", "stop"])
+        lose_budget -= kind == "lose"
+        plan.append(((i + 1) * every + rng.randint(1, 10), kind, rng.randint(0, 1)))
+    return plan
+
+
+def soak(mode: str, sb, work: Path, plan: list[tuple[int, str, int]], steps: int, out: dict) -> None:
+    run_dir = work / mode / "run"
     run_dir.mkdir(parents=True)
-    sb = Sandbox.up(f"benchsoak{os.getpid() % 10000}", nodes=4, prefix="k")
     hosts, spares = sb.hosts[:2], sb.hosts[2:]
     argv = [sys.executable, "-m", "orchestrator", "supervise", "--hosts", ",".join(hosts), "--nproc-per-node", "1",
             "--spare-hosts", ",".join(spares), "--ssh-config", str(sb.ssh_config), "--connect-timeout", "3",
-            "--python", sys.executable, "--run-dir", str(work / "launch"), "--env", "OMP_NUM_THREADS=1",
+            "--python", sys.executable, "--run-dir", str(work / mode / "launch"), "--env", "OMP_NUM_THREADS=1",
             "--hang-timeout", "5", "--health-timeout", "5", "--backoff", "0.5", "--backoff-max", "2",
-            "--max-restarts", str(args.faults + 5), "--max-host-failures", "1000", "--no-progress-attempts", "5",
-            "-m", "orchestrator.engine", "--", "--config", "tiny", "--steps", str(steps), "--checkpoint-every",
-            str(EVERY), "--keep-checkpoints", "2", "--run-dir", str(run_dir)]
-    log = open(work / "supervisor.log", "w")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    injected, lost_budget, down = [], len(spares), []
+            "--max-restarts", str(len(plan) + 5), "--max-host-failures", "1000", "--no-progress-attempts", "5",
+            "--restart", mode, "-m", "orchestrator.engine", "--", "--config", "tiny", "--steps", str(steps),
+            "--set", "train.global_batch_size=128", "--checkpoint-every", str(EVERY), "--keep-checkpoints", "2",
+            "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(argv, stdout=open(work / mode / "supervisor.log", "w"), stderr=subprocess.STDOUT)
+    injected, down = [], []
     try:
-        while len(injected) < args.faults and proc.poll() is None:
-            launches = [e for e in events(run_dir) if e["event"] == "launch"]
-            if len(launches) != len(injected) + 1:
-                time.sleep(0.1)
-                continue
-            target = (launches[-1]["resume_step"] or 0) + EVERY + rng.randint(1, EVERY)
-            beats = []
+        for target, kind, index in plan:
             while proc.poll() is None:
-                beats = []
-                for p in (run_dir / "heartbeat").glob("*-rank*.json"):
-                    try:
-                        beats.append(json.loads(p.read_text()))
-                    except (OSError, ValueError):
-                        pass
-                if len(beats) == launches[-1]["world_size"] and all(
-                        b["status"] == "training" and b["step"] >= target for b in beats):
+                current = beats(run_dir)
+                if recoveries(events(run_dir)) == len(injected) and len(current) == 2 and all(
+                        b["status"] == "training" and b["step"] >= target for b in current):
                     break
                 time.sleep(0.05)
             if proc.poll() is not None:
                 break
-            kind = rng.choice(["kill", "stop", "lose"] if lost_budget else ["kill", "stop"])
-            beat = rng.choice(beats)
+            beat = sorted(current, key=lambda b: b["rank"])[index]
             if kind == "lose":
-                lost_budget -= 1
-                host = beat["host"]
-                sb.lose(host)
-                down.append(host)
+                sb.lose(beat["host"])
+                down.append(beat["host"])
             else:
                 os.kill(beat["pid"], signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
-            injected.append({"kind": kind, "host": beat["host"], "rank": beat["rank"], "step": beat["step"],
-                             "time": time.time()})
-            print(f"fault {len(injected)}: {kind} {beat['host']}/rank {beat['rank']} at step {beat['step']}",
+            injected.append({"kind": kind, "host": beat["host"], "rank": beat["rank"], "step": beat["step"]})
+            print(f"{mode} fault {len(injected)}: {kind} {beat['host']}/rank {beat['rank']} at step {beat['step']}",
                   flush=True)
-        proc.wait(timeout=1800)
+        proc.wait(timeout=3600)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
         for host in down:
             sb.link_up(host)
-        sb.down()
     evs = events(run_dir)
-    summary = evs[-1].get("summary", {}) if evs else {}
     causes = [e["cause"] for e in evs if e["event"] == "diagnosis"]
-    right = sum(1 for f, c in zip(injected, causes) if CAUSE[f["kind"]] == c)
-    print(json.dumps({"faults": injected, "summary": summary}, indent=1))
-    print(f"\nsoak: {len(injected)} faults ({', '.join(f['kind'] for f in injected)}), outcome "
-          f"{summary.get('outcome')}, last step {summary.get('last_step')}/{steps}, restarts {summary.get('restarts')},"
-          f" right cause {right}/{len(injected)}, steps lost {summary.get('steps_lost')}, time lost "
-          f"{summary.get('time_lost_s')} s of {summary.get('wall_s')} s, ETTR {summary.get('ettr')}")
-    return 0 if summary.get("outcome") == "done" else 1
+    losses = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        losses[record["step"]] = record["loss"]
+    out[mode] = {"faults": injected, "summary": evs[-1].get("summary", {}) if evs else {}, "losses": losses,
+                 "right": sum(1 for f, c in zip(injected, causes) if CAUSE[f["kind"]] == c)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--faults", type=int, default=15)
+    ap.add_argument("--every", type=int, default=120, help="steps between faults (~0.5 s each)")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from orchestrator.sandbox import Sandbox
+
+    plan = schedule(args.seed, args.faults, args.every, spares=2)
+    steps = (args.faults + 1) * args.every + 20
+    work = Path(f"/tmp/orch-bench-soak-{os.getpid()}")
+    boxes = {mode: Sandbox.up(f"soak{mode[0]}{os.getpid() % 10000}", nodes=4, prefix=f"{mode[0]}k") for mode in MODES}
+    results: dict[str, dict] = {}
+    try:
+        threads = [threading.Thread(target=soak, args=(mode, boxes[mode], work, plan, steps, results))
+                   for mode in MODES]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for sb in boxes.values():
+            sb.down()
+    print(json.dumps({m: {k: v for k, v in r.items() if k != "losses"} for m, r in results.items()}, indent=1))
+    print(f"\nsoak: {args.faults} faults ({', '.join(k for _, k, _ in plan)}), every ~{args.every} steps, seed {args.seed}")
+    print(f"{'mode':<5} {'outcome':<8} {'last step':>9} {'warm':>5} {'cold':>5} {'causes':>7} {'steps lost':>10} "
+          f"{'time lost s':>11} {'wall s':>7} {'ETTR':>6}")
+    for mode in MODES:
+        r = results.get(mode, {})
+        s = r.get("summary", {})
+        print(f"{mode:<5} {str(s.get('outcome')):<8} {str(s.get('last_step')) + '/' + str(steps):>9} "
+              f"{s.get('warm_restarts', 0):>5} {s.get('restarts', 0):>5} "
+              f"{str(r.get('right')) + '/' + str(len(r.get('faults', []))):>7} {str(s.get('steps_lost')):>10} "
+              f"{str(s.get('time_lost_s')):>11} {str(s.get('wall_s')):>7} {str(s.get('ettr')):>6}")
+    if all(m in results for m in MODES):
+        a, b = results["warm"]["losses"], results["cold"]["losses"]
+        same = set(a) == set(b) == set(range(1, steps + 1))
+        diff = max(abs(a[k] - b[k]) for k in a) if same else None
+        print(f"every step trained by both: {same}; largest loss difference warm vs cold: {diff}")
+    return 0 if all(results.get(m, {}).get("summary", {}).get("outcome") == "done" for m in MODES) else 1
 
 
 if __name__ == "__main__":

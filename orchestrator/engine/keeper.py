@@ -146,10 +146,14 @@ class Keeper:
                     return result
             if len(self.done) == len(self.ranks):
                 return self._finish()
-            generation = self.store.add(GEN_KEY, 0)
-            if generation > self.generation:
-                self._assign(generation)
-            self._check_joins()
+            try:
+                generation = self.store.add(GEN_KEY, 0)
+                if generation > self.generation:
+                    self._assign(generation)
+                self._check_joins()
+            except (RuntimeError, OSError) as exc:  # torch's store errors are RuntimeErrors (DistError)
+                self.out.event("give_up", reason=f"lost the run's store on {self.args.master_addr} (node 0): {exc}")
+                return 1
             self._top_up()
             time.sleep(POLL_S)
         return 128 + self.stop_signal

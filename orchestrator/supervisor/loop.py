@@ -63,7 +63,8 @@ class Supervisor:
         self.step_seen: dict[int, float] = {}
         self.metrics = MetricsTail(cfg.run_dir / "metrics.jsonl")
         self.started_at = time.time()
-        self.warm = WarmRestarts(self.events, runner, hang_timeout=cfg.hang_timeout) if cfg.restart == "warm" else None
+        self.warm = WarmRestarts(self.events, runner, hang_timeout=cfg.hang_timeout,
+                                                     kill_timeout=cfg.health_timeout) if cfg.restart == "warm" else None
 
     # ---- the whole run ------------------------------------------------------------------------------------
     async def run(self) -> dict:
