@@ -4,7 +4,7 @@
 
 Two supervised runs of the engine start at once, each on its own 2 sandbox hosts x 1 process with 2 spare hosts:
 `--restart warm` (the default for the engine) and `--restart cold`. The tiny model trains at global batch 128
-(steps of ~0.5 s when one run has the machine), a disk checkpoint every 10 steps, --hang-timeout 5. Both runs get
+(steps of ~0.5 s when one run has the machine), a disk checkpoint every 10 steps, --hang-timeout 3. Both runs get
 the same seeded schedule: fault i lands once every rank trained past step (i+1) x --every (+ 1-10) and the run
 recovered from fault i-1; it is one of SIGKILL of a rank, SIGSTOP of a rank (a hang), or a lost node (link down
 and its processes killed; at most one per spare; warm restarts fall back to cold for it). At the end, per run:
@@ -74,7 +74,7 @@ def soak(mode: str, sb, work: Path, plan: list[tuple[int, str, int]], steps: int
     argv = [sys.executable, "-m", "orchestrator", "supervise", "--hosts", ",".join(hosts), "--nproc-per-node", "1",
             "--spare-hosts", ",".join(spares), "--ssh-config", str(sb.ssh_config), "--connect-timeout", "3",
             "--python", sys.executable, "--run-dir", str(work / mode / "launch"), "--env", "OMP_NUM_THREADS=1",
-            "--hang-timeout", "5", "--health-timeout", "5", "--backoff", "0.5", "--backoff-max", "2",
+            "--hang-timeout", "3", "--health-timeout", "5", "--backoff", "0.5", "--backoff-max", "2",
             "--max-restarts", str(len(plan) + 5), "--max-host-failures", "1000", "--no-progress-attempts", "5",
             "--restart", mode, "-m", "orchestrator.engine", "--", "--config", "tiny", "--steps", str(steps),
             "--set", "train.global_batch_size=128", "--checkpoint-every", str(EVERY), "--keep-checkpoints", "2",
