@@ -70,6 +70,7 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
                       run_id=run_id or new_run_id(), nproc_per_node=nproc_per_node, launcher=launcher,
                       master_addr=master_addr, master_port=master_port, python=python, workdir=workdir, env=env,
                       run_dir=run_dir)
+    check = preflight_spec(spec, via=via) if preflight else None
     plan = plan_supervise(spec, SuperviseOptions(
         hosts=hosts, hostfile=hostfile, include=include, exclude=exclude, via=via, srun_options=tuple(srun_opts),
         drain_bad_nodes=drain_bad_nodes, ssh=ssh, failure_grace=failure_grace, nodes=nodes, spare_hosts=spare_hosts,
@@ -79,7 +80,6 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
         health_timeout=health_timeout))
     cfg = plan.config
     checked = HostList(cfg.hosts + cfg.spares)  # the spares too: a bad one must not replace a bad host
-    check = preflight_spec(spec, via=via) if preflight else None
     gate = preflight_plan(checked, check, on_failure="exclude") if check else None  # validates it
     if dry_run:
         if as_json:
