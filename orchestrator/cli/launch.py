@@ -60,7 +60,8 @@ from orchestrator.cli.ssh_options import ssh_options
               help="First run the health gate of `orchestrator check` on the hosts, with this run's SSH options, "
                    "--python and --workdir. launch: if a node fails, start nothing and exit 1 (255 when a node "
                    "was unreachable), with RUN_DIR/RUN_ID/preflight.hostfile of the nodes that passed. "
-                   "supervise: failed nodes (spares too) are excluded before attempt 0.")
+                   "supervise: failed nodes (spares too) are excluded before attempt 0; when fewer than "
+                   "--nodes MIN pass, it gives up before starting (exit 1).")
 @click.option("--dry-run", is_flag=True, help="Print what would run on each host and exit; connect to nothing.")
 @click.option("--json", "as_json", is_flag=True,
               help="Machine-readable: the plan (with --dry-run) or plan + result as one JSON document on stdout.")
