@@ -5,7 +5,8 @@
     report.exit_code, report.failed, report.admitted()
 
 probe.py: the node-side program; judge.py: verdicts from figures (pure); bisect.py: the pair rounds (pure);
-runner.py: run_check; report.py: the table, the JSON and the gated hostfile.
+runner.py: run_check; report.py: the table, the JSON and the gated hostfile; preflight.py: the gate as a
+run's pre-flight (`launch`/`supervise --preflight`, `preflight: true` in a job file).
 """
 
 from orchestrator.check.judge import CheckThresholds

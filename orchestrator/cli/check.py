@@ -66,10 +66,8 @@ def check_command(host_selection: HostSelection, python, workdir, min_free_gb, m
 
     Exit code: 0 every node passed, 1 a node failed a check, 255 a node was unreachable or timed out, 2 bad input.
     """
-    from rich.console import Console
-
     from orchestrator.check import CheckSpec, CheckThresholds, run_check
-    from orchestrator.check.report import check_table, network_summary, write_hostfile
+    from orchestrator.check.report import write_hostfile
 
     hosts = resolve_from_cli(host_selection)
     thresholds = CheckThresholds(min_free_gb=min_free_gb, max_skew_s=max_skew, cpu_ratio=cpu_ratio, bw_ratio=bw_ratio,
@@ -78,14 +76,23 @@ def check_command(host_selection: HostSelection, python, workdir, min_free_gb, m
                      size_mb=size_mb, budget_s=budget_s, port=net_port, fanout=fanout, timeout=timeout)
     spec.validate(hosts)  # bad input: exit 2 before anything connects
     report = run_check(hosts, spec, ssh=ssh, progress=lambda msg: click.echo(f"[check] {msg}", err=True))
-    Console(file=sys.stderr if as_json else sys.stdout, width=200).print(check_table(report))
-    for line in network_summary(report):
-        click.echo(line, err=as_json)
+    show_report(report, err=as_json)
     if output:
         click.echo(f"hostfile: {write_hostfile(report, output)} ({len(report.admitted())} host(s))", err=True)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     return report.exit_code
+
+
+def show_report(report, *, err: bool) -> None:
+    """The per-node table and the summary lines (on stderr when stdout carries JSON); `--preflight` shows it too."""
+    from rich.console import Console
+
+    from orchestrator.check.report import check_table, network_summary
+
+    Console(file=sys.stderr if err else sys.stdout, width=200).print(check_table(report))
+    for line in network_summary(report):
+        click.echo(line, err=err)
 
 
 commands = [check_command]

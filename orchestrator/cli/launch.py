@@ -58,6 +58,12 @@ from orchestrator.cli.ssh_options import ssh_options
 @click.option("--run-id", default=None, help="Use this run id (default: a fresh one).")
 @click.option("--failure-grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds other nodes get to exit on their own after the first node failed, before teardown.")
+@click.option("--preflight", is_flag=True,
+              help="First run the health gate of `orchestrator check` on the hosts, with this run's SSH options, "
+                   "--python and --workdir. launch: if a node fails, start nothing and exit 1 (255 when a node "
+                   "was unreachable), with RUN_DIR/RUN_ID/preflight.hostfile of the nodes that passed. "
+                   "supervise: failed nodes (spares too) are excluded before attempt 0; when fewer than "
+                   "--nodes MIN pass, it gives up before starting (exit 1).")
 @click.option("--dry-run", is_flag=True, help="Print what would run on each host and exit; connect to nothing.")
 @click.option("--json", "as_json", is_flag=True,
               help="Machine-readable: the plan (with --dry-run) or plan + result as one JSON document on stdout.")
@@ -65,12 +71,17 @@ from orchestrator.cli.ssh_options import ssh_options
 @click.argument("program", nargs=-1, type=click.UNPROCESSED)
 def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via, srun_opts, container,
                    container_python, container_mounts, gpus, shm_size, master_addr, master_port, env_args,
-                   env_files, no_forward_env, workdir, python, module, run_dir, run_id, failure_grace, dry_run,
-                   as_json, ssh, program) -> int:
+                   env_files, no_forward_env, workdir, python, module, run_dir, run_id, failure_grace, preflight,
+                   dry_run, as_json, ssh, program) -> int:
     """Start a multi-node torchrun/DeepSpeed job: plan, validate, then run it on every host.
 
     Everything after `--` is the script and its arguments (or, with -m, the module's arguments).
+
+    Exit code: 0 every rank succeeded, 1 a rank failed, 255 a host was unreachable, 2 bad input (nothing
+    started). With --preflight, a node that fails the gate is exit 1 (255 when unreachable) and nothing starts.
     """
+    from orchestrator.check.preflight import describe as describe_preflight
+    from orchestrator.check.preflight import preflight_plan, preflight_spec
     from orchestrator.launch.env import build_env_manifest
     from orchestrator.launch.plan import LaunchSpec, build_plan
     from orchestrator.contracts import new_run_id
@@ -89,16 +100,28 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
 
         plan = containerize(plan, ContainerSpec(image=container, mounts=container_mounts, gpus=gpus,
                                                 shm_size=shm_size, python=container_python))
+    check = preflight_spec(spec, via=via, container=container) if preflight else None
+    gate = preflight_plan(hosts, check, on_failure="refuse") if check else None  # validates it
     if via == "slurm":
         return launch_via_slurm(plan, srun_opts, dry_run=dry_run, as_json=as_json)
     if dry_run:
         if as_json:
-            click.echo(json.dumps(plan.to_json(), indent=2))
+            click.echo(json.dumps(plan.to_json() | ({"preflight": gate} if gate else {}), indent=2))
         else:
-            for line in plan.describe():
+            for line in plan.describe() + ([describe_preflight(gate)] if gate else []):
                 click.echo(line)
         return 0
     RunDir(Path(plan.run_dir)).create()  # a run dir that cannot be made is exit 2, before the header and any host
+    if check:
+        from orchestrator.cli.preflight import refuse, run_preflight
+
+        report = run_preflight(hosts, check, ssh=ssh)
+        if report.failed:
+            rc = refuse(report, Path(plan.run_dir), rerun="orchestrator launch --hostfile {hostfile} with the "
+                                                          "same options, without --hosts/--hostfile")
+            if as_json:
+                click.echo(json.dumps({"plan": plan.to_json(), "preflight": report.to_json()}, indent=2))
+            return rc
     if container:
         from orchestrator.containers.run import run_containerized as run_plan  # also removes the containers
     else:
@@ -110,7 +133,8 @@ def launch_command(host_selection: HostSelection, nproc_per_node, launcher, via,
     result = run_plan(plan, ssh=ssh, sink=sink, failure_grace=failure_grace)
     report_launch(result)
     if as_json:
-        click.echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}, indent=2))
+        click.echo(json.dumps({"plan": plan.to_json(), "result": result.to_json()}
+                              | ({"preflight": report.to_json()} if check else {}), indent=2))
     return result.exit_code
 
 

@@ -9,6 +9,10 @@ Every option of `orchestrator launch` works the same here (they are the launch c
 The run directory is the program's `--run-dir` when it has one (so events.jsonl sits next to metrics.jsonl
 and checkpoints/), else RUN_DIR/RUN_ID. Exit: 0 done, 1 gave up (summary says why), 128+N stopped by signal N.
 
+With --preflight the health gate of `orchestrator check` runs first on the hosts and the spares; the nodes that
+fail it are excluded before attempt 0 (events `preflight`, `exclude`, `replace`/`shrink` in events.jsonl), and
+when fewer than --nodes MIN pass, the run gives up before starting (exit 1).
+
 Inside salloc/sbatch, `--via slurm` runs each attempt as one srun step over the allocation's nodes (or --hosts
 among them) minus the excluded ones, health-checks nodes with single-node srun steps, and with
 --drain-bad-nodes drains what it excludes. Exit codes follow the requeue contract: 0 done, 2 configuration
@@ -46,9 +50,12 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
                ssh_option, user, port, connect_timeout, program, nodes, spare_hosts, max_restarts, hang_timeout,
                startup_timeout, health_check, health_timeout, no_progress_attempts, max_host_failures, backoff,
                backoff_max, model_parallel, global_batch, failure_grace, via, srun_opts, drain_bad_nodes,
-               restart, **extra) -> int:
+               restart, preflight, **extra) -> int:
     import asyncio
 
+    from orchestrator.check.preflight import describe as describe_preflight
+    from orchestrator.check.preflight import preflight_plan, preflight_spec
+    from orchestrator.hosts import HostList
     from orchestrator.launch.env import build_env_manifest
     from orchestrator.launch.plan import LaunchSpec
     from orchestrator.contracts import new_run_id
@@ -63,6 +70,7 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
                       run_id=run_id or new_run_id(), nproc_per_node=nproc_per_node, launcher=launcher,
                       master_addr=master_addr, master_port=master_port, python=python, workdir=workdir, env=env,
                       run_dir=run_dir)
+    check = preflight_spec(spec, via=via) if preflight else None
     plan = plan_supervise(spec, SuperviseOptions(
         hosts=hosts, hostfile=hostfile, include=include, exclude=exclude, via=via, srun_options=tuple(srun_opts),
         drain_bad_nodes=drain_bad_nodes, ssh=ssh, failure_grace=failure_grace, nodes=nodes, spare_hosts=spare_hosts,
@@ -71,18 +79,25 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
         hang_timeout=hang_timeout, startup_timeout=startup_timeout, health_check=health_check,
         health_timeout=health_timeout, restart=restart))
     cfg = plan.config
+    checked = HostList(cfg.hosts + cfg.spares)  # the spares too: a bad one must not replace a bad host
+    gate = preflight_plan(checked, check, on_failure="exclude") if check else None  # validates it
     if dry_run:
         if as_json:
-            click.echo(json.dumps(plan.to_json(), indent=2, default=str))
+            click.echo(json.dumps(plan.to_json() | ({"preflight": gate} if gate else {}), indent=2, default=str))
         else:
-            for line in plan.describe():
+            for line in plan.describe() + ([describe_preflight(gate)] if gate else []):
                 click.echo(line)
         return 0
+    report = None
+    if check:
+        from orchestrator.cli.preflight import run_preflight
+
+        report = run_preflight(checked, check, ssh=ssh)
     sink = line_printer(sys.stderr if as_json else None)
 
     click.echo(f"[orch] supervised run {spec.run_id}: {len(cfg.hosts)} nodes x {cfg.limits.nproc_per_node}, "
                f"events in {cfg.run_dir}/events.jsonl", err=True)
-    summary = asyncio.run(Supervisor(cfg, plan.runner, sink=sink).run())
+    summary = asyncio.run(Supervisor(cfg, plan.runner, sink=sink, preflight=report).run())
     from orchestrator.cli.status import print_summary
 
     print_summary(summary)

@@ -8,7 +8,9 @@
 Output streams as `host/rank: line` like `orchestrator launch`; the run is recorded under RUN_DIR/RUN_ID
 (job.json with this process's pid, logs/, plan.json, result.json) for `orchestrator jobs`, `logs` and `stop`.
 Exit: the launch's (0 ok, 1 a rank failed, 255 a host unreachable, 128+N stopped by signal N); 1 when the sync or
-the setup failed on a host; 2 for a bad job file (nothing started).
+the setup failed on a host; 2 for a bad job file (nothing started). With `preflight: true` the health gate of
+`orchestrator check` runs first: a plain launch stops on a failed node (exit 1, 255 when unreachable; nothing
+synced or started), a supervised one excludes it before attempt 0.
 """
 
 from __future__ import annotations
@@ -71,15 +73,26 @@ def _up(jp, ssh) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     rc, restarts = 130, None
     try:
-        workdirs, rc = _sync(jp, ssh) if jp.tree is not None else (None, 0)
+        report = None
+        if gate := jp.preflight():
+            from orchestrator.cli.preflight import refuse, run_preflight
+
+            report = run_preflight(*gate, ssh=ssh)
+            if report.failed and not jp.supervised:
+                rc = refuse(report, run.resolve(), rerun=f"orchestrator up {jp.job.source.name} --set hosts=null "
+                                                         "--set hostfile={hostfile}")
+                return rc
+        # after a gate, the spares that passed get the code too (one may replace a failed host); failed nodes do not
+        targets = [h.name for h in gate[0] if h.name not in report.failed] if gate else [h.name for h in jp.hosts]
+        workdirs, rc = _sync(jp, ssh, targets) if jp.tree is not None else (None, 0)
         if rc:
             return rc
         if spec.setup_script:
-            rc = _setup(jp, ssh, run, workdirs)
+            rc = _setup(jp, ssh, run, workdirs, targets)
             if rc:
                 return rc
         signal.signal(signal.SIGTERM, previous)  # the launcher installs its own stop handlers
-        rc, restarts = _launch(jp, ssh, workdirs)
+        rc, restarts = _launch(jp, ssh, workdirs, report)
         return rc
     except KeyboardInterrupt:
         click.echo("orchestrator: interrupted", err=True)
@@ -89,12 +102,11 @@ def _up(jp, ssh) -> int:
         record_end(run, exit_code=rc, restarts=restarts)
 
 
-def _sync(jp, ssh) -> tuple[dict[str, str] | None, int]:
+def _sync(jp, ssh, hosts: list[str]) -> tuple[dict[str, str] | None, int]:
     """Code on every node: (host -> its code directory, 0), or (None, exit code) when a host failed."""
     from orchestrator.hosts import fold
     from orchestrator.job.sync import sync_tree
 
-    hosts = [h.name for h in jp.hosts]
     results = sync_tree(jp.tree, hosts, ssh=ssh, python=jp.job.spec.python, dest=jp.job.spec.sync.dest)
     by_status: dict[str, list[str]] = {}
     for r in results.values():
@@ -107,12 +119,11 @@ def _sync(jp, ssh) -> tuple[dict[str, str] | None, int]:
     return {h: results[h].path for h in hosts}, 0
 
 
-def _setup(jp, ssh, run: Path, workdirs) -> int:
+def _setup(jp, ssh, run: Path, workdirs, hosts: list[str]) -> int:
     from orchestrator.job.setup import setup_argv
     from orchestrator.launch.rundir import RunDir
     from orchestrator.remote import run_on
 
-    hosts = [h.name for h in jp.hosts]
     rundir = RunDir(run)
     rundir.create()
     with rundir.host_logs(hosts) as logs:
@@ -129,7 +140,7 @@ def _setup(jp, ssh, run: Path, workdirs) -> int:
     return result.exit_code
 
 
-def _launch(jp, ssh, workdirs) -> tuple[int, int | None]:
+def _launch(jp, ssh, workdirs, preflight) -> tuple[int, int | None]:
     from orchestrator.cli.launch import launch_via_slurm, report_launch
 
     sink = line_printer()
@@ -143,7 +154,7 @@ def _launch(jp, ssh, workdirs) -> tuple[int, int | None]:
         plan = jp.supervise_plan(workdirs, ssh=ssh)
         click.echo(f"[orch] supervised run {jp.run_id}: {len(plan.config.hosts)} nodes, "
                    f"events in {plan.config.run_dir}/events.jsonl", err=True)
-        summary = asyncio.run(Supervisor(plan.config, plan.runner, sink=sink).run())
+        summary = asyncio.run(Supervisor(plan.config, plan.runner, sink=sink, preflight=preflight).run())
         print_summary(summary)
         return summary["exit_code"], summary.get("restarts")
     plan = jp.launch_plan(workdirs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import HostList
@@ -29,7 +29,7 @@ _FIELDS = {"--hosts": "hosts", "--hostfile": "hostfile", "--include": "include",
            "--include/--exclude": "include", "--hosts/--hostfile": "hostfile", "--nproc-per-node": "nproc_per_node",
            "--python": "python", "--env": "env", "SCRIPT_OR_MODULE": "run", "-m": "run", "--launcher": "launcher",
            "--spare-hosts": "supervise.spares", "--nodes": "supervise.nodes", "--health-check": "supervise.health_check",
-           "--run-id": "name"}
+           "--run-id": "name", "--preflight": "preflight"}
 
 
 @contextlib.contextmanager
@@ -97,17 +97,44 @@ class JobPlan:
                 max_restarts=sup.max_restarts, hang_timeout=sup.hang_timeout, health_check=sup.health_check,
                 restart=sup.restart))
 
+    def preflight(self):
+        """(the hosts the gate checks, its CheckSpec), or None without `preflight: true`. The gate runs before the
+        sync, so it checks the disk of the login directory (where the code cache lives by default)."""
+        if not self.job.spec.preflight:
+            return None
+        from orchestrator.check.preflight import preflight_spec
+
+        spec = self.job.spec
+        with job_fields(self.job):
+            check = preflight_spec(self.launch_spec(), via="slurm" if spec.slurm else "ssh",
+                                   container=spec.container)
+        hosts = HostList(self.hosts)
+        if self.supervised:
+            hosts += [s for s in self.supervise_plan().config.spares if s.name not in hosts.names]
+        return hosts, replace(check, workdir=())
+
+    def preflight_plan(self) -> dict | None:
+        from orchestrator.check.preflight import preflight_plan
+
+        gate = self.preflight()
+        return gate and preflight_plan(*gate, on_failure="exclude" if self.supervised else "refuse")
+
     def to_json(self) -> dict:
         spec = self.job.spec
         body = self.supervise_plan().to_json() if self.supervised else self.launch_plan().to_json()
         return {"job": spec.name, "job_file": str(self.job.source), "run_id": self.run_id,
+                "preflight": self.preflight_plan(),
                 "sync": None if self.tree is None else {"from": str(self.tree.root), "files": len(self.tree.files),
                                                         "digest": self.tree.digest, "to": self.planned_workdir()},
                 "setup": spec.setup_script or None, "supervised": self.supervised, "plan": body}
 
     def describe(self) -> list[str]:
+        from orchestrator.check.preflight import describe as describe_preflight
+
         spec = self.job.spec
         lines = [f"job {spec.name} ({self.job.source.name}), run {self.run_id}"]
+        if gate := self.preflight_plan():
+            lines.append(describe_preflight(gate))
         if self.tree is not None:
             lines.append(f"sync {self.tree.root} ({len(self.tree.files)} files, sha256 {self.tree.digest[:12]}) "
                          f"-> {self.planned_workdir()} on every host")
@@ -136,4 +163,5 @@ def plan_job(job: Job, *, run_id: str, run_dir: str = "runs", environ: Mapping[s
             if spec.workdir is not None else None)
     jp = JobPlan(job, run_id, run_dir, hosts, env, tree)
     jp.supervise_plan() if jp.supervised else jp.launch_plan()  # every check of the planners, before anything starts
+    jp.preflight_plan()
     return jp

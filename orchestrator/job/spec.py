@@ -104,6 +104,9 @@ class JobSpec:
     container_python: str = field(default="python3", metadata=doc("The interpreter inside the container image."))
     supervise: SuperviseSection | None = field(default=None, metadata=doc(
         "Supervise the run (restarts, spares, hang detection) instead of a plain launch."))
+    preflight: bool = field(default=False, metadata=doc(
+        "Run the health gate of `orchestrator check` on the hosts (and spares) before the sync: a failed node "
+        "stops a plain launch before anything starts; a supervised run excludes it before attempt 0."))
 
     @property
     def run_words(self) -> tuple[str, ...]:

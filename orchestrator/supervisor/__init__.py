@@ -7,7 +7,7 @@
 plan.py: options -> a checked SupervisePlan; loop.py: the run loop; runner.py: how an attempt runs (over SSH;
 slurm.py: as srun steps); detect.py: rank exits, hangs, progress; diagnosis.py: the culprit of a failed
 attempt; policy.py: pure decisions; health.py: host checks and process probes; events.py: RUN_DIR/events.jsonl
-and the summary (time lost, ETTR).
+and the summary (time lost, ETTR); preflight.py: a pre-flight gate's failed nodes excluded before attempt 0.
 """
 
 from orchestrator.supervisor.loop import Supervisor

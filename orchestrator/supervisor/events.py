@@ -9,6 +9,8 @@
 One JSON object per line, flushed at once (a live run is readable by `orchestrator status/events`), each with
 "event" (its kind) and "time" (Unix seconds on the head). Kinds, in the order a recovery writes them:
     start        the supervised run: hosts, spares, limits
+    preflight    with --preflight, before attempt 0: the health gate's verdict per host, exit_code, timings
+                 (its failed nodes follow as exclude events, spare: true for a spare, then replace / shrink)
     launch       one attempt: attempt, hosts, world_size, resume_step (the checkpoint it will resume from)
     first_step   the attempt's first finished step: step, resumed_from, since_launch_s
     failure      what the detector saw: kind (rank_exit | hang | unreachable | launcher_error), host, rank, ...

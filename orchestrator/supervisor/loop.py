@@ -43,6 +43,7 @@ from orchestrator.supervisor.detect import MetricsTail, parse_rank_exit, stalled
 from orchestrator.supervisor.diagnosis import Attempt, Diagnosis, diagnose
 from orchestrator.supervisor.events import EventLog, read_events, read_metrics, summarize
 from orchestrator.supervisor.plan import SupervisorConfig, attempt_plan
+from orchestrator.supervisor.preflight import apply_preflight
 from orchestrator.supervisor.runner import AttemptRunner
 from orchestrator.supervisor.warm import WarmRestarts
 
@@ -52,10 +53,11 @@ log = logging.getLogger("orchestrator.supervisor.loop")
 
 
 class Supervisor:
-    def __init__(self, cfg: SupervisorConfig, runner: AttemptRunner, *, sink=None):
+    def __init__(self, cfg: SupervisorConfig, runner: AttemptRunner, *, sink=None, preflight=None):
         """runner: runs attempts and checks hosts (runner.SshAttempts, slurm.SlurmSteps); sink(OutputLine) gets
-        every output line of every attempt."""
-        self.cfg, self.runner, self.sink = cfg, runner, sink
+        every output line of every attempt; preflight: the health gate's CheckReport over the hosts and spares,
+        whose failed nodes leave before attempt 0 (preflight.py)."""
+        self.cfg, self.runner, self.sink, self.preflight = cfg, runner, sink, preflight
         self.run_dir = cfg.run_dir
         self.events = EventLog(cfg.run_dir)
         self.heartbeat_dir = cfg.run_dir / "heartbeat"
@@ -75,7 +77,11 @@ class Supervisor:
                          hang_timeout=cfg.hang_timeout, program=list(cfg.spec.program))
         number, end, exit_code = 0, None, EXIT_FAILURE
         try:
-            while True:
+            if self.preflight is not None:
+                hosts, short = apply_preflight(self.preflight, hosts, spares, limits=cfg.limits, events=self.events,
+                                               runner=self.runner)
+                end = ("gave_up", {"reason": short}) if short else None
+            while end is None:
                 attempt = await self._attempt(number, hosts)
                 result = attempt.result
                 if result is not None and result.stopped_by is not None:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Blame", "Decision", "Limits", "PolicyState", "blame_from", "decide", "note_launch", "note_success", "shrink_target"]
+__all__ = ["Blame", "Decision", "Limits", "PolicyState", "blame_from", "decide", "note_launch", "note_success",
+           "replace_or_shrink", "shrink_target"]
 
 OK = "ok"
 
@@ -102,6 +103,27 @@ def shrink_target(healthy: int, limits: Limits) -> int | None:
     return None
 
 
+def replace_or_shrink(active: list[str], *, excluded: dict[str, str], spares: list[str],
+                      limits: Limits) -> tuple[list[str], dict[str, str], tuple[int, int] | None, str | None]:
+    """Rules 2 and 3 (also for the hosts a pre-flight failed): (hosts, replaced, shrunk, None), or the reason to
+    give up as the last item when fewer hosts are left than the layout needs."""
+    spares = list(spares)
+    hosts, replaced = [], {}
+    for host in active:
+        if host not in excluded:
+            hosts.append(host)
+        elif spares:
+            replaced[host] = spares.pop(0)
+            hosts.append(replaced[host])
+    if len(hosts) == len(active):
+        return hosts, replaced, None, None
+    target = shrink_target(len(hosts), limits)
+    if target is None:
+        return hosts, replaced, None, (f"{len(hosts)} healthy hosts left; the layout needs {limits.min_nodes}..."
+                                       f"{limits.max_nodes} nodes (model parallel {limits.model_parallel})")
+    return hosts[:target], replaced, (len(active), target) if target != len(active) else None, None
+
+
 def _progress(state: PolicyState, checkpoint_step: int | None) -> bool:
     made = checkpoint_step is not None and (state.best_checkpoint is None or checkpoint_step > state.best_checkpoint)
     if made:
@@ -132,23 +154,10 @@ def decide(active: list[str], *, spares: list[str], blame: Blame, health: dict[s
             excluded[host] = f"{state.strikes[host]} host faults (limit {limits.max_host_failures})"
 
     healthy_spares = [s for s in spares if health.get(s, OK) == OK and s not in active]
-    hosts, replaced = [], {}
-    for host in active:
-        if host not in excluded:
-            hosts.append(host)
-        elif healthy_spares:
-            replaced[host] = healthy_spares.pop(0)
-            hosts.append(replaced[host])
-    shrunk = None
-    if len(hosts) < len(active):
-        target = shrink_target(len(hosts), limits)
-        if target is None:
-            return Decision("give_up", hosts, excluded, replaced,
-                            reason=f"{len(hosts)} healthy hosts left; the layout needs {limits.min_nodes}..."
-                                   f"{limits.max_nodes} nodes (model parallel {limits.model_parallel})")
-        if target != len(active):
-            shrunk = (len(active), target)
-        hosts = hosts[:target]
+    hosts, replaced, shrunk, short = replace_or_shrink(active, excluded=excluded, spares=healthy_spares,
+                                                       limits=limits)
+    if short:
+        return Decision("give_up", hosts, excluded, replaced, reason=short)
 
     if state.restarts >= limits.max_restarts:
         return Decision("give_up", hosts, excluded, replaced, shrunk,
