@@ -182,8 +182,8 @@ def _culprit(groups: list[_Group], missing: list[RankDump], bad: dict[int, str])
     if reference is not None:
         waits = reference.where.waiting
         if not parts:
-            verb = ("wait" if waits else "are") if others > 1 else ("waits" if waits else "is")
-            line = f"{_ranks(reference.dumps)} {'all ' * (others > 1)}{verb} in {reference.where.label}"
+            verb = ("all wait" if waits else "are all") if others > 1 else ("waits" if waits else "is")
+            line = f"{_ranks(reference.dumps)} {verb} in {reference.where.label}"
             line += "" if missing else ": no rank stands out"
         elif len(reference.dumps) == others:
             line += f" while every other rank {'waits' if waits else 'is'} in {reference.where.label}"
