@@ -35,7 +35,7 @@ __all__ = ["INTERNAL", "RankDump", "Where", "hang_stacks", "main_thread", "where
 INTERNAL = ("torch", "deepspeed", "numpy", "triton", "apex", "transformer_engine")
 """Packages a rank waits inside, never the place to blame: their frames are skipped (the program's caller shows)."""
 _STDLIB = re.compile(r"/lib/python\d\.\d+/(?!(?:site|dist)-packages/)")
-_COLLECTIVES = ("torch/distributed/distributed_c10d.py",)
+_COLLECTIVES = ("torch/distributed/distributed_c10d.py", "torch/distributed/_functional_collectives.py")
 STACK_FRAMES = 40
 """Frames kept per group in the event (innermost first): enough to read the program's call path."""
 SHOWN_GROUPS = 3

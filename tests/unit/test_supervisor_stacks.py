@@ -66,6 +66,14 @@ def test_the_main_thread_is_chosen_among_threads_and_threading_frames_are_skippe
     assert worker.label == "Condition.wait at threads.py:3 (prefetch_worker)"  # threading.py is the stdlib
 
 
+def test_a_functional_collective_counts_as_waiting():
+    torch_file = "/opt/venv/lib/python3.11/site-packages/torch/distributed/_functional_collectives.py"
+    stack = [{"name": "wait_tensor", "filename": torch_file, "short_filename": torch_file.split("site-packages/")[1],
+              "line": 140},
+             {"name": "forward", "filename": "/srv/job/tp.py", "short_filename": "tp.py", "line": 7}]
+    assert where(stack) == Where("forward", "tp.py", 7, call="wait_tensor", waiting=True)
+
+
 def test_a_stack_entirely_inside_libraries_is_placed_at_its_outermost_frame():
     inside = [f for f in frames(ENGINE_0) if f["short_filename"].startswith("torch/")]
     assert where(inside) == Where("_exception_logger.<locals>.wrapper", "torch/distributed/c10d_logger.py", 83,
