@@ -112,8 +112,9 @@ def main() -> int:
         sb.down()
     print(json.dumps(row))
     med = row["median"]
-    print(f"\n{row['hosts']} hosts x {args.ranks_per_host} rank(s), medians of {args.repeats}: probe {med['probe']:.2f} s, "
-          f"dump {med['dump']:.2f} s, both {med['both']:.2f} s; the stack dump adds {row['added_s']:.2f} s "
+    print(f"\n{row['hosts']} hosts x {args.ranks_per_host} rank(s), medians of {args.repeats}: "
+          f"probe {med['probe']:.2f} s, dump {med['dump']:.2f} s, both {med['both']:.2f} s; "
+          f"the stack dump adds {row['added_s']:.2f} s "
           f"(load average {row['load'][0]:.1f})")
     print(f"culprit line: {row['culprit']}")
     return 0

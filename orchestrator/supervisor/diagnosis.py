@@ -9,11 +9,11 @@
 
 Order of evidence: a launcher-side error; for a hang, a probed process that is stopped/stuck, else a host that
 failed its health check (a lost node), else the rank the stacks single out (stacks.py: not where the others
-wait), else the oldest stalled rank (a hang's diagnosis carries the stacks' culprit line); a non-cascade first failure from the
-runner's analysis (torchrun's reports); the first rank exit the head saw if it was a signal (even when the
-host is unreachable afterwards: the health check excludes it anyway); a host that failed its health check (a
-lost node says nothing: its peers' errors are the cascade); a lost control connection; otherwise the first
-failure.
+wait), else the oldest stalled rank (a hang's diagnosis carries the stacks' culprit line); a non-cascade first
+failure from the runner's analysis (torchrun's reports); the first rank exit the head saw if it was a signal
+(even when the host is unreachable afterwards: the health check excludes it anyway); a host that failed its
+health check (a lost node says nothing: its peers' errors are the cascade); a lost control connection;
+otherwise the first failure.
 """
 
 from __future__ import annotations

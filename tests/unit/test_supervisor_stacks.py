@@ -216,22 +216,23 @@ def test_the_loop_dumps_every_rank_before_teardown_and_names_the_culprit(tmp_pat
 # ---- the node side: health.dump_stacks through the real agent (local transport) and a real py-spy ---------------
 needs_py_spy = pytest.mark.skipif(not (Path(sys.executable).parent / "py-spy").exists() or os.geteuid() != 0,
                                   reason="needs py-spy next to this Python, and root to read another process")
-SLEEPER = "import time\ndef stuck_in_read():\n    time.sleep(600)\nstuck_in_read()\n"
+SLEEPER = "import time\ndef stuck_in_read():\n    print('in', flush=True)\n    time.sleep(600)\nstuck_in_read()\n"
 
 
 @needs_py_spy
 def test_the_node_side_dump_reads_a_running_and_a_stopped_process_and_reports_a_gone_one():
-    running = subprocess.Popen([sys.executable, "-c", SLEEPER])
-    stopped = subprocess.Popen([sys.executable, "-c", SLEEPER])
+    running, stopped = (subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE) for _ in range(2))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     try:
+        assert running.stdout.readline() == stopped.stdout.readline() == b"in\n"  # both asleep in stuck_in_read
         os.kill(stopped.pid, signal.SIGSTOP)
         pids = [running.pid, stopped.pid, gone.pid]
         dumps = asyncio.run(dump_stacks({"localhost": pids}, transport=LocalTransport(), python=sys.executable,
                                         timeout=30))["localhost"]
         for pid in (running.pid, stopped.pid):  # --nonblocking: a stopped process is read all the same
-            assert where(frames(dumps[pid])).label == "stuck_in_read at <string>:3", dumps[pid]
+            place = where(frames(dumps[pid]))
+            assert (place.function, place.file, place.call) == ("stuck_in_read", "<string>", None), dumps[pid]
             assert set(frames(dumps[pid])[0]) == {"name", "filename", "short_filename", "line"}  # no locals
         assert dumps[gone.pid].startswith("py-spy: Error:"), dumps[gone.pid]
     finally:
