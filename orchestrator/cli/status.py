@@ -4,7 +4,9 @@
     $ orchestrator events runs/s1            # one line per event; --json for the raw JSONL; --summary for totals
 
 The table: one row per rank of the current attempt (host, rank, step, status, age of its last heartbeat),
-under a header with the attempt, restarts, excluded hosts and the newest step. Read-only: safe on a live run.
+under a header with the attempt, restarts, excluded hosts and the newest step, over the last failure's diagnosis
+(for a hang, where the ranks are stuck: `rank 1 on n2 is in read_batch at data.py:120 while every other rank
+waits in all_reduce at train.py:88 (step)`). Read-only: safe on a live run.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ _END = ("done", "gave_up", "stopped")
 
 
 def _snapshot(run_dir: Path):
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     from orchestrator.engine.heartbeat import read_heartbeats
     from orchestrator.supervisor.events import read_events, read_metrics, summarize
@@ -42,7 +46,12 @@ def _snapshot(run_dir: Path):
     missing = (launch or {}).get("world_size", 0) - len(beats)
     if missing > 0 and summary["outcome"] == "running":
         table.add_row(",".join(launch["hosts"]), "-", "-", f"{missing} rank(s) without a heartbeat yet", "-")
-    return table, summary
+    diagnosis = next((e for e in reversed(events) if e["event"] == "diagnosis"), None)
+    if diagnosis is None:
+        return table, summary
+    last = Text(f"last failure (attempt {diagnosis.get('attempt')}): {diagnosis.get('cause')} on "
+                f"{diagnosis.get('host') or '-'}: {diagnosis.get('culprit') or diagnosis.get('detail')}")
+    return Group(table, last), summary
 
 
 @click.command("status")

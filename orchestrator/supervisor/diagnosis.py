@@ -8,11 +8,12 @@
     d.to_event()                            # the "diagnosis" event's fields in events.jsonl
 
 Order of evidence: a launcher-side error; for a hang, a probed process that is stopped/stuck, else a host that
-failed its health check (a lost node), else the oldest stalled rank; a non-cascade first failure from the
-runner's analysis (torchrun's reports); the first rank exit the head saw if it was a signal (even when the
-host is unreachable afterwards: the health check excludes it anyway); a host that failed its health check (a
-lost node says nothing: its peers' errors are the cascade); a lost control connection; otherwise the first
-failure.
+failed its health check (a lost node), else the rank the stacks single out (stacks.py: not where the others
+wait), else the oldest stalled rank (a hang's diagnosis carries the stacks' culprit line); a non-cascade first
+failure from the runner's analysis (torchrun's reports); the first rank exit the head saw if it was a signal
+(even when the host is unreachable afterwards: the health check excludes it anyway); a host that failed its
+health check (a lost node says nothing: its peers' errors are the cascade); a lost control connection;
+otherwise the first failure.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Attempt:
     """The stalled ranks' heartbeats, when the hang detector fired."""
     probe: dict | None = None
     """host -> {pid: /proc state letter} of the stalled ranks."""
+    stacks: dict | None = None
+    """The hang's stack report (stacks.hang_stacks: groups, culprit line, culprit_ranks), when dumped."""
     result: AttemptResult | None = None
     error: str | None = None
     """A launcher-side error ("OSError: ...")."""
@@ -71,6 +74,8 @@ class Diagnosis:
     """The culprit rank's last output lines, when the runner's failure analysis has them."""
     cascade: list[str] | None = None
     """For a lost node: the other nodes' failures it caused."""
+    culprit: str | None = None
+    """For a hang: where the ranks are stuck, in one line, from their Python stacks (stacks.py)."""
 
     def to_event(self) -> dict:
         """The "diagnosis" event's fields: rank for rank causes, signal and exit code for process exits (even
@@ -87,6 +92,8 @@ class Diagnosis:
             out["last_lines"] = self.last_lines
         if self.cascade is not None:
             out["cascade"] = self.cascade
+        if self.culprit is not None:
+            out["culprit"] = self.culprit
         return out
 
 
@@ -97,7 +104,7 @@ def diagnose(attempt: Attempt, health: dict[str, str]) -> Diagnosis:
     if attempt.error is not None:
         return Diagnosis(cause="launcher_error", host=None, detail=attempt.error)
     if attempt.hang is not None:
-        return _hang(attempt.hang, attempt.probe or {}, unhealthy)
+        return _hang(attempt.hang, attempt.probe or {}, unhealthy, attempt.stacks or {}, plan)
     first = result.first_failure if result is not None else None
     if first is not None and not first.cascade:
         return _from_failure(first)
@@ -119,19 +126,26 @@ def diagnose(attempt: Attempt, health: dict[str, str]) -> Diagnosis:
                      detail=f"exit code {result.exit_code if result is not None else None}")
 
 
-def _hang(stalled: list[dict], probe: dict[str, dict[int, str]], unhealthy: dict[str, str]) -> Diagnosis:
+def _hang(stalled: list[dict], probe: dict[str, dict[int, str]], unhealthy: dict[str, str], stacks: dict,
+          plan: LaunchPlan) -> Diagnosis:
+    culprit = stacks.get("culprit")
     for host, states in probe.items():
         for pid, state in states.items():
             if state in BAD_STATES:
                 beat = next((b for b in stalled if b.get("pid") == pid), {})
-                return Diagnosis(cause="hang", host=host, rank=beat.get("rank"), pid=pid,
+                return Diagnosis(cause="hang", host=host, rank=beat.get("rank"), pid=pid, culprit=culprit,
                                  detail=f"rank {beat.get('rank')} (pid {pid}) is {BAD_STATES[state]}")
     if unhealthy:
         host = next(iter(unhealthy))
-        return Diagnosis(cause="node_lost", host=host, detail=f"heartbeats stopped; {host}: {unhealthy[host]}")
+        return Diagnosis(cause="node_lost", host=host, detail=f"heartbeats stopped; {host}: {unhealthy[host]}",
+                         culprit=culprit)
     first = stalled[0]
-    return Diagnosis(cause="hang", host=first.get("host"), rank=first.get("rank"),
-                     detail=f"no heartbeat for {len(stalled)} rank(s) since step {first.get('step')}")
+    detail = f"no heartbeat for {len(stalled)} rank(s) since step {first.get('step')}"
+    blamed = stacks.get("culprit_ranks") or []
+    placed = plan.rank_location(blamed[0]) if blamed else None
+    if placed is not None:  # the stacks single out a rank: a better suspect than the oldest heartbeat
+        return Diagnosis(cause="hang", host=placed[0], rank=blamed[0], detail=detail, culprit=culprit)
+    return Diagnosis(cause="hang", host=first.get("host"), rank=first.get("rank"), detail=detail, culprit=culprit)
 
 
 def _from_failure(f) -> Diagnosis:

@@ -17,11 +17,11 @@ head and every node (a shared file system, as checkpoints must be anyway).
 While an attempt runs, three detectors watch it (detect.py): the first torchrun "failed (exitcode" line
 (a rank exit, within ~0.3 s), the runner's own results (a node's launcher exit, a lost control connection),
 and the heartbeat files (a hang after --hang-timeout; the stalled ranks' processes are probed so a stopped or
-stuck one is named). Then the runner (runner.py: over SSH, or Slurm steps in slurm.py) tears the attempt down
-on every host (verified), the hosts and spares are health-checked, the culprit is named (diagnosis.py),
-policy.decide() picks the next host list, and after a backoff the next attempt starts. Exit codes: 0 done;
-1 gave up; 128+N stopped by signal N; 2 when the attempt reports a configuration error (Slurm's requeue
-contract; never retried).
+stuck one is named, and every rank's Python stack is dumped so the one not where the others wait is named).
+Then the runner (runner.py: over SSH, or Slurm steps in slurm.py) tears the attempt down on every host
+(verified), the hosts and spares are health-checked, the culprit is named (diagnosis.py), policy.decide()
+picks the next host list, and after a backoff the next attempt starts. Exit codes: 0 done; 1 gave up; 128+N
+stopped by signal N; 2 when the attempt reports a configuration error (Slurm's requeue contract; never retried).
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ from orchestrator.supervisor import policy
 from orchestrator.supervisor.detect import MetricsTail, parse_rank_exit, stalled_ranks
 from orchestrator.supervisor.diagnosis import Attempt, Diagnosis, diagnose
 from orchestrator.supervisor.events import EventLog, read_events, read_metrics, summarize
+from orchestrator.supervisor.hangdump import dump_ranks
 from orchestrator.supervisor.plan import SupervisorConfig, attempt_plan
 from orchestrator.supervisor.preflight import apply_preflight
 from orchestrator.supervisor.runner import AttemptRunner
+from orchestrator.supervisor.stacks import hang_stacks
 from orchestrator.supervisor.warm import WarmRestarts
 
 __all__ = ["Supervisor"]
@@ -159,7 +161,7 @@ class Supervisor:
                 self.events.emit("failure", attempt=number, kind="hang", hang_timeout=self.cfg.hang_timeout,
                                  stalled=[{k: b.get(k) for k in ("host", "rank", "step", "status", "time", "pid",
                                                                  "missing")} for b in stalled])
-                attempt.probe = await self._probe(stalled)
+                attempt.probe = await self._probe(stalled, attempt)
                 if self.warm is not None and await self.warm.kill_hung(attempt, stalled, attempt.probe):
                     attempt.hang = None  # the keepers replace the killed ranks: the attempt goes on
                     continue
@@ -173,16 +175,25 @@ class Supervisor:
         self._poll_metrics(attempt)
         return attempt
 
-    async def _probe(self, stalled: list[dict]) -> dict:
+    async def _probe(self, stalled: list[dict], attempt: Attempt) -> dict:
+        """The stalled ranks' /proc states; meanwhile every rank's Python stack (hangdump.py, stacks.py)."""
+        from orchestrator.engine.heartbeat import read_heartbeats
+
         pids: dict[str, list[int]] = {}
         for beat in stalled:
             if beat.get("host") and beat.get("pid"):
                 pids.setdefault(beat["host"], []).append(int(beat["pid"]))
+        dumps = asyncio.ensure_future(dump_ranks(self.runner, attempt.plan, read_heartbeats(self.heartbeat_dir),
+                                                 timeout=self.cfg.health_timeout))
         try:
-            return await self.runner.probe_pids(pids, timeout=self.cfg.health_timeout)
+            probe = await self.runner.probe_pids(pids, timeout=self.cfg.health_timeout)
         except Exception as exc:  # noqa: BLE001 - the probe only sharpens the diagnosis
             log.warning("process probe failed: %s", exc)
-            return {}
+            probe = {}
+        attempt.stacks = hang_stacks(await dumps, probe)
+        self.events.emit("hang_stacks", attempt=attempt.number, **attempt.stacks)
+        log.warning("attempt %d hung: %s", attempt.number, attempt.stacks["culprit"])
+        return probe
 
     def _poll_metrics(self, attempt: Attempt) -> None:
         for record in self.metrics.poll():

@@ -4,6 +4,7 @@
     result = await runner.run_attempt(plan, sink=show, stop=stop_event)             # show(OutputLine); AttemptResult
     result.exit_code, result.first_failure, result.config_error                      # 1, Failure(...), False
     health = await runner.check_hosts(["n1", "n2"], command=None, timeout=20)        # {"n1": "ok", ...}
+    stacks = await runner.dump_stacks({"n2": [4242]}, python=lambda h: "python3", timeout=20)  # {"n2": {4242: [...]}}
 
 The loop (loop.py) only talks to an AttemptRunner: it never asks which kind it has. A runner ends the attempt
 when `stop` is set (a hang), tears it down on every host, and reports what it saw in one AttemptResult.
@@ -12,7 +13,7 @@ when `stop` is set (a hang), tears it down on every host, and reports what it sa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -66,12 +67,17 @@ class AttemptRunner(Protocol):
     async def kill_pids(self, pids: dict[str, list[int]], *, timeout: float) -> list[str]:
         """SIGKILL the processes (a hung rank under warm restarts, which run over SSH only); the hosts reached."""
 
+    async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str],
+                          timeout: float) -> dict[str, dict[int, list | str]]:
+        """host -> {pid: py-spy's JSON (a list of threads), or why there is none}, for a hang's report (stacks.py);
+        python(host): the node's interpreter (py-spy is looked up next to it, then on PATH)."""
+
     def exclude(self, host: str, reason: str) -> bool:
         """The supervisor stopped using `host`; True when the runner also fenced it off (Slurm: drained)."""
 
 
 class SshAttempts:
-    """Attempts as orchestrator.launch runs over SSH; health checks and probes through the same fan-out."""
+    """Attempts as orchestrator.launch runs over SSH; health checks, probes and stack dumps through the same fan-out."""
 
     def __init__(self, *, ssh=None, transport=None, failure_grace: float = 2.0):
         self.ssh, self.transport, self.failure_grace = ssh, transport, failure_grace
@@ -98,6 +104,12 @@ class SshAttempts:
         from orchestrator.supervisor.health import kill_pids
 
         return await kill_pids(pids, ssh=self.ssh, transport=self.transport, timeout=timeout)
+
+    async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str],
+                          timeout: float) -> dict[str, dict[int, list | str]]:
+        from orchestrator.supervisor.health import dump_stacks
+
+        return await dump_stacks(pids, ssh=self.ssh, transport=self.transport, python=python, timeout=timeout)
 
     def exclude(self, host: str, reason: str) -> bool:
         return False  # nothing to fence off: the supervisor simply stops using the host

@@ -16,7 +16,8 @@ detectors, diagnosis, policy, events):
   `scontrol show node` state because it proves what the next attempt needs (slurmd starts a process there, the
   check command passes), and a node Slurm already marked down fails it too (the step cannot be created).
 - exclusion: with drain_bad_nodes, an excluded node is drained (orchestrator.slurm.drain) with the reason.
-- hang probes: over SSH (`ssh`), as on the SSH path: the stalled ranks' /proc state is read on their nodes.
+- hang probes and stack dumps: over SSH (`ssh`), as on the SSH path: the stalled ranks' /proc state and every
+  rank's py-spy dump are read on their nodes.
 """
 
 from __future__ import annotations
@@ -140,6 +141,13 @@ class SlurmSteps:
         from orchestrator.supervisor.health import probe_pids
 
         return await probe_pids(pids, ssh=self.ssh, timeout=timeout)
+
+    async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str],
+                          timeout: float) -> dict[str, dict[int, list | str]]:
+        """Every rank's Python stack, dumped over SSH as the probe is (health.dump_stacks)."""
+        from orchestrator.supervisor.health import dump_stacks
+
+        return await dump_stacks(pids, ssh=self.ssh, python=python, timeout=timeout)
 
     def exclude(self, host: str, reason: str) -> bool:
         """Drain an excluded node when asked to (so later jobs avoid it too); True when drained."""

@@ -143,6 +143,10 @@ def test_kill_hang_lost_node_and_unreachable_host_in_one_run(sandbox, hosts, tmp
     assert [f["kind"] for f in failures][:2] == ["rank_exit", "hang"] and failures[0]["signal"] == "SIGKILL"
     hang = [e for e in evs if e["event"] == "diagnosis"][1]
     assert hang["pid"] == stopped["pid"] and "stopped (SIGSTOP)" in hang["detail"]
+    stacks, lost = [e for e in evs if e["event"] == "hang_stacks"]  # faults 2 and 3 (no heartbeat from a lost node)
+    assert stacks["culprit"].startswith(f"rank 1 on {b} (pid {stopped['pid']}) is stopped (SIGSTOP), last in ")
+    assert stacks["culprit_ranks"] == [1] and hang["culprit"] == stacks["culprit"]  # its last stack, not woken
+    assert [(n["ranks"], n["hosts"]) for n in lost["no_stack"]] == [([1], b)] and lost["groups"][0]["ranks"] == [0]
     excluded = [(e["host"], e["reason"].split(":")[0] + ":" + e["reason"].split(":")[1]) for e in evs
                 if e["event"] == "exclude"]
     assert excluded == [(b, "health check: unreachable"), (spare, "health check: unreachable")]
@@ -202,3 +206,35 @@ def test_always_crashing_script_gives_up_after_max_restarts(sandbox, hosts, tmp_
     assert not [e for e in evs if e["event"] == "exclude"]
     log = (tmp_path / "crash.supervisor.log").read_text()
     assert "outcome: gave_up (max restarts reached (2)" in log and "deliberate crash" in log
+
+
+HANG_SCRIPT = Path(__file__).with_name("hang_script.py")
+
+
+def marked_line(path: Path, mark: str) -> int:
+    """The number of the line of `path` that ends with `# mark`."""
+    return next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.endswith(f"# {mark}"))
+
+
+@pytest.mark.timeout(180)
+def test_a_hang_names_the_rank_stuck_in_its_own_code_from_every_ranks_stack(sandbox, hosts, tmp_path):
+    """Rank 1 sleeps in stuck_in_data_loader() while rank 0 waits in dist.all_reduce: before the teardown every
+    rank's Python stack is dumped on its host (py-spy), and events.jsonl names rank 1, its host and its line."""
+    a, b, _ = hosts
+    stuck, waits = marked_line(HANG_SCRIPT, "STUCK"), marked_line(HANG_SCRIPT, "WAITS")
+    run_dir = tmp_path / "hang"
+    proc = supervise(sandbox, run_dir, [a, b], "--hang-timeout", "3", "--max-restarts", "0", "--run-id", "hang",
+                     program=["--", str(HANG_SCRIPT)])
+    evs = finish(proc, run_dir / "launch" / "hang")
+    log = (run_dir.parent / f"{run_dir.name}.supervisor.log").read_text()
+    assert proc.returncode == 1 and one(evs, "failure")["kind"] == "hang", log[-3000:]
+    report = one(evs, "hang_stacks")
+    line = (f"rank 1 on {b} is in stuck_in_data_loader at hang_script.py:{stuck} while every other rank waits in "
+            f"all_reduce at hang_script.py:{waits} (main)")
+    assert report["culprit"] == line and report["culprit_ranks"] == [1], report
+    assert [(g["ranks"], g["hosts"], g["waiting"]) for g in report["groups"]] == [([0], a, True), ([1], b, False)]
+    assert report["groups"][1]["stack"][0] == f"stuck_in_data_loader (hang_script.py:{stuck})"
+    diagnosis = one(evs, "diagnosis")
+    assert (diagnosis["cause"], diagnosis["host"], diagnosis["rank"], diagnosis["culprit"]) == ("hang", b, 1, line)
+    assert f"attempt 0 hung: {line}" in log
+    assert [e["event"] for e in evs].index("hang_stacks") < [e["event"] for e in evs].index("health")

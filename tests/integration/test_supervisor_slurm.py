@@ -132,3 +132,35 @@ def test_node_failing_its_check_is_excluded_drained_and_the_run_shrinks(cluster,
         drained = [name for name, node in slurm.nodes().items() if "drain" in node.state]
         if drained:  # later tests of the module get the whole cluster back
             slurm.resume(drained)
+
+
+def test_a_hang_under_slurm_names_the_stuck_rank_from_every_ranks_stack(cluster, tmp_path):
+    """tests/integration/hang_script.py as srun steps: the stack dump reaches the nodes over SSH (--ssh-config), as
+    the process probe does."""
+    sandbox, _ = cluster
+    script = Path(__file__).with_name("hang_script.py")
+    stuck = next(i for i, text in enumerate(script.read_text().splitlines(), 1) if text.endswith("# STUCK"))
+    job = tmp_path / "job.sbatch"
+    job.write_text(f"""#!/bin/bash
+#SBATCH --nodes=2
+#SBATCH --output={tmp_path}/%j.out
+exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 --python {sys.executable} \\
+    --run-dir {tmp_path}/launch --run-id hang --hang-timeout 3 --max-restarts 0 --health-timeout 20 \\
+    --ssh-config {sandbox.ssh_config} -- {script}
+""")
+    job_id = subprocess.run(["sbatch", "--parsable", str(job)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    try:
+        code = wait_job(job_id, JOB_TIMEOUT)
+    except BaseException:
+        subprocess.run(["scancel", job_id])
+        raise
+    log = (tmp_path / f"{job_id}.out").read_text()
+    evs = [json.loads(line) for line in (tmp_path / "launch" / "hang" / "events.jsonl").read_text().splitlines()]
+    assert code == 1 and [e["kind"] for e in evs if e["event"] == "failure"] == ["hang"], log[-4000:]
+    report = next(e for e in evs if e["event"] == "hang_stacks")
+    assert report["culprit_ranks"] == [1], (report, log[-4000:])
+    assert report["culprit"].startswith(f"rank 1 on {report['groups'][1]['hosts']} is in stuck_in_data_loader at "
+                                        f"hang_script.py:{stuck} while every other rank waits in all_reduce")
+    diagnosis = next(e for e in evs if e["event"] == "diagnosis")
+    assert (diagnosis["cause"], diagnosis["rank"], diagnosis["culprit"]) == ("hang", 1, report["culprit"])

@@ -73,3 +73,17 @@ def test_events_and_status_skip_lines_that_are_not_event_objects(tmp_path):
     rows = subprocess.run([*ORCH, "events", "--json", str(tmp_path)],
                           capture_output=True, text=True).stdout.splitlines()
     assert [json.loads(row) for row in rows] == good
+
+
+def test_status_shows_the_last_diagnosis_with_a_hangs_culprit(tmp_path):
+    import subprocess
+
+    culprit = "rank 1 on n2 is in read_batch at data.py:120 while every other rank waits in all_reduce at train.py:88"
+    events = [{"event": "start", "time": 100.0}, {"event": "launch", "time": 101.0, "attempt": 0, "hosts": ["n1"]},
+              {"event": "diagnosis", "time": 102.0, "attempt": 0, "cause": "hang", "host": "n2", "rank": 1,
+               "detail": "no heartbeat for 2 rank(s) since step 3", "culprit": culprit}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    out = subprocess.run([*ORCH, "status", "--once", str(tmp_path)], capture_output=True, text=True,
+                         env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert f"last failure (attempt 0): hang on n2: {culprit}" in out.stdout

@@ -1,0 +1,49 @@
+"""Before a hung attempt is torn down: every rank's Python stack, dumped on its node through the runner.
+
+    dumps = await dump_ranks(runner, plan, read_heartbeats(run_dir / "heartbeat"), timeout=20)
+    dumps[1]                                  # RankDump(rank=1, host="n2", pid=4243, threads=[...py-spy JSON...])
+    report = stacks.hang_stacks(dumps, states=probe)          # groups and the culprit line (stacks.py)
+
+The PIDs come from the ranks' heartbeat files; each rank's host from the plan (the name the runner reaches it
+by; the heartbeat's own hostname when the plan does not place the rank). Never raises: a dump that cannot be
+had is that rank's error ("py-spy not found ...", "dump exit 255: timed out after 20 s"), and the hang report
+says which ranks have no stack and why.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from orchestrator.launch.plan import DEFAULT_PYTHON, LaunchPlan
+from orchestrator.supervisor.runner import AttemptRunner
+from orchestrator.supervisor.stacks import RankDump
+
+__all__ = ["dump_ranks"]
+
+log = logging.getLogger("orchestrator.supervisor.hangdump")
+
+
+async def dump_ranks(runner: AttemptRunner, plan: LaunchPlan, beats: dict[str, dict], *,
+                     timeout: float) -> list[RankDump]:
+    """Every rank with a heartbeat, in rank order, with its py-spy dump or why there is none."""
+    ranks: dict[int, tuple[str, int]] = {}
+    for beat in beats.values():
+        rank, pid = beat.get("rank"), beat.get("pid")
+        if isinstance(rank, int) and isinstance(pid, int):
+            placed = plan.rank_location(rank)
+            ranks[rank] = (placed[0] if placed else str(beat.get("host")), pid)
+    pids: dict[str, list[int]] = {}
+    for host, pid in ranks.values():
+        pids.setdefault(host, []).append(pid)
+    pythons = {n.host: n.python for n in plan.nodes}
+    try:
+        dumps = await runner.dump_stacks(pids, python=lambda h: pythons.get(h, DEFAULT_PYTHON), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - the stacks only sharpen the diagnosis
+        log.warning("stack dump failed: %s", exc)
+        dumps = {host: dict.fromkeys(p, f"stack dump failed: {exc}") for host, p in pids.items()}
+    out = []
+    for rank, (host, pid) in sorted(ranks.items()):
+        got = dumps.get(host, {}).get(pid, "no answer from the dump")
+        out.append(RankDump(rank, host, pid, threads=got) if isinstance(got, list)
+                   else RankDump(rank, host, pid, error=str(got)))
+    return out
