@@ -107,3 +107,72 @@ def test_a_snapshot_of_another_model_is_refused(tmp_path):
     other = torch.nn.Linear(3, 3)
     with pytest.raises(ValueError, match="snapshot lacks"):
         snaps.load(1, [other], [torch.optim.AdamW(other.parameters())])
+
+
+class _Events:
+    def __init__(self):
+        self.emitted = []
+
+    def emit(self, event, **fields):  # EventLog.emit's signature: "kind" is a field of some events
+        self.emitted.append((event, fields))
+
+
+class _Runner:
+    def __init__(self, reach):
+        self.reach, self.asked = reach, None
+
+    async def kill_pids(self, pids, *, timeout):
+        self.asked = pids
+        return [h for h in pids if h in self.reach]
+
+
+def _attempt():
+    from orchestrator.supervisor.diagnosis import Attempt
+
+    plan = build_plan(engine("--config", "tiny", launcher="warm"), [Host("a", 1), Host("b", 1)])
+    return Attempt(0, plan, launched_at=0.0)
+
+
+def test_keeper_lines_become_failure_diagnosis_restart_and_resumed_events():
+    from orchestrator.launch.output import OutputLine
+    from orchestrator.supervisor.warm import WarmRestarts
+
+    events, attempt = _Events(), _attempt()
+    warm = WarmRestarts(events, _Runner(()), hang_timeout=3)
+
+    def line(host, text):
+        warm.on_line(attempt, OutputLine(host, None, "stdout", text, text.encode()))
+
+    line("b", event_line("rank_exit", rank=1, pid=77, exitcode=-9, generation=0))
+    line("a", event_line("left", rank=0, generation=0, pid=5))
+    for host in ("a", "b"):  # every keeper reports the new generation: one event
+        line(host, event_line("generation", generation=1, node_rank=0, replaced={"1": 78}))
+    line("b", event_line("joined", rank=1, generation=1, pid=78))
+    line("a", "an ordinary line")
+    warm.on_step(attempt, {"step": 41, "loss": 1.0, "step_time_s": 0.1, "resumed_from": 40,
+                           "resume_source": "memory"}, seen_at=100.0, previous_step=41, step_seen={40: 98.0})
+    kinds = [k for k, _ in events.emitted]
+    assert kinds == ["failure", "diagnosis", "warm_restart", "warm_resumed"]
+    failure, diagnosis = events.emitted[0][1], events.emitted[1][1]
+    assert (failure["host"], failure["rank"], failure["local_rank"], failure["signal"]) == ("b", 1, 0, "SIGKILL")
+    assert diagnosis["cause"] == "killed" and diagnosis["action"] == "warm_restart"
+    resumed = events.emitted[3][1]
+    assert resumed["steps_lost"] == 1 and resumed["time_lost_s"] == 1.9
+    assert {"exit", "left", "joined", "first_step_seen"} <= set(resumed["phases"])
+
+
+def test_a_hang_kills_only_the_stopped_rank_and_says_whether_every_host_was_reached():
+    import asyncio
+
+    from orchestrator.supervisor.warm import WarmRestarts
+
+    stalled = [{"host": "a", "pid": 5}, {"host": "b", "pid": 6}]
+    events, runner = _Events(), _Runner({"a", "b"})
+    warm = WarmRestarts(events, runner, hang_timeout=3)
+    assert asyncio.run(warm.kill_hung(_attempt(), stalled, {"a": {5: "S"}, "b": {6: "T"}}))
+    assert runner.asked == {"b": [6]} and warm.hang_check_paused(__import__("time").time())
+    # nothing stopped (a deadlock): every stalled rank; a host that does not answer: the attempt is stopped cold
+    runner = _Runner({"a"})
+    warm = WarmRestarts(_Events(), runner, hang_timeout=3)
+    assert not asyncio.run(warm.kill_hung(_attempt(), stalled, {}))
+    assert runner.asked == {"a": [5], "b": [6]}
