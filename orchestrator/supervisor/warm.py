@@ -16,7 +16,8 @@ keepers' event lines and writes:
   warm_resumed {step, resumed_from, steps_lost, time_lost_s, phases}  the first step after it (from metrics.jsonl)
   warm_give_up {host, reason}        a keeper gave up: the attempt ends and the supervisor restarts it cold
 A hang (no heartbeat for --hang-timeout) is resolved by SIGKILL of the stopped ranks (state T in the probe), or of
-every stalled rank when none is stopped, which turns it into a rank exit the keepers repair.
+every stalled rank when none is stopped, which turns it into a rank exit the keepers repair; when a stalled
+rank's host does not answer the probe (a lost node), the attempt is stopped and restarted cold instead.
 """
 
 from __future__ import annotations
@@ -110,25 +111,26 @@ class WarmRestarts:
         return now < self.paused_until
 
     async def kill_hung(self, attempt, stalled: list[dict], probe: dict) -> bool:
-        """SIGKILL the stopped ranks (else every stalled one); True when the kill reached every host asked."""
+        """SIGKILL the stopped ranks (else every stalled one); True when the kill reached every host asked.
+
+        A stalled rank on a host the probe did not reach is a lost node: nothing is killed, the attempt is
+        stopped and restarted cold (warm restarts do not replace nodes yet)."""
+        stalled = [b for b in stalled if b.get("host") and b.get("pid")]
+        if not stalled or any(b["host"] not in probe for b in stalled):
+            return False
         stopped = {host: [pid for pid, state in states.items() if state in ("T", "t")] for host, states in probe.items()}
-        stopped = {h: p for h, p in stopped.items() if p}
-        targets: dict[str, list[int]] = stopped or {}
+        targets: dict[str, list[int]] = {h: p for h, p in stopped.items() if p}
         if not targets:
             for beat in stalled:
-                if beat.get("host") and beat.get("pid"):
-                    targets.setdefault(beat["host"], []).append(int(beat["pid"]))
-        if not targets:
-            return False
+                targets.setdefault(beat["host"], []).append(int(beat["pid"]))
+        for pids in targets.values():  # before the kill: the keepers report the exits at once
+            for pid in pids:
+                self.killed[pid] = "hang"
         try:
             done = await self.runner.kill_pids(targets, timeout=self.kill_timeout)
         except Exception as exc:  # noqa: BLE001 - then the attempt is stopped the cold way
             log.warning("could not kill the hung ranks: %s", exc)
             return False
-        for pids in targets.values():
-            for pid in pids:
-                self.killed[pid] = "hang"
-        self.events.emit("warm_kill", attempt=attempt.number, targets={h: p for h, p in targets.items()},
-                         reached=sorted(done), reason="hang")
+        self.events.emit("warm_kill", attempt=attempt.number, targets=targets, reached=sorted(done), reason="hang")
         self.paused_until = time.time() + self.hang_timeout
         return set(done) >= set(targets)

@@ -171,8 +171,13 @@ def test_a_hang_kills_only_the_stopped_rank_and_says_whether_every_host_was_reac
     warm = WarmRestarts(events, runner, hang_timeout=3)
     assert asyncio.run(warm.kill_hung(_attempt(), stalled, {"a": {5: "S"}, "b": {6: "T"}}))
     assert runner.asked == {"b": [6]} and warm.hang_check_paused(__import__("time").time())
-    # nothing stopped (a deadlock): every stalled rank; a host that does not answer: the attempt is stopped cold
+    # nothing stopped (a deadlock): every stalled rank is killed
+    runner = _Runner({"a", "b"})
+    warm = WarmRestarts(_Events(), runner, hang_timeout=3)
+    assert asyncio.run(warm.kill_hung(_attempt(), stalled, {"a": {5: "S"}, "b": {6: "S"}}))
+    assert runner.asked == {"a": [5], "b": [6]}
+    # a host that did not answer the probe (a lost node): nothing is killed, the attempt restarts cold
     runner = _Runner({"a"})
     warm = WarmRestarts(_Events(), runner, hang_timeout=3)
-    assert not asyncio.run(warm.kill_hung(_attempt(), stalled, {}))
-    assert runner.asked == {"a": [5], "b": [6]}
+    assert not asyncio.run(warm.kill_hung(_attempt(), stalled, {"a": {5: "S"}}))
+    assert runner.asked is None
