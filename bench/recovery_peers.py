@@ -21,15 +21,16 @@ event lines every process wrote (time.time(), one clock: all processes are local
            in-memory model/optimizer/step to the new group. Phases: detect (the survivor's collective raised, or
            the wrapper's RankShouldRestart, whichever first), abort (the wrapper called abort), ready (the new
            process group, spare included, formed), restored (broadcast done), resumed (first step after).
-           The default abort (AbortTorchDistributed) asks every group for its CUDA backend; on a CPU build the
-           bench passes an abort that only destroys the process groups (see abort.py's `torch.device('cuda')`).
+           Everything here is the wrapper's default (abort AbortTorchDistributed, no health check) but shorter
+           monitoring intervals (0.1 s, defaults 1 s) and timeouts.
   torchft  one replica group per rank (each its own 1-process group), a Manager with ProcessGroupGloo, and a
            lighthouse (torchft._torchft.LighthouseServer, started by the driver). The survivor keeps training
            alone; the driver starts a fresh replica 1 right after the kill (torchft expects the scheduler to
            restart it), which joins the quorum and heals from the survivor over HTTP. Phases: detect (the
-           survivor's step failed: should_commit False or an error), resumed (the survivor's first committed
-           step after the kill, alone), ready (the replacement's first quorum), restored (its state loaded from
-           the survivor), rejoined (its first committed step, 2 replicas again).
+           survivor's step failed: should_commit False or an error; none when the kill fell between two
+           steps), resumed (the survivor's first step committed alone), up (the replacement process has
+           imported torch and built its model), ready (its first quorum), restored (its state loaded from the
+           survivor), rejoined (its first committed step, 2 replicas again).
 lost = the highest step committed before the kill - the step training resumed from (the steps trained twice).
 """
 
@@ -47,7 +48,7 @@ from pathlib import Path
 STEPS, KILL_AT, STEP_S = 300, 100, 0.04
 TOOLS = ("nvrx", "torchft")
 PHASES = {"nvrx": ("detect", "abort", "ready", "restored", "resumed"),
-          "torchft": ("detect", "resumed", "ready", "restored", "rejoined")}
+          "torchft": ("detect", "resumed", "up", "ready", "restored", "rejoined")}
 
 
 # ---------------------------------------------------------------- training (shared by both tools' workers)
@@ -91,14 +92,12 @@ def nvrx_worker() -> None:
     import torch.distributed as dist
     from nvidia_resiliency_ext import inprocess
 
-    class CpuAbort(inprocess.abort.Abort):
-        """AbortTorchDistributed without its CUDA backend lookup: gloo needs only the groups destroyed."""
+    class LoggedAbort(inprocess.abort.AbortTorchDistributed):
+        """The default abort, timed."""
 
         def __call__(self, state):
             log_event("abort", iteration=state.iteration)
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
-            return state
+            return super().__call__(state)
 
     model, opt = build()
     progress = {"step": 0}
@@ -108,7 +107,7 @@ def nvrx_worker() -> None:
                           wait_for_workers=True, use_libuv=True)
     fast = timedelta(milliseconds=100)
 
-    @inprocess.Wrapper(abort=CpuAbort(), health_check=None,
+    @inprocess.Wrapper(abort=LoggedAbort(), health_check=None,
                        rank_assignment=inprocess.Compose(inprocess.rank_assignment.MaxActiveWorldSize(2),
                                                          inprocess.rank_assignment.ShiftRanks()),
                        monitor_thread_interval=fast, monitor_process_interval=fast, heartbeat_interval=fast,
@@ -244,8 +243,9 @@ def events(work: Path) -> list[dict]:
 def last_step(path: Path) -> int:
     if not path.exists():
         return 0
-    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines()
-             if '"event": "step"' in line]
+    text = path.read_text()
+    lines = text[:text.rfind("\n") + 1].splitlines()  # a worker may be halfway through its last line
+    steps = [json.loads(line).get("step", 0) for line in lines if '"event": "step"' in line]
     return max(steps, default=0)
 
 
@@ -276,7 +276,7 @@ def run_one(tool: str, root: Path, n: int, lighthouse: str | None) -> dict:
     if not killed_at:
         return row
     before = [e["step"] for e in steps if e["time"] <= killed_at]
-    row["killed_at_step"] = max(before, default=None)
+    row["killed_at_step"], row["killed_at"] = max(before, default=None), killed_at
     pre = [e["time"] for e in steps if e["file"] == "rank0" and e["step"] <= KILL_AT]
     row["step_ms"] = 1000 * (pre[-1] - pre[9]) / (len(pre) - 10) if len(pre) > 20 else None
     after = [e for e in evs if e["time"] > killed_at]
@@ -302,6 +302,7 @@ def run_one(tool: str, root: Path, n: int, lighthouse: str | None) -> dict:
         # survivor has resumed at its first step committed alone.
         row["resumed"], hit = first(lambda e: e["file"] == "rank0" and e["event"] == "step"
                                     and e["participants"] == 1)
+        row["up"], _ = first(lambda e: e["file"] == "rank1-new" and e["event"] == "start")
         row["ready"], _ = first(lambda e: e["file"] == "rank1-new" and e["event"] == "quorum")
         row["restored"], _ = first(lambda e: e["file"] == "rank1-new" and e["event"] == "restored")
         row["rejoined"], _ = first(lambda e: e["file"] == "rank1-new" and e["event"] == "step"
@@ -328,15 +329,17 @@ def main() -> int:
         lighthouse = server.stdout.readline().strip()
     rows = []
     print(f"load average at start: {os.getloadavg()}", flush=True)
-    for n in range(args.runs):
-        for tool in tools:
-            row = run_one(tool, root, n, lighthouse)
-            rows.append(row)
-            print(json.dumps(row) if args.json else f"{tool} run {n}: done ({row['dir']})", flush=True)
+    try:
+        for n in range(args.runs):
+            for tool in tools:
+                row = run_one(tool, root, n, lighthouse)
+                rows.append(row)
+                print(json.dumps(row) if args.json else f"{tool} run {n}: done ({row['dir']})", flush=True)
+    finally:
+        if lighthouse:
+            server.kill()
+            server.wait()
     print(f"load average at end: {os.getloadavg()}")
-    if lighthouse:
-        server.kill()
-        server.wait()
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     print(f"\nrecovery from SIGKILL of rank 1 at step >= {KILL_AT} (2 ranks, gloo, loopback), "
           f"medians of {args.runs} run(s), seconds after the kill")
