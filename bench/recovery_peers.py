@@ -12,9 +12,9 @@ The peer tools are not dependencies of this project; install them into a separat
     /tmp/peers-venv/bin/python bench/recovery_peers.py --runs 3                 # both tools, interleaved
     /tmp/peers-venv/bin/python bench/recovery_peers.py --runs 1 --tools torchft --json
 
-Every run trains the same MLP (data parallel over 2 ranks, gloo over loopback, OMP_NUM_THREADS=1, 300 steps of
-~20-50 ms) on this machine. Once rank 1 has logged step 100 the driver SIGKILLs it and reads, afterwards, the
-event lines every process wrote (time.time(), one clock: all processes are local):
+Every run trains the same MLP (data parallel over 2 ranks, gloo over loopback, OMP_NUM_THREADS=1, 300 steps,
+each padded to at least 40 ms) on this machine. Once rank 1 has logged step 100 the driver SIGKILLs it and reads,
+afterwards, the event lines every process wrote (time.time(), one clock: all processes are local):
   nvrx     nvidia_resiliency_ext.inprocess.Wrapper around the training function; 3 processes, 2 active and 1
            spare (rank assignment ShiftRanks + MaxActiveWorldSize(2)), so the spare takes the dead rank's place
            inside the running job, like supervise's standby. State restore: the survivor broadcasts its
