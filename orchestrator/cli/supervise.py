@@ -13,6 +13,9 @@ Inside salloc/sbatch, `--via slurm` runs each attempt as one srun step over the 
 among them) minus the excluded ones, health-checks nodes with single-node srun steps, and with
 --drain-bad-nodes drains what it excludes. Exit codes follow the requeue contract: 0 done, 2 configuration
 error (never retried), 1 gave up (restartable: `submit --max-restarts` may requeue the job).
+A node persistently slower than the median one is named a straggler (`straggler` event, `orchestrator status`)
+and, with a spare, swapped for it at the next checkpoint: --straggler-threshold 1.10 --straggler-steps 50
+--straggler-action replace|name|off.
 SSH keepalives (every 5 s, 3 missed = lost, as for every command; ServerAliveInterval/ServerAliveCountMax override):
 a node whose link died is noticed as a lost control connection, not only by the heartbeat timeout.
 """
@@ -46,7 +49,7 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
                ssh_option, user, port, connect_timeout, program, nodes, spare_hosts, max_restarts, hang_timeout,
                startup_timeout, health_check, health_timeout, no_progress_attempts, max_host_failures, backoff,
                backoff_max, model_parallel, global_batch, failure_grace, via, srun_opts, drain_bad_nodes,
-               **extra) -> int:
+               straggler_threshold, straggler_steps, straggler_action, **extra) -> int:
     import asyncio
 
     from orchestrator.launch.env import build_env_manifest
@@ -69,7 +72,8 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
         max_restarts=max_restarts, no_progress_attempts=no_progress_attempts, max_host_failures=max_host_failures,
         backoff=backoff, backoff_max=backoff_max, model_parallel=model_parallel, global_batch=global_batch,
         hang_timeout=hang_timeout, startup_timeout=startup_timeout, health_check=health_check,
-        health_timeout=health_timeout))
+        health_timeout=health_timeout, straggler_threshold=straggler_threshold, straggler_steps=straggler_steps,
+        straggler_action=straggler_action))
     cfg = plan.config
     if dry_run:
         if as_json:
@@ -122,6 +126,14 @@ supervise_command = click.Command(
                      help="When given, a shrunk data-parallel degree must divide it."),
         click.Option(["--drain-bad-nodes"], is_flag=True, help="With --via slurm: drain (scontrol) the nodes "
                      "the supervisor excludes, with the reason, so later jobs avoid them too."),
+        click.Option(["--straggler-threshold"], type=float, default=1.10, show_default=True, metavar="RATIO",
+                     help="A node whose ranks spend at least RATIO x the median node's time in their rank-local "
+                          "compute (the optimizer step) is a straggler..."),
+        click.Option(["--straggler-steps"], type=int, default=50, show_default=True,
+                     help="...when it is that slow for most of this many steps."),
+        click.Option(["--straggler-action"], type=click.Choice(["replace", "name", "off"]), default="replace",
+                     show_default=True, help="replace: swap a straggler for a spare at the next checkpoint (with no "
+                     "spare: name it); name: only name it (events, status); off: no detection, no timing."),
         click.Option(["--failure-grace"], type=float, default=2.0, show_default=True,
                      help="Seconds other nodes get to exit on their own after the first failure."),
         _program,

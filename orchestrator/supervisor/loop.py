@@ -22,6 +22,9 @@ on every host (verified), the hosts and spares are health-checked, the culprit i
 policy.decide() picks the next host list, and after a backoff the next attempt starts. Exit codes: 0 done;
 1 gave up; 128+N stopped by signal N; 2 when the attempt reports a configuration error (Slurm's requeue
 contract; never retried).
+
+The heartbeats also feed the straggler detector (straggler.py), which may stop an attempt at a checkpoint to
+swap a slow node for a spare (a "straggler" diagnosis).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from orchestrator.supervisor.diagnosis import Attempt, Diagnosis, diagnose
 from orchestrator.supervisor.events import EventLog, read_events, read_metrics, summarize
 from orchestrator.supervisor.plan import SupervisorConfig, attempt_plan
 from orchestrator.supervisor.runner import AttemptRunner
+from orchestrator.supervisor.straggler import StragglerWatch
 
 __all__ = ["Supervisor"]
 
@@ -73,7 +77,7 @@ class Supervisor:
         number, end, exit_code = 0, None, EXIT_FAILURE
         try:
             while True:
-                attempt = await self._attempt(number, hosts)
+                attempt = await self._attempt(number, hosts, spares=len(spares))
                 result = attempt.result
                 if result is not None and result.stopped_by is not None:
                     end, exit_code = ("stopped", {"reason": f"signal {result.stopped_by}"}), signal_exit_code(result.stopped_by)
@@ -108,7 +112,7 @@ class Supervisor:
         return summary | {"exit_code": exit_code}
 
     # ---- one attempt ----------------------------------------------------------------------------------------
-    async def _attempt(self, number: int, hosts: list[Host]) -> Attempt:
+    async def _attempt(self, number: int, hosts: list[Host], *, spares: int) -> Attempt:
         from orchestrator.engine.heartbeat import read_heartbeats
 
         plan = attempt_plan(self.cfg, number, hosts)
@@ -120,6 +124,8 @@ class Supervisor:
         self.events.emit("launch", attempt=number, run_id=plan.run_id, hosts=plan.hosts, world_size=plan.world_size,
                          resume_step=resume, skipped_checkpoints=skipped, logs=str(Path(plan.run_dir) / "logs"))
         stop = asyncio.Event()
+        watch = StragglerWatch(self.cfg.straggler, events=self.events, run_dir=self.run_dir, attempt=number,
+                               spares=spares)
 
         def sink(line: OutputLine) -> None:
             if attempt.rank_exit is None and not stop.is_set() and (found := parse_rank_exit(line)) is not None:
@@ -138,15 +144,19 @@ class Supervisor:
             self._poll_metrics(attempt)
             if stop.is_set() or attempt.rank_exit is not None or task.done():
                 continue
-            stalled = stalled_ranks(read_heartbeats(self.heartbeat_dir), now=time.time(),
-                                    hang_timeout=self.cfg.hang_timeout, startup_timeout=self.cfg.startup_timeout,
-                                    launched_at=attempt.launched_at, expected=plan.world_size)
+            beats = read_heartbeats(self.heartbeat_dir)
+            stalled = stalled_ranks(beats, now=time.time(), hang_timeout=self.cfg.hang_timeout,
+                                    startup_timeout=self.cfg.startup_timeout, launched_at=attempt.launched_at,
+                                    expected=plan.world_size)
             if stalled:
                 attempt.hang = stalled
                 self.events.emit("failure", attempt=number, kind="hang", hang_timeout=self.cfg.hang_timeout,
                                  stalled=[{k: b.get(k) for k in ("host", "rank", "step", "status", "time", "pid",
                                                                  "missing")} for b in stalled])
                 attempt.probe = await self._probe(stalled)
+                stop.set()
+            elif (slow := watch.poll(beats)) is not None:
+                attempt.straggler = slow
                 stop.set()
         try:
             attempt.result = task.result()
