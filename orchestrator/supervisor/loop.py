@@ -82,7 +82,8 @@ class Supervisor:
                 if result is not None and result.stopped_by is not None:
                     end, exit_code = ("stopped", {"reason": f"signal {result.stopped_by}"}), signal_exit_code(result.stopped_by)
                     break
-                if attempt.error is None and attempt.hang is None and result is not None and result.exit_code == 0:
+                if (attempt.error is None and attempt.hang is None and attempt.straggler is None and result is not None
+                        and result.exit_code == 0):
                     end, exit_code = ("done", {}), EXIT_OK
                     break
                 if result is not None and result.config_error:  # the requeue contract: never retried

@@ -85,10 +85,13 @@ class Straggler:
     """Its mean local time per step over those windows (the first group's, in ms)."""
     median_ms: float
     """The median node's, over the same windows."""
+    windows: list[tuple[int, float]] = field(default_factory=list)
+    """(steps, slowdown) of each of those windows, oldest first."""
 
     def to_event(self) -> dict:
         return {"host": self.host, "slowdown": round(self.slowdown, 3), "step": self.step, "steps": self.steps,
-                "ranks": self.ranks, "compute_ms": round(self.compute_ms, 3), "median_ms": round(self.median_ms, 3)}
+                "ranks": self.ranks, "compute_ms": round(self.compute_ms, 3), "median_ms": round(self.median_ms, 3),
+                "windows": [list(w) for w in self.windows]}
 
 
 @dataclass
@@ -148,27 +151,34 @@ class StragglerDetector:
             history.append(window)
             del history[:-keep]
 
+    def recent(self, host: str) -> list[_Window] | None:
+        """The host's newest windows that cover the last `steps` steps (at least 3), oldest first; None before."""
+        recent, covered = [], 0
+        for window in reversed(self._history.get(host, [])):
+            if covered >= self.options.steps and len(recent) >= MIN_WINDOWS:
+                break
+            recent.append(window)
+            covered += window.steps
+        return recent[::-1] if covered >= self.options.steps and len(recent) >= MIN_WINDOWS else None
+
+    def slowdown(self, host: str) -> float | None:
+        """The host's slowdown now: the median over recent() (None before there are enough windows)."""
+        recent = self.recent(host)
+        return statistics.median(w.slowdown for w in recent) if recent else None
+
     def _verdicts(self, step: int, samples: dict[str, dict]) -> list[Straggler]:
         found = []
-        for host, history in self._history.items():
-            if host in self.named:
+        for host in self._history:
+            slowdown = self.slowdown(host)
+            if host in self.named or slowdown is None or slowdown < self.options.threshold:
                 continue
-            recent, covered = [], 0
-            for window in reversed(history):
-                if covered >= self.options.steps and len(recent) >= MIN_WINDOWS:
-                    break
-                recent.append(window)
-                covered += window.steps
-            if covered < self.options.steps or len(recent) < MIN_WINDOWS:
-                continue
-            slowdown = statistics.median(w.slowdown for w in recent)
-            if slowdown < self.options.threshold:
-                continue
+            recent = self.recent(host)
             ranks = sorted(int(b["rank"]) for b in samples.values() if b["host"] == host and "rank" in b)
             self.named[host] = Straggler(
-                host=host, slowdown=slowdown, step=step, steps=covered, ranks=ranks,
+                host=host, slowdown=slowdown, step=step, steps=sum(w.steps for w in recent), ranks=ranks,
                 compute_ms=statistics.fmean(w.compute_ms for w in recent),
-                median_ms=statistics.fmean(w.median_ms for w in recent))
+                median_ms=statistics.fmean(w.median_ms for w in recent),
+                windows=[(w.steps, round(w.slowdown, 3)) for w in recent])
             found.append(self.named[host])
         return found
 
