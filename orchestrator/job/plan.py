@@ -29,7 +29,8 @@ _FIELDS = {"--hosts": "hosts", "--hostfile": "hostfile", "--include": "include",
            "--include/--exclude": "include", "--hosts/--hostfile": "hostfile", "--nproc-per-node": "nproc_per_node",
            "--python": "python", "--env": "env", "SCRIPT_OR_MODULE": "run", "-m": "run", "--launcher": "launcher",
            "--spare-hosts": "supervise.spares", "--nodes": "supervise.nodes", "--health-check": "supervise.health_check",
-           "--run-id": "name"}
+           "--run-id": "name", "--straggler-threshold": "supervise.straggler_threshold",
+           "--straggler-steps": "supervise.straggler_steps", "--straggler-action": "supervise.straggler_action"}
 
 
 @contextlib.contextmanager
@@ -94,7 +95,9 @@ class JobPlan:
         with job_fields(self.job):
             return plan_supervise(self.launch_spec(workdirs), SuperviseOptions(
                 hosts=",".join(h.name for h in self.hosts), via="slurm" if spec.slurm else "ssh", ssh=ssh, nodes=sup.nodes, spare_hosts=sup.spares,
-                max_restarts=sup.max_restarts, hang_timeout=sup.hang_timeout, health_check=sup.health_check))
+                max_restarts=sup.max_restarts, hang_timeout=sup.hang_timeout, health_check=sup.health_check,
+                straggler_threshold=sup.straggler_threshold, straggler_steps=sup.straggler_steps,
+                straggler_action=sup.straggler_action))
 
     def to_json(self) -> dict:
         spec = self.job.spec

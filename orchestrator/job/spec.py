@@ -68,6 +68,13 @@ class SuperviseSection:
                                                            "hung."))
     health_check: str | None = field(default=None, metadata=doc("Command run on every host between attempts "
                                                                 "(exit 0 = healthy), e.g. 'nvidia-smi -L'."))
+    straggler_threshold: float = field(default=1.10, metadata=doc(
+        "A node whose ranks spend at least this multiple of the median node's time in their rank-local compute "
+        "is a straggler..."))
+    straggler_steps: int = field(default=50, metadata=doc("...when it is that slow for most of this many steps."))
+    straggler_action: Literal["replace", "name", "off"] = field(default="replace", metadata=doc(
+        "replace: swap a straggler for a spare at the next checkpoint (no spare: name it); name: only name it; "
+        "off: no detection."))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,8 @@ How: the detector differences the totals into windows of at least steps/5 steps 
 steps: they train in lock step). In each window a node's mean local time per step (its ranks of a group
 pooled) is divided by the median node's of that group (the lower median: with 2 nodes the faster one is the
 reference); a node's slowdown is its largest over the groups. A node is named when, over its windows of the
-last `steps` steps (at least 3 windows), the median slowdown is >= threshold: most of that span was slow. A
+last `steps` steps (at least 3 windows), the lower median slowdown is >= threshold: more than half of those
+windows were that slow. A
 one-off spike (a GC pause, one slow write) lifts one window and never names anyone; a checkpoint slows every
 rank alike, which the ratio cancels. Means, not medians, within a window: a CPU quota pauses a process for
 whole CFS periods and such a pause falls in a short section in only some steps (measured on a 20% quota:
@@ -162,9 +163,14 @@ class StragglerDetector:
         return recent[::-1] if covered >= self.options.steps and len(recent) >= MIN_WINDOWS else None
 
     def slowdown(self, host: str) -> float | None:
-        """The host's slowdown now: the median over recent() (None before there are enough windows)."""
+        """The host's slowdown now: the lower median over recent(), so more than half of those windows were at
+        least that slow (None before there are enough windows)."""
         recent = self.recent(host)
-        return statistics.median(w.slowdown for w in recent) if recent else None
+        return statistics.median_low(w.slowdown for w in recent) if recent else None
+
+    def slowdowns(self) -> dict[str, float]:
+        """Every host's slowdown now, where there are enough windows."""
+        return {host: value for host in self._history if (value := self.slowdown(host)) is not None}
 
     def _verdicts(self, step: int, samples: dict[str, dict]) -> list[Straggler]:
         found = []
