@@ -18,11 +18,11 @@ steps: they train in lock step). In each window a node's mean local time per ste
 pooled) is divided by the median node's of that group (the lower median: with 2 nodes the faster one is the
 reference); a node's slowdown is its largest over the groups. A node is named when, over its windows of the
 last `steps` steps (at least 3 windows), the lower median slowdown is >= threshold: more than half of those
-windows were that slow. A
-one-off spike (a GC pause, one slow write) lifts one window and never names anyone; a checkpoint slows every
-rank alike, which the ratio cancels. Means, not medians, within a window: a CPU quota pauses a process for
-whole CFS periods and such a pause falls in a short section in only some steps (measured on a 20% quota:
-the optimizer step's median unchanged, its mean 4x).
+windows were that slow. A one-off spike (a GC pause, one slow write) lifts one window and never names anyone;
+a checkpoint slows every rank alike, which the ratio cancels. Means, not medians, within a window: a CPU quota
+pauses a process for whole CFS periods and such a pause falls in a short section in only some steps (measured
+on a 20% quota: the optimizer step's median unchanged, its mean 4x). The threshold must sit above the
+section's noise between healthy ranks (docs/benchmarks/straggler.md).
 
 Actions: "replace" -- once named, and when the run has a spare, the attempt is stopped as soon as a
 checkpoint newer than the naming step is committed, and the policy swaps the node for a spare (policy.py); the
