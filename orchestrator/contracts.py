@@ -16,8 +16,8 @@ import re
 import secrets
 import time
 
-__all__ = ["AGENT_TOKEN", "HEARTBEAT_ENV", "RUN_ID", "RUN_TMPDIR", "RUN_TOKEN", "new_run_id", "parse_step_dir",
-           "signal_exit_code", "step_dir_name"]
+__all__ = ["AGENT_TOKEN", "HEARTBEAT_ENV", "RUN_ID", "RUN_TMPDIR", "RUN_TOKEN", "STEP_TIMING_ENV", "new_run_id",
+           "parse_step_dir", "signal_exit_code", "step_dir_name"]
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 """A valid run id: 1-64 characters of A-Z a-z 0-9 . _ -, not starting with a punctuation character (it names
@@ -34,6 +34,9 @@ RUN_TMPDIR = "ORCH_RUN_TMPDIR"
 
 HEARTBEAT_ENV = "ORCH_HEARTBEAT_DIR"
 """Env var naming the directory where every rank writes its heartbeat file (engine/heartbeat.py)."""
+
+STEP_TIMING_ENV = "ORCH_STEP_TIMING"
+"""Env var: "0" turns off the rank-local compute timing the heartbeat reports (straggler detection's input)."""
 
 
 def new_run_id(now: float | None = None) -> str:

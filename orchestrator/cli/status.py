@@ -3,10 +3,12 @@
     $ orchestrator status runs/s1            # refreshes every second until the run ends; --once prints one table
     $ orchestrator events runs/s1            # one line per event; --json for the raw JSONL; --summary for totals
 
-The table: one row per rank of the current attempt (host, rank, step, status, age of its last heartbeat),
-under a header with the attempt, restarts, excluded hosts and the newest step, over the last failure's diagnosis
-(for a hang, where the ranks are stuck: `rank 1 on n2 is in read_batch at data.py:120 while every other rank
-waits in all_reduce at train.py:88 (step)`). Read-only: safe on a live run.
+The table: one row per rank of the current attempt (host, rank, step, status, age of its last heartbeat, its
+mean rank-local compute time per step this attempt, and "straggler 1.52x" on the ranks of a node the
+supervisor named slow), under a header with the attempt, restarts, excluded hosts, stragglers and the newest
+step, over the last failure's diagnosis (for a hang, where the ranks are stuck: `rank 1 on n2 is in read_batch
+at data.py:120 while every other rank waits in all_reduce at train.py:88 (step)`). Read-only: safe on a live
+run.
 """
 
 from __future__ import annotations
@@ -35,17 +37,24 @@ def _snapshot(run_dir: Path):
              f"restarts {summary['restarts']}, step {summary['last_step']}")
     if summary["excluded"]:
         title += f", excluded {','.join(summary['excluded'])}"
+    attempt = launch["attempt"] if launch else None
+    slow = {e["host"]: e for e in events if e["event"] == "straggler" and e.get("attempt") == attempt}
+    if slow:
+        title += ", stragglers " + ",".join(f"{h} ({e.get('slowdown')}x)" for h, e in slow.items())
     table = Table(title=title, title_justify="left")
-    for column in ("host", "rank", "step", "status", "last heartbeat"):
+    for column in ("host", "rank", "step", "status", "last heartbeat", "compute/step", "straggler"):
         table.add_column(column)
     beats = read_heartbeats(run_dir / "heartbeat") if (run_dir / "heartbeat").is_dir() else {}
     now = time.time()
     for beat in sorted(beats.values(), key=lambda b: b.get("rank", 0)):
+        steps, named = beat.get("compute_steps"), slow.get(beat.get("host"))
         table.add_row(str(beat.get("host")), str(beat.get("rank")), str(beat.get("step")), str(beat.get("status")),
-                      f"{now - float(beat.get('time', now)):.1f}s ago")
+                      f"{now - float(beat.get('time', now)):.1f}s ago",
+                      f"{1e3 * float(beat.get('compute_s', 0)) / steps:.2f} ms" if steps else "-",
+                      f"{named.get('slowdown')}x" if named else "")
     missing = (launch or {}).get("world_size", 0) - len(beats)
     if missing > 0 and summary["outcome"] == "running":
-        table.add_row(",".join(launch["hosts"]), "-", "-", f"{missing} rank(s) without a heartbeat yet", "-")
+        table.add_row(",".join(launch["hosts"]), "-", "-", f"{missing} rank(s) without a heartbeat yet", "-", "-", "")
     diagnosis = next((e for e in reversed(events) if e["event"] == "diagnosis"), None)
     if diagnosis is None:
         return table, summary
@@ -117,7 +126,8 @@ def print_summary(summary: dict) -> None:
              f"warm, last step {summary['last_step']}, "
              f"steps lost {summary['steps_lost']}",
              f"causes: {', '.join(str(c) for c in summary['causes']) or '-'}; "
-             f"excluded: {', '.join(summary['excluded']) or '-'}",
+             f"excluded: {', '.join(summary['excluded']) or '-'}; "
+             f"stragglers: {', '.join(summary.get('stragglers', [])) or '-'}",
              f"time lost to failures {summary['time_lost_s']} s of {summary['wall_s']} s wall; ETTR {summary['ettr']}"]
     for line in lines:
         click.echo(line, err=True)

@@ -17,6 +17,9 @@ Inside salloc/sbatch, `--via slurm` runs each attempt as one srun step over the 
 among them) minus the excluded ones, health-checks nodes with single-node srun steps, and with
 --drain-bad-nodes drains what it excludes. Exit codes follow the requeue contract: 0 done, 2 configuration
 error (never retried), 1 gave up (restartable: `submit --max-restarts` may requeue the job).
+A node persistently slower than the median one is named a straggler (`straggler` event, `orchestrator status`)
+and, with a spare, swapped for it at the next checkpoint: --straggler-threshold 1.10 --straggler-steps 50
+--straggler-action replace|name|off.
 SSH keepalives (every 5 s, 3 missed = lost, as for every command; ServerAliveInterval/ServerAliveCountMax override):
 a node whose link died is noticed as a lost control connection, not only by the heartbeat timeout.
 """
@@ -50,7 +53,7 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
                ssh_option, user, port, connect_timeout, program, nodes, spare_hosts, max_restarts, hang_timeout,
                startup_timeout, health_check, health_timeout, no_progress_attempts, max_host_failures, backoff,
                backoff_max, model_parallel, global_batch, failure_grace, via, srun_opts, drain_bad_nodes,
-               restart, preflight, **extra) -> int:
+               restart, preflight, straggler_threshold, straggler_steps, straggler_action, **extra) -> int:
     import asyncio
 
     from orchestrator.check.preflight import describe as describe_preflight
@@ -77,7 +80,8 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
         max_restarts=max_restarts, no_progress_attempts=no_progress_attempts, max_host_failures=max_host_failures,
         backoff=backoff, backoff_max=backoff_max, model_parallel=model_parallel, global_batch=global_batch,
         hang_timeout=hang_timeout, startup_timeout=startup_timeout, health_check=health_check,
-        health_timeout=health_timeout, restart=restart))
+        health_timeout=health_timeout, restart=restart, straggler_threshold=straggler_threshold,
+        straggler_steps=straggler_steps, straggler_action=straggler_action))
     cfg = plan.config
     checked = HostList(cfg.hosts + cfg.spares)  # the spares too: a bad one must not replace a bad host
     gate = preflight_plan(checked, check, on_failure="exclude") if check else None  # validates it
@@ -142,6 +146,14 @@ supervise_command = click.Command(
                           "node, every rank restoring the newest in-memory snapshot (the engine over SSH only); "
                           "cold: every failure restarts the whole run from the disk checkpoint; auto: warm when "
                           "possible. A warm restart that cannot finish falls back to cold."),
+        click.Option(["--straggler-threshold"], type=float, default=1.10, show_default=True, metavar="RATIO",
+                     help="A node whose ranks spend at least RATIO x the median node's time in their rank-local "
+                          "compute (the optimizer step) is a straggler..."),
+        click.Option(["--straggler-steps"], type=int, default=50, show_default=True,
+                     help="...when it is that slow for most of this many steps."),
+        click.Option(["--straggler-action"], type=click.Choice(["replace", "name", "off"]), default="replace",
+                     show_default=True, help="replace: swap a straggler for a spare at the next checkpoint (with no "
+                     "spare: name it); name: only name it (events, status); off: no detection, no timing."),
         click.Option(["--failure-grace"], type=float, default=2.0, show_default=True,
                      help="Seconds other nodes get to exit on their own after the first failure."),
         _program,

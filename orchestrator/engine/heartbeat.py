@@ -2,6 +2,7 @@
 
     export ORCH_HEARTBEAT_DIR=/shared/run42/heartbeat     # set by the launcher; unset = no heartbeat
     hb = Heartbeat.from_env(rank=3, local_rank=1, world_size=8)
+    hb.add_compute(0.0061)                                 # every step: seconds in its rank-local section
     hb.beat(step=17, status="training")                    # every step
     hb.beat(status="failed")                               # on the way out of an exception: keeps step 17
     read_heartbeats("/shared/run42/heartbeat")             # the supervisor: {"node2-rank3": {...}, ...}
@@ -15,6 +16,15 @@ Contract (for the supervisor):
 - written before the first step, after every step, and at exit. A rank whose file's "time" stops moving
   while "status" is "starting" or "training" is stalled (a hung collective); compare with the step time in
   metrics.jsonl to choose a timeout. Cost: one small write + rename per step (~50 us on a local disk).
+- straggler input (supervisor/straggler.py), present once a step was timed: "compute_s" and "compute_steps",
+  the running totals since this process started of the seconds spent in a rank-local section of the step (no
+  collectives: the torch engine times its optimizer step) and of the steps timed, and "compute_group", a label
+  of the ranks doing the same work there (the torch engine: "pp<stage>"; only ranks of one group compare).
+  Why local and why totals: in synchronous training every rank's whole step takes as long as the slowest one's
+  (the others wait in collectives), so only a section without collectives tells ranks apart; and the reader
+  differences two beats for the mean over any span of steps -- a median would miss a host under a CPU quota,
+  whose pauses land in a short section in only some steps (measured: median unchanged, mean 4x). With
+  ORCH_STEP_TIMING=0 nothing is timed and the fields are absent.
 The directory may be node-local (the supervisor reads it over its own SSH channel) or shared.
 """
 
@@ -27,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.contracts import HEARTBEAT_ENV
+from orchestrator.contracts import HEARTBEAT_ENV, STEP_TIMING_ENV
 
 __all__ = ["Heartbeat", "read_heartbeats", "STATUSES"]
 
@@ -44,6 +54,11 @@ class Heartbeat:
     world_size: int
     step: int = 0
     """The last step reported (a "failed" beat repeats it, so the supervisor sees how far the rank got)."""
+    timing: bool = True
+    """Whether the engine should time its rank-local section (False under ORCH_STEP_TIMING=0)."""
+    compute_group: str = ""
+    compute_s: float = 0.0
+    compute_steps: int = 0
 
     @classmethod
     def from_env(cls, *, rank: int, local_rank: int, world_size: int) -> Heartbeat:
@@ -51,7 +66,13 @@ class Heartbeat:
         directory = Path(value) if value else None
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-        return cls(directory, rank, local_rank, world_size)
+        return cls(directory, rank, local_rank, world_size,
+                   timing=directory is not None and os.environ.get(STEP_TIMING_ENV, "1") != "0")
+
+    def add_compute(self, seconds: float) -> None:
+        """Count one step's time in the rank-local section (reported with the next beat)."""
+        self.compute_s += seconds
+        self.compute_steps += 1
 
     @property
     def path(self) -> Path | None:
@@ -68,6 +89,9 @@ class Heartbeat:
         record = {"rank": self.rank, "local_rank": self.local_rank, "world_size": self.world_size,
                   "host": socket.gethostname(), "pid": os.getpid(), "step": self.step, "status": status,
                   "time": time.time()}
+        if self.compute_steps:
+            record |= {"compute_s": self.compute_s, "compute_steps": self.compute_steps,
+                       "compute_group": self.compute_group}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, path)

@@ -72,6 +72,9 @@ class _Trainer:
             self.device = torch.device("cpu")
         self._init_process_group()
         self.mesh, self.dp_mesh = dims.build_mesh(self.device.type)
+        # Ranks of one pipeline stage do the same work in the optimizer step: only they are compared.
+        heartbeat.compute_group = f"pp{self.mesh['pp'].get_local_rank() if dims.pp > 1 else 0}"
+        self.clock = _LocalClock(torch, self.device) if heartbeat.timing else None
 
     def _init_process_group(self) -> None:
         import torch.distributed as dist
@@ -167,9 +170,16 @@ class _Trainer:
             pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
             grad_norm = clip_grad_norm([p for part in self.parts for p in part.parameters()],
                                        cfg.train.grad_clip, pp_group=pp_group)
+        clock = self.clock
+        if clock is not None:  # the optimizer step: rank-local (no collective), the straggler detector's input
+            clock.start()
         for opt in self.optimizers:
             opt.step()
+        if clock is not None:
+            clock.stop()
         loss_value = self._global_loss(loss)  # .item() also waits for the device
+        if clock is not None:
+            self.heartbeat.add_compute(clock.seconds())
         elapsed = time.perf_counter() - begin
         tokens = cfg.train.global_batch_size * cfg.model.seq_len
         record = {"step": step, "loss": loss_value, "lr": lr, "tokens_per_s": tokens / elapsed,
@@ -262,3 +272,29 @@ class _Trainer:
         if self.dims.world_size > 1:
             dist.all_reduce(usable, op=dist.ReduceOp.MIN)
         return step if usable.item() else None
+
+
+class _LocalClock:
+    """Times one section of a step: wall time on CPU; on a GPU, CUDA events (the section only queues kernels), read
+    with seconds() once the step waited for the device."""
+
+    def __init__(self, torch, device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        self.begin = self.end = 0.0
+
+    def start(self) -> None:
+        if self.cuda:
+            self.events[0].record()
+        else:
+            self.begin = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            self.events[1].record()
+        else:
+            self.end = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.events[0].elapsed_time(self.events[1]) / 1e3 if self.cuda else self.end - self.begin

@@ -29,7 +29,8 @@ _FIELDS = {"--hosts": "hosts", "--hostfile": "hostfile", "--include": "include",
            "--include/--exclude": "include", "--hosts/--hostfile": "hostfile", "--nproc-per-node": "nproc_per_node",
            "--python": "python", "--env": "env", "SCRIPT_OR_MODULE": "run", "-m": "run", "--launcher": "launcher",
            "--spare-hosts": "supervise.spares", "--nodes": "supervise.nodes", "--health-check": "supervise.health_check",
-           "--run-id": "name", "--preflight": "preflight"}
+           "--run-id": "name", "--preflight": "preflight", "--straggler-threshold": "supervise.straggler_threshold",
+           "--straggler-steps": "supervise.straggler_steps", "--straggler-action": "supervise.straggler_action"}
 
 
 @contextlib.contextmanager
@@ -95,7 +96,8 @@ class JobPlan:
             return plan_supervise(self.launch_spec(workdirs), SuperviseOptions(
                 hosts=",".join(h.name for h in self.hosts), via="slurm" if spec.slurm else "ssh", ssh=ssh, nodes=sup.nodes, spare_hosts=sup.spares,
                 max_restarts=sup.max_restarts, hang_timeout=sup.hang_timeout, health_check=sup.health_check,
-                restart=sup.restart))
+                restart=sup.restart, straggler_threshold=sup.straggler_threshold,
+                straggler_steps=sup.straggler_steps, straggler_action=sup.straggler_action))
 
     def preflight(self):
         """(the hosts the gate checks, its CheckSpec), or None without `preflight: true`. The gate runs before the

@@ -71,6 +71,13 @@ class SuperviseSection:
     restart: Literal["auto", "warm", "cold"] = field(default="auto", metadata=doc(
         "warm: a failed or hung rank is replaced in-run by a standby restoring in-memory snapshots (the engine "
         "over SSH); cold: every failure restarts the run from the disk checkpoint; auto: warm when possible."))
+    straggler_threshold: float = field(default=1.10, metadata=doc(
+        "A node whose ranks spend at least this multiple of the median node's time in their rank-local compute "
+        "is a straggler..."))
+    straggler_steps: int = field(default=50, metadata=doc("...when it is that slow for most of this many steps."))
+    straggler_action: Literal["replace", "name", "off"] = field(default="replace", metadata=doc(
+        "replace: swap a straggler for a spare at the next checkpoint (no spare: name it); name: only name it; "
+        "off: no detection."))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,14 +2,15 @@
 
     with ExitStack() as undo:
         undo.callback(slow_link(sb, "node3", rate="10mbit"))       # tc tbf on the head side of its cable
-        undo.callback(cap_cpu(sb, "node5", quota=0.2))             # its sshd (and all it starts) in a CFS quota
+        undo.callback(cap_cpu(sb, "node5", quota=0.2))             # all it runs (and will start) in a CFS quota
         undo.callback(fill_disk(sb, "node7", "/tmp/job"))          # a full 1 MiB tmpfs over that path, there only
         ...                                                        # each call returns its undo
 
 Each function returns the function that undoes it; nothing outlives the sandbox's processes except a cgroup
 (removed by the undo). The link limit shapes what the bridge sends to the host (one direction is enough to slow
-every collective); the CPU quota holds the host's sshd, so every session started afterwards inherits it; the
-tmpfs lives in the host's own mount namespace, so the head and the other hosts still see the real directory.
+every collective); the CPU quota holds the host's sshd and every process running there (a job slows down
+mid-run), and every session started afterwards inherits it; the tmpfs lives in the host's own mount
+namespace, so the head and the other hosts still see the real directory.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _cgroup_of(pid: int, v2: bool) -> str:
 
 
 def cap_cpu(sb, host: str, *, quota: float = 0.2) -> Undo:
-    """Give the host `quota` of one core (its sshd moves into a cgroup with a CFS quota: sessions inherit it)."""
+    """Give the host `quota` of one core: its sshd, then every other process running there, move into a cgroup
+    with a CFS quota (sessions started later inherit it)."""
     sshd = sb.state.host(host).sshd_pid
     if not sshd:
         raise ConfigError("host", host, "has no recorded sshd to put under a CPU quota")
@@ -65,7 +67,12 @@ def cap_cpu(sb, host: str, *, quota: float = 0.2) -> Undo:
     else:
         (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
         (group / "cpu.cfs_quota_us").write_text(str(int(quota * PERIOD_US)))
-    (group / "cgroup.procs").write_text(str(sshd))
+    for pid in [sshd, *(p for p in sb.pids(host) if p != sshd)]:  # sshd first: what it forks meanwhile follows
+        try:
+            (group / "cgroup.procs").write_text(str(pid))
+        except OSError:  # exited meanwhile
+            if pid == sshd:
+                raise
 
     def undo() -> None:
         for _ in range(100):  # sessions started under the quota may take a moment to exit

@@ -7,9 +7,9 @@
     d.cause, d.host, d.rank, d.signal       # 'killed', 'n2', 3, 'SIGKILL'
     d.to_event()                            # the "diagnosis" event's fields in events.jsonl
 
-Order of evidence: a launcher-side error; for a hang, a probed process that is stopped/stuck, else a host that
-failed its health check (a lost node), else the rank the stacks single out (stacks.py: not where the others
-wait), else the oldest stalled rank (a hang's diagnosis carries the stacks' culprit line); a non-cascade first
+Order of evidence: a launcher-side error; a straggler the loop stopped the attempt for (straggler.py); for a
+hang, a probed process that is stopped/stuck, else a host that failed its health check (a lost node), else the
+rank the stacks single out (stacks.py: not where the others wait), else the oldest stalled rank (a hang's diagnosis carries the stacks' culprit line); a non-cascade first
 failure from the runner's analysis (torchrun's reports); the first rank exit the head saw if it was a signal
 (even when the host is unreachable afterwards: the health check excludes it anyway); a host that failed its
 health check (a lost node says nothing: its peers' errors are the cascade); a lost control connection;
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from orchestrator.launch.plan import LaunchPlan
 from orchestrator.supervisor.detect import RankExit
 from orchestrator.supervisor.runner import AttemptResult
+from orchestrator.supervisor.straggler import Straggler
 
 __all__ = ["Attempt", "Diagnosis", "diagnose"]
 
@@ -44,6 +45,8 @@ class Attempt:
     """The first torchrun "failed (exitcode" line the head saw."""
     hang: list[dict] | None = None
     """The stalled ranks' heartbeats, when the hang detector fired."""
+    straggler: Straggler | None = None
+    """The slow node the attempt was stopped for (to swap it for a spare)."""
     probe: dict | None = None
     """host -> {pid: /proc state letter} of the stalled ranks."""
     stacks: dict | None = None
@@ -60,7 +63,8 @@ class Diagnosis:
     """The culprit of one failed attempt."""
 
     cause: str
-    """'crash' (a non-zero exit), 'killed' (a signal), 'hang', 'node_lost', 'launcher_error' or 'unknown'."""
+    """'crash' (a non-zero exit), 'killed' (a signal), 'hang', 'node_lost', 'launcher_error', 'straggler' or
+    'unknown'."""
     host: str | None
     detail: str
     rank: int | None = None
@@ -103,6 +107,11 @@ def diagnose(attempt: Attempt, health: dict[str, str]) -> Diagnosis:
     unhealthy = {h: why for h, why in health.items() if why != "ok" and h in plan.hosts}
     if attempt.error is not None:
         return Diagnosis(cause="launcher_error", host=None, detail=attempt.error)
+    if (slow := attempt.straggler) is not None:
+        return Diagnosis(cause="straggler", host=slow.host,
+                         detail=f"{slow.slowdown:.2f}x the median node's local compute time over {slow.steps} "
+                                f"steps ({slow.compute_ms:.2f} vs {slow.median_ms:.2f} ms per step), named at step "
+                                f"{slow.step}")
     if attempt.hang is not None:
         return _hang(attempt.hang, attempt.probe or {}, unhealthy, attempt.stacks or {}, plan)
     first = result.first_failure if result is not None else None

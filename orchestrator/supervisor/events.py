@@ -13,7 +13,9 @@ One JSON object per line, flushed at once (a live run is readable by `orchestrat
                  (its failed nodes follow as exclude events, spare: true for a spare, then replace / shrink)
     launch       one attempt: attempt, hosts, world_size, resume_step (the checkpoint it will resume from)
     first_step   the attempt's first finished step: step, resumed_from, since_launch_s
-    failure      what the detector saw: kind (rank_exit | hang | unreachable | launcher_error), host, rank, ...
+    straggler    a node persistently slower than the median (straggler.py): host, slowdown, steps, step, ranks,
+                 compute_ms, median_ms, action (what follows: a replacement at the next checkpoint, or a name only)
+    failure      what the detector saw: kind (rank_exit | hang | unreachable | launcher_error | straggler), host, ...
     health       per-host results: {host: "ok" | why not}
     diagnosis    the culprit after health checks: cause, host, rank, detail (the cascade is named, not blamed)
     exclude      a host leaves the run: host, reason
@@ -131,6 +133,7 @@ def summarize(events: list[dict], metrics: list[dict]) -> dict:
         "warm_restarts": len(warm),
         "causes": [e.get("cause") for e in events if e["event"] == "diagnosis"],
         "excluded": [str(e.get("host")) for e in events if e["event"] == "exclude"],
+        "stragglers": [str(e.get("host")) for e in events if e["event"] == "straggler"],
         "last_step": steps[-1] if steps else None,
         "steps_lost": sum(int(e.get("steps_lost") or 0) for e in restarts + warm),
         "time_lost_s": round(sum(lost), 2),

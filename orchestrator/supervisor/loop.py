@@ -22,6 +22,10 @@ Then the runner (runner.py: over SSH, or Slurm steps in slurm.py) tears the atte
 (verified), the hosts and spares are health-checked, the culprit is named (diagnosis.py), policy.decide()
 picks the next host list, and after a backoff the next attempt starts. Exit codes: 0 done; 1 gave up; 128+N
 stopped by signal N; 2 when the attempt reports a configuration error (Slurm's requeue contract; never retried).
+
+The heartbeats also feed the straggler detector (straggler.py), which may stop an attempt at a checkpoint to
+swap a slow node for a spare (a "straggler" diagnosis). Under warm restarts (warm.py) a rank exit or a hang
+does not end the attempt: the node keepers replace the rank in-run.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from orchestrator.supervisor.preflight import apply_preflight
 from orchestrator.supervisor.runner import AttemptRunner
 from orchestrator.supervisor.stacks import hang_stacks
 from orchestrator.supervisor.warm import WarmRestarts
+from orchestrator.supervisor.straggler import StragglerWatch
 
 __all__ = ["Supervisor"]
 
@@ -84,12 +89,13 @@ class Supervisor:
                                                runner=self.runner)
                 end = ("gave_up", {"reason": short}) if short else None
             while end is None:
-                attempt = await self._attempt(number, hosts)
+                attempt = await self._attempt(number, hosts, spares=len(spares))
                 result = attempt.result
                 if result is not None and result.stopped_by is not None:
                     end, exit_code = ("stopped", {"reason": f"signal {result.stopped_by}"}), signal_exit_code(result.stopped_by)
                     break
-                if attempt.error is None and attempt.hang is None and result is not None and result.exit_code == 0:
+                if (attempt.error is None and attempt.hang is None and attempt.straggler is None and result is not None
+                        and result.exit_code == 0):
                     end, exit_code = ("done", {}), EXIT_OK
                     break
                 if result is not None and result.config_error:  # the requeue contract: never retried
@@ -119,7 +125,7 @@ class Supervisor:
         return summary | {"exit_code": exit_code}
 
     # ---- one attempt ----------------------------------------------------------------------------------------
-    async def _attempt(self, number: int, hosts: list[Host]) -> Attempt:
+    async def _attempt(self, number: int, hosts: list[Host], *, spares: int) -> Attempt:
         from orchestrator.engine.heartbeat import read_heartbeats
 
         plan = attempt_plan(self.cfg, number, hosts)
@@ -131,6 +137,8 @@ class Supervisor:
         self.events.emit("launch", attempt=number, run_id=plan.run_id, hosts=plan.hosts, world_size=plan.world_size,
                          resume_step=resume, skipped_checkpoints=skipped, logs=str(Path(plan.run_dir) / "logs"))
         stop = asyncio.Event()
+        watch = StragglerWatch(self.cfg.straggler, events=self.events, run_dir=self.run_dir, attempt=number,
+                               spares=spares)
 
         def sink(line: OutputLine) -> None:
             if attempt.rank_exit is None and not stop.is_set() and (found := parse_rank_exit(line)) is not None:
@@ -153,9 +161,10 @@ class Supervisor:
                 continue
             if self.warm is not None and self.warm.hang_check_paused(time.time()):
                 continue  # the ranks killed for a hang are being replaced
-            stalled = stalled_ranks(read_heartbeats(self.heartbeat_dir), now=time.time(),
-                                    hang_timeout=self.cfg.hang_timeout, startup_timeout=self.cfg.startup_timeout,
-                                    launched_at=attempt.launched_at, expected=plan.world_size)
+            beats = read_heartbeats(self.heartbeat_dir)
+            stalled = stalled_ranks(beats, now=time.time(), hang_timeout=self.cfg.hang_timeout,
+                                    startup_timeout=self.cfg.startup_timeout, launched_at=attempt.launched_at,
+                                    expected=plan.world_size)
             if stalled:
                 attempt.hang = stalled
                 self.events.emit("failure", attempt=number, kind="hang", hang_timeout=self.cfg.hang_timeout,
@@ -165,6 +174,9 @@ class Supervisor:
                 if self.warm is not None and await self.warm.kill_hung(attempt, stalled, attempt.probe):
                     attempt.hang = None  # the keepers replace the killed ranks: the attempt goes on
                     continue
+                stop.set()
+            elif (slow := watch.poll(beats)) is not None:
+                attempt.straggler = slow
                 stop.set()
         try:
             attempt.result = task.result()

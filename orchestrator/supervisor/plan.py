@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.contracts import HEARTBEAT_ENV
+from orchestrator.contracts import HEARTBEAT_ENV, STEP_TIMING_ENV
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, expand
 from orchestrator.selection import resolve_hosts
@@ -35,6 +35,7 @@ from orchestrator.launch.env import EnvManifest
 from orchestrator.launch.plan import WARM_MODULE, LaunchPlan, LaunchSpec, build_plan
 from orchestrator.supervisor.policy import Limits
 from orchestrator.supervisor.runner import AttemptRunner, SshAttempts
+from orchestrator.supervisor.straggler import StragglerOptions
 
 if TYPE_CHECKING:
     from orchestrator.remote.ssh import SshOptions
@@ -64,6 +65,7 @@ class SupervisorConfig:
     in-memory snapshots, the supervisor kills hung ranks instead of stopping the attempt, and a cold restart from
     disk is the fallback; 'cold': every failure ends the attempt."""
     restart_reason: str = ""
+    straggler: StragglerOptions = StragglerOptions()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +103,10 @@ class SuperviseOptions:
     restart: str = "auto"
     """'warm', 'cold', or 'auto': warm when the program is the engine (-m orchestrator.engine, torch engine) over
     SSH, else cold."""
+    straggler_threshold: float = 1.10
+    straggler_steps: int = 50
+    straggler_action: str = "replace"
+    """'replace', 'name' or 'off' (straggler.py)."""
 
 
 @dataclass(frozen=True)
@@ -129,17 +135,28 @@ class SupervisePlan:
             lines.append(f"each attempt: {shlex.join(redact_argv(self.srun))}")
         lines.append(f"supervised: run dir {cfg.run_dir}, nodes {limits.min_nodes}:{limits.max_nodes}, spares "
                      f"{','.join(s.name for s in cfg.spares) or '-'}, max restarts {limits.max_restarts}, "
-                     f"hang timeout {cfg.hang_timeout:g} s")
+                     f"hang timeout {cfg.hang_timeout:g} s, {_stragglers(cfg)}")
         lines.append(f"restarts: {cfg.restart} ({cfg.restart_reason})")
         return lines
 
 
+def _stragglers(cfg: SupervisorConfig) -> str:
+    slow = cfg.straggler
+    if slow.action == "off":
+        return "stragglers: off"
+    action = "name (no spare)" if slow.action == "replace" and not cfg.spares else slow.action
+    return f"stragglers: {action} a node >= {slow.threshold:g}x the median for {slow.steps} steps"
+
+
 def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host]) -> LaunchPlan:
-    """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env."""
+    """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env
+    (and ORCH_STEP_TIMING=0 when straggler detection is off)."""
     spec = cfg.spec
-    heartbeat = (cfg.run_dir / "heartbeat").resolve()
-    env = EnvManifest(values={**spec.env.values, HEARTBEAT_ENV: str(heartbeat)},
-                      sources={**spec.env.sources, HEARTBEAT_ENV: "supervisor"})
+    ours = {HEARTBEAT_ENV: str((cfg.run_dir / "heartbeat").resolve())}
+    if cfg.straggler.action == "off":
+        ours[STEP_TIMING_ENV] = "0"
+    env = EnvManifest(values={**spec.env.values, **ours},
+                      sources={**spec.env.sources, **dict.fromkeys(ours, "supervisor")})
     return build_plan(replace(spec, run_id=f"{spec.run_id}-a{number}", run_dir=str(cfg.run_dir / "attempts"),
                               env=env), hosts)
 
@@ -169,7 +186,9 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
         spares=spares + [Host(h.name, nproc) for h in host_list[limits.max_nodes:]], limits=limits,
         hang_timeout=opts.hang_timeout, startup_timeout=opts.startup_timeout,
         health_command=tuple(shlex.split(opts.health_check)) if opts.health_check else (),
-        health_timeout=opts.health_timeout, restart=restart, restart_reason=restart_reason)
+        health_timeout=opts.health_timeout, restart=restart, restart_reason=restart_reason,
+        straggler=StragglerOptions(threshold=opts.straggler_threshold, steps=opts.straggler_steps,
+                                   action=opts.straggler_action))
     first = attempt_plan(cfg, 0, cfg.hosts)
     if steps is None:
         return SupervisePlan(cfg, first, SshAttempts(ssh=opts.ssh, failure_grace=opts.failure_grace))

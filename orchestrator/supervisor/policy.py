@@ -11,7 +11,9 @@ No I/O here: the loop gathers facts (the failure, health results, the newest che
 Decision. Rules, in order:
 1. a host that failed its health check is excluded; so is one blamed for `max_host_failures` host faults
    (killed by a signal, lost, hung) -- a program error (a Python exception, exit code 1) is not the host's fault,
-   so a script that always crashes never empties the host list;
+   so a script that always crashes never empties the host list; a straggler (cause "straggler", named by
+   straggler.py) is excluded only when a healthy spare is left to take its place after the hosts above: a slow
+   node still beats a smaller run;
 2. excluded hosts are replaced one for one from the healthy spares, in the order given;
 3. when spares run out the run shrinks to the largest node count n with MIN <= n <= healthy hosts whose world
    size (n x procs per node) is a multiple of the model-parallel size (tp x pp) and, when the global batch is
@@ -29,6 +31,7 @@ __all__ = ["Blame", "Decision", "Limits", "PolicyState", "blame_from", "decide",
            "replace_or_shrink", "shrink_target"]
 
 OK = "ok"
+STRAGGLER = "straggler"
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ def blame_from(*, signal: str | None, kind: str, host: str | None) -> Blame:
     lost or hung. A non-zero exit code (an exception) is the program's fault."""
     if kind in ("unreachable", "hang", "node_lost"):
         return Blame(host, host_fault=host is not None, cause=kind)
+    if kind == STRAGGLER:  # slow, not failed: no strike; decide() swaps it for a spare when there is one
+        return Blame(host, host_fault=False, cause=kind)
     if signal and signal not in ("SIGTERM", "SIGINT"):
         return Blame(host, host_fault=True, cause=f"killed by {signal}")
     return Blame(host, host_fault=False, cause=kind)
@@ -154,6 +159,9 @@ def decide(active: list[str], *, spares: list[str], blame: Blame, health: dict[s
             excluded[host] = f"{state.strikes[host]} host faults (limit {limits.max_host_failures})"
 
     healthy_spares = [s for s in spares if health.get(s, OK) == OK and s not in active]
+    if (blame.cause == STRAGGLER and blame.host in active and blame.host not in excluded
+            and len(healthy_spares) > len(excluded)):
+        excluded[blame.host] = "straggler: slower than the median node"
     hosts, replaced, shrunk, short = replace_or_shrink(active, excluded=excluded, spares=healthy_spares,
                                                        limits=limits)
     if short:

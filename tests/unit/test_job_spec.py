@@ -53,6 +53,7 @@ def test_set_overrides_dotted_fields_and_module_runs(job_dir):
     spec = job.spec
     assert spec.nproc_per_node == 4 and spec.module and spec.program == ("pkg.train", "--lr", "3e-4")
     assert spec.supervise.max_restarts == 5 and spec.supervise.hang_timeout == 60.0
+    assert (spec.supervise.straggler_threshold, spec.supervise.straggler_action) == (1.10, "replace")
     assert spec.env == {"NCCL_DEBUG": "INFO"}
 
 
@@ -90,6 +91,8 @@ BAD = [
     ("bad name", "name: 'a b'\n", "name", "A-Z a-z 0-9"),
     ("missing workdir", "workdir: nope\n", "workdir", "give a directory"),
     ("reserved env", "env: {RANK: '1'}\n", "env", "set per rank"),
+    ("straggler threshold", "supervise: {straggler_threshold: 0.9}\n", "supervise.straggler_threshold", "above 1"),
+    ("straggler action", "supervise: {straggler_action: kill}\n", "supervise.straggler_action", "replace, name"),
 ]
 
 

@@ -87,3 +87,19 @@ def test_status_shows_the_last_diagnosis_with_a_hangs_culprit(tmp_path):
                          env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert f"last failure (attempt 0): hang on n2: {culprit}" in out.stdout
+def test_status_and_events_show_a_named_straggler(tmp_path, capsys):
+    events = [{"event": "start", "time": 100.0},
+              {"event": "launch", "time": 101.0, "attempt": 0, "hosts": ["a", "b"], "world_size": 2},
+              {"event": "straggler", "time": 130.0, "attempt": 0, "host": "b", "slowdown": 1.52, "steps": 52}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (tmp_path / "heartbeat").mkdir()
+    for rank, (host, seconds) in enumerate([("a", 0.6), ("b", 0.912)]):
+        (tmp_path / "heartbeat" / f"{host}-rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "host": host, "step": 100, "status": "training", "time": 131.0, "compute_s": seconds,
+             "compute_steps": 100, "compute_group": "pp0"}))
+    out = run("status", "--once", str(tmp_path), capsys=capsys)
+    assert out.exit_code == 0 and "stragglers b (1.52x)" in out.output
+    rows = {line.split("│")[1].strip(): line for line in out.output.splitlines() if line.count("│") > 5}
+    assert "6.00 ms" in rows["a"] and "9.12 ms" in rows["b"] and "1.52x" in rows["b"] and "x" not in rows["a"]
+    out = run("events", str(tmp_path), capsys=capsys)
+    assert "straggler" in out.output and "stragglers: b" in out.output

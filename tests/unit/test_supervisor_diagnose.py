@@ -120,3 +120,13 @@ def test_event_fields_per_cause():
     assert missing == {"cause": "hang", "host": None, "rank": None,
                        "detail": "no heartbeat for 1 rank(s) since step None"}
     assert diagnose(attempt(), OK) == {"cause": "unknown", "host": None, "detail": "exit code 1"}
+
+
+def test_a_straggler_the_attempt_was_stopped_for_is_the_cause():
+    from orchestrator.supervisor.straggler import Straggler
+
+    slow = Straggler(host="n2", slowdown=1.52, step=130, steps=52, ranks=[2, 3], compute_ms=9.12, median_ms=6.0)
+    d = diagnose(attempt(straggler=slow, rank_exit=RankExit("n1", 0, -15, 7, 1.0)), OK)  # our own stop's SIGTERM
+    assert (d["cause"], d["host"]) == ("straggler", "n2")
+    assert d["detail"] == ("1.52x the median node's local compute time over 52 steps (9.12 vs 6.00 ms per step), "
+                           "named at step 130")

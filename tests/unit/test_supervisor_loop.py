@@ -5,6 +5,7 @@ drains, and the exit code.
 """
 
 import asyncio
+import time
 import json
 
 from orchestrator.hosts import Host
@@ -98,3 +99,45 @@ def test_max_restarts_gives_up_with_exit_1(tmp_path):
     summary, events = supervise(tmp_path, ScriptedRunner([([], crash)] * 2), max_restarts=1)
     assert summary["exit_code"] == 1 and events[-1]["event"] == "gave_up"
     assert events[-1]["reason"].startswith("max restarts reached (1)")
+
+
+class SlowNodeRunner(ScriptedRunner):
+    """Attempt 0: ranks on n1 and n2 write heartbeats, n2's optimizer step 1.5x n1's, a checkpoint every 50 steps;
+    it ends (exit 0, as a clean teardown reports) only when the loop stops it. Later attempts: as scripted."""
+
+    async def run_attempt(self, plan, *, sink, stop):
+        if self.plans:
+            return await super().run_attempt(plan, sink=sink, stop=stop)
+        self.plans.append(plan)
+        run_dir = self.run_dir
+        for step in range(5, 5000, 5):  # 5 steps per poll interval or so
+            for rank, host in enumerate(plan.hosts):
+                beat = {"rank": rank, "host": host, "step": step, "status": "training", "time": time.time(),
+                        "compute_steps": step, "compute_s": step * 0.006 * (1.5 if host == "n2" else 1.0),
+                        "compute_group": "pp0"}
+                (run_dir / "heartbeat" / f"{host}-rank{rank}.json").write_text(json.dumps(beat))
+            if step % 50 == 0:
+                (run_dir / "checkpoints" / f"step-{step}").mkdir(parents=True)
+                (run_dir / "checkpoints" / f"step-{step}" / "meta.json").write_text('{"files": {}}')
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.005)
+                return AttemptResult(exit_code=0, teardown={h: "clean" for h in plan.hosts})
+            except asyncio.TimeoutError:
+                continue
+        return AttemptResult(exit_code=0)
+
+
+def test_a_straggler_is_replaced_by_the_spare_at_the_next_checkpoint(tmp_path):
+    runner = SlowNodeRunner([([], AttemptResult(exit_code=0))])
+    runner.run_dir = tmp_path
+    summary, events = supervise(tmp_path, runner, spares=("s1",))
+    assert summary["exit_code"] == 0 and summary["outcome"] == "done" and summary["stragglers"] == ["n2"]
+    named = next(e for e in events if e["event"] == "straggler")
+    stop = next(e for e in events if e["event"] == "failure")
+    assert named["host"] == "n2" and named["slowdown"] == 1.5 and named["action"] == "replace at the next checkpoint"
+    assert stop["kind"] == "straggler" and stop["checkpoint_step"] > named["step"]
+    assert [(e["event"], e.get("host")) for e in events if e["event"] in ("diagnosis", "exclude", "replace")] == [
+        ("diagnosis", "n2"), ("exclude", "n2"), ("replace", "n2")]
+    assert [p.hosts for p in runner.plans] == [["n1", "n2"], ["n1", "s1"]]
+    restart = next(e for e in events if e["event"] == "restart")
+    assert restart["cause"] == "straggler" and restart["resume_step"] == stop["checkpoint_step"]

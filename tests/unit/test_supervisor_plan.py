@@ -62,6 +62,9 @@ def test_bad_tp_or_pp_in_the_program_is_a_config_error_unless_model_parallel_is_
     ({"drain_bad_nodes": True}, "--srun-opt/--drain-bad-nodes"),
     ({"via": "slurm"}, "--via slurm"),  # no allocation in this environment
     ({"hosts": None}, "--hosts"),
+    ({"straggler_threshold": 1.0}, "--straggler-threshold"),
+    ({"straggler_steps": 0}, "--straggler-steps"),
+    ({"straggler_action": "drain"}, "--straggler-action"),
 ])
 def test_bad_values_are_config_errors_naming_the_field(opts, field):
     with pytest.raises(ConfigError) as info:
@@ -76,3 +79,15 @@ def test_via_slurm_plans_the_srun_step_of_each_attempt():
     assert p.runner.drain_bad_nodes and p.to_json()["srun"][0] == "srun"
     assert p.describe()[-2].startswith("supervised: run dir runs/r1, nodes 2:2, spares -")
     assert p.describe()[-1] == "restarts: cold (--via slurm restarts cold (srun steps))"
+
+
+def test_straggler_options_reach_the_config_and_off_stops_the_ranks_timing():
+    p = plan(straggler_threshold=1.3, straggler_steps=80, straggler_action="name")
+    slow = p.config.straggler
+    assert (slow.threshold, slow.steps, slow.action, slow.window) == (1.3, 80, "name", 16)
+    assert "ORCH_STEP_TIMING" not in p.first_attempt.env.values
+    assert p.describe()[-2].endswith("stragglers: name a node >= 1.3x the median for 80 steps")
+    off = plan(straggler_action="off")
+    assert off.first_attempt.env.values["ORCH_STEP_TIMING"] == "0"
+    assert off.first_attempt.env.sources["ORCH_STEP_TIMING"] == "supervisor"
+    assert plan().describe()[-2].endswith("stragglers: name (no spare) a node >= 1.1x the median for 50 steps")

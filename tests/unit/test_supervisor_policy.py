@@ -109,3 +109,22 @@ def test_blame():
     assert not blame_from(signal=None, kind="crash", host="n1").host_fault
     assert blame_from(signal=None, kind="hang", host="n1").host_fault
     assert not blame_from(signal=None, kind="hang", host=None).host_fault
+
+
+STRAGGLER = blame_from(signal=None, kind="straggler", host="n2")
+
+
+def test_a_straggler_is_swapped_for_a_healthy_spare_without_a_strike():
+    d, state = _decide(["n1", "n2", "n3"], spares=["s1", "s2"], blame=STRAGGLER, health={"s1": "unreachable"},
+                       checkpoint=40)
+    assert d.action == "relaunch" and d.excluded == {"n2": "straggler: slower than the median node"}
+    assert d.replaced == {"n2": "s2"} and d.hosts == ["n1", "s2", "n3"] and not state.strikes
+
+
+def test_a_straggler_stays_when_no_spare_is_left_for_it():
+    """A slow node beats a smaller run; a spare goes to a host that failed its health check first."""
+    d, _ = _decide(["n1", "n2", "n3"], spares=["s1"], blame=STRAGGLER, health={"n3": "unreachable"},
+                   min_nodes=1)
+    assert d.excluded == {"n3": "health check: unreachable"} and d.hosts == ["n1", "n2", "s1"]
+    d, _ = _decide(["n1", "n2"], spares=["s1"], blame=STRAGGLER, health={"s1": "unreachable"})
+    assert d.action == "relaunch" and not d.excluded and d.hosts == ["n1", "n2"]
