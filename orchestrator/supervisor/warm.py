@@ -77,7 +77,8 @@ class WarmRestarts:
 
     def _rank_exit(self, attempt, host: str | None, event: dict) -> None:
         pid, exitcode = event.get("pid"), int(event.get("exitcode", 1))
-        self.phases = {"exit": event["time"], "seen": time.time()}
+        # a survivor may have left its broken group before its keeper's news of the exit reached us
+        self.phases = {"exit": event["time"], "seen": time.time()} | {k: v for k, v in self.phases.items() if k == "left"}
         why = self.killed.pop(pid, None) if pid is not None else None
         node = attempt.plan.node(host) if host in attempt.plan.hosts else None
         if why is None:
