@@ -76,7 +76,8 @@ def soak(mode: str, sb, work: Path, plan: list[tuple[int, str, int]], steps: int
             "--python", sys.executable, "--run-dir", str(work / mode / "launch"), "--env", "OMP_NUM_THREADS=1",
             "--hang-timeout", "3", "--health-timeout", "5", "--backoff", "0.5", "--backoff-max", "2",
             "--max-restarts", str(len(plan) + 5), "--max-host-failures", "1000", "--no-progress-attempts", "5",
-            "--restart", mode, "--straggler-action", "off", "-m", "orchestrator.engine", "--", "--config", "tiny", "--steps", str(steps),
+            "--restart", mode, "--straggler-action", "off", "-m", "orchestrator.engine", "--", "--config", "tiny",
+            "--steps", str(steps),
             "--set", "train.global_batch_size=128", "--checkpoint-every", str(EVERY), "--keep-checkpoints", "2",
             "--run-dir", str(run_dir)]
     proc = subprocess.Popen(argv, stdout=open(work / mode / "supervisor.log", "w"), stderr=subprocess.STDOUT)
