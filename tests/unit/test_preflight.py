@@ -1,6 +1,6 @@
 """`--preflight` (launch, supervise) and `preflight: true` (job files): option parsing, --dry-run, bad input, and
 what the supervisor does with a gate's result before attempt 0 (over a scripted runner: no hosts here; the gate
-on real hosts is tests/integration/test_preflight.py)."""
+on real hosts is tests/integration/test_preflight_launch.py)."""
 
 import asyncio
 import json
