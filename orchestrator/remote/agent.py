@@ -193,7 +193,10 @@ def _exec_child(spec, env):
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores SIGPIPE; exec would keep that
+        # exec keeps ignored signals ignored: Python's own (SIGPIPE, SIGXFSZ) and what the agent inherited
+        # (a head started as a background job ignores SIGINT/SIGQUIT; a local run passes that on)
+        for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(number, signal.SIG_DFL)
         if spec["cwd"]:
             os.chdir(spec["cwd"])
         os.execvpe(spec["argv"][0], spec["argv"], env)
