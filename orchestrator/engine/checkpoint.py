@@ -58,12 +58,13 @@ from orchestrator.engine.checkpoint_files import checkpoint_problem, complete_st
 from orchestrator.engine.staging import ReusableStager
 from orchestrator.errors import ConfigError
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "STATE_DICT_OPTIONS", "rng_state", "set_rng_state"]
 
 log = logging.getLogger("orchestrator.engine.checkpoint")
 
 _PARTIAL_DIR = re.compile(r"^\.step-(\d+)\.partial$")
-_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+STATE_DICT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+"""Optimizer state flattened to parameter names: what makes a state dict independent of the layout."""
 # One-process runs pass no_dist=True on purpose; DCP still warns about it on every save and load.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
@@ -235,7 +236,7 @@ class Checkpointer:
         dcp.load(state, checkpoint_id=str(path), no_dist=not self.distributed)
         # DCP fills tensors in place but replaces non-tensor values (e.g. lr) in `state`: split from it.
         for part, optim, (model_keys, optim_keys) in zip(parts, optims, keys):
-            set_state_dict(part, optim, options=_OPTIONS,
+            set_state_dict(part, optim, options=STATE_DICT_OPTIONS,
                            model_state_dict={k: state["model"][k] for k in model_keys},
                            optim_state_dict={k: state["optim"][k] for k in optim_keys})
         self._set_rng_state(state["rng"])
@@ -251,7 +252,7 @@ class Checkpointer:
             raise ValueError(f"one optimizer per model part expected: {len(parts)} parts, {len(optims)} optimizers")
         model, optim, keys = {}, {}, []
         for part, opt in zip(parts, optims):
-            model_sd, optim_sd = get_state_dict(part, opt, options=_OPTIONS)
+            model_sd, optim_sd = get_state_dict(part, opt, options=STATE_DICT_OPTIONS)
             model.update(model_sd)
             optim.update(optim_sd)
             keys.append((list(model_sd), list(optim_sd)))
@@ -260,14 +261,24 @@ class Checkpointer:
 
     def _rng_state(self) -> dict[str, torch.Tensor]:
         # Per-rank keys: only the rank that wrote one reads it back (same rank count or more).
-        rng = {f"rank{self.rank}.cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng[f"rank{self.rank}.cuda"] = torch.cuda.get_rng_state()
-        return rng
+        return {f"rank{self.rank}.{k}": v for k, v in rng_state().items()}
 
     def _set_rng_state(self, rng: dict[str, torch.Tensor]) -> None:
-        if f"rank{self.rank}.cpu" in rng:
-            torch.set_rng_state(rng[f"rank{self.rank}.cpu"])
-        if f"rank{self.rank}.cuda" in rng:
-            torch.cuda.set_rng_state(rng[f"rank{self.rank}.cuda"])
+        mine = f"rank{self.rank}."
+        set_rng_state({k.removeprefix(mine): v for k, v in rng.items() if k.startswith(mine)})
 
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG state: {"cpu": ..., "cuda": ... (when there is a GPU)}."""
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def set_rng_state(rng: dict[str, torch.Tensor]) -> None:
+    """Restore what rng_state() returned (each part present)."""
+    if "cpu" in rng:
+        torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])

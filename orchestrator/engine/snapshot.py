@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from orchestrator.engine.checkpoint import STATE_DICT_OPTIONS, rng_state, set_rng_state
 
 __all__ = ["Snapshots", "SNAPSHOT_DIR_ENV"]
 
@@ -42,7 +44,6 @@ log = logging.getLogger("orchestrator.engine.snapshot")
 
 SNAPSHOT_DIR_ENV = "ORCH_SNAPSHOT_DIR"
 _FILE = re.compile(r"step-(\d+)\.pt\Z")
-_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def _local(value: Any) -> Any:
@@ -78,7 +79,7 @@ class Snapshots:
         it = iter(buffers)  # the same walk as _state_layout's: each tensor's place gets its buffer
         parts = [{name: {k: next(it) if isinstance(v, torch.Tensor) else v for k, v in entry[name].items()}
                   for name in ("model", "optim")} for entry in layout]
-        state = {"step": step, "extra": extra, "rng": _rng_state(), "parts": parts}
+        state = {"step": step, "extra": extra, "rng": rng_state(), "parts": parts}
         self._pending = self._writer.submit(self._write, step, state, copied)
         return time.perf_counter() - begin
 
@@ -91,7 +92,7 @@ class Snapshots:
             layout, sources = [], []
             for part, opt in zip(model_parts, optimizers):
                 entry = {}
-                for name, sd in zip(("model", "optim"), get_state_dict(part, opt, options=_OPTIONS)):
+                for name, sd in zip(("model", "optim"), get_state_dict(part, opt, options=STATE_DICT_OPTIONS)):
                     entry[name] = {k: _local(v) for k, v in sd.items()}
                     sources += [v for v in entry[name].values() if isinstance(v, torch.Tensor)]
                 layout.append(entry)
@@ -148,10 +149,11 @@ class Snapshots:
         if len(state["parts"]) != len(model_parts):
             raise ValueError(f"snapshot of step {step} has {len(state['parts'])} model parts, this rank {len(model_parts)}")
         for part, opt, saved in zip(model_parts, optimizers, state["parts"]):
-            model_sd, optim_sd = get_state_dict(part, opt, options=_OPTIONS)  # also creates the optimizer state
-            set_state_dict(part, opt, options=_OPTIONS, model_state_dict=_fill(model_sd, saved["model"]),
+            # get_state_dict also creates the optimizer state of a fresh optimizer
+            model_sd, optim_sd = get_state_dict(part, opt, options=STATE_DICT_OPTIONS)
+            set_state_dict(part, opt, options=STATE_DICT_OPTIONS, model_state_dict=_fill(model_sd, saved["model"]),
                            optim_state_dict=_fill(optim_sd, saved["optim"]))
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         return state["extra"]
 
 
@@ -169,16 +171,3 @@ def _fill(template: dict, saved: dict) -> dict:
         else:
             out[key] = saved[key]
     return out
-
-
-def _rng_state() -> dict[str, torch.Tensor]:
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    return rng
-
-
-def _set_rng_state(rng: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])

@@ -26,7 +26,7 @@ from pathlib import Path
 from orchestrator.launch.failures import signal_name
 from orchestrator.launch.output import OutputLine
 
-__all__ = ["MetricsTail", "RankExit", "parse_rank_exit", "stalled_ranks"]
+__all__ = ["MetricsTail", "RankExit", "parse_rank_exit", "pids_by_host", "stalled_ranks"]
 
 _FAILED = re.compile(r"\] failed \(exitcode: (-?\d+)\) local_rank: (\d+)(?: \(pid: (\d+)\))?")
 _ACTIVE = ("starting", "training", "checkpointing")
@@ -54,6 +54,15 @@ def parse_rank_exit(line: OutputLine, now: float | None = None) -> RankExit | No
         return None
     return RankExit(line.host, int(m.group(2)), int(m.group(1)), int(m.group(3)) if m.group(3) else None,
                     now if now is not None else time.time())
+
+
+def pids_by_host(beats: list[dict]) -> dict[str, list[int]]:
+    """host -> the PIDs of these heartbeats (the ones naming both), for probing or killing them there."""
+    pids: dict[str, list[int]] = {}
+    for beat in beats:
+        if beat.get("host") and beat.get("pid"):
+            pids.setdefault(beat["host"], []).append(int(beat["pid"]))
+    return pids
 
 
 def stalled_ranks(beats: dict[str, dict], *, now: float, hang_timeout: float, startup_timeout: float,

@@ -41,6 +41,14 @@ _PROBE = ("import sys\n"
           "        s = 'gone'\n"
           "    print(p, s)\n")
 
+_KILL = ("import os, signal, sys\n"
+         "for p in sys.argv[1:]:\n"
+         "    try:\n"
+         "        os.kill(int(p), signal.SIGKILL)\n"
+         "    except OSError:\n"
+         "        pass\n")
+
+
 # One JSON line per PID: {"pid": P, "threads": [...]} (py-spy's threads, frames without locals) or {"pid": P,
 # "error": "..."}; the dumps run in parallel, so a host's answer takes one dump's time, at most the deadline.
 _DUMP = ("import json, os, shutil, subprocess, sys, time\n"
@@ -98,12 +106,8 @@ async def check_hosts(hosts: Sequence[str], *, ssh=None, transport=None, command
 async def probe_pids(pids: dict[str, list[int]], *, ssh=None, transport=None, timeout: float = 10.0,
                      python: str | Callable[[str], str] = "python3") -> dict[str, dict[int, str]]:
     """host -> {pid: state letter}; hosts that did not answer are left out."""
-    hosts = [h for h, p in pids.items() if p]
-    if not hosts:
-        return {}
-    result = await run_on_async(hosts, lambda h: [_py(python, h), "-c", _PROBE, *map(str, pids[h])], ssh=ssh,
-                                transport=transport, timeout=timeout, python=python, run_id=new_run_id() + "-probe",
-                                tail_lines=max(len(p) for p in pids.values()) + 5)
+    result = await _run_script(pids, _PROBE, tag="-probe", ssh=ssh, transport=transport, timeout=timeout,
+                               python=python)
     states: dict[str, dict[int, str]] = {}
     for host, r in result.items():
         if r.ok:
@@ -111,22 +115,11 @@ async def probe_pids(pids: dict[str, list[int]], *, ssh=None, transport=None, ti
     return states
 
 
-_KILL = ("import os, signal, sys\n"
-         "for p in sys.argv[1:]:\n"
-         "    try:\n"
-         "        os.kill(int(p), signal.SIGKILL)\n"
-         "    except OSError:\n"
-         "        pass\n")
-
-
 async def kill_pids(pids: dict[str, list[int]], *, ssh=None, transport=None, timeout: float = 10.0,
                     python: str | Callable[[str], str] = "python3") -> list[str]:
     """SIGKILL the given processes; the hosts that answered (a process already gone counts as killed)."""
-    hosts = [h for h, p in pids.items() if p]
-    if not hosts:
-        return []
-    result = await run_on_async(hosts, lambda h: [_py(python, h), "-c", _KILL, *map(str, pids[h])], ssh=ssh,
-                                transport=transport, timeout=timeout, python=python, run_id=new_run_id() + "-kill")
+    result = await _run_script(pids, _KILL, tag="-kill", ssh=ssh, transport=transport, timeout=timeout,
+                               python=python)
     return [host for host, r in result.items() if r.ok]
 
 
@@ -134,13 +127,8 @@ async def dump_stacks(pids: dict[str, list[int]], *, ssh=None, transport=None, t
                       python: str | Callable[[str], str] = "python3") -> dict[str, dict[int, list | str]]:
     """host -> {pid: py-spy's threads (a list), or why there are none (a string)}; a host that did not answer
     has that reason for each of its PIDs."""
-    hosts = [h for h, p in pids.items() if p]
-    if not hosts:
-        return {}
-    result = await run_on_async(hosts, lambda h: [_py(python, h), "-c", _DUMP, f"{timeout * 0.75:g}",
-                                                  *map(str, pids[h])],
-                                ssh=ssh, transport=transport, timeout=timeout, python=python,
-                                run_id=new_run_id() + "-stacks", tail_lines=max(len(p) for p in pids.values()) + 5)
+    result = await _run_script(pids, _DUMP, tag="-stacks", args=(f"{timeout * 0.75:g}",), ssh=ssh,
+                               transport=transport, timeout=timeout, python=python)
     dumps: dict[str, dict[int, list | str]] = {}
     for host, r in result.items():
         answers: dict[int, list | str] = {}
@@ -158,3 +146,14 @@ async def dump_stacks(pids: dict[str, list[int]], *, ssh=None, transport=None, t
 
 def _py(python: str | Callable[[str], str], host: str) -> str:
     return python(host) if callable(python) else python
+
+
+async def _run_script(pids: dict[str, list[int]], script: str, *, tag: str, args: Sequence[str] = (), ssh, transport,
+                      timeout: float, python: str | Callable[[str], str]) -> dict:
+    """`PYTHON -c SCRIPT ARGS PID...` on every host with PIDs, through the fan-out; its per-host results."""
+    hosts = [h for h, p in pids.items() if p]
+    if not hosts:
+        return {}
+    return await run_on_async(hosts, lambda h: [_py(python, h), "-c", script, *args, *map(str, pids[h])], ssh=ssh,
+                              transport=transport, timeout=timeout, python=python, run_id=new_run_id() + tag,
+                              tail_lines=max(len(p) for p in pids.values()) + 5)

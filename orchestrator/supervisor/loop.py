@@ -43,7 +43,7 @@ from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from orchestrator.hosts import Host
 from orchestrator.launch.output import OutputLine
 from orchestrator.supervisor import policy
-from orchestrator.supervisor.detect import MetricsTail, parse_rank_exit, stalled_ranks
+from orchestrator.supervisor.detect import MetricsTail, parse_rank_exit, pids_by_host, stalled_ranks
 from orchestrator.supervisor.diagnosis import Attempt, Diagnosis, diagnose
 from orchestrator.supervisor.events import EventLog, read_events, read_metrics, summarize
 from orchestrator.supervisor.hangdump import dump_ranks
@@ -170,7 +170,7 @@ class Supervisor:
                 self.events.emit("failure", attempt=number, kind="hang", hang_timeout=self.cfg.hang_timeout,
                                  stalled=[{k: b.get(k) for k in ("host", "rank", "step", "status", "time", "pid",
                                                                  "missing")} for b in stalled])
-                attempt.probe = await self._probe(stalled, attempt)
+                attempt.probe = await self._probe(stalled, attempt, beats)
                 if self.warm is not None and await self.warm.kill_hung(attempt, stalled, attempt.probe):
                     attempt.hang = None  # the keepers replace the killed ranks: the attempt goes on
                     continue
@@ -187,18 +187,11 @@ class Supervisor:
         self._poll_metrics(attempt)
         return attempt
 
-    async def _probe(self, stalled: list[dict], attempt: Attempt) -> dict:
+    async def _probe(self, stalled: list[dict], attempt: Attempt, beats: dict[str, dict]) -> dict:
         """The stalled ranks' /proc states; meanwhile every rank's Python stack (hangdump.py, stacks.py)."""
-        from orchestrator.engine.heartbeat import read_heartbeats
-
-        pids: dict[str, list[int]] = {}
-        for beat in stalled:
-            if beat.get("host") and beat.get("pid"):
-                pids.setdefault(beat["host"], []).append(int(beat["pid"]))
-        dumps = asyncio.ensure_future(dump_ranks(self.runner, attempt.plan, read_heartbeats(self.heartbeat_dir),
-                                                 timeout=self.cfg.health_timeout))
+        dumps = asyncio.ensure_future(dump_ranks(self.runner, attempt.plan, beats, timeout=self.cfg.health_timeout))
         try:
-            probe = await self.runner.probe_pids(pids, timeout=self.cfg.health_timeout)
+            probe = await self.runner.probe_pids(pids_by_host(stalled), timeout=self.cfg.health_timeout)
         except Exception as exc:  # noqa: BLE001 - the probe only sharpens the diagnosis
             log.warning("process probe failed: %s", exc)
             probe = {}

@@ -23,24 +23,16 @@ rank's host does not answer the probe (a lost node), the attempt is stopped and 
 from __future__ import annotations
 
 import logging
-import signal
 import time
 
 from orchestrator.engine.warm import parse_event
+from orchestrator.launch.failures import signal_name
 from orchestrator.launch.output import OutputLine
+from orchestrator.supervisor.detect import pids_by_host
 
 __all__ = ["WarmRestarts"]
 
 log = logging.getLogger("orchestrator.supervisor.warm")
-
-
-def _signal_name(exitcode: int) -> str | None:
-    if exitcode >= 0:
-        return None
-    try:
-        return signal.Signals(-exitcode).name
-    except ValueError:
-        return f"signal {-exitcode}"
 
 
 class WarmRestarts:
@@ -84,10 +76,10 @@ class WarmRestarts:
         if why is None:
             self.events.emit("failure", attempt=attempt.number, kind="rank_exit", warm=True, host=host,
                              rank=event.get("rank"), local_rank=(event["rank"] - node.first_rank) if node else None,
-                             exitcode=exitcode, signal=_signal_name(exitcode), pid=pid)
+                             exitcode=exitcode, signal=signal_name(exitcode), pid=pid)
         cause = why or ("killed" if exitcode < 0 else "crash")
         self.events.emit("diagnosis", attempt=attempt.number, cause=cause, host=host, rank=event.get("rank"),
-                         signal=_signal_name(exitcode), action="warm_restart",
+                         signal=signal_name(exitcode), action="warm_restart",
                          detail=f"rank {event.get('rank')} on {host} exited with {exitcode}"
                                 + (f" after the supervisor killed it ({why})" if why else ""))
 
@@ -120,10 +112,7 @@ class WarmRestarts:
         if not stalled or any(b["host"] not in probe for b in stalled):
             return False
         stopped = {host: [pid for pid, state in states.items() if state in ("T", "t")] for host, states in probe.items()}
-        targets: dict[str, list[int]] = {h: p for h, p in stopped.items() if p}
-        if not targets:
-            for beat in stalled:
-                targets.setdefault(beat["host"], []).append(int(beat["pid"]))
+        targets = {h: p for h, p in stopped.items() if p} or pids_by_host(stalled)
         for pids in targets.values():  # before the kill: the keepers report the exits at once
             for pid in pids:
                 self.killed[pid] = "hang"
