@@ -1,10 +1,11 @@
 """Soak: the same random faults hit a warm-restarting and a cold-restarting supervised run side by side; ETTR of each.
 
-    sudo .venv/bin/python bench/soak.py --faults 15 --every 120 --seed 1     # ~25 min on 2 busy cores
+    sudo .venv/bin/python bench/soak.py --faults 15 --every 240 --seed 1     # ~40 min on 2 busy cores
 
 Two supervised runs of the engine start at once, each on its own 2 sandbox hosts x 1 process with 2 spare hosts:
 `--restart warm` (the default for the engine) and `--restart cold`. The tiny model trains at global batch 128
-(steps of ~0.5 s when one run has the machine), a disk checkpoint every 10 steps, --hang-timeout 3. Both runs get
+(steps of ~0.5 s while both runs share the machine), an asynchronous disk checkpoint every --checkpoint-every steps
+(50), --hang-timeout 3. Both runs get
 the same seeded schedule: fault i lands once every rank trained past step (i+1) x --every (+ 1-10) and the run
 recovered from fault i-1; it is one of SIGKILL of a rank, SIGSTOP of a rank (a hang), or a lost node (link down
 and its processes killed; at most one per spare; warm restarts fall back to cold for it). At the end, per run:
@@ -20,6 +21,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -27,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EVERY = 10
 CAUSE = {"kill": "killed", "stop": "hang", "lose": "node_lost"}
 MODES = ("warm", "cold")
 
@@ -67,7 +68,8 @@ def schedule(seed: int, faults: int, every: int, spares: int) -> list[tuple[int,
     return plan
 
 
-def soak(mode: str, sb, work: Path, plan: list[tuple[int, str, int]], steps: int, out: dict) -> None:
+def soak(mode: str, sb, work: Path, plan: list[tuple[int, str, int]], steps: int, checkpoint_every: int,
+         out: dict) -> None:
     run_dir = work / mode / "run"
     run_dir.mkdir(parents=True)
     hosts, spares = sb.hosts[:2], sb.hosts[2:]
@@ -78,7 +80,8 @@ def soak(mode: str, sb, work: Path, plan: list[tuple[int, str, int]], steps: int
             "--max-restarts", str(len(plan) + 5), "--max-host-failures", "1000", "--no-progress-attempts", "5",
             "--restart", mode, "--straggler-action", "off", "-m", "orchestrator.engine", "--", "--config", "tiny",
             "--steps", str(steps),
-            "--set", "train.global_batch_size=128", "--checkpoint-every", str(EVERY), "--keep-checkpoints", "2",
+            "--set", "train.global_batch_size=128", "--checkpoint-every", str(checkpoint_every), "--async-checkpoint",
+            "--keep-checkpoints", "2",
             "--run-dir", str(run_dir)]
     proc = subprocess.Popen(argv, stdout=open(work / mode / "supervisor.log", "w"), stderr=subprocess.STDOUT)
     injected, down = [], []
@@ -110,18 +113,21 @@ def soak(mode: str, sb, work: Path, plan: list[tuple[int, str, int]], steps: int
             sb.link_up(host)
     evs = events(run_dir)
     causes = [e["cause"] for e in evs if e["event"] == "diagnosis"]
-    losses = {}
+    losses, step_times = {}, []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         losses[record["step"]] = record["loss"]
+        step_times.append(float(record.get("step_time_s") or 0.0))
     out[mode] = {"faults": injected, "summary": evs[-1].get("summary", {}) if evs else {}, "losses": losses,
+                 "median_step_s": round(statistics.median(step_times), 3) if step_times else None,
                  "right": sum(1 for f, c in zip(injected, causes) if CAUSE[f["kind"]] == c)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--faults", type=int, default=15)
-    ap.add_argument("--every", type=int, default=120, help="steps between faults (~0.5 s each)")
+    ap.add_argument("--every", type=int, default=240, help="steps between faults (~0.5 s each: ~120 s of training)")
+    ap.add_argument("--checkpoint-every", type=int, default=50, help="steps between disk checkpoints (default 50)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -133,7 +139,8 @@ def main() -> int:
     boxes = {mode: Sandbox.up(f"soak{mode[0]}{os.getpid() % 10000}", nodes=4, prefix=f"{mode[0]}k") for mode in MODES}
     results: dict[str, dict] = {}
     try:
-        threads = [threading.Thread(target=soak, args=(mode, boxes[mode], work, plan, steps, results))
+        threads = [threading.Thread(target=soak, args=(mode, boxes[mode], work, plan, steps, args.checkpoint_every,
+                                                       results))
                    for mode in MODES]
         for t in threads:
             t.start()
@@ -143,7 +150,10 @@ def main() -> int:
         for sb in boxes.values():
             sb.down()
     print(json.dumps({m: {k: v for k, v in r.items() if k != "losses"} for m, r in results.items()}, indent=1))
-    print(f"\nsoak: {args.faults} faults ({', '.join(k for _, k, _ in plan)}), every ~{args.every} steps, seed {args.seed}")
+    step_s = results.get("warm", {}).get("median_step_s")
+    print(f"\nsoak: {args.faults} faults ({', '.join(k for _, k, _ in plan)}), every ~{args.every} steps "
+          f"(~{args.every * step_s:.0f} s of training at the warm run's median step of {step_s} s)" if step_s else "",
+          f"seed {args.seed}, disk checkpoint every {args.checkpoint_every} steps (async)")
     print(f"{'mode':<5} {'outcome':<8} {'last step':>9} {'warm':>5} {'cold':>5} {'causes':>7} {'steps lost':>10} "
           f"{'time lost s':>11} {'wall s':>7} {'ETTR':>6}")
     for mode in MODES:

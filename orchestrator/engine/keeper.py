@@ -15,6 +15,16 @@ $ORCH_RUN_TMPDIR/snapshots: the node agent's per-run temp dir, on /dev/shm under
 one snapshot interval is lost, and training goes on. A worker that does not join a new generation within
 --join-timeout (stuck in a collective with a peer that vanished) is killed and replaced by a standby too.
 
+A lost node (its keeper's beat stops for --node-timeout: the host died or its network went away) is replaced by
+a spare keeper (`--spare`, started on each spare host with the attempt, its workers imported and waiting): node
+0's keeper hands the spare the node's rank, the spare fetches the node's snapshots from the copy its ring
+successor holds (replica.py: every keeper sends its ranks' newest snapshot files to node_rank + 1), and a new
+generation forms with the spare in the lost node's place. Survivors that do not leave their collective with the
+lost node within LOST_ACK_S are replaced by their standbys. Under `orchestrator supervise` the store lives on the
+head (--store HOST:PORT) and the supervisor watches the beats, so any node may be lost, node 0 included; without
+--store node 0's keeper hosts the store and watches, and its own loss ends the attempt (every keeper gives up),
+as does a lost node when no spare is left.
+
 The keeper gives up, exit 1, after --max-restarts warm restarts, and when a rank of a fresh run fails before
 any generation formed; the supervisor then falls back to a cold restart from the disk checkpoint. Exit 2 when the
 engine reports a configuration error; 0 when every rank of the node finished. Every line of a rank carries
@@ -25,9 +35,11 @@ news are `orchestrator-warm {json}` lines (warm.py). SIGTERM/SIGINT/SIGHUP stop 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +49,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from orchestrator.contracts import RUN_TMPDIR
+from orchestrator.engine import warm
 from orchestrator.engine.warm import GEN_KEY, READY_MARK, Assignment, done_key, event_line, joined_key
 from orchestrator.launch.torchrun import rank_prefix
 
@@ -47,6 +60,10 @@ STOP_GRACE_S = 2.0
 FINISH_WAIT_S = 30.0
 STARTUP_TIMEOUT_S = 300.0
 """How long a worker that is still importing (not yet ready) may take to join its generation."""
+BEAT_S = 0.2
+LOST_ACK_S = 1.0
+"""After a node loss, how long a survivor may take to leave its collective with the lost node: gloo notices a peer
+whose process died at once, but not one whose network went away, and waits for its timeout."""
 
 
 class Worker:
@@ -99,37 +116,68 @@ class _Output:
 class Keeper:
     def __init__(self, args: argparse.Namespace, engine_args: list[str]):
         self.args, self.out = args, _Output()
-        self.ranks = list(range(args.first_rank, args.first_rank + args.nproc_per_node))
+        self.node_rank: int | None = None if args.spare else args.node_rank
+        self.ranks = [] if args.spare else list(range(args.first_rank, args.first_rank + args.nproc_per_node))
         base = os.environ.get(RUN_TMPDIR)
         self.snapshot_dir = Path(base) / "snapshots" if base else Path(tempfile.mkdtemp(prefix="orch-snapshots-",
                                                                                           dir=_memory_dir()))
         self.argv = [sys.executable, "-m", "orchestrator.engine.warm_worker", *engine_args]
-        self.env = os.environ | {"MASTER_ADDR": args.master_addr, "MASTER_PORT": str(args.master_port),
+        self.store_addr, self.store_port = (args.store.rsplit(":", 1) if args.store
+                                            else (args.master_addr, args.master_port))
+        self.store_port = int(self.store_port)
+        self.env = os.environ | {"MASTER_ADDR": self.store_addr, "MASTER_PORT": str(self.store_port),
                                  "PYTHONUNBUFFERED": "1", "ORCH_SNAPSHOT_DIR": str(self.snapshot_dir),
-                                 "LOCAL_WORLD_SIZE": str(args.nproc_per_node), "GROUP_RANK": str(args.node_rank)}
+                                 "LOCAL_WORLD_SIZE": str(args.nproc_per_node)}
+        if not args.spare:
+            self.env["GROUP_RANK"] = str(args.node_rank)
         self.active: dict[int, Worker] = {}
         self.standbys: list[Worker] = []
-        self.pending: dict[int, tuple[int, float]] = {}  # rank -> (generation, join deadline)
+        self.retired: list[Worker] = []  # killed after a replacement was assigned: reaped as they go
+        self.pending: dict[int, tuple[int, float]] = {}  # rank -> (generation, deadline to leave the old one)
         self.done: set[int] = set()
         self.generation, self.restarts, self.formed = -1, 0, False
         self.stop_signal: int | None = None
+        self.successor: tuple[str, int] | None = None  # the replica server our snapshots go to
+        self.next_beat = 0.0
+        self.watch: warm.NodeWatch | None = None  # lost-node detection, where this keeper hosts the store
 
     # ---- the whole node ---------------------------------------------------------------------------------
     def run(self) -> int:
         from torch.distributed import TCPStore
 
+        from orchestrator.engine.replica import ReplicaPusher, ReplicaServer, local_address
+
         a = self.args
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self.replicas = ReplicaServer(self.snapshot_dir / "peers")
+        pusher = ReplicaPusher(self.snapshot_dir, ranks=lambda: list(self.ranks), successor=lambda: self.successor)
         try:
-            self.store = TCPStore(a.master_addr, a.master_port, is_master=a.node_rank == 0, wait_for_workers=False,
+            master = self.node_rank == 0 and not a.store
+            self.store = TCPStore(self.store_addr, self.store_port, is_master=master, wait_for_workers=False,
                                   timeout=timedelta(seconds=a.store_timeout))
-            for rank in self.ranks:
-                self.active[rank] = self._spawn()
+            self.address = a.master_addr if master else local_address(self.store_addr, self.store_port)
+            if a.spare:
+                code = self._wait_as_spare()
+                if code is not None:
+                    return code
+            else:
+                for rank in self.ranks:
+                    self.active[rank] = self._spawn()
+                self._publish()
             self._top_up()
-            if a.node_rank == 0:
+            if master:
                 self.store.add(GEN_KEY, 0)
+                self.watch = warm.NodeWatch(self.store, nnodes=a.nnodes, node_timeout=a.node_timeout,
+                                            report=lambda e: self.out.event(**e))
+            pusher.start()
             return self._watch()
+        except (RuntimeError, OSError) as exc:  # torch's store errors are RuntimeErrors (DistError)
+            self.out.event("give_up", reason=f"lost the run's store on {self.store_addr}:{self.store_port}: {exc}")
+            return 1
         finally:
+            pusher.stop()
+            self.replicas.shutdown()
+            self.replicas.server_close()
             self._stop_all()
             shutil.rmtree(self.snapshot_dir, ignore_errors=True)
 
@@ -146,15 +194,19 @@ class Keeper:
                     return result
             if len(self.done) == len(self.ranks):
                 return self._finish()
-            try:
-                generation = self.store.add(GEN_KEY, 0)
-                if generation > self.generation:
-                    self._assign(generation)
-                self._check_joins()
-            except (RuntimeError, OSError) as exc:  # torch's store errors are RuntimeErrors (DistError)
-                self.out.event("give_up", reason=f"lost the run's store on {self.args.master_addr} (node 0): {exc}")
-                return 1
+            if self._beat(warm.beat_key(self.node_rank)):
+                self._follow_successor()
+                if self.watch is not None and (reason := self.watch.poll()) is not None:
+                    self.out.event("give_up", reason=reason)
+                    return 1
+            generation = self.store.add(GEN_KEY, 0)
+            if generation > self.generation:
+                if self._replaced(generation):
+                    return 0
+                self._assign(generation)
+            self._check_joins()
             self._top_up()
+            self.retired = [w for w in self.retired if w.proc.poll() is None]
             time.sleep(POLL_S)
         return 128 + self.stop_signal
 
@@ -180,6 +232,7 @@ class Keeper:
     def _assign(self, generation: int) -> None:
         """Hand every rank of this node an assignment for `generation` (a standby where the worker is gone)."""
         self.generation, now, replaced = generation, time.monotonic(), {}
+        leave_s = LOST_ACK_S if self.store.check([warm.lost_key(generation)]) else self.args.join_timeout
         for local_rank, rank in enumerate(self.ranks):
             if rank in self.done:
                 continue
@@ -187,15 +240,22 @@ class Keeper:
             if worker is None or worker.proc.poll() is not None:
                 worker = self.active[rank] = self._take_standby()
                 replaced[rank] = worker.proc.pid
-            self._give(worker, rank, local_rank, generation, now)
+            self._give(worker, rank, local_rank, generation, now + leave_s)
         if generation > 0:
-            self.out.event("generation", generation=generation, node_rank=self.args.node_rank, replaced=replaced)
+            self.out.event("generation", generation=generation, node_rank=self.node_rank, replaced=replaced)
 
-    def _give(self, worker: Worker, rank: int, local_rank: int, generation: int, now: float) -> None:
+    def _give(self, worker: Worker, rank: int, local_rank: int, generation: int, deadline: float) -> None:
         worker.rank, worker.local_rank = rank, local_rank
         worker.send(Assignment(generation, rank, local_rank, self.args.world_size))
-        timeout = self.args.join_timeout if worker.ready.is_set() else STARTUP_TIMEOUT_S
-        self.pending[rank] = (generation, now + timeout)
+        self.pending[rank] = (generation, deadline if worker.ready.is_set() else time.monotonic() + STARTUP_TIMEOUT_S)
+
+    def _replaced(self, generation: int) -> bool:
+        """Node 0 called this node lost (its beats were late) and gave its place to a spare: step aside."""
+        key = warm.lost_key(generation)
+        if not self.store.check([key]) or json.loads(self.store.get(key)) != [self.node_rank, self.args.host]:
+            return False  # (the spare in our place has the node rank too, not the host)
+        self.out.event("replaced", node_rank=self.node_rank, generation=generation)
+        return True
 
     def _check_joins(self) -> None:
         now = time.monotonic()
@@ -203,13 +263,80 @@ class Keeper:
             if self.store.check([joined_key(generation, rank)]):
                 del self.pending[rank]
                 self.formed = True
-            elif now > deadline:  # still stuck in the old generation's collective: replace it
+            elif now > deadline and not self.store.check([warm.ack_key(generation, rank)]):
+                # still stuck in the old generation's collective (a peer that vanished): replace it
                 stuck = self.active[rank]
                 stuck.retired = True
                 stuck.kill()
+                self.retired.append(stuck)
                 self.out.event("stuck", rank=rank, pid=stuck.proc.pid, generation=generation)
                 worker = self.active[rank] = self._take_standby()
-                self._give(worker, rank, stuck.local_rank, generation, now)
+                self._give(worker, rank, stuck.local_rank, generation, now + self.args.join_timeout)
+
+    # ---- nodes: beats, replicas, lost nodes and spares ------------------------------------------------------
+    def _beat(self, key: str) -> bool:
+        """Add 1 to `key` every BEAT_S; True when it did (the other per-beat chores run then too)."""
+        now = time.monotonic()
+        if now < self.next_beat:
+            return False
+        self.next_beat = now + BEAT_S
+        self.store.add(key, 1)
+        return True
+
+    def _publish(self) -> None:
+        self.store.set(warm.node_key(self.node_rank), json.dumps({
+            "host": self.args.host, "first_rank": self.ranks[0], "nproc": len(self.ranks),
+            "replica": [self.address, self.replicas.port]}))
+
+    def _follow_successor(self) -> None:
+        """Our snapshots go to the next node's keeper (whoever holds that node rank now)."""
+        if self.args.nnodes < 2:
+            return
+        info = warm.node_info(self.store, (self.node_rank + 1) % self.args.nnodes)
+        self.successor = (info["replica"][0], int(info["replica"][1])) if info else None
+
+    def _wait_as_spare(self) -> int | None:
+        """A spare keeper: standbys for a whole node, waiting until node 0 hands us a lost node's rank (None:
+        we took it, go on as that node) or says the run is over (0)."""
+        for _ in range(self.args.nproc_per_node):
+            self.standbys.append(self._spawn())
+        self._top_up()
+        spare = self.store.add(warm.SPARES_KEY, 1)
+        self.store.set(warm.spare_key(spare, "host"), self.args.host)
+        key = warm.spare_key(spare, "node")
+        while self.stop_signal is None:
+            self._beat(warm.spare_key(spare, "beat"))
+            if self.store.check([key]):
+                self._take_over(json.loads(self.store.get(key)), spare)
+                return None
+            if self.store.check([warm.FINISHED_KEY]):
+                self.store.set(warm.spare_done_key(spare), "1")
+                return 0
+            time.sleep(POLL_S)
+        return 128 + self.stop_signal
+
+    def _take_over(self, node: dict, spare: int) -> None:
+        """Become node `node['node_rank']`: its ranks, its snapshots (from its successor's copy), its place."""
+        from orchestrator.engine.replica import fetch
+
+        begin = time.monotonic()
+        self.node_rank = node["node_rank"]
+        self.ranks = list(range(node["first_rank"], node["first_rank"] + node["nproc"]))
+        self.env["GROUP_RANK"] = str(self.node_rank)
+        self.formed = True  # the run's first generation formed long ago
+        fetched, error = {}, None
+        holder = warm.node_info(self.store, (self.node_rank + 1) % self.args.nnodes)
+        if holder is not None and self.args.nnodes > 1:
+            try:
+                for rank in self.ranks:
+                    fetched[rank] = fetch((holder["replica"][0], int(holder["replica"][1])), rank=rank,
+                                          into=self.snapshot_dir / f"rank{rank}")
+            except (OSError, ValueError) as exc:  # then the ranks restore from disk: slower, still right
+                error = f"{type(exc).__name__}: {exc}"
+        self._publish()
+        self.out.event("spare_joined", node_rank=self.node_rank, spare=spare, lost_host=node.get("host"),
+                       snapshots_from=holder.get("host") if holder else None, fetched=fetched, error=error,
+                       seconds=round(time.monotonic() - begin, 3))
 
     # ---- standbys -------------------------------------------------------------------------------------------
     def _spawn(self) -> Worker:
@@ -231,17 +358,22 @@ class Keeper:
 
     # ---- the end --------------------------------------------------------------------------------------------
     def _finish(self) -> int:
-        """Every local rank is done; node 0 keeps the store up until every node said so."""
-        self.store.set(done_key(self.args.node_rank), "1")
-        if self.args.node_rank == 0:
+        """Every local rank is done; node 0 keeps the store up until every node said so, then tells the spares
+        still waiting that the run is over and waits for them to go."""
+        self.store.set(done_key(self.node_rank), "1")
+        if self.node_rank == 0:
             try:
                 self.store.wait([done_key(n) for n in range(self.args.nnodes)], timedelta(seconds=FINISH_WAIT_S))
+                self.store.set(warm.FINISHED_KEY, "1")
+                spares = self.watch.waiting_spares() if self.watch is not None else []
+                if spares:
+                    self.store.wait([warm.spare_done_key(i) for i in spares], timedelta(seconds=FINISH_WAIT_S))
             except Exception:  # noqa: BLE001 - a node that never says so is not our rank's failure
                 pass
         return 0
 
     def _stop_all(self) -> None:
-        workers = [*self.active.values(), *self.standbys]
+        workers = [*self.active.values(), *self.standbys, *self.retired]
         for worker in workers:
             worker.kill(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
@@ -268,18 +400,28 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         engine_args = []
     p = argparse.ArgumentParser(prog="python -m orchestrator.engine.keeper", description=__doc__.split("\n\n")[0])
     p.add_argument("--nnodes", type=int, required=True)
-    p.add_argument("--node-rank", type=int, required=True)
+    p.add_argument("--node-rank", type=int, default=-1)
+    p.add_argument("--spare", action="store_true", help="a spare node: wait to take a lost node's place")
+    p.add_argument("--host", default=socket.gethostname(), help="this node's name in the run's news")
     p.add_argument("--nproc-per-node", type=int, required=True)
-    p.add_argument("--first-rank", type=int, required=True)
+    p.add_argument("--first-rank", type=int, default=0)
     p.add_argument("--world-size", type=int, required=True)
     p.add_argument("--master-addr", required=True)
     p.add_argument("--master-port", type=int, required=True)
     p.add_argument("--standby", type=int, default=1, help="spare workers kept imported and waiting (default 1)")
     p.add_argument("--max-restarts", type=int, default=20, help="warm restarts before giving up (default 20)")
-    p.add_argument("--join-timeout", type=float, default=5.0,
-                   help="seconds a worker may take to join a new generation before it is replaced (default 5)")
+    p.add_argument("--join-timeout", type=float, default=3.0,
+                   help="seconds a worker may take to leave its broken generation before it is replaced (default 3)")
+    p.add_argument("--node-timeout", type=float, default=2.0,
+                   help="seconds without a node keeper's beat before node 0 calls the node lost (default 2)")
+    p.add_argument("--store", metavar="HOST:PORT",
+                   help="the run's TCPStore, hosted elsewhere (the supervisor on the head); default: node 0 hosts it "
+                        "on --master-addr:--master-port")
     p.add_argument("--store-timeout", type=float, default=300.0)
-    return p.parse_args(argv), engine_args
+    args = p.parse_args(argv)
+    if not args.spare and args.node_rank < 0:
+        p.error("--node-rank is required (or --spare)")
+    return args, engine_args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,12 +38,21 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from orchestrator.engine.checkpoint import STATE_DICT_OPTIONS, rng_state, set_rng_state
 
-__all__ = ["Snapshots", "SNAPSHOT_DIR_ENV"]
+__all__ = ["Snapshots", "SNAPSHOT_DIR_ENV", "snapshot_steps"]
 
 log = logging.getLogger("orchestrator.engine.snapshot")
 
 SNAPSHOT_DIR_ENV = "ORCH_SNAPSHOT_DIR"
 _FILE = re.compile(r"step-(\d+)\.pt\Z")
+
+
+def snapshot_steps(directory: str | Path) -> list[int]:
+    """The steps of the complete snapshot files in one rank's directory, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(int(m.group(1)) for name in names if (m := _FILE.match(name)))
 
 
 def _local(value: Any) -> Any:
@@ -132,11 +141,7 @@ class Snapshots:
     # ---- find and load --------------------------------------------------------------------------------
     def steps(self) -> list[int]:
         """The steps of this rank's complete snapshots, oldest first."""
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return []
-        return sorted(int(m.group(1)) for name in names if (m := _FILE.match(name)))
+        return snapshot_steps(self.dir)
 
     def newest(self) -> int | None:
         steps = self.steps()

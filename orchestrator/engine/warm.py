@@ -11,6 +11,14 @@ alive (it left the broken group and waits), a standby for a rank whose worker is
 a store prefix of their generation and set joined_key() once in, so a keeper can tell a worker that did not
 leave the old group (stuck in a collective with a lost peer) and replace it after a deadline.
 
+Lost nodes: every keeper adds 1 to its beat_key() a few times a second; whoever hosts the store (the supervisor
+on the head, or node 0's keeper) runs a NodeWatch, which declares a node lost when its count stops moving for the
+node timeout, hands its node rank to a spare keeper (spare keepers register under SPARES_KEY and wait on
+spare_key()), and starts a new generation marked lost_key(). Each keeper publishes where
+its node is (node_key(): host, first rank, ranks, and the address of its snapshot replica server), sends its
+ranks' newest snapshots to its ring successor's keeper, and a spare that takes a node's place fetches that
+node's copies from the successor before its ranks restore. FINISHED_KEY tells waiting spares the run is over.
+
 Events are one line each on the keeper's output, `orchestrator-warm ` then a JSON object with "event" and
 "time" (Unix seconds on that node): the supervisor turns them into events.jsonl entries, the benchmark into the
 phases of a recovery (detect: rank_exit; abort: left; replacement ready and state restored: joined, restored).
@@ -21,15 +29,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-__all__ = ["Assignment", "EVENT_MARK", "GEN_KEY", "READY_MARK", "done_key", "event_line", "joined_key",
-           "parse_event"]
+__all__ = ["Assignment", "EVENT_MARK", "NodeWatch", "FINISHED_KEY", "GEN_KEY", "READY_MARK", "SPARES_KEY", "ack_key", "beat_key",
+           "done_key", "event_line", "joined_key", "lost_key", "node_info", "node_key", "parse_event", "spare_done_key",
+           "spare_key"]
 
 EVENT_MARK = "orchestrator-warm "
 READY_MARK = "orchestrator-warm-ready"
 """A worker's first line: imports done, waiting for an assignment (the keeper counts it as a ready standby)."""
 GEN_KEY = "warm/gen"
+SPARES_KEY = "warm/spares"
+"""A counter: each spare keeper adds 1 and is spare number <the result> (1, 2, ...)."""
+FINISHED_KEY = "warm/finished"
+
+
+def ack_key(generation: int, rank: int) -> str:
+    """Set by a worker that read its assignment: it is out of the old generation's collectives."""
+    return f"warm/{generation}/ack/{rank}"
 
 
 def joined_key(generation: int, rank: int) -> str:
@@ -38,6 +56,35 @@ def joined_key(generation: int, rank: int) -> str:
 
 def done_key(node_rank: int) -> str:
     return f"warm/done/{node_rank}"
+
+
+def beat_key(node_rank: int) -> str:
+    return f"warm/beat/{node_rank}"
+
+
+def node_key(node_rank: int) -> str:
+    """JSON {host, first_rank, nproc, replica}: who holds node rank N now, and its replica server's host:port."""
+    return f"warm/node/{node_rank}"
+
+
+def node_info(store, node_rank: int) -> dict | None:
+    """What node_key(node_rank) says in `store`, or None before that node's keeper published it."""
+    key = node_key(node_rank)
+    return json.loads(store.get(key)) if store.check([key]) else None
+
+
+def lost_key(generation: int) -> str:
+    """Set (to JSON [lost node rank, its host]) before the generation that replaces a lost node starts."""
+    return f"warm/{generation}/lost"
+
+
+def spare_key(spare: int, what: str) -> str:
+    """Spare number `spare`'s keys: 'host' (its name), 'beat' (its counter), 'node' (the node rank it takes)."""
+    return f"warm/spare/{spare}/{what}"
+
+
+def spare_done_key(spare: int) -> str:
+    return spare_key(spare, "done")
 
 
 def event_line(event: str, **fields) -> str:
@@ -70,3 +117,63 @@ class Assignment:
     @classmethod
     def parse(cls, line: bytes | str) -> Assignment:
         return cls(**json.loads(line))
+
+
+class NodeWatch:
+    """Lost-node detection and spare hand-over, run by whoever hosts the run's store (a TCPStore: add/check/get/set).
+
+        watch = NodeWatch(store, nnodes=4, node_timeout=2.0, report=lambda event: print(event_line(**event)))
+        watch.poll()     # every beat: None, or the reason the run cannot go on (a node lost and no spare left)
+
+    A node is watched once its keeper's beat counter moved, and only after generation 0 formed (rank 0 joined it:
+    a node missing at the start is the start's failure, not a lost node). `report` gets each node_lost event as
+    a dict {"event": "node_lost", time, node_rank, host, silent_s, spare, generation}.
+    """
+
+    def __init__(self, store, *, nnodes: int, node_timeout: float, report: Callable[[dict], None]):
+        self.store, self.nnodes, self.node_timeout, self.report = store, nnodes, node_timeout, report
+        self.seen: dict[str, tuple[int, float]] = {}  # counter key -> (count, when it last moved)
+        self.used: set[int] = set()  # spares handed a node
+        self.formed = False
+
+    def poll(self) -> str | None:
+        now = time.monotonic()
+        self.formed = self.formed or self.store.check([joined_key(0, 0)])
+        spares = [i for i in range(1, self.store.add(SPARES_KEY, 0) + 1)
+                  if i not in self.used and self._moving(spare_key(i, "beat"), now)]
+        for node_rank in range(self.nnodes):
+            if (self._moving(beat_key(node_rank), now) is False and self.formed
+                    and not self.store.check([done_key(node_rank)])):  # a node whose ranks finished stops beating
+                return self._replace(node_rank, spares, now)
+        return None
+
+    def _moving(self, key: str, now: float) -> bool | None:
+        """Has the counter at `key` moved within the node timeout? None while it never moved."""
+        count = self.store.add(key, 0)
+        previous = self.seen.get(key)
+        if previous is None or previous[0] != count:
+            self.seen[key] = (count, now)
+            return True if count else None
+        return now - previous[1] <= self.node_timeout
+
+    def _replace(self, node_rank: int, spares: list[int], now: float) -> str | None:
+        info = node_info(self.store, node_rank) or {}
+        key = beat_key(node_rank)
+        silent = round(now - self.seen[key][1], 2)
+        if not spares:
+            return f"node {node_rank} ({info.get('host')}) lost: its keeper was silent for {silent} s and no spare " \
+                   "keeper is left"
+        spare = spares[0]
+        self.used.add(spare)
+        generation = self.store.add(GEN_KEY, 0) + 1
+        self.store.set(lost_key(generation), json.dumps([node_rank, info.get("host")]))
+        self.store.set(spare_key(spare, "node"), json.dumps({**info, "node_rank": node_rank}))
+        self.store.add(GEN_KEY, 1)
+        self.seen[key] = (self.store.add(key, 0), now)  # the spare's turn to beat
+        self.report({"event": "node_lost", "time": round(time.time(), 4), "node_rank": node_rank, "host": info.get("host"), "silent_s": silent,
+                     "spare": self.store.get(spare_key(spare, "host")).decode(), "generation": generation})
+        return None
+
+    def waiting_spares(self) -> list[int]:
+        """The spares never handed a node (to tell them the run is over)."""
+        return [i for i in range(1, self.store.add(SPARES_KEY, 0) + 1) if i not in self.used]

@@ -22,7 +22,7 @@ import sys
 import traceback
 from datetime import timedelta
 
-from orchestrator.engine.warm import Assignment, READY_MARK, event_line, joined_key
+from orchestrator.engine.warm import Assignment, READY_MARK, ack_key, event_line, joined_key
 
 __all__ = ["main"]
 
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             if store is None:
                 store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                       timeout=STORE_TIMEOUT)
+            store.set(ack_key(generation, job.rank), "1")  # out of the old generation: the keeper need not kill us
             backend = "cpu:gloo,cuda:nccl" if _cuda() else "gloo"
             dist.init_process_group(backend, store=dist.PrefixStore(f"warm/{generation}/pg/", store),
                                     rank=job.rank, world_size=job.world_size, timeout=STORE_TIMEOUT)

@@ -56,6 +56,8 @@ class LaunchSpec:
     env: EnvManifest = field(default_factory=EnvManifest)
     run_dir: str = "runs"
     """Base directory on the head; this run's files go to RUN_DIR/RUN_ID."""
+    store: str | None = None
+    """HOST:PORT of the run's TCPStore when the supervisor hosts it on the head (warm launcher only)."""
     node_tmp_dir: str = "/tmp"
     """Where each node's agent makes the run's private TMPDIR (NODE_TMP_DIR/orch-RUN_ID-PID), removed at the end:
     torchrun's per-rank files and the ranks' temp files go there."""
@@ -92,10 +94,18 @@ class LaunchPlan:
     nodes: tuple[NodePlan, ...]
     hostfile: str | None = None
     """DeepSpeed hostfile text (deepspeed launcher only); written to the run dir."""
+    spares: tuple[NodePlan, ...] = ()
+    """Spare keepers (warm launcher only): started with the run, each takes a lost node's place (node_rank -1).
+    The run goes on when a host is lost: the keepers decide whether it can."""
 
     @property
     def hosts(self) -> list[str]:
         return [n.host for n in self.nodes]
+
+    @property
+    def started(self) -> list[NodePlan]:
+        """Every node the run starts something on: the nodes, then the spares."""
+        return [*self.nodes, *self.spares]
 
     @property
     def world_size(self) -> int:
@@ -134,6 +144,8 @@ class LaunchPlan:
                 }
                 for n in self.nodes
             ],
+            "spares": [{"host": n.host, "nproc": n.nproc, "python": n.python, "argv": _shown_argv(n.argv)}
+                       for n in self.spares],
         }
 
     def describe(self) -> list[str]:
@@ -153,6 +165,8 @@ class LaunchPlan:
             extra = "".join(f" {k}={_shown(redact_value(k, v))}" for k, v in n.env.items())
             lines.append(f"would run on {n.host} (node rank {n.node_rank}, ranks {n.ranks.start}-{n.ranks.stop - 1})"
                          f"{where}:{extra} {shlex.join(_shown_argv(n.argv))}")
+        for n in self.spares:
+            lines.append(f"would run on {n.host} (spare: takes a lost node's place): {shlex.join(_shown_argv(n.argv))}")
         return lines
 
 
@@ -218,18 +232,23 @@ def _validate(spec: LaunchSpec, hosts: Sequence[Host]) -> None:
         raise ConfigError("--env", "", "values cannot contain NUL bytes")
 
 
-def keeper_argv(*, python: str, nnodes: int, node_rank: int, nproc: int, first_rank: int, world_size: int,
-                master_addr: str, master_port: int, engine_args: list[str]) -> list[str]:
-    """argv of one node's warm keeper (engine/keeper.py): torchrun's place for warm restarts."""
-    return [python, "-m", "orchestrator.engine.keeper", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
-            f"--nproc-per-node={nproc}", f"--first-rank={first_rank}", f"--world-size={world_size}",
-            f"--master-addr={master_addr}", f"--master-port={master_port}", "--", *engine_args]
+def keeper_argv(*, python: str, host: str, nnodes: int, node_rank: int | None, nproc: int, first_rank: int,
+                world_size: int, master_addr: str, master_port: int, store: str | None,
+                engine_args: list[str]) -> list[str]:
+    """argv of one node's warm keeper (engine/keeper.py): torchrun's place for warm restarts; node_rank None: a
+    spare keeper."""
+    where = ["--spare"] if node_rank is None else [f"--node-rank={node_rank}", f"--first-rank={first_rank}"]
+    return [python, "-m", "orchestrator.engine.keeper", f"--nnodes={nnodes}", *where, f"--host={host}",
+            f"--nproc-per-node={nproc}", f"--world-size={world_size}", f"--master-addr={master_addr}",
+            f"--master-port={master_port}", *([f"--store={store}"] if store else []), "--", *engine_args]
 
 
-def build_plan(spec: LaunchSpec, hosts: Sequence[Host]) -> LaunchPlan:
-    """Validate the spec against the resolved hosts and build every node's command. Pure; ConfigError on bad input."""
+def build_plan(spec: LaunchSpec, hosts: Sequence[Host], spares: Sequence[Host] = ()) -> LaunchPlan:
+    """Validate the spec against the resolved hosts and build every node's command. Pure; ConfigError on bad input.
+    spares: hosts for spare keepers (warm launcher only; others ignore them)."""
     _validate(spec, hosts)
-    names = [h.name for h in hosts]
+    spares = list(spares) if spec.launcher == "warm" else []
+    names = [h.name for h in hosts] + [h.name for h in spares]
     pythons = per_host_values(spec.python, names, field="--python", default=DEFAULT_PYTHON)
     workdirs = per_host_values(spec.workdir, names, field="--workdir", default=None)
     master_addr = spec.master_addr or names[0]
@@ -240,9 +259,9 @@ def build_plan(spec: LaunchSpec, hosts: Sequence[Host]) -> LaunchPlan:
     for node_rank, (host, nproc) in enumerate(zip(hosts, nprocs)):
         python = pythons[host.name]
         if spec.launcher == "warm":
-            argv = keeper_argv(python=python, nnodes=len(hosts), node_rank=node_rank, nproc=nproc,
+            argv = keeper_argv(python=python, host=host.name, nnodes=len(hosts), node_rank=node_rank, nproc=nproc,
                                first_rank=first_rank, world_size=sum(nprocs), master_addr=master_addr,
-                               master_port=master_port, engine_args=list(spec.program[1:]))
+                               master_port=master_port, store=spec.store, engine_args=list(spec.program[1:]))
         elif spec.launcher == "torchrun":
             argv = torchrun.torchrun_argv(
                 python=python, nnodes=len(hosts), node_rank=node_rank, nproc=nproc, master_addr=master_addr,
@@ -260,6 +279,13 @@ def build_plan(spec: LaunchSpec, hosts: Sequence[Host]) -> LaunchPlan:
             node_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in host.slot_ids[:nproc])
         nodes.append(NodePlan(host.name, node_rank, nproc, first_rank, python, workdirs[host.name], tuple(argv), node_env))
         first_rank += nproc
+    spare_nodes = []
+    for host in spares:
+        argv = keeper_argv(python=pythons[host.name], host=host.name, nnodes=len(hosts), node_rank=None,
+                           nproc=nprocs[0], first_rank=0, world_size=sum(nprocs), master_addr=master_addr,
+                           master_port=master_port, store=spec.store, engine_args=list(spec.program[1:]))
+        spare_nodes.append(NodePlan(host.name, -1, nprocs[0], 0, pythons[host.name], workdirs[host.name],
+                                    tuple(argv), {}))
     hostfile_text = None
     if spec.launcher == "deepspeed":
         from orchestrator.hostfile import render
@@ -270,5 +296,5 @@ def build_plan(spec: LaunchSpec, hosts: Sequence[Host]) -> LaunchPlan:
         master_addr=master_addr, master_port=master_port, program=tuple(spec.program), module=spec.module,
         env=spec.env, launcher_env={RUN_TMPDIR: spec.node_tmp_dir,
                                     **(torchrun.torchrun_env() if spec.launcher == "torchrun" else {})},
-        nodes=tuple(nodes), hostfile=hostfile_text,
+        nodes=tuple(nodes), hostfile=hostfile_text, spares=tuple(spare_nodes),
     )

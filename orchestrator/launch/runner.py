@@ -16,7 +16,8 @@ is reported as not verified instead of holding the stop for the SSH timeouts. SI
 the connections, which trips the same agent dead-man switch on each node. A node that exits non-zero gives the
 others `failure_grace` seconds to fail on their own (their errors are the cascade; first_failure picks the root
 cause), then the rest is stopped. An unreachable host stops the run at once: the other nodes would only wait for
-it in the rendezvous.
+it in the rendezvous; except in a plan with spare keepers (warm restarts), where the keepers replace a lost node
+in-run: the host is recorded as unreachable and the others go on.
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ class _Collector:
 
     def __init__(self, plan: LaunchPlan, logs: HostLogs, sink: Sink | None):
         self.logs, self.sink = logs, sink
-        self.agent_lines = {h: deque(maxlen=200) for h in plan.hosts}
-        self.host_lines = {h: deque(maxlen=50) for h in plan.hosts}
-        self.rank_lines: dict[str, dict[int, deque]] = {h: {} for h in plan.hosts}
+        hosts = [n.host for n in plan.started]
+        self.agent_lines = {h: deque(maxlen=200) for h in hosts}
+        self.host_lines = {h: deque(maxlen=50) for h in hosts}
+        self.rank_lines: dict[str, dict[int, deque]] = {h: {} for h in hosts}
         self.open_lines: dict[tuple[str, str], int | None] = {}  # (host, stream) in a long line -> its rank
         self.join = LineJoiner()
 
@@ -169,7 +171,8 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
     result = LaunchResult(plan)
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
-    nodes = {n.host: n for n in plan.nodes}
+    nodes = {n.host: n for n in plan.started}
+    hosts = list(nodes)
 
     def on_signal(signum: int) -> None:
         if result.stopped_by is None:
@@ -177,7 +180,7 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
             result.stopped_by = signum
         stop.set()
 
-    with rundir.host_logs(plan.hosts) as logs:
+    with rundir.host_logs(hosts) as logs:
         collector = _Collector(plan, logs, sink)
 
         def on_result(r) -> None:
@@ -185,7 +188,8 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
             if r.error is not None:
                 if r.error != "stopped":
                     result.unreachable[r.host] = r.error
-                    stop.set()  # the others would wait for this host in the rendezvous until they time out
+                    if not plan.spares:  # the others would wait for it in the rendezvous until they time out
+                        stop.set()
                 return
             if r.exit_code != 0:
                 result.failures.append(collector.failure(r.host, r.exit_code, now))
@@ -198,14 +202,14 @@ async def run_plan_async(plan: LaunchPlan, *, ssh=None, transport=None, sink: Si
                 loop.add_signal_handler(sig, on_signal, sig)
         try:
             fan = await run_on_async(
-                plan.hosts, lambda h: nodes[h].argv, ssh=ssh, transport=transport, fanout=max(64, len(plan.hosts)),
+                hosts, lambda h: nodes[h].argv, ssh=ssh, transport=transport, fanout=max(64, len(hosts)),
                 env=lambda h: plan.node_env(nodes[h]), cwd=lambda h: nodes[h].workdir,
                 python=lambda h: nodes[h].python, run_id=plan.run_id, on_line=collector.on_line,
                 on_result=on_result, stop=stop,
             )
             result.hosts = dict(fan)
             if stop.is_set() or result.failures:
-                reachable = [h for h in plan.hosts if h not in result.unreachable]
+                reachable = [h for h in hosts if h not in result.unreachable]
                 down = await teardown_async(plan.run_id, reachable, ssh=ssh, transport=transport,
                                             python=lambda h: nodes[h].python)
                 result.teardown = {h: "clean" if r.ok else r.error or r.reason() for h, r in down.items()}

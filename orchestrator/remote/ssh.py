@@ -221,6 +221,12 @@ async def _tcp_connect(host: str, port: int, family: int) -> socket.socket:
     raise error
 
 
+def ssh_hostname(host: str, options: SshOptions | None) -> str:
+    """The address ssh dials for `host`: its config's HostName (with %h expanded), else the name itself."""
+    paths = (options or SshOptions()).config_paths(None)
+    return asyncssh.SSHClientConnectionOptions(config=paths or None, host=host).config.get("Hostname") or host
+
+
 class SshTransport:
     """Opens sessions with asyncssh, one connection per session, all in the caller's event loop."""
 

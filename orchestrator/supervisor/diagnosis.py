@@ -18,7 +18,7 @@ otherwise the first failure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orchestrator.launch.plan import LaunchPlan
 from orchestrator.supervisor.detect import RankExit
@@ -56,6 +56,8 @@ class Attempt:
     """A launcher-side error ("OSError: ...")."""
     first_step_seen: bool = False
     last_step: int | None = None
+    swaps: dict[str, str] = field(default_factory=dict)
+    """lost host -> the spare that took its place in-run (warm restarts)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -72,8 +72,9 @@ class Supervisor:
         self.step_seen: dict[int, float] = {}
         self.metrics = MetricsTail(cfg.run_dir / "metrics.jsonl")
         self.started_at = time.time()
-        self.warm = WarmRestarts(self.events, runner, hang_timeout=cfg.hang_timeout,
-                                                     kill_timeout=cfg.health_timeout) if cfg.restart == "warm" else None
+        self.current: Attempt | None = None
+        self.warm = WarmRestarts(self.events, runner, hang_timeout=cfg.hang_timeout, kill_timeout=cfg.health_timeout,
+                                 heartbeat_dir=self.heartbeat_dir) if cfg.restart == "warm" else None
 
     # ---- the whole run ------------------------------------------------------------------------------------
     async def run(self) -> dict:
@@ -89,13 +90,15 @@ class Supervisor:
                                                runner=self.runner)
                 end = ("gave_up", {"reason": short}) if short else None
             while end is None:
-                attempt = await self._attempt(number, hosts, spares=len(spares))
+                attempt = await self._attempt(number, hosts, spares)
+                if self.warm is not None:
+                    hosts = self.warm.apply_swaps(attempt, hosts, spares)
                 result = attempt.result
                 if result is not None and result.stopped_by is not None:
                     end, exit_code = ("stopped", {"reason": f"signal {result.stopped_by}"}), signal_exit_code(result.stopped_by)
                     break
                 if (attempt.error is None and attempt.hang is None and attempt.straggler is None and result is not None
-                        and result.exit_code == 0):
+                        and (result.exit_code == 0 or self.warm is not None and self.warm.survived(attempt))):
                     end, exit_code = ("done", {}), EXIT_OK
                     break
                 if result is not None and result.config_error:  # the requeue contract: never retried
@@ -125,20 +128,31 @@ class Supervisor:
         return summary | {"exit_code": exit_code}
 
     # ---- one attempt ----------------------------------------------------------------------------------------
-    async def _attempt(self, number: int, hosts: list[Host], *, spares: int) -> Attempt:
+    async def _attempt(self, number: int, hosts: list[Host], spares: list[Host]) -> Attempt:
+        """One attempt; under warm restarts with its keepers' store on the head (supervisor/warm.py)."""
+        stop = asyncio.Event()
+        store = None if self.warm is None else self.warm.open_store(
+            [h.name for h in hosts], loop=asyncio.get_running_loop(), stop=stop, attempt=lambda: self.current)
+        try:
+            return await self._run_attempt(number, hosts, spares, stop, store)
+        finally:
+            if store is not None:
+                store.close()
+
+    async def _run_attempt(self, number: int, hosts: list[Host], spares: list[Host], stop: asyncio.Event,
+                           store) -> Attempt:
         from orchestrator.engine.heartbeat import read_heartbeats
 
-        plan = attempt_plan(self.cfg, number, hosts)
+        plan = attempt_plan(self.cfg, number, hosts, spares, store=store.endpoint if store else None)
         shutil.rmtree(self.heartbeat_dir, ignore_errors=True)  # last attempt's beats would look like a hang
         self.heartbeat_dir.mkdir(parents=True)
         resume, skipped = newest_checkpoint(self.run_dir)
         policy.note_launch(self.state, resume)
-        attempt = Attempt(number, plan, time.time())
+        attempt = self.current = Attempt(number, plan, time.time())
         self.events.emit("launch", attempt=number, run_id=plan.run_id, hosts=plan.hosts, world_size=plan.world_size,
                          resume_step=resume, skipped_checkpoints=skipped, logs=str(Path(plan.run_dir) / "logs"))
-        stop = asyncio.Event()
         watch = StragglerWatch(self.cfg.straggler, events=self.events, run_dir=self.run_dir, attempt=number,
-                               spares=spares)
+                               spares=len(spares))
 
         def sink(line: OutputLine) -> None:
             if attempt.rank_exit is None and not stop.is_set() and (found := parse_rank_exit(line)) is not None:

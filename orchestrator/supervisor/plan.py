@@ -148,9 +148,11 @@ def _stragglers(cfg: SupervisorConfig) -> str:
     return f"stragglers: {action} a node >= {slow.threshold:g}x the median for {slow.steps} steps"
 
 
-def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host]) -> LaunchPlan:
+def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host], spares: list[Host] = (),
+                 store: str | None = None) -> LaunchPlan:
     """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env
-    (and ORCH_STEP_TIMING=0 when straggler detection is off)."""
+    (and ORCH_STEP_TIMING=0 when straggler detection is off); under warm restarts a spare keeper on each spare,
+    and the keepers' store at `store` (HOST:PORT on the head) when given."""
     spec = cfg.spec
     ours = {HEARTBEAT_ENV: str((cfg.run_dir / "heartbeat").resolve())}
     if cfg.straggler.action == "off":
@@ -158,7 +160,7 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host]) -> Launc
     env = EnvManifest(values={**spec.env.values, **ours},
                       sources={**spec.env.sources, **dict.fromkeys(ours, "supervisor")})
     return build_plan(replace(spec, run_id=f"{spec.run_id}-a{number}", run_dir=str(cfg.run_dir / "attempts"),
-                              env=env), hosts)
+                              env=env, store=store), hosts, spares if cfg.restart == "warm" else ())
 
 
 def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
@@ -189,7 +191,7 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
         health_timeout=opts.health_timeout, restart=restart, restart_reason=restart_reason,
         straggler=StragglerOptions(threshold=opts.straggler_threshold, steps=opts.straggler_steps,
                                    action=opts.straggler_action))
-    first = attempt_plan(cfg, 0, cfg.hosts)
+    first = attempt_plan(cfg, 0, cfg.hosts, cfg.spares)
     if steps is None:
         return SupervisePlan(cfg, first, SshAttempts(ssh=opts.ssh, failure_grace=opts.failure_grace))
     return SupervisePlan(cfg, first, steps, srun=steps.argv(first))  # argv() checks the step fits the allocation

@@ -75,6 +75,9 @@ class AttemptRunner(Protocol):
     def exclude(self, host: str, reason: str) -> bool:
         """The supervisor stopped using `host`; True when the runner also fenced it off (Slurm: drained)."""
 
+    def head_address(self, host: str) -> str:
+        """This machine's address as `host` can dial it (the warm keepers' store on the head; over SSH only)."""
+
 
 class SshAttempts:
     """Attempts as orchestrator.launch runs over SSH; health checks, probes and stack dumps through the same fan-out."""
@@ -113,3 +116,10 @@ class SshAttempts:
 
     def exclude(self, host: str, reason: str) -> bool:
         return False  # nothing to fence off: the supervisor simply stops using the host
+
+    def head_address(self, host: str) -> str:
+        """This machine's address on the route to `host` (as its SSH config resolves it): the nodes dial it back."""
+        from orchestrator.engine.replica import local_address
+        from orchestrator.remote.ssh import ssh_hostname
+
+        return local_address(ssh_hostname(host, self.ssh), 22)

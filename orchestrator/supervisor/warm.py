@@ -15,17 +15,34 @@ keepers' event lines and writes:
   warm_restart {generation, host, replaced: {rank: standby pid}}      once per new generation
   warm_resumed {step, resumed_from, steps_lost, time_lost_s, phases}  the first step after it (from metrics.jsonl)
   warm_give_up {host, reason}        a keeper gave up: the attempt ends and the supervisor restarts it cold
+A lost node (its keeper silent for the keepers' node timeout) with a spare keeper left:
+  failure      {kind: "node_lost", warm: true, host, node_rank, silent_s}
+  diagnosis    {cause: "node_lost", host, action: "warm_replace", spare}
+  replace      {host, spare, warm: true}     the spare keeps the node's place for the rest of the run
+  warm_restart, then warm_resumed as above (phases add spare_joined: the spare fetched the node's snapshots)
+The lost node's heartbeat files are removed (the spare's ranks write their own), and the next attempt, if any,
+runs on the spare instead of the lost host. The supervisor hosts the keepers' store for each attempt (HeadStore)
+and watches the keepers' beats itself, so that no node is special: node 0 may be lost too. When the head's
+address for the nodes cannot be found (no route to the first host), node 0's keeper hosts the store and watches,
+and a loss of node 0 ends the attempt (cold restart).
 A hang (no heartbeat for --hang-timeout) is resolved by SIGKILL of the stopped ranks (state T in the probe), or of
 every stalled rank when none is stopped, which turns it into a rank exit the keepers repair; when a stalled
-rank's host does not answer the probe (a lost node), the attempt is stopped and restarted cold instead.
+rank's host does not answer the probe (a lost node), the keepers get LOST_WAIT_S to replace it with a spare
+(when the attempt has spare keepers), else the attempt is stopped and restarted cold.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import threading
 import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 
-from orchestrator.engine.warm import parse_event
+from orchestrator.engine.warm import NodeWatch, parse_event
 from orchestrator.launch.failures import signal_name
 from orchestrator.launch.output import OutputLine
 from orchestrator.supervisor.detect import pids_by_host
@@ -34,16 +51,91 @@ __all__ = ["WarmRestarts"]
 
 log = logging.getLogger("orchestrator.supervisor.warm")
 
+LOST_WAIT_S = 15.0
+"""How long after a hang on an unreachable host the keepers may take to replace it before the attempt is stopped."""
+
+
+BEAT_S = 0.2
+NODE_TIMEOUT_S = 2.0
+"""A keeper silent this long is a lost node (the keepers beat every 0.2 s)."""
+
+
+class HeadStore:
+    """One attempt's TCPStore, hosted here on the head, and the thread that watches the keepers' beats in it.
+
+        store = HeadStore("10.0.0.1", nnodes=2, on_event=print, on_give_up=print)   # any free port
+        attempt_plan(cfg, number, hosts, spares, store=store.endpoint)              # "10.0.0.1:41234"
+        store.close()                                                              # when the attempt ended
+
+    on_event(event) gets each node_lost event (engine/warm.py NodeWatch), on_give_up(reason) the reason the run
+    cannot go on warm (a node lost, no spare left); both are called in the watch thread.
+    """
+
+    def __init__(self, address: str, *, nnodes: int, on_event: Callable[[dict], None],
+                 on_give_up: Callable[[str], None], node_timeout: float = NODE_TIMEOUT_S):
+        from torch.distributed import TCPStore
+
+        self.store = TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
+        self.endpoint = f"{address}:{self.store.port}"
+        self.watch = NodeWatch(self.store, nnodes=nnodes, node_timeout=node_timeout, report=on_event)
+        self.on_give_up = on_give_up
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="head-store-watch")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(BEAT_S):
+            try:
+                reason = self.watch.poll()
+            except Exception as exc:  # noqa: BLE001 - a watch error must not take the supervisor down
+                log.warning("watching the keepers' beats: %s", exc)
+                continue
+            if reason is not None:
+                self.on_give_up(reason)
+                return
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        del self.store  # the server thread stops with its last reference
+
 
 class WarmRestarts:
-    def __init__(self, events, runner, *, hang_timeout: float, kill_timeout: float = 10.0):
-        self.events, self.runner = events, runner
+    def __init__(self, events, runner, *, hang_timeout: float, kill_timeout: float = 10.0,
+                 heartbeat_dir: Path | None = None):
+        self.events, self.runner, self.heartbeat_dir = events, runner, heartbeat_dir
         self.hang_timeout, self.kill_timeout = hang_timeout, kill_timeout
         self.killed: dict[int, str] = {}  # pid -> why the supervisor killed it
         self.generations: set[int] = set()
         self.phases: dict[str, float] = {}  # of the recovery in progress: event -> first/last time on the nodes
         self.resumes = 0
         self.paused_until = 0.0
+        self.awaiting_loss: set[str] = set()  # unreachable hosts the keepers were given time to replace
+        self.address: str | None = None  # the head's, as the nodes dial it ('' when not found)
+
+    # ---- the keepers' store -----------------------------------------------------------------------------------
+    def open_store(self, attempt_hosts: list[str], *, loop, stop: asyncio.Event,
+                   attempt: Callable[[], object]) -> HeadStore | None:
+        """The attempt's store on the head (None: node 0's keeper hosts it, when the head's address is unknown).
+        attempt(): the Attempt its events belong to (made after the plan, which needs the store's endpoint)."""
+        if self.address is None:
+            try:
+                self.address = self.runner.head_address(attempt_hosts[0])
+            except (OSError, ValueError, AttributeError) as exc:
+                log.warning("the keepers' store stays on node 0 (its loss then means a cold restart): no address "
+                            "of this machine on the route to %s: %s", attempt_hosts[0], exc)
+                self.address = ""
+        if not self.address:
+            return None
+
+        def give_up(reason: str) -> None:
+            def now() -> None:
+                self.events.emit("warm_give_up", attempt=attempt().number, host=None, reason=reason)
+                stop.set()
+            loop.call_soon_threadsafe(now)
+
+        return HeadStore(self.address, nnodes=len(attempt_hosts), on_give_up=give_up,
+                         on_event=lambda e: loop.call_soon_threadsafe(self._node_lost, attempt(), e))
 
     # ---- the keepers' lines -------------------------------------------------------------------------------
     def on_line(self, attempt, line: OutputLine) -> None:
@@ -62,6 +154,13 @@ class WarmRestarts:
                              pid=event.get("pid"), generation=event.get("generation"))
         elif kind == "give_up":
             self.events.emit("warm_give_up", attempt=attempt.number, host=line.host, reason=event.get("reason"))
+        elif kind == "node_lost":
+            self._node_lost(attempt, event)
+        elif kind == "spare_joined":
+            self.phases["spare_joined"] = event["time"]
+            self.events.emit("warm_spare_joined", attempt=attempt.number, host=line.host,
+                             **{k: event.get(k) for k in ("node_rank", "lost_host", "snapshots_from", "fetched",
+                                                          "error", "seconds")})
         elif kind == "left":
             self.phases.setdefault("left", event["time"])
         elif kind == "joined" and event.get("generation", 0) > 0:
@@ -82,6 +181,48 @@ class WarmRestarts:
                          signal=signal_name(exitcode), action="warm_restart",
                          detail=f"rank {event.get('rank')} on {host} exited with {exitcode}"
                                 + (f" after the supervisor killed it ({why})" if why else ""))
+
+    def _node_lost(self, attempt, event: dict) -> None:
+        host, spare = event.get("host"), event.get("spare")
+        self.phases = {"exit": event["time"], "seen": time.time()}
+        attempt.swaps[host] = spare
+        self.awaiting_loss.discard(host)
+        self.events.emit("failure", attempt=attempt.number, kind="node_lost", warm=True, host=host,
+                         node_rank=event.get("node_rank"), silent_s=event.get("silent_s"))
+        self.events.emit("diagnosis", attempt=attempt.number, cause="node_lost", host=host, rank=None, signal=None,
+                         action="warm_replace", spare=spare,
+                         detail=f"{host}'s keeper was silent for {event.get('silent_s')} s; {spare} takes its place")
+        self.events.emit("replace", host=host, spare=spare, warm=True)
+        self._forget_beats(attempt.plan.nodes[event["node_rank"]].ranks if "node_rank" in event else ())
+        self.paused_until = time.time() + self.hang_timeout  # the spare's ranks have not beaten yet
+
+    def _forget_beats(self, ranks) -> None:
+        """Remove the lost node's heartbeat files: they would look like a hang, and the spare writes its own."""
+        if self.heartbeat_dir is None:
+            return
+        for path in self.heartbeat_dir.glob("*-rank*.json"):
+            try:
+                if json.loads(path.read_text()).get("rank") in ranks:
+                    path.unlink()
+            except (OSError, ValueError):
+                pass
+
+    def apply_swaps(self, attempt, hosts: list, spares: list) -> list:
+        """The hosts after the attempt's in-run replacements (a spare used leaves `spares`; the lost host is out)."""
+        if not attempt.swaps:
+            return hosts
+        by_name = {h.name: h for h in hosts + spares}
+        out = [by_name.get(attempt.swaps.get(h.name), h) for h in hosts]
+        spares[:] = [s for s in spares if s.name not in attempt.swaps.values()]
+        return out
+
+    def survived(self, attempt) -> bool:
+        """The attempt ended with only its replaced hosts failed or lost: the run is done."""
+        result = attempt.result
+        if not attempt.swaps or result.stopped_by is not None:
+            return False
+        lost = set(attempt.swaps)
+        return set(result.unreachable) <= lost and all(f.host in lost for f in result.failures)
 
     # ---- metrics --------------------------------------------------------------------------------------------
     def on_step(self, attempt, record: dict, seen_at: float, previous_step: int | None,
@@ -106,11 +247,21 @@ class WarmRestarts:
     async def kill_hung(self, attempt, stalled: list[dict], probe: dict) -> bool:
         """SIGKILL the stopped ranks (else every stalled one); True when the kill reached every host asked.
 
-        A stalled rank on a host the probe did not reach is a lost node: nothing is killed, the attempt is
-        stopped and restarted cold (warm restarts do not replace nodes yet)."""
+        A stalled rank on a host the probe did not reach is a lost node: nothing is killed; when the attempt has
+        spare keepers they get LOST_WAIT_S to replace it (True), else (or the second time) the attempt is stopped
+        and restarted cold (False)."""
         stalled = [b for b in stalled if b.get("host") and b.get("pid")]
-        if not stalled or any(b["host"] not in probe for b in stalled):
+        if not stalled:
             return False
+        gone = {b["host"] for b in stalled if b["host"] not in probe}
+        if gone:
+            if not attempt.plan.spares or gone & self.awaiting_loss:
+                return False
+            self.awaiting_loss |= gone
+            self.events.emit("warm_wait", attempt=attempt.number, hosts=sorted(gone), wait_s=LOST_WAIT_S,
+                             reason="unreachable: the keepers may replace it with a spare")
+            self.paused_until = time.time() + LOST_WAIT_S
+            return True
         stopped = {host: [pid for pid, state in states.items() if state in ("T", "t")] for host, states in probe.items()}
         targets = {h: p for h, p in stopped.items() if p} or pids_by_host(stalled)
         for pids in targets.values():  # before the kill: the keepers report the exits at once

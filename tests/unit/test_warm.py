@@ -181,3 +181,85 @@ def test_a_hang_kills_only_the_stopped_rank_and_says_whether_every_host_was_reac
     warm = WarmRestarts(_Events(), runner, hang_timeout=3)
     assert not asyncio.run(warm.kill_hung(_attempt(), stalled, {"a": {5: "S"}}))
     assert runner.asked is None
+
+
+def test_spare_hosts_get_spare_keepers_and_only_under_the_warm_launcher():
+    spec = engine("--config", "tiny", launcher="warm")
+    plan = build_plan(spec, [Host("a", 1), Host("b", 1)], [Host("s", 1)])
+    assert plan.hosts == ["a", "b"] and plan.world_size == 2 and [n.host for n in plan.started] == ["a", "b", "s"]
+    argv = plan.spares[0].argv
+    assert "--spare" in argv and "--host=s" in argv and not any(a.startswith("--node-rank") for a in argv)
+    assert {"--nnodes=2", "--world-size=2", "--master-addr=a"} <= set(argv)
+    assert "spare" in plan.describe()[-1] and plan.to_json()["spares"][0]["host"] == "s"
+    torchrun = build_plan(engine("--config", "tiny"), [Host("a", 1)], [Host("s", 1)])
+    assert torchrun.spares == ()
+
+
+def test_replica_server_keeps_the_newest_copies_and_serves_them_back(tmp_path):
+    import time
+
+    from orchestrator.engine.replica import ReplicaPusher, ReplicaServer, fetch
+
+    server = ReplicaServer(tmp_path / "peer")
+    try:
+        mine = tmp_path / "mine" / "rank3"
+        mine.mkdir(parents=True)
+        pusher = ReplicaPusher(tmp_path / "mine", ranks=lambda: [3], successor=lambda: ("127.0.0.1", server.port))
+        pusher.start()
+        for step in (1, 2, 3):
+            (mine / f"step-{step}.pt").write_bytes(bytes([step]) * 1000)
+            deadline = time.time() + 10
+            while pusher.sent.get(3) != step and time.time() < deadline:
+                time.sleep(0.01)
+        pusher.stop()
+        assert sorted(p.name for p in (tmp_path / "peer" / "rank3").iterdir()) == ["step-2.pt", "step-3.pt"]
+        spare = tmp_path / "spare" / "rank3"
+        assert fetch(("127.0.0.1", server.port), rank=3, into=spare) == [2, 3]
+        assert (spare / "step-3.pt").read_bytes() == bytes([3]) * 1000
+        assert fetch(("127.0.0.1", server.port), rank=9, into=tmp_path / "none") == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_lost_node_becomes_failure_diagnosis_and_replace_and_the_spare_stays_for_the_next_attempt(tmp_path):
+    import json
+
+    from orchestrator.launch.output import OutputLine
+    from orchestrator.supervisor.runner import AttemptResult
+    from orchestrator.supervisor.warm import WarmRestarts
+
+    beats = tmp_path / "heartbeat"
+    beats.mkdir()
+    for host, rank in (("a", 0), ("b", 1)):
+        (beats / f"{host}-rank{rank}.json").write_text(json.dumps({"host": host, "rank": rank}))
+    events, attempt = _Events(), _attempt()
+    warm = WarmRestarts(events, _Runner(()), hang_timeout=3, heartbeat_dir=beats)
+    text = event_line("node_lost", node_rank=1, host="b", silent_s=2.1, spare="s", generation=1)
+    warm.on_line(attempt, OutputLine("a", None, "stdout", text, text.encode()))
+    kinds = [k for k, _ in events.emitted]
+    assert kinds == ["failure", "diagnosis", "replace"]
+    assert events.emitted[1][1]["cause"] == "node_lost" and events.emitted[1][1]["action"] == "warm_replace"
+    assert [p.name for p in beats.iterdir()] == ["a-rank0.json"]  # the lost rank's beat would look like a hang
+    hosts, spares = [Host("a", 1), Host("b", 1)], [Host("s", 1), Host("t", 1)]
+    assert [h.name for h in warm.apply_swaps(attempt, hosts, spares)] == ["a", "s"] and [s.name for s in spares] == ["t"]
+    attempt.result = AttemptResult(exit_code=255, unreachable={"b": "connection lost"})
+    assert warm.survived(attempt)
+    attempt.result = AttemptResult(exit_code=255, unreachable={"a": "connection lost"})
+    assert not warm.survived(attempt)
+
+
+def test_an_unreachable_stalled_host_waits_for_the_spare_keepers_once():
+    import asyncio
+
+    from orchestrator.supervisor.warm import WarmRestarts
+
+    plan = build_plan(engine("--config", "tiny", launcher="warm"), [Host("a", 1), Host("b", 1)], [Host("s", 1)])
+    from orchestrator.supervisor.diagnosis import Attempt
+
+    attempt, runner = Attempt(0, plan, launched_at=0.0), _Runner({"a"})
+    warm = WarmRestarts(_Events(), runner, hang_timeout=3)
+    stalled = [{"host": "a", "pid": 5}, {"host": "b", "pid": 6}]
+    assert asyncio.run(warm.kill_hung(attempt, stalled, {"a": {5: "S"}}))  # the keepers may replace b
+    assert runner.asked is None  # the survivor waiting for b is not killed: its keeper replaces it
+    assert not asyncio.run(warm.kill_hung(attempt, stalled, {"a": {5: "S"}}))  # still gone: cold
