@@ -35,7 +35,8 @@ def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save
 
     step(n) trains step n and returns its metrics record; save(n) checkpoints on the --checkpoint-every schedule
     and returns fields for the record (checkpoint_stall_s: the seconds it blocked) or None; snapshot(n), when
-    given, runs on the train.snapshot_every schedule and returns fields (snapshot_stall_s); every step beats the
+    given, runs on the train.snapshot_every schedule after the step's record is written and returns fields
+    (snapshot_stall_s) for the next step's record; every step beats the
     heartbeat, rank 0 appends metrics.jsonl. `resumed` (e.g. {"resume_source": "memory"}) joins the first
     record after a resume, next to resumed_from.
     """
@@ -43,12 +44,11 @@ def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save
     writer = MetricsWriter(Path(t.run_dir) / "metrics.jsonl") if rank == 0 else None
     losses: list[float] = []
     try:
+        snapped: dict = {}
         for n in range(start + 1, t.steps + 1):
-            record = step(n)
+            record = step(n) | snapped
             if n == start + 1 and start:
                 record |= {"resumed_from": start, **(resumed or {})}
-            if snapshot is not None and t.snapshot_every and n % t.snapshot_every == 0:
-                record.update(snapshot(n) or {})
             if t.checkpoint_every and (n % t.checkpoint_every == 0 or n == t.steps):
                 heartbeat.beat(step=n, status="checkpointing")
                 record.update(save(n) or {})
@@ -56,6 +56,11 @@ def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save
             losses.append(record["loss"])
             if writer is not None:
                 writer.write(record)
+            # After the record: a snapshot restored later never skips a step whose loss was not written. Its
+            # stall goes into the next step's record.
+            snapped = {}
+            if snapshot is not None and t.snapshot_every and n % t.snapshot_every == 0:
+                snapped = snapshot(n) or {}
     finally:
         if writer is not None:
             writer.close()
