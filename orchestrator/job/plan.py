@@ -31,7 +31,7 @@ _FIELDS = {"--hosts": "hosts", "--hostfile": "hostfile", "--include": "include",
            "--spare-hosts": "supervise.spares", "--nodes": "supervise.nodes", "--health-check": "supervise.health_check",
            "--run-id": "name", "--preflight": "preflight", "--straggler-threshold": "supervise.straggler_threshold",
            "--straggler-steps": "supervise.straggler_steps", "--straggler-action": "supervise.straggler_action",
-           "--shared-run-dir": "supervise.shared_run_dir"}
+           "--shared-run-dir": "supervise.shared_run_dir", "--checkpoint-every": "run"}
 
 
 @contextlib.contextmanager
