@@ -32,7 +32,7 @@ def supervise(sb, run_dir: Path, run_id: str, *, steps: int, restart: str) -> su
             run_id, "--env", "OMP_NUM_THREADS=1", "--hang-timeout", "3", "--backoff", "0.5", "--restart", restart,
             "--no-shared-run-dir", "-m", "orchestrator.engine", "--", "--config", "tiny", "--steps", str(steps),
             "--run-dir", str(run_dir)]
-    return subprocess.Popen(argv, stdout=open(run_dir.parent / f"{run_id}.log", "w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(argv, stdout=open(run_dir.parent / f"{run_dir.name}.log", "w"), stderr=subprocess.STDOUT)
 
 
 def events(run_dir: Path) -> list[dict]:
@@ -45,9 +45,9 @@ def node_dir(sb, host: str, run_dir: Path) -> Path:
     return sb.host_dir(host) / "dirs" / str(run_dir).strip("/").replace("/", "_")
 
 
-def finish(proc: subprocess.Popen, run_dir: Path, run_id: str) -> list[dict]:
+def finish(proc: subprocess.Popen, run_dir: Path) -> list[dict]:
     try:
-        assert proc.wait(timeout=180) == 0, (run_dir.parent / f"{run_id}.log").read_text()[-3000:]
+        assert proc.wait(timeout=180) == 0, (run_dir.parent / f"{run_dir.name}.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -69,20 +69,31 @@ def check_private(sb, run_dir: Path, steps: int) -> None:
     assert logs and not any(b"\x1frelay" in p.read_bytes() for p in logs)
 
 
-def test_warm_restarts_see_a_kill_and_a_hang_through_relayed_heartbeats(private_sandbox, tmp_path):
-    sb, run_dir, steps = private_sandbox(nodes=2), tmp_path / "warm", 60
+def started(private_sandbox, tmp_path: Path, run_id: str, *, steps: int, restart: str, kill_at: int):
+    """A 2-host sandbox with private run dirs, a supervised run on it, and rank 1's heartbeat at step kill_at."""
+    sb, run_dir = private_sandbox(nodes=2), tmp_path / run_id
     run_dir.mkdir()
-    proc = supervise(sb, run_dir, "pwarm", steps=steps, restart="warm")
-    beat = wait_for(lambda: heartbeat(run_dir, 1, 10), timeout=150) and heartbeat(run_dir, 1, 10)
-    assert beat, (tmp_path / "pwarm.log").read_text()[-3000:]
+    proc = supervise(sb, run_dir, run_id, steps=steps, restart=restart)
+    return sb, run_dir, proc, training(run_dir, 1, kill_at, timeout=150)
+
+
+def training(run_dir: Path, rank: int, step: int, *, timeout: float, when=lambda: True) -> dict:
+    """The rank's heartbeat on the head (relayed) once it trains `step` and when() holds; else the test fails."""
+    assert wait_for(lambda: when() and heartbeat(run_dir, rank, step), timeout=timeout), \
+        (events(run_dir), (run_dir.parent / f"{run_dir.name}.log").read_text()[-3000:])
+    return heartbeat(run_dir, rank, step)
+
+
+def test_warm_restarts_see_a_kill_and_a_hang_through_relayed_heartbeats(private_sandbox, tmp_path):
+    steps = 60
+    sb, run_dir, proc, beat = started(private_sandbox, tmp_path, "pwarm", steps=steps, restart="warm", kill_at=10)
     table = orch("status", run_dir, "--once", timeout=30).stdout
     assert "running" in table and all(h in table for h in sb.hosts) and "training" in table, table
     os.kill(beat["pid"], signal.SIGKILL)
     assert wait_for(lambda: any(e["event"] == "warm_resumed" for e in events(run_dir)), timeout=60), events(run_dir)
-    beat = wait_for(lambda: heartbeat(run_dir, 0, 30), timeout=60) and heartbeat(run_dir, 0, 30)
-    assert beat, events(run_dir)
+    beat = training(run_dir, 0, 30, timeout=60)
     os.kill(beat["pid"], signal.SIGSTOP)  # no line says so: only the relayed heartbeat stops moving
-    evs = finish(proc, run_dir, "pwarm")
+    evs = finish(proc, run_dir)
     failures = [e for e in evs if e["event"] == "failure"]
     assert [f["kind"] for f in failures] == ["rank_exit", "hang"], failures
     assert failures[1]["stalled"][0]["rank"] == 0 and failures[1]["stalled"][0]["host"] == sb.hosts[0]
@@ -91,17 +102,12 @@ def test_warm_restarts_see_a_kill_and_a_hang_through_relayed_heartbeats(private_
 
 
 def test_cold_restarts_under_torchrun_see_a_kill_and_a_hang(private_sandbox, tmp_path):
-    sb, run_dir, steps = private_sandbox(nodes=2), tmp_path / "cold", 12
-    run_dir.mkdir()
-    proc = supervise(sb, run_dir, "pcold", steps=steps, restart="cold")
-    beat = wait_for(lambda: heartbeat(run_dir, 1, 3), timeout=150) and heartbeat(run_dir, 1, 3)
-    assert beat, (tmp_path / "pcold.log").read_text()[-3000:]
+    steps = 12
+    sb, run_dir, proc, beat = started(private_sandbox, tmp_path, "pcold", steps=steps, restart="cold", kill_at=3)
     os.kill(beat["pid"], signal.SIGKILL)
-    relaunched = lambda: sum(e["event"] == "launch" for e in events(run_dir)) == 2  # noqa: E731
-    beat = wait_for(lambda: relaunched() and heartbeat(run_dir, 0, 3), timeout=120) and heartbeat(run_dir, 0, 3)
-    assert beat, events(run_dir)
+    beat = training(run_dir, 0, 3, timeout=120, when=lambda: [e["event"] for e in events(run_dir)].count("launch") == 2)
     os.kill(beat["pid"], signal.SIGSTOP)
-    evs = finish(proc, run_dir, "pcold")
+    evs = finish(proc, run_dir)
     assert [e["kind"] for e in evs if e["event"] == "failure"] == ["rank_exit", "hang"]
     assert [e["cause"] for e in evs if e["event"] == "diagnosis"] == ["killed", "hang"]
     assert [e["event"] for e in evs].count("launch") == 3 and evs[-1]["event"] == "done"
