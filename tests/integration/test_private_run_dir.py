@@ -67,6 +67,9 @@ def check_private(sb, run_dir: Path, steps: int) -> None:
     assert not (first / "events.jsonl").exists()  # the supervisor's files are the head's alone
     logs = list((run_dir / "attempts").glob("*/logs/*.log"))
     assert logs and not any(b"\x1frelay" in p.read_bytes() for p in logs)
+    for host in sb.hosts:  # the node-local heartbeats went with the agents' temp dirs
+        left = sb.exec(host, ["ls", "/dev/shm", "/tmp"], capture_output=True, text=True).stdout.split()
+        assert not [name for name in left if name.startswith(f"orch-{run_dir.name}-")], left
 
 
 def started(private_sandbox, tmp_path: Path, run_id: str, *, steps: int, restart: str, kill_at: int):
