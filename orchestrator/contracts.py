@@ -6,8 +6,9 @@
     step_dir_name(40), parse_step_dir("step-40"), parse_step_dir(".step-50.partial")   # 'step-40', 40, None
     signal_exit_code(15)                     # 143: "stopped by signal N", shell style
 
-The node agent (remote/agent.py, agent.sh) travels inline and cannot import this module: it keeps its own
-copies of the token names, and tests/unit/test_contracts.py holds them equal to the values here.
+The node agent (remote/agent.py, agent.sh) and the supervisor's forwarder (supervisor/forwarder.py) travel inline
+and cannot import this module: they keep their own copies of the names, and tests/unit/test_contracts.py holds
+them equal to the values here.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import re
 import secrets
 import time
 
-__all__ = ["AGENT_TOKEN", "HEARTBEAT_ENV", "RUN_ID", "RUN_TMPDIR", "RUN_TOKEN", "STEP_TIMING_ENV", "new_run_id",
-           "parse_step_dir", "signal_exit_code", "step_dir_name"]
+__all__ = ["AGENT_TOKEN", "HEARTBEAT_ENV", "RELAY_KEY_ENV", "RUN_ID", "RUN_TMPDIR", "RUN_TOKEN", "STEP_TIMING_ENV",
+           "new_run_id", "parse_step_dir", "signal_exit_code", "step_dir_name"]
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 """A valid run id: 1-64 characters of A-Z a-z 0-9 . _ -, not starting with a punctuation character (it names
@@ -34,6 +35,10 @@ RUN_TMPDIR = "ORCH_RUN_TMPDIR"
 
 HEARTBEAT_ENV = "ORCH_HEARTBEAT_DIR"
 """Env var naming the directory where every rank writes its heartbeat file (engine/heartbeat.py)."""
+
+RELAY_KEY_ENV = "ORCH_RELAY_KEY"
+"""Env var carrying a supervised run's nonce to each node's forwarder: only lines marked with it are heartbeat or
+metrics records (supervisor/relay.py); the forwarder removes it from the launcher's env."""
 
 STEP_TIMING_ENV = "ORCH_STEP_TIMING"
 """Env var: "0" turns off the rank-local compute timing the heartbeat reports (straggler detection's input)."""

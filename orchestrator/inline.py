@@ -2,6 +2,7 @@
 
     python_source(Path("orchestrator/remote/agent.py"))   # the code without its docstrings
     sh_source(Path("orchestrator/remote/agent.sh"))       # the script without comment lines and indentation
+    shown_argv(argv)        # for plans: a source sent from here as '$(cat orchestrator/launch/rankprefix.py)'
 
 The source travels as an argument, so it shows in the node's `ps` and every node parses it on every start:
 what only people read stays on the head. Worked out once per path and process.
@@ -11,7 +12,11 @@ from __future__ import annotations
 
 import ast
 import functools
+from collections.abc import Sequence
 from pathlib import Path
+
+_SHOWN: dict[str, str] = {}  # source as sent -> how plans show it
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @functools.cache
@@ -23,7 +28,15 @@ def python_source(path: Path) -> str:
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
+    source = ast.unparse(tree)
+    resolved = path.resolve()
+    _SHOWN[source] = f"$(cat {resolved.relative_to(_PACKAGE_ROOT) if resolved.is_relative_to(_PACKAGE_ROOT) else path})"
+    return source
+
+
+def shown_argv(argv: Sequence[str]) -> list[str]:
+    """argv as printed in plans: each inline source made by python_source() as `$(cat its/path.py)`."""
+    return [_SHOWN.get(arg, arg) for arg in argv]
 
 
 @functools.cache

@@ -17,6 +17,9 @@ Inside salloc/sbatch, `--via slurm` runs each attempt as one srun step over the 
 among them) minus the excluded ones, health-checks nodes with single-node srun steps, and with
 --drain-bad-nodes drains what it excludes. Exit codes follow the requeue contract: 0 done, 2 configuration
 error (never retried), 1 gave up (restartable: `submit --max-restarts` may requeue the job).
+With --no-shared-run-dir the run dir may be private to each node (no shared file system): each node's launcher
+runs under a small forwarder that sends the ranks' heartbeats and the engine's metrics.jsonl lines back over the
+node's SSH session, into the head's run dir, where `orchestrator status` and the detectors read them.
 A node persistently slower than the median one is named a straggler (`straggler` event, `orchestrator status`)
 and, with a spare, swapped for it at the next checkpoint: --straggler-threshold 1.10 --straggler-steps 50
 --straggler-action replace|name|off.
@@ -53,7 +56,8 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
                ssh_option, user, port, connect_timeout, program, nodes, spare_hosts, max_restarts, hang_timeout,
                startup_timeout, health_check, health_timeout, no_progress_attempts, max_host_failures, backoff,
                backoff_max, model_parallel, global_batch, failure_grace, via, srun_opts, drain_bad_nodes,
-               restart, preflight, straggler_threshold, straggler_steps, straggler_action, **extra) -> int:
+               restart, preflight, straggler_threshold, straggler_steps, straggler_action, shared_run_dir,
+               **extra) -> int:
     import asyncio
 
     from orchestrator.check.preflight import describe as describe_preflight
@@ -81,7 +85,7 @@ def _supervise(*, hosts, hostfile, include, exclude, nproc_per_node, launcher, m
         backoff=backoff, backoff_max=backoff_max, model_parallel=model_parallel, global_batch=global_batch,
         hang_timeout=hang_timeout, startup_timeout=startup_timeout, health_check=health_check,
         health_timeout=health_timeout, restart=restart, straggler_threshold=straggler_threshold,
-        straggler_steps=straggler_steps, straggler_action=straggler_action))
+        straggler_steps=straggler_steps, straggler_action=straggler_action, shared_run_dir=shared_run_dir))
     cfg = plan.config
     checked = HostList(cfg.hosts + cfg.spares)  # the spares too: a bad one must not replace a bad host
     gate = preflight_plan(checked, check, on_failure="exclude") if check else None  # validates it
@@ -154,6 +158,11 @@ supervise_command = click.Command(
         click.Option(["--straggler-action"], type=click.Choice(["replace", "name", "off"]), default="replace",
                      show_default=True, help="replace: swap a straggler for a spare at the next checkpoint (with no "
                      "spare: name it); name: only name it (events, status); off: no detection, no timing."),
+        click.Option(["--shared-run-dir/--no-shared-run-dir"], default=True, show_default=True,
+                     help="--no-shared-run-dir: the run dir is not on a file system the head and the nodes share; "
+                          "each node's heartbeats and the engine's metrics.jsonl lines come back over its SSH "
+                          "session into the head's run dir (a node that does see the head's run dir writes there "
+                          "itself). Not with --via slurm, nor with the engine's --checkpoint-every."),
         click.Option(["--failure-grace"], type=float, default=2.0, show_default=True,
                      help="Seconds other nodes get to exit on their own after the first failure."),
         _program,

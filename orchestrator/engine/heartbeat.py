@@ -25,7 +25,8 @@ Contract (for the supervisor):
   differences two beats for the mean over any span of steps -- a median would miss a host under a CPU quota,
   whose pauses land in a short section in only some steps (measured: median unchanged, mean 4x). With
   ORCH_STEP_TIMING=0 nothing is timed and the fields are absent.
-The directory may be node-local (the supervisor reads it over its own SSH channel) or shared.
+The directory is shared with the supervisor's head, or node-local: under `supervise --no-shared-run-dir` a
+forwarder on each node sends the changed files to the head over SSH (supervisor/forwarder.py).
 """
 
 from __future__ import annotations

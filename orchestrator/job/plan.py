@@ -30,7 +30,8 @@ _FIELDS = {"--hosts": "hosts", "--hostfile": "hostfile", "--include": "include",
            "--python": "python", "--env": "env", "SCRIPT_OR_MODULE": "run", "-m": "run", "--launcher": "launcher",
            "--spare-hosts": "supervise.spares", "--nodes": "supervise.nodes", "--health-check": "supervise.health_check",
            "--run-id": "name", "--preflight": "preflight", "--straggler-threshold": "supervise.straggler_threshold",
-           "--straggler-steps": "supervise.straggler_steps", "--straggler-action": "supervise.straggler_action"}
+           "--straggler-steps": "supervise.straggler_steps", "--straggler-action": "supervise.straggler_action",
+           "--shared-run-dir": "supervise.shared_run_dir", "--checkpoint-every": "run"}
 
 
 @contextlib.contextmanager
@@ -97,7 +98,8 @@ class JobPlan:
                 hosts=",".join(h.name for h in self.hosts), via="slurm" if spec.slurm else "ssh", ssh=ssh, nodes=sup.nodes, spare_hosts=sup.spares,
                 max_restarts=sup.max_restarts, hang_timeout=sup.hang_timeout, health_check=sup.health_check,
                 restart=sup.restart, straggler_threshold=sup.straggler_threshold,
-                straggler_steps=sup.straggler_steps, straggler_action=sup.straggler_action))
+                straggler_steps=sup.straggler_steps, straggler_action=sup.straggler_action,
+                shared_run_dir=sup.shared_run_dir))
 
     def preflight(self):
         """(the hosts the gate checks, its CheckSpec), or None without `preflight: true`. The gate runs before the

@@ -78,6 +78,10 @@ class SuperviseSection:
     straggler_action: Literal["replace", "name", "off"] = field(default="replace", metadata=doc(
         "replace: swap a straggler for a spare at the next checkpoint (no spare: name it); name: only name it; "
         "off: no detection."))
+    shared_run_dir: bool = field(default=True, metadata=doc(
+        "false: the run dir is not on a file system the head and the nodes share; each node's heartbeats and the "
+        "engine's metrics.jsonl lines come back over its SSH session into the head's run dir. Not with slurm, "
+        "nor with the engine's --checkpoint-every."))
 
 
 @dataclass(frozen=True, kw_only=True)

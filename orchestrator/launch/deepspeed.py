@@ -32,17 +32,9 @@ from pathlib import Path
 
 from orchestrator.inline import python_source
 
-SHOWN_SOURCE = "$(cat orchestrator/launch/rankprefix.py)"
-
-
 def rank_prefix_source() -> str:
     """rankprefix.py as sent (docstrings and comments dropped: it shows in the nodes' `ps`)."""
     return python_source(Path(__file__).with_name("rankprefix.py"))
-
-
-def shown_argv(argv: Sequence[str]) -> list[str]:
-    """argv as printed in plans: the inline rankprefix.py source replaced by SHOWN_SOURCE."""
-    return [SHOWN_SOURCE if arg == rank_prefix_source() else arg for arg in argv]
 
 
 def world_info_b64(hosts: Sequence[tuple[str, Sequence[int]]]) -> str:

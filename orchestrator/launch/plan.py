@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from orchestrator.contracts import RUN_ID, RUN_TMPDIR
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, expand, fold
+from orchestrator.inline import shown_argv
 from orchestrator.launch import deepspeed, torchrun
 from orchestrator.launch.env import EnvManifest, redact_argv, redact_value
 
@@ -171,7 +172,7 @@ class LaunchPlan:
 
 
 def _shown_argv(argv: Sequence[str]) -> list[str]:
-    return redact_argv(deepspeed.shown_argv(argv))
+    return redact_argv(shown_argv(argv))
 
 
 def _shown(value: str) -> str:

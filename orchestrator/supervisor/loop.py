@@ -11,8 +11,9 @@ Each attempt is one orchestrator.launch plan (run id RUNID-aN, its logs under RU
 with ORCH_HEARTBEAT_DIR=RUN_DIR/heartbeat added to the ranks' env. The program must resume by itself from
 the newest complete checkpoint under its run dir (the engine does: `--run-dir` the same on every attempt);
 RUN_DIR is the program's `--run-dir` when it has one, so events.jsonl sits next to metrics.jsonl and
-checkpoints/ (what `orchestrator plot` and `orchestrator status` read). The run dir must be visible to the
-head and every node (a shared file system, as checkpoints must be anyway).
+checkpoints/ (what `orchestrator plot` and `orchestrator status` read). The run dir is on a file system the
+head and every node share, or, with shared_run_dir False, each node's heartbeats and metrics lines come back over
+its SSH session into the head's run dir (relay.py): this loop reads the same files either way.
 
 While an attempt runs, three detectors watch it (detect.py): the first torchrun "failed (exitcode" line
 (a rank exit, within ~0.3 s), the runner's own results (a node's launcher exit, a lost control connection),

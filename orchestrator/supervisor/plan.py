@@ -21,19 +21,21 @@ from the program's own arguments, read in one place (program_option):
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.contracts import HEARTBEAT_ENV, STEP_TIMING_ENV
+from orchestrator.contracts import HEARTBEAT_ENV, RELAY_KEY_ENV, STEP_TIMING_ENV
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, expand
 from orchestrator.selection import resolve_hosts
 from orchestrator.launch.env import EnvManifest
 from orchestrator.launch.plan import WARM_MODULE, LaunchPlan, LaunchSpec, build_plan
 from orchestrator.supervisor.policy import Limits
+from orchestrator.supervisor.relay import Relay, forward_plan, head_marker
 from orchestrator.supervisor.runner import AttemptRunner, SshAttempts
 from orchestrator.supervisor.straggler import StragglerOptions
 
@@ -66,6 +68,11 @@ class SupervisorConfig:
     disk is the fallback; 'cold': every failure ends the attempt."""
     restart_reason: str = ""
     straggler: StragglerOptions = StragglerOptions()
+    shared_run_dir: bool = True
+    """False: the nodes may not see the head's run dir; each node's launcher runs under the forwarder
+    (forwarder.py), which relays heartbeats and metrics lines over its SSH session (relay.py)."""
+    relay_key: str = ""
+    """The nonce that marks the forwarders' lines (shared_run_dir False)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +114,9 @@ class SuperviseOptions:
     straggler_steps: int = 50
     straggler_action: str = "replace"
     """'replace', 'name' or 'off' (straggler.py)."""
+    shared_run_dir: bool = True
+    """False: the run dir is not on a file system the head and the nodes share (heartbeats and metrics.jsonl lines
+    travel over SSH); not with --via slurm, nor with the engine's disk checkpoints."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +131,8 @@ class SupervisePlan:
     def to_json(self) -> dict:
         from orchestrator.launch.env import redact_argv
 
-        return {"run_dir": str(self.config.run_dir), "plan": self.first_attempt.to_json(),
+        return {"run_dir": str(self.config.run_dir), "shared_run_dir": self.config.shared_run_dir,
+                "plan": self.first_attempt.to_json(),
                 "restart": self.config.restart, "restart_reason": self.config.restart_reason,
                 "limits": vars(self.config.limits), "spares": [s.name for s in self.config.spares]} | (
             {"srun": redact_argv(self.srun)} if self.srun else {})
@@ -133,7 +144,9 @@ class SupervisePlan:
         lines = list(self.first_attempt.describe())
         if self.srun:
             lines.append(f"each attempt: {shlex.join(redact_argv(self.srun))}")
-        lines.append(f"supervised: run dir {cfg.run_dir}, nodes {limits.min_nodes}:{limits.max_nodes}, spares "
+        sharing = "" if cfg.shared_run_dir else (" (not shared: heartbeats and metrics.jsonl lines come back over "
+                                                 "each node's SSH session)")
+        lines.append(f"supervised: run dir {cfg.run_dir}{sharing}, nodes {limits.min_nodes}:{limits.max_nodes}, spares "
                      f"{','.join(s.name for s in cfg.spares) or '-'}, max restarts {limits.max_restarts}, "
                      f"hang timeout {cfg.hang_timeout:g} s, {_stragglers(cfg)}")
         lines.append(f"restarts: {cfg.restart} ({cfg.restart_reason})")
@@ -152,21 +165,31 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host], spares: 
                  store: str | None = None) -> LaunchPlan:
     """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env
     (and ORCH_STEP_TIMING=0 when straggler detection is off); under warm restarts a spare keeper on each spare,
-    and the keepers' store at `store` (HOST:PORT on the head) when given."""
+    and the keepers' store at `store` (HOST:PORT on the head) when given; with a run dir that is not shared,
+    every node's launcher under the forwarder (relay.py)."""
     spec = cfg.spec
     ours = {HEARTBEAT_ENV: str((cfg.run_dir / "heartbeat").resolve())}
     if cfg.straggler.action == "off":
         ours[STEP_TIMING_ENV] = "0"
+    if not cfg.shared_run_dir:
+        ours[RELAY_KEY_ENV] = cfg.relay_key
     env = EnvManifest(values={**spec.env.values, **ours},
                       sources={**spec.env.sources, **dict.fromkeys(ours, "supervisor")})
-    return build_plan(replace(spec, run_id=f"{spec.run_id}-a{number}", run_dir=str(cfg.run_dir / "attempts"),
+    plan = build_plan(replace(spec, run_id=f"{spec.run_id}-a{number}", run_dir=str(cfg.run_dir / "attempts"),
                               env=env, store=store), hosts, spares if cfg.restart == "warm" else ())
+    if cfg.shared_run_dir:
+        return plan
+    base = program_option(spec.program, "--run-dir")  # the engine's metrics.jsonl, on each node
+    return forward_plan(plan, marker=head_marker(cfg.run_dir, plan.run_id),
+                        metrics=f"{base.rstrip('/')}/metrics.jsonl" if base else None, every=cfg.poll_s)
 
 
 def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
                    environ: Mapping[str, str] = os.environ) -> SupervisePlan:
     """The supervised run of `spec` (ConfigError on bad input; nothing is written or started)."""
     steps = _slurm_steps(opts, environ)
+    if not opts.shared_run_dir:
+        _check_unshared(spec, steps)
     restart, restart_reason = restart_mode(spec, opts)
     if restart == "warm":  # snapshots go to the agent's per-run temp dir: host memory, removed however the run ends
         spec = replace(spec, launcher="warm", node_tmp_dir=WARM_TMP_DIR)
@@ -190,11 +213,26 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
         health_command=tuple(shlex.split(opts.health_check)) if opts.health_check else (),
         health_timeout=opts.health_timeout, restart=restart, restart_reason=restart_reason,
         straggler=StragglerOptions(threshold=opts.straggler_threshold, steps=opts.straggler_steps,
-                                   action=opts.straggler_action))
+                                   action=opts.straggler_action),
+        shared_run_dir=opts.shared_run_dir, relay_key="" if opts.shared_run_dir else secrets.token_hex(8))
     first = attempt_plan(cfg, 0, cfg.hosts, cfg.spares)
     if steps is None:
-        return SupervisePlan(cfg, first, SshAttempts(ssh=opts.ssh, failure_grace=opts.failure_grace))
+        relay = None if cfg.shared_run_dir else Relay(cfg.relay_key, cfg.run_dir)
+        return SupervisePlan(cfg, first, SshAttempts(ssh=opts.ssh, failure_grace=opts.failure_grace, relay=relay))
     return SupervisePlan(cfg, first, steps, srun=steps.argv(first))  # argv() checks the step fits the allocation
+
+
+def _check_unshared(spec: LaunchSpec, steps) -> None:
+    """ConfigError for what a run dir private to each node cannot do (--no-shared-run-dir)."""
+    if steps is not None:
+        raise ConfigError("--shared-run-dir", False, "--via slurm needs a run dir every node shares (its "
+                          "heartbeats are read there); share the run dir or supervise over SSH")
+    every = program_option(spec.program, "--checkpoint-every")
+    if spec.module and spec.program[0] == WARM_MODULE and every not in (None, "0"):
+        raise ConfigError("--checkpoint-every", every, "the engine's checkpoints need a run dir every rank sees "
+                          "(each node would hold only its own shards): with --no-shared-run-dir drop "
+                          "--checkpoint-every (a failed rank restarts warm from memory snapshots; a cold restart "
+                          "starts over at step 0), or put --run-dir on a shared file system")
 
 
 def restart_mode(spec: LaunchSpec, opts: SuperviseOptions) -> tuple[str, str]:

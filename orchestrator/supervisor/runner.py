@@ -80,16 +80,29 @@ class AttemptRunner(Protocol):
 
 
 class SshAttempts:
-    """Attempts as orchestrator.launch runs over SSH; health checks, probes and stack dumps through the same fan-out."""
+    """Attempts as orchestrator.launch runs over SSH; health checks, probes and stack dumps through the same fan-out.
 
-    def __init__(self, *, ssh=None, transport=None, failure_grace: float = 2.0):
-        self.ssh, self.transport, self.failure_grace = ssh, transport, failure_grace
+    relay: a run dir the nodes do not share (relay.py): the nodes' heartbeat and metrics records are taken out of
+    the attempt's output and written into the head's run dir."""
+
+    def __init__(self, *, ssh=None, transport=None, failure_grace: float = 2.0, relay=None):
+        self.ssh, self.transport, self.failure_grace, self.relay = ssh, transport, failure_grace, relay
 
     async def run_attempt(self, plan: LaunchPlan, *, sink: Sink, stop: asyncio.Event) -> AttemptResult:
         from orchestrator.launch.runner import run_plan_async
+        from orchestrator.remote.fanout import default_transport
+        from orchestrator.supervisor.relay import RelayTransport
 
-        result = await run_plan_async(plan, ssh=self.ssh, transport=self.transport, sink=sink,
-                                      failure_grace=self.failure_grace, stop=stop)
+        transport = self.transport
+        if self.relay is not None:
+            self.relay.mark(plan.run_id)
+            transport = RelayTransport(self.transport or default_transport(plan.hosts, self.ssh), self.relay)
+        try:
+            result = await run_plan_async(plan, ssh=self.ssh, transport=transport, sink=sink,
+                                          failure_grace=self.failure_grace, stop=stop)
+        finally:
+            if self.transport is None and transport is not None:  # made here: closed here
+                await transport.aclose()
         return AttemptResult.from_launch(result)
 
     async def check_hosts(self, hosts: Sequence[str], *, command: Sequence[str] | None,

@@ -10,6 +10,7 @@ import pytest
 from orchestrator import contracts
 from orchestrator.remote import agent
 from orchestrator.remote.fanout import sh_agent_source
+from orchestrator.supervisor import forwarder, relay
 
 ENGINE = Path(contracts.__file__).parent / "engine"
 
@@ -19,6 +20,9 @@ def test_the_inline_agents_keep_the_contracts_values():
         (contracts.RUN_TOKEN, contracts.AGENT_TOKEN, contracts.RUN_TMPDIR)
     assert f"{contracts.RUN_TOKEN}=$r {contracts.AGENT_TOKEN}=$$ " in sh_agent_source()
     assert all(agent.signal_exit_code(s) == contracts.signal_exit_code(s) for s in signal.valid_signals())
+    assert (forwarder.HEARTBEAT_ENV, forwarder.RUN_TMPDIR, forwarder.RELAY_KEY_ENV) == \
+        (contracts.HEARTBEAT_ENV, contracts.RUN_TMPDIR, contracts.RELAY_KEY_ENV)
+    assert forwarder.MARK.decode() == relay.MARK
 
 
 def test_run_ids():

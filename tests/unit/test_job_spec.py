@@ -139,3 +139,15 @@ def test_examples_plan(capsys, monkeypatch, tmp_path):
     code, out, _ = up(capsys, str(examples / "engine-slurm.yaml"), "--dry-run", "--json")
     doc = json.loads(out)
     assert code == 0 and doc["supervised"] and doc["plan"]["srun"][0] == "srun"
+
+
+def test_a_run_dir_the_nodes_do_not_share(job_dir, capsys):
+    engine = "run: -m orchestrator.engine --config tiny --run-dir /data/r1"
+    (job_dir / "job.yaml").write_text(SMALLEST.replace("run: train.py --steps 3", engine) +
+                                      "supervise: {shared_run_dir: false}\n")
+    code, out, _ = up(capsys, str(job_dir / "job.yaml"), "--dry-run", "--json", "--run-dir", str(job_dir / "runs"))
+    assert code == 0 and json.loads(out)["plan"]["shared_run_dir"] is False
+    (job_dir / "job.yaml").write_text(SMALLEST.replace("run: train.py --steps 3", engine + " --checkpoint-every 5") +
+                                      "supervise: {shared_run_dir: false}\n")
+    code, out, err = up(capsys, str(job_dir / "job.yaml"), "--dry-run")
+    assert code == 2 and err.startswith("orchestrator: config error: job.yaml:run='5': the engine's checkpoints")

@@ -10,7 +10,7 @@ from orchestrator.contracts import RUN_TMPDIR, new_run_id
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, HostList, apply_filter
 from orchestrator.selection import resolve_hosts
-from orchestrator.launch.deepspeed import SHOWN_SOURCE, rank_prefix_source, world_info_b64
+from orchestrator.launch.deepspeed import rank_prefix_source, world_info_b64
 from orchestrator.launch.env import REDACTED, build_env_manifest
 from orchestrator.launch.plan import LaunchSpec, build_plan, default_master_port, per_host_values
 from orchestrator.launch.rundir import RunDir, log_name
@@ -113,7 +113,7 @@ def test_deepspeed_plan_without_deepspeed_installed():
     assert tail[:6] == ("--no_python", "--no_local_rank", "/venv/bin/python", "-I", "-S", "-c")
     assert tail[6] == rank_prefix_source() and tail[7:] == ("3", "/venv/bin/python", "-u", "train.py", "--lr", "3e-4")
     shown = plan.to_json()["nodes"][3]["argv"]
-    assert SHOWN_SOURCE in shown and rank_prefix_source() not in shown
+    assert "$(cat orchestrator/launch/rankprefix.py)" in shown and rank_prefix_source() not in shown
     assert "  node4 slots=2" in plan.describe()
 
 
