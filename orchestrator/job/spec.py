@@ -3,6 +3,7 @@
     job = load_job("job.yaml", sets=["nproc_per_node=4", "supervise.max_restarts=5"])
     job.spec.run_argv, job.spec.module     # ("train.py", "--steps", "3"), False
     job.path("data/")                      # a path of the job file relative to its directory, made absolute
+    job.data()                             # the job as plain data, paths absolute (load_job reads it back anywhere)
     job_schema()                           # the JSON Schema `orchestrator up --schema` prints
 
 The smallest job file:
@@ -20,6 +21,7 @@ shell words (shlex) and never given to a shell; `run: -m package.module --flag` 
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +145,21 @@ class Job:
 
     def path(self, relative: str) -> Path:
         return (self.source.parent / Path(relative).expanduser()).resolve()
+
+    def data(self) -> dict:
+        """The spec as a job file's mapping (--set applied), its paths absolute: written next to a submitted run
+        and read back by the batch step, which starts in another directory and must not see later edits."""
+        def plain(value):
+            if isinstance(value, (tuple, list)):
+                return [plain(v) for v in value]
+            return {k: plain(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+        data = plain(dataclasses.asdict(self.spec))
+        for name in ("workdir", "hostfile"):
+            if data[name] is not None:
+                data[name] = str(self.path(data[name]))
+        data["env_files"] = [str(self.path(f)) for f in data["env_files"]]
+        return data
 
 
 def job_schema() -> dict:
