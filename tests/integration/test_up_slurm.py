@@ -117,3 +117,33 @@ def test_stop_of_a_submitted_job_file_cancels_it(cluster, job):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_stop_cancels_the_slurm_job_of_a_killed_up(cluster, job):
+    """The head's `up` dies (SIGKILL: a closed terminal, a lost login node): the batch job runs on, and `stop`
+    cancels it itself."""
+    sb, _ = cluster
+    run_id = "outside-lost"
+    engine = job / "engine-lost"
+    proc = subprocess.Popen([*ORCH, "up", "slurm.yaml", *ssh(sb), "--run-id", run_id, "--set",
+                             f"run=-m orchestrator.engine --config tiny --steps 100000 --run-dir {engine}"],
+                            cwd=job, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: len(steps(engine)) >= 2 or proc.poll() is not None, timeout=120), "no steps"
+        proc.kill()
+        proc.wait()
+        rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
+        assert rows[run_id]["state"] == "lost"
+        stopped = orch("stop", run_id, "--timeout", "60", cwd=job)
+        assert stopped.returncode == 0 and "cancelled Slurm job" in stopped.stderr, stopped.stderr
+        job_id = json.loads((job / "runs" / run_id / "job.json").read_text())["slurm_job"]
+        assert not [line for line in active_jobs() if line.split()[:1] == [job_id]]
+        assert wait_clean(sb) == {}
+        rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
+        assert rows[run_id]["state"] == "stopped"
+        again = orch("stop", run_id, cwd=job)
+        assert again.returncode == 2 and "not running" in again.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
