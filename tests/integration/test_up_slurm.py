@@ -147,3 +147,14 @@ def test_stop_cancels_the_slurm_job_of_a_killed_up(cluster, job):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_supervised_slurm_job_file_from_outside(cluster, job):
+    """`supervise:` too (examples/engine-slurm.yaml): the batch step runs the supervisor, attempts as srun steps."""
+    out = orch("up", "slurm.yaml", *ssh(cluster[0]), "--run-id", "outside-supervised", "--set",
+               "supervise.max_restarts=0", "--set",
+               f"run=-m orchestrator.engine --config tiny --steps 3 --run-dir {job}/engine-supervised", cwd=job)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "outcome: done" in out.stdout and steps(job / "engine-supervised")[-1] == 3
+    rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
+    assert rows["outside-supervised"]["state"] == "done"
