@@ -35,7 +35,8 @@ _FIELDS = {"--hosts": "hosts", "--hostfile": "hostfile", "--include": "include",
            "--run-id": "name", "--preflight": "preflight", "--straggler-threshold": "supervise.straggler_threshold",
            "--straggler-steps": "supervise.straggler_steps", "--straggler-action": "supervise.straggler_action",
            "--time": "slurm.time", "--partition": "slurm.partition", "--account": "slurm.account",
-           "--gpus-per-node": "slurm.gpus_per_node", "--job-name": "name"}
+           "--gpus-per-node": "slurm.gpus_per_node", "--job-name": "name", "--container": "container",
+           "--container-mount": "container_mounts"}
 
 
 @contextlib.contextmanager
@@ -92,13 +93,14 @@ class JobPlan:
                           workdir=where, env=self.env, run_dir=self.run_dir)
 
     def launch_plan(self, workdirs: Mapping[str, str] | None = None) -> LaunchPlan:
+        from orchestrator.containers.run import ContainerSpec, containerize
+
+        spec = self.job.spec
         with job_fields(self.job):
             plan = build_plan(self.launch_spec(workdirs), self.hosts)
-        if self.job.spec.container:
-            from orchestrator.containers.run import ContainerSpec, containerize
-
-            plan = containerize(plan, ContainerSpec(image=self.job.spec.container,
-                                                    python=self.job.spec.container_python))
+            if spec.container:
+                plan = containerize(plan, ContainerSpec(image=spec.container, python=spec.container_python,
+                                                        mounts=spec.container_mounts, gpus=spec.container_gpus))
         return plan
 
     def supervise_plan(self, workdirs: Mapping[str, str] | None = None, *, ssh=None):

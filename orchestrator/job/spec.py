@@ -111,6 +111,10 @@ class JobSpec:
     container: str | None = field(default=None, metadata=doc("Run each node's launcher in this docker image "
                                                              "(load it first with `orchestrator images load`)."))
     container_python: str = field(default="python3", metadata=doc("The interpreter inside the container image."))
+    container_mounts: list[str] = field(default_factory=tuple, metadata=doc(
+        "Bind mounts into the container, SRC:DST or SRC:DST:ro, absolute paths on the nodes (data, checkpoints)."))
+    container_gpus: bool = field(default=False, metadata=doc("Give the container the node's GPUs (docker run --gpus "
+                                                             "all; the NVIDIA container toolkit on the nodes)."))
     supervise: SuperviseSection | None = field(default=None, metadata=doc(
         "Supervise the run (restarts, spares, hang detection) instead of a plain launch."))
     preflight: bool = field(default=False, metadata=doc(
@@ -199,6 +203,13 @@ def _check(spec: JobSpec, where: str) -> None:
         raise bad("hostfile", spec.hostfile, "give hosts or hostfile, not both")
     if spec.slurm is not None and (spec.hosts is not None or spec.hostfile is not None):
         raise bad("slurm", f"slurm and {'hosts' if spec.hosts is not None else 'hostfile'}", "give slurm or hosts/hostfile, not both (the allocation chooses the hosts)")
+    if spec.container is None and (spec.container_mounts or spec.container_gpus):
+        field_name = "container_mounts" if spec.container_mounts else "container_gpus"
+        raise bad(field_name, getattr(spec, field_name), "set container: IMAGE too, or remove the field")
+    if spec.container is not None and (spec.slurm is not None or spec.supervise is not None):
+        other = "slurm" if spec.slurm is not None else "supervise"
+        raise bad("container", spec.container, f"containers run over SSH without {other}: (srun steps and the "
+                                                f"supervisor start the ranks on the nodes' python); drop one of them")
     if spec.include is not None and spec.exclude is not None:
         raise bad("include", spec.include, "give include or exclude, not both")
     try:

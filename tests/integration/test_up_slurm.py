@@ -9,15 +9,17 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from orch_cli import ORCH, orch
+from orch_cli import orch
 from probes import wait_clean
+from run_tokens import wait_for
+from up_runs import job_rows, metric_steps, stop_from_another_process, up_in_background
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(240)]
+
 
 @pytest.fixture(scope="module")
 def cluster(slurm_sandbox_factory):
@@ -50,24 +52,20 @@ def ssh(sb) -> list[str]:
     return ["--ssh-config", str(sb.ssh_config), "--connect-timeout", "5"]
 
 
-def active_jobs() -> list[str]:
-    return subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, check=True).stdout.split("\n")
+def queued(job_id: str) -> bool:
+    """The job is still in squeue (pending, running or completing)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    return job_id in out.split()
 
 
-def wait_until(check, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
-def steps(engine: Path) -> list[int]:
-    try:
-        return [json.loads(line)["step"] for line in (engine / "metrics.jsonl").read_text().splitlines()]
-    except (OSError, ValueError, KeyError):
-        return []
+def training(job: Path, sb, run_id: str, engine: str) -> subprocess.Popen:
+    """`up` of slurm.yaml with an endless engine run, once it has trained two steps."""
+    proc = up_in_background(job, "slurm.yaml", *ssh(sb), "--run-id", run_id, "--set",
+                            f"run=-m orchestrator.engine --config tiny --steps 100000 --run-dir {job / engine}",
+                            output=job / f"{run_id}.out")
+    assert wait_for(lambda: len(metric_steps(job / engine)) >= 2 or proc.poll() is not None, timeout=120)
+    assert proc.poll() is None, (job / f"{run_id}.out").read_text()[-3000:]
+    return proc
 
 
 def test_slurm_job_file_from_outside_an_allocation_trains_and_records(cluster, job):
@@ -80,11 +78,11 @@ def test_slurm_job_file_from_outside_an_allocation_trains_and_records(cluster, j
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "submitted Slurm job" in out.stderr
     assert "[orch] sync 1 files" in out.stdout and out.stdout.count(": setup: synced") == 2   # inside the allocation
-    assert steps(job / "engine")[-1] == 4
+    assert metric_steps(job / "engine")[-1] == 4
     record = json.loads((job / "runs" / "outside" / "job.json").read_text())
     assert record["slurm_job"].isdigit() and record["exit_code"] == 0
-    rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
-    assert rows["outside"]["state"] == "done" and rows["outside"]["name"] == "tiny"
+    row = job_rows(job)["outside"]
+    assert row["state"] == "done" and row["name"] == "tiny"
     logs = orch("logs", "outside", cwd=job)
     assert "trained steps 1-4" in logs.stdout, logs.stdout[-2000:]
     assert wait_clean(sb) == {}
@@ -93,30 +91,19 @@ def test_slurm_job_file_from_outside_an_allocation_trains_and_records(cluster, j
 def test_stop_of_a_submitted_job_file_cancels_it(cluster, job):
     sb, _ = cluster
     run_id = "outside-stop"
-    engine = job / "engine-stop"
-    proc = subprocess.Popen([*ORCH, "up", "slurm.yaml", *ssh(sb), "--run-id", run_id, "--set",
-                             f"run=-m orchestrator.engine --config tiny --steps 100000 --run-dir {engine}"],
-                            cwd=job, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = training(job, sb, run_id, "engine-stop")
     try:
-        assert wait_until(lambda: len(steps(engine)) >= 2 or proc.poll() is not None, timeout=120), "no steps"
-        assert proc.poll() is None, proc.communicate()
         job_id = json.loads((job / "runs" / run_id / "job.json").read_text())["slurm_job"]
-        assert any(line.split()[0] == job_id for line in active_jobs() if line)
-        follow = subprocess.Popen([*ORCH, "logs", run_id, "--follow"], cwd=job, stdout=subprocess.PIPE, text=True)
-        stopped = orch("stop", run_id, "--timeout", "60", cwd=job)
-        assert stopped.returncode == 0, stopped.stderr
-        assert "stopped" in stopped.stdout
-        assert proc.wait(timeout=30) == 128 + 15
-        assert "cancelled Slurm job" in proc.stderr.read()
-        follow.communicate(timeout=30)  # --follow ends with the run
-        assert not [line for line in active_jobs() if line.split()[:1] == [job_id]]
+        assert queued(job_id)
+        stop_from_another_process(job, run_id, proc)
+        assert "cancelled Slurm job" in (job / f"{run_id}.out").read_text()
+        assert not queued(job_id)
         assert wait_clean(sb) == {}
-        rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
-        assert rows[run_id]["state"] == "stopped" and rows[run_id]["exit"] == "143"
+        assert (job_rows(job)[run_id]["state"], job_rows(job)[run_id]["exit"]) == ("stopped", "143")
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
 
 
 def test_stop_cancels_the_slurm_job_of_a_killed_up(cluster, job):
@@ -124,29 +111,17 @@ def test_stop_cancels_the_slurm_job_of_a_killed_up(cluster, job):
     cancels it itself."""
     sb, _ = cluster
     run_id = "outside-lost"
-    engine = job / "engine-lost"
-    proc = subprocess.Popen([*ORCH, "up", "slurm.yaml", *ssh(sb), "--run-id", run_id, "--set",
-                             f"run=-m orchestrator.engine --config tiny --steps 100000 --run-dir {engine}"],
-                            cwd=job, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_until(lambda: len(steps(engine)) >= 2 or proc.poll() is not None, timeout=120), "no steps"
-        proc.kill()
-        proc.wait()
-        rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
-        assert rows[run_id]["state"] == "lost"
-        stopped = orch("stop", run_id, "--timeout", "60", cwd=job)
-        assert stopped.returncode == 0 and "cancelled Slurm job" in stopped.stderr, stopped.stderr
-        job_id = json.loads((job / "runs" / run_id / "job.json").read_text())["slurm_job"]
-        assert not [line for line in active_jobs() if line.split()[:1] == [job_id]]
-        assert wait_clean(sb) == {}
-        rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
-        assert rows[run_id]["state"] == "stopped"
-        again = orch("stop", run_id, cwd=job)
-        assert again.returncode == 2 and "not running" in again.stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = training(job, sb, run_id, "engine-lost")
+    proc.kill()
+    proc.wait()
+    assert job_rows(job)[run_id]["state"] == "lost"
+    stopped = orch("stop", run_id, "--timeout", "60", cwd=job)
+    assert stopped.returncode == 0 and "cancelled Slurm job" in stopped.stderr, stopped.stderr
+    assert not queued(json.loads((job / "runs" / run_id / "job.json").read_text())["slurm_job"])
+    assert wait_clean(sb) == {}
+    assert job_rows(job)[run_id]["state"] == "stopped"
+    again = orch("stop", run_id, cwd=job)
+    assert again.returncode == 2 and "not running" in again.stderr
 
 
 def test_supervised_slurm_job_file_from_outside(cluster, job):
@@ -155,6 +130,5 @@ def test_supervised_slurm_job_file_from_outside(cluster, job):
                "supervise.max_restarts=0", "--set",
                f"run=-m orchestrator.engine --config tiny --steps 3 --run-dir {job}/engine-supervised", cwd=job)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "outcome: done" in out.stdout and steps(job / "engine-supervised")[-1] == 3
-    rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
-    assert rows["outside-supervised"]["state"] == "done"
+    assert "outcome: done" in out.stdout and metric_steps(job / "engine-supervised")[-1] == 3
+    assert job_rows(job)["outside-supervised"]["state"] == "done"

@@ -94,6 +94,10 @@ BAD = [
     ("reserved env", "env: {RANK: '1'}\n", "env", "set per rank"),
     ("straggler threshold", "supervise: {straggler_threshold: 0.9}\n", "supervise.straggler_threshold", "above 1"),
     ("straggler action", "supervise: {straggler_action: kill}\n", "supervise.straggler_action", "replace, name"),
+    ("mounts without container", "container_mounts: [/data:/data]\n", "container_mounts", "set container"),
+    ("bad container mount", "container: img\ncontainer_mounts: [data:/data]\n", "container_mounts", "absolute"),
+    ("supervised container", "container: img\nsupervise: {}\n", "container", "drop one"),
+    ("slurm time", "hosts: null\nslurm: {nodes: 2, time: soon}\n", "slurm.time", "D-HH:MM:SS"),
 ]
 
 
