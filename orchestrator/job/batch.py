@@ -3,7 +3,8 @@
     spec = submit_spec(jp, ssh)                # sbatch options from `slurm:`; the batch step is `up SPEC --inside`
     render_sbatch(spec)                        # the script `up --dry-run` shows
     rc = submit_and_follow(jp, ssh, run)       # RUN/spec.json + RUN/job.sbatch, sbatch, RUN/logs/batch.log streamed;
-                                               # the job's exit code; Ctrl-C or SIGTERM (`stop`) scancels first
+                                               # the job's exit code; Ctrl-C or SIGTERM (`stop`) scancels first;
+                                               # job.json gets slurm_job, then the hosts once the job has them
 
 The batch step runs `PYTHON -m orchestrator up RUN/spec.json --inside --run-id ID --run-dir DIR [ssh options]`
 on the allocation's first node with the job's `python` (the srun step's node entry needs orchestrator in that
@@ -64,8 +65,12 @@ def submit_and_follow(jp, ssh, run: Path) -> int:
     record_update(run, slurm_job=job_id)
     log = log_path(spec, job_id)
     click.echo(f"[orch] submitted Slurm job {job_id} ({spec.nodes} nodes); output in {log}", err=True)
+
+    def started(job: slurm.Job) -> None:  # `jobs` shows the nodes, `logs --host` accepts them
+        record_update(run, hosts=slurm.nodelist(job.nodes))
+
     try:
-        return follow(job_id, log, out=sys.stdout)
+        return follow(job_id, log, out=sys.stdout, on_start=started)
     except KeyboardInterrupt:
         slurm.cancel(job_id)
         click.echo(f"[orch] cancelled Slurm job {job_id}; waiting for it to end", err=True)

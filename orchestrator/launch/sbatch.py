@@ -134,11 +134,16 @@ def submit_script(script: Path, *, env: Mapping[str, str], extra_options: Sequen
 
 
 def follow(job_id: str, log: Path, *, out: IO[str], poll: float = POLL_S,
-           sleep: Callable[[float], None] = time.sleep) -> int:
-    """Stream the job's log to `out` until the job ends; return its exit code (the contract's, 0/1/2/...)."""
+           sleep: Callable[[float], None] = time.sleep,
+           on_start: Callable[[slurm.Job], None] | None = None) -> int:
+    """Stream the job's log to `out` until the job ends; return its exit code (the contract's, 0/1/2/...).
+    `on_start` is called once with the job when Slurm has given it its nodes."""
     position, job = 0, None
     while True:
         job = slurm.job(job_id)
+        if on_start is not None and job is not None and job.nodes and job.state != "PENDING":
+            on_start(job)
+            on_start = None
         position = _copy_new(log, position, out)
         if job is None or job.finished:
             break

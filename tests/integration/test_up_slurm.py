@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.hosts import fold
 from orch_cli import orch
 from probes import wait_clean
 from run_tokens import wait_for
@@ -82,7 +83,8 @@ def test_slurm_job_file_from_outside_an_allocation_trains_and_records(cluster, j
     record = json.loads((job / "runs" / "outside" / "job.json").read_text())
     assert record["slurm_job"].isdigit() and record["exit_code"] == 0
     row = job_rows(job)["outside"]
-    assert row["state"] == "done" and row["name"] == "tiny"
+    assert (row["state"], row["name"], row["hosts"]) == ("done", "tiny", fold(sb.hosts))
+    assert f"{sb.hosts[1]}: setup: synced" in orch("logs", "outside", "--host", sb.hosts[1], cwd=job).stdout
     logs = orch("logs", "outside", cwd=job)
     assert "trained steps 1-4" in logs.stdout, logs.stdout[-2000:]
     assert wait_clean(sb) == {}
