@@ -70,6 +70,8 @@ def up_command(job_file, sets, run_dir, run_id, dry_run, as_json, schema, inside
 
 
 class _Stopped(KeyboardInterrupt):
+    """Ctrl-C's exception for a SIGTERM (`orchestrator stop`), which keeps the signal for the exit code (143)."""
+
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum

@@ -109,7 +109,8 @@ class JobPlan:
         spec, sup = self.job.spec, self.job.spec.supervise
         with job_fields(self.job):
             return plan_supervise(self.launch_spec(workdirs), environ=self.stand_in or os.environ, opts=SuperviseOptions(
-                hosts=",".join(h.name for h in self.hosts), via="slurm" if spec.slurm else "ssh", ssh=ssh, nodes=sup.nodes, spare_hosts=sup.spares,
+                hosts=",".join(h.name for h in self.hosts), via="slurm" if spec.slurm else "ssh", ssh=ssh,
+                nodes=sup.nodes, spare_hosts=sup.spares,
                 max_restarts=sup.max_restarts, hang_timeout=sup.hang_timeout, health_check=sup.health_check,
                 restart=sup.restart, straggler_threshold=sup.straggler_threshold,
                 straggler_steps=sup.straggler_steps, straggler_action=sup.straggler_action))

@@ -1,4 +1,5 @@
-"""Batch jobs for `orchestrator submit`: render an sbatch script, check it with Slurm, submit it, follow it.
+"""Batch jobs for `orchestrator submit` (and for `up` of a `slurm:` job file outside an allocation, whose batch
+step runs `up --inside`: orchestrator.job.batch): render an sbatch script, check it with Slurm, submit, follow.
 
     spec = SubmitSpec(nodes=4, gpus_per_node=2, time="01:00:00", requeue=True, python="/opt/venv/bin/python",
                       launch_args=("--nproc-per-node", "2", "-m", "orchestrator.engine", "--", "--config", "tiny"),

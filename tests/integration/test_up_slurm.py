@@ -87,6 +87,8 @@ def test_slurm_job_file_from_outside_an_allocation_trains_and_records(cluster, j
     assert f"{sb.hosts[1]}: setup: synced" in orch("logs", "outside", "--host", sb.hosts[1], cwd=job).stdout
     logs = orch("logs", "outside", cwd=job)
     assert "trained steps 1-4" in logs.stdout, logs.stdout[-2000:]
+    rank0 = orch("logs", "outside", "--rank", "0", cwd=job).stdout.splitlines()  # srun's lines: [rank0]: ...
+    assert rank0 and all(line.startswith("[rank0]: ") for line in rank0) and "trained steps 1-4" in rank0[-1]
     assert wait_clean(sb) == {}
 
 
