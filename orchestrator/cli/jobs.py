@@ -5,8 +5,10 @@
     $ orchestrator stop RUN [--timeout 30]               # SIGTERM to the run's launcher; waits for its teardown
 
 `stop` signals the `orchestrator up` process recorded in RUN/job.json (checked by pid and process start time);
-that process then closes every session, and each node's agent kills the run's processes, as after Ctrl-C.
-Exit of `stop`: 0 when the run ended, 1 when it did not end within --timeout, 2 when it is not running.
+that process then closes every session, and each node's agent kills the run's processes, as after Ctrl-C. A job
+file submitted from outside Slurm is cancelled by its `up` (scancel); when that `up` is gone but the Slurm job
+still runs, `stop` cancels it itself. Exit of `stop`: 0 when the run ended, 1 when it did not end within
+--timeout, 2 when it is not running.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def logs_command(run, run_dir, host, rank, follow) -> int:
             end = data.rfind(b"\n") + 1  # a partial last line waits for its newline
             offsets[path] = offsets.get(path, 0) + end
             for line in data[:end].decode("utf-8", "replace").splitlines():
-                if tag is None or tag in line.split(" ", 1)[0] + " ":
+                if tag is None or tag in line.split(" ", 1)[0] + " " or line.startswith(f"[rank{rank}]: "):
                     click.echo(line)
 
     drain()
@@ -94,6 +96,8 @@ def stop_command(run, run_dir, timeout) -> int:
     from orchestrator.job.history import find_run, load_run
 
     found = find_run(Path(run_dir), run)
+    if not found.alive and found.record.get("slurm_job"):
+        return _cancel_orphaned(found, timeout)
     if not found.alive:
         raise ConfigError("RUN", run, f"run {found.id} is not running (state {found.state})")
     os.kill(found.record["pid"], signal.SIGTERM)
@@ -109,6 +113,32 @@ def stop_command(run, run_dir, timeout) -> int:
     code = ended.record.get("exit_code") if ended else None
     click.echo(f"run {found.id}: {ended.state if ended else 'ended'}" + (f" (exit {code})" if code is not None else ""),
                file=sys.stdout)
+    return 0
+
+
+def _cancel_orphaned(found, timeout: float) -> int:
+    """A submitted job file whose `up` is gone (killed, its terminal closed): scancel its Slurm job if it still
+    runs, wait for Slurm to end it, and record the run as stopped."""
+    from orchestrator import slurm
+    from orchestrator.contracts import signal_exit_code
+    from orchestrator.errors import ConfigError
+    from orchestrator.job.history import record_end
+
+    job_id = found.record["slurm_job"]
+    job = slurm.job(job_id)
+    if job is None or job.finished:
+        raise ConfigError("RUN", found.id, f"run {found.id} is not running (state {found.state}; Slurm job "
+                                           f"{job_id} {job.state if job else 'gone'})")
+    slurm.cancel(job_id)
+    click.echo(f"[orch] run {found.id}: its `up` is gone; cancelled Slurm job {job_id}", err=True)
+    deadline = time.monotonic() + timeout
+    while (job := slurm.job(job_id)) is not None and not job.finished and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if job is not None and not job.finished:
+        click.echo(f"orchestrator: Slurm job {job_id} still {job.state} after {timeout:g} s", err=True)
+        return 1
+    record_end(found.path, exit_code=signal_exit_code(signal.SIGTERM))
+    click.echo(f"run {found.id}: stopped (Slurm job {job_id} cancelled)")
     return 0
 
 

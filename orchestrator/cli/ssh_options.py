@@ -3,6 +3,7 @@
     @click.command()
     @ssh_options
     def run(ssh: SshOptions) -> int: ...      # --ssh-config, --ssh-option, --user, --port, --connect-timeout
+    ssh_argv(ssh)                             # the same options as command-line words, for a command run elsewhere
 
 The five options arrive as ONE keyword argument, `ssh` (an orchestrator.remote.SshOptions, validated: bad
 input is a ConfigError, exit 2, before anything connects).
@@ -11,11 +12,12 @@ input is a ConfigError, exit 2, before anything connects).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import click
 
-__all__ = ["ssh_options"]
+__all__ = ["ssh_argv", "ssh_options"]
 
 _NAMES = ("ssh_config", "ssh_option", "user", "port", "connect_timeout")
 
@@ -42,3 +44,15 @@ def ssh_options(command: Callable) -> Callable:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+def ssh_argv(ssh) -> list[str]:
+    """The options of an SshOptions as words for another orchestrator command (the config file made absolute:
+    that command may start in another directory)."""
+    words = ["--ssh-config", os.path.abspath(ssh.config)] if ssh.config else []
+    for option in ssh.options:
+        words += ["--ssh-option", option]
+    for flag, value in (("--user", ssh.user), ("--port", ssh.port), ("--connect-timeout", ssh.connect_timeout)):
+        if value is not None:
+            words += [flag, str(value)]
+    return words

@@ -4,6 +4,7 @@
     $ orchestrator up job.yaml --set nproc_per_node=4 --set 'run=train.py --steps 10'   # dotted FIELD=VALUE
     $ orchestrator up job.yaml --dry-run [--json]      # the resolved plan (secrets redacted); connects to nothing
     $ orchestrator up --schema                         # the job file's JSON Schema
+    $ orchestrator up slurm-job.yaml                   # `slurm:` outside an allocation: sbatch, then follow the job
 
 Output streams as `host/rank: line` like `orchestrator launch`; the run is recorded under RUN_DIR/RUN_ID
 (job.json with this process's pid, logs/, plan.json, result.json) for `orchestrator jobs`, `logs` and `stop`.
@@ -11,6 +12,11 @@ Exit: the launch's (0 ok, 1 a rank failed, 255 a host unreachable, 128+N stopped
 the setup failed on a host; 2 for a bad job file (nothing started). With `preflight: true` the health gate of
 `orchestrator check` runs first: a plain launch stops on a failed node (exit 1, 255 when unreachable; nothing
 synced or started), a supervised one excludes it before attempt 0.
+
+A job file with `slurm:` run inside an allocation (salloc, sbatch) runs there as one srun step. Outside one, `up`
+submits a batch job with the section's nodes/gpus_per_node/partition/time/account whose batch step runs the
+same job inside the allocation it gets (`up RUN/spec.json --inside`, orchestrator.job.batch), streams its output,
+and exits with its exit code; Ctrl-C or `orchestrator stop` cancels it (scancel) and waits until it has ended.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ from orchestrator.cli.ssh_options import ssh_options
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and exit; connect to nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable: the plan (with --dry-run) as JSON on stdout.")
 @click.option("--schema", is_flag=True, help="Print the job file's JSON Schema and exit.")
+@click.option("--inside", is_flag=True, hidden=True,
+              help="The batch step of a job file submitted from outside Slurm: the submitting `up` records the run.")
 @ssh_options
-def up_command(job_file, sets, run_dir, run_id, dry_run, as_json, schema, ssh) -> int:
+def up_command(job_file, sets, run_dir, run_id, dry_run, as_json, schema, inside, ssh) -> int:
     """Run JOB_FILE (YAML): copy its workdir to the nodes, run its setup, launch or supervise its `run`."""
     from orchestrator.errors import ConfigError
     from orchestrator.job.plan import plan_job
@@ -48,31 +56,51 @@ def up_command(job_file, sets, run_dir, run_id, dry_run, as_json, schema, ssh) -
     if job_file is None:
         raise ConfigError("JOB_FILE", "", "give the job file, e.g. orchestrator up job.yaml")
     jp = plan_job(load_job(job_file, sets=sets), run_id=run_id or new_run_id(), run_dir=run_dir)
+    if inside and jp.batch:
+        raise ConfigError("--inside", job_file, "only the batch step of a submitted job file uses it, inside its "
+                                                "allocation; leave it out")
     if dry_run:
         if as_json:
-            click.echo(json.dumps(jp.to_json(), indent=2, default=str))
+            click.echo(json.dumps(jp.to_json(ssh=ssh), indent=2, default=str))
         else:
-            for line in jp.describe():
+            for line in jp.describe(ssh=ssh):
                 click.echo(line)
         return 0
-    return _up(jp, ssh)
+    return _up(jp, ssh, record=not inside)
+
+
+class _Stopped(KeyboardInterrupt):
+    """Ctrl-C's exception for a SIGTERM (`orchestrator stop`), which keeps the signal for the exit code (143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _interrupt(signum, _frame):
-    raise KeyboardInterrupt  # SIGTERM during sync/setup: end them like Ctrl-C (sessions closed, nodes clean)
+    raise _Stopped(signum)  # SIGTERM during sync/setup: end them like Ctrl-C (sessions closed, nodes clean)
 
 
-def _up(jp, ssh) -> int:
+def _up(jp, ssh, *, record: bool = True) -> int:
+    from orchestrator.contracts import signal_exit_code
+    from orchestrator.errors import ConfigError
     from orchestrator.job.history import record_end, record_start
 
     spec = jp.job.spec
     run = Path(jp.run_dir) / jp.run_id
     work = jp.supervise_plan(ssh=ssh).config.run_dir if jp.supervised else run
-    record_start(run, name=spec.name, hosts=[h.name for h in jp.hosts], run_dir=work, supervised=jp.supervised,
-                 job_file=str(jp.job.source), code=jp.tree.digest if jp.tree else None)
+    if record:
+        record_start(run, name=spec.name, hosts=[h.name for h in jp.hosts] if not jp.batch else [],
+                     run_dir=work, supervised=jp.supervised, job_file=str(jp.job.source),
+                     code=jp.tree.digest if jp.tree else None)
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    rc, restarts = 130, None
+    rc, restarts = signal_exit_code(signal.SIGINT), None
     try:
+        if jp.batch:
+            from orchestrator.job.batch import submit_and_follow
+
+            rc = submit_and_follow(jp, ssh, run)
+            return rc
         report = None
         if gate := jp.preflight():
             from orchestrator.cli.preflight import refuse, run_preflight
@@ -94,12 +122,17 @@ def _up(jp, ssh) -> int:
         signal.signal(signal.SIGTERM, previous)  # the launcher installs its own stop handlers
         rc, restarts = _launch(jp, ssh, workdirs, report)
         return rc
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        rc = signal_exit_code(getattr(exc, "signum", signal.SIGINT))
         click.echo("orchestrator: interrupted", err=True)
         return rc
+    except ConfigError as exc:  # e.g. Slurm refused the batch job: recorded as the exit 2 it is
+        rc = exc.exit_code
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-        record_end(run, exit_code=rc, restarts=restarts)
+        if record:
+            record_end(run, exit_code=rc, restarts=restarts)
 
 
 def _sync(jp, ssh, hosts: list[str]) -> tuple[dict[str, str] | None, int]:

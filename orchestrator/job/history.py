@@ -1,6 +1,7 @@
 """Past and live runs from the head's run directory: listing, log files, and the launcher process of a run.
 
     record_start(Path("runs/R"), name="hello", hosts=["node1"], run_dir=Path("runs/R"), supervised=False)
+    record_update(Path("runs/R"), slurm_job="42")   # the batch job of a job file submitted from outside Slurm
     record_end(Path("runs/R"), exit_code=0, restarts=0)
     [r.row() for r in list_runs(Path("runs"))]      # id, name, state, hosts, started, duration, exit, restarts
     run = find_run(Path("runs"), "2026")            # an id, a unique prefix of one, or "last"
@@ -58,9 +59,13 @@ def record_start(run: Path, *, name: str, hosts: list[str], run_dir: Path, super
                               "supervised": supervised, "run_dir": str(run_dir), **extra})
 
 
+def record_update(run: Path, **fields) -> None:
+    """Add fields to RUN/job.json (e.g. slurm_job, the batch job of a job file submitted from outside Slurm)."""
+    _write(run / JOB_RECORD, _read(run / JOB_RECORD) | fields)
+
+
 def record_end(run: Path, *, exit_code: int, restarts: int | None = None) -> None:
-    data = _read(run / JOB_RECORD)
-    _write(run / JOB_RECORD, data | {"exit_code": exit_code, "ended": round(time.time(), 3), "restarts": restarts})
+    record_update(run, exit_code=exit_code, ended=round(time.time(), 3), restarts=restarts)
 
 
 @dataclass

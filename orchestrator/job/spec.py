@@ -3,6 +3,7 @@
     job = load_job("job.yaml", sets=["nproc_per_node=4", "supervise.max_restarts=5"])
     job.spec.run_argv, job.spec.module     # ("train.py", "--steps", "3"), False
     job.path("data/")                      # a path of the job file relative to its directory, made absolute
+    job.data()                             # the job as plain data, paths absolute (load_job reads it back anywhere)
     job_schema()                           # the JSON Schema `orchestrator up --schema` prints
 
 The smallest job file:
@@ -20,6 +21,7 @@ shell words (shlex) and never given to a shell; `run: -m package.module --flag` 
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +115,10 @@ class JobSpec:
     container: str | None = field(default=None, metadata=doc("Run each node's launcher in this docker image "
                                                              "(load it first with `orchestrator images load`)."))
     container_python: str = field(default="python3", metadata=doc("The interpreter inside the container image."))
+    container_mounts: list[str] = field(default_factory=tuple, metadata=doc(
+        "Bind mounts into the container, SRC:DST or SRC:DST:ro, absolute paths on the nodes (data, checkpoints)."))
+    container_gpus: bool = field(default=False, metadata=doc("Give the container the node's GPUs (docker run --gpus "
+                                                             "all; the NVIDIA container toolkit on the nodes)."))
     supervise: SuperviseSection | None = field(default=None, metadata=doc(
         "Supervise the run (restarts, spares, hang detection) instead of a plain launch."))
     preflight: bool = field(default=False, metadata=doc(
@@ -147,6 +153,21 @@ class Job:
 
     def path(self, relative: str) -> Path:
         return (self.source.parent / Path(relative).expanduser()).resolve()
+
+    def data(self) -> dict:
+        """The spec as a job file's mapping (--set applied), its paths absolute: written next to a submitted run
+        and read back by the batch step, which starts in another directory and must not see later edits."""
+        def plain(value):
+            if isinstance(value, (tuple, list)):
+                return [plain(v) for v in value]
+            return {k: plain(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+        data = plain(dataclasses.asdict(self.spec))
+        for name in ("workdir", "hostfile"):
+            if data[name] is not None:
+                data[name] = str(self.path(data[name]))
+        data["env_files"] = [str(self.path(f)) for f in data["env_files"]]
+        return data
 
 
 def job_schema() -> dict:
@@ -186,6 +207,13 @@ def _check(spec: JobSpec, where: str) -> None:
         raise bad("hostfile", spec.hostfile, "give hosts or hostfile, not both")
     if spec.slurm is not None and (spec.hosts is not None or spec.hostfile is not None):
         raise bad("slurm", f"slurm and {'hosts' if spec.hosts is not None else 'hostfile'}", "give slurm or hosts/hostfile, not both (the allocation chooses the hosts)")
+    if spec.container is None and (spec.container_mounts or spec.container_gpus):
+        field_name = "container_mounts" if spec.container_mounts else "container_gpus"
+        raise bad(field_name, getattr(spec, field_name), "set container: IMAGE too, or remove the field")
+    if spec.container is not None and (spec.slurm is not None or spec.supervise is not None):
+        other = "slurm" if spec.slurm is not None else "supervise"
+        raise bad("container", spec.container, f"containers run over SSH without {other}: (srun steps and the "
+                                                f"supervisor start the ranks on the nodes' python); drop one of them")
     if spec.include is not None and spec.exclude is not None:
         raise bad("include", spec.include, "give include or exclude, not both")
     try:

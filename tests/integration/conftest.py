@@ -9,6 +9,9 @@
         sb = private_sandbox(nodes=2)
         sb.link_down(sb.hosts[1])
 
+    def test_boxed(docker_sandbox):                          # 2 hosts with dockerd and the test image loaded
+        sb, baseline = docker_sandbox
+
 Outside CI (env CI unset) a missing root or a sandbox that fails to start SKIPS with a loud reason; under CI=true
 it FAILS. Every sandbox made here is named after this pytest process (pt<pid>...), torn down at the end even on
 failure, and leftovers of killed earlier runs (pt<pid> whose process is gone) are removed first.
@@ -162,6 +165,26 @@ def private_sandbox():
     yield make
     for sb in made:
         sb.down()
+
+
+@pytest.fixture
+def docker_sandbox(private_sandbox, tmp_path):
+    """(sandbox, pids before any run by host): a private 2-host sandbox with dockerd on each host and the small test
+    image `orch-test:torch` loaded (python3 and the system libraries torch needs; the venv is bind-mounted at run
+    time). Skips without dockerd."""
+    if shutil.which("dockerd") is None:
+        pytest.skip("dockerd not installed (apt-get install docker.io)")
+    from orchestrator.containers.daemon import start_docker
+    from orchestrator.containers.image import build_test_image
+    from orchestrator.containers.load import load_image
+    from orchestrator.remote.ssh import SshOptions
+
+    image = build_test_image(tmp_path / "img.tar", tag="orch-test:torch", venv=sys.prefix, venv_layer=False)
+    sb = private_sandbox(nodes=2)
+    start_docker(sb)
+    loaded = load_image(image.path, sb.hosts, ssh=SshOptions(config=str(sb.ssh_config)))
+    assert all(r.ok for r in loaded.values()), loaded
+    return sb, {h: set(sb.pids(h)) for h in sb.hosts}  # sshd, dockerd, containerd
 
 
 @pytest.fixture

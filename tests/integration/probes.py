@@ -1,8 +1,9 @@
-"""Small waits shared by the integration tests: a rank's heartbeat, a Slurm job's end.
+"""Small waits shared by the integration tests: a rank's heartbeat, a Slurm job's end, clean sandbox hosts.
 
     from probes import heartbeat, wait_job
     beat = heartbeat(run_dir, rank=1, min_step=4)      # None until rank 1 trains step >= 4
     rc = wait_job(job_id, timeout=180)                 # the job's exit code, or the test fails
+    assert wait_clean(sb) == {}                        # no process but slurmd/sshd left on any host
 """
 
 from __future__ import annotations
@@ -35,3 +36,30 @@ def wait_job(job_id: str, timeout: float) -> int:
             return job.exit_code
         time.sleep(0.25)
     pytest.fail(f"job {job_id} did not finish in {timeout} s")
+
+
+IDLE_PROCESSES = {"slurmd", "sshd"}
+
+
+def leftovers(sb) -> dict[str, list[str]]:
+    """Processes on the sandbox hosts other than the daemons that belong there (slurmd, sshd)."""
+    found = {}
+    for host in sb.hosts:
+        names = []
+        for pid in sb.pids(host):
+            try:
+                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+            except OSError:
+                continue
+        extra = [n for n in names if n not in IDLE_PROCESSES]
+        if extra:
+            found[host] = extra
+    return found
+
+
+def wait_clean(sb, timeout: float = 30.0) -> dict[str, list[str]]:
+    """leftovers(sb) once it is empty, or what is still there after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (left := leftovers(sb)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left

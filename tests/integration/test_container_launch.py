@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,20 +33,8 @@ def launch_argv(sb, image: str, run_dir: Path, program: list[str]) -> list[str]:
             *program[1:]]
 
 
-def test_torch_job_in_containers_and_ctrl_c_leaves_nothing(private_sandbox, tmp_path):
-    if shutil.which("dockerd") is None:
-        pytest.skip("dockerd not installed (apt-get install docker.io)")
-    from orchestrator.containers.daemon import start_docker
-    from orchestrator.containers.image import build_test_image
-    from orchestrator.containers.load import load_image
-    from orchestrator.remote.ssh import SshOptions
-
-    image = build_test_image(tmp_path / "img.tar", tag="orch-test:torch", venv=sys.prefix, venv_layer=False)
-    sb = private_sandbox(nodes=2)
-    start_docker(sb)
-    loaded = load_image(image.path, sb.hosts, ssh=SshOptions(config=str(sb.ssh_config)))
-    assert all(r.ok for r in loaded.values()), loaded
-    baseline = {h: set(sb.pids(h)) for h in sb.hosts}  # sshd, dockerd, containerd
+def test_torch_job_in_containers_and_ctrl_c_leaves_nothing(docker_sandbox, tmp_path):
+    sb, baseline = docker_sandbox
 
     argv = launch_argv(sb, "orch-test:torch", tmp_path / "runs",
                        ["orchestrator.launch.examples.allreduce", "--sleep", "120"])

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from probes import wait_job
+from probes import wait_clean, wait_job
 from orch_cli import ORCH
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -25,7 +25,6 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 WRAPPER = REPO / "launchers" / "srun-torchrun"
 ALLREDUCE = "orchestrator.launch.examples.allreduce"
-IDLE_PROCESSES = {"slurmd", "sshd"}
 JOB_TIMEOUT = 150
 
 
@@ -55,29 +54,6 @@ def sbatch(script: str, tmp_path: Path) -> tuple[str, Path]:
     out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=True)
     job_id = out.stdout.strip()
     return job_id, tmp_path / f"{job_id}.out"
-
-
-def leftovers(sb) -> dict[str, list[str]]:
-    """Processes on the hosts other than the daemons that belong there (slurmd, sshd)."""
-    found = {}
-    for host in sb.hosts:
-        names = []
-        for pid in sb.pids(host):
-            try:
-                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
-            except OSError:
-                continue
-        extra = [n for n in names if n not in IDLE_PROCESSES]
-        if extra:
-            found[host] = extra
-    return found
-
-
-def wait_clean(sb, timeout: float = 30.0) -> dict[str, list[str]]:
-    deadline = time.monotonic() + timeout
-    while (left := leftovers(sb)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
 
 
 def wait_ranks_running(sb, count: int, timeout: float = 90.0) -> None:

@@ -2,6 +2,7 @@
 line naming the field (exit 2, nothing started)."""
 
 import json
+from dataclasses import replace
 import textwrap
 from pathlib import Path
 
@@ -93,6 +94,10 @@ BAD = [
     ("reserved env", "env: {RANK: '1'}\n", "env", "set per rank"),
     ("straggler threshold", "supervise: {straggler_threshold: 0.9}\n", "supervise.straggler_threshold", "above 1"),
     ("straggler action", "supervise: {straggler_action: kill}\n", "supervise.straggler_action", "replace, name"),
+    ("mounts without container", "container_mounts: [/data:/data]\n", "container_mounts", "set container"),
+    ("bad container mount", "container: img\ncontainer_mounts: [data:/data]\n", "container_mounts", "absolute"),
+    ("supervised container", "container: img\nsupervise: {}\n", "container", "drop one"),
+    ("slurm time", "hosts: null\nslurm: {nodes: 2, time: soon}\n", "slurm.time", "D-HH:MM:SS"),
 ]
 
 
@@ -151,3 +156,33 @@ def test_a_run_dir_the_nodes_do_not_share(job_dir, capsys):
                                       "supervise: {shared_run_dir: false}\n")
     code, out, err = up(capsys, str(job_dir / "job.yaml"), "--dry-run")
     assert code == 2 and err.startswith("orchestrator: config error: job.yaml:run='5': the engine's checkpoints")
+
+
+def test_slurm_job_file_outside_an_allocation_plans_a_batch_job(job_dir, capsys, monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
+    slurm = SMALLEST.replace("hosts: node[1-2]\n", "slurm: {nodes: 2, time: '10:00', partition: gpu}\n")
+    (job_dir / "slurm.yaml").write_text(slurm)
+    code, out, _ = up(capsys, str(job_dir / "slurm.yaml"), "--dry-run", "--json", "--run-id", "r1",
+                      "--run-dir", str(job_dir / "runs"))
+    doc = json.loads(out)
+    assert code == 0 and doc["plan"] is None and doc["sync"]["files"] == 3
+    lines = doc["sbatch"].splitlines()
+    assert {"#SBATCH --nodes=2", "#SBATCH --time=10:00", "#SBATCH --partition=gpu", "#SBATCH --job-name=hello",
+            f"#SBATCH --output={job_dir}/runs/r1/logs/batch.log"} <= set(lines)
+    assert lines[-1] == (f"/opt/venv/bin/python -m orchestrator up {job_dir}/runs/r1/spec.json --inside "
+                         f"--run-id r1 --run-dir {job_dir}/runs")
+    assert not (job_dir / "runs").exists()
+    code, _, err = up(capsys, str(job_dir / "slurm.yaml"), "--dry-run", "--set", "slurm.time=soon")
+    assert code == 2 and "slurm.yaml:slurm.time='soon'" in err
+    code, _, err = up(capsys, str(job_dir / "slurm.yaml"), "--inside")
+    assert code == 2 and "--inside" in err and not (job_dir / "runs").exists()
+
+
+def test_job_data_reads_back_as_the_same_job_from_anywhere(job_dir, tmp_path_factory):
+    job = load_job(job_dir / "job.yaml", sets=["env.A=1", "setup=[make, make install]"])
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "spec.json"
+    elsewhere.write_text(json.dumps(job.data()))
+    again = load_job(elsewhere)
+    assert again.spec == replace(job.spec, workdir=str(job_dir))
+    assert again.path(again.spec.workdir) == job.path(job.spec.workdir)
