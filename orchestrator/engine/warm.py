@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-__all__ = ["Assignment", "EVENT_MARK", "NodeWatch", "FINISHED_KEY", "GEN_KEY", "READY_MARK", "SPARES_KEY", "ack_key", "beat_key",
+__all__ = ["Assignment", "EVENT_MARK", "NodeWatch", "FINISHED_KEY", "GEN_KEY", "READY_MARK", "SPARES_KEY", "ack_key", "acks_key", "beat_key",
            "done_key", "event_line", "joined_key", "lost_key", "node_info", "node_key", "parse_event", "spare_done_key",
            "spare_key"]
 
@@ -48,6 +48,11 @@ FINISHED_KEY = "warm/finished"
 def ack_key(generation: int, rank: int) -> str:
     """Set by a worker that read its assignment: it is out of the old generation's collectives."""
     return f"warm/{generation}/ack/{rank}"
+
+
+def acks_key(generation: int) -> str:
+    """A counter: how many workers took an assignment of the generation (every rank's: the group can form)."""
+    return f"warm/{generation}/acks"
 
 
 def joined_key(generation: int, rank: int) -> str:

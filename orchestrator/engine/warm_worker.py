@@ -22,7 +22,7 @@ import sys
 import traceback
 from datetime import timedelta
 
-from orchestrator.engine.warm import Assignment, READY_MARK, ack_key, event_line, joined_key
+from orchestrator.engine.warm import Assignment, READY_MARK, ack_key, acks_key, event_line, joined_key
 
 __all__ = ["main"]
 
@@ -31,13 +31,14 @@ log = logging.getLogger("orchestrator.engine.warm_worker")
 ORPHAN_WAIT_S = 10.0
 """How long a worker whose generation broke waits for a new assignment before it calls the failure its own."""
 STORE_TIMEOUT = timedelta(seconds=60)
+PEER_POLL_S = 0.02
 
 
 class _Lines:
     """Lines from a file descriptor, with a timeout (select on the raw fd: no buffered reader in between)."""
 
     def __init__(self, fd: int):
-        self.fd, self.buffer = fd, b""
+        self.fd, self.buffer, self.closed = fd, b"", False
 
     def next(self, timeout: float | None) -> bytes | None:
         """The next line; None at EOF or when nothing came within `timeout` seconds (None: wait forever)."""
@@ -47,6 +48,7 @@ class _Lines:
                 return None
             chunk = os.read(self.fd, 65536)
             if not chunk:
+                self.closed = True
                 return None
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
@@ -78,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     _warm_up(train)
     print(READY_MARK, flush=True)
     lines, store, generation = _Lines(sys.stdin.fileno()), None, -1
-    timeout, detail = None, ""
-    while (raw := lines.next(timeout)) is not None:
-        job = Assignment.parse(raw)
+    timeout, detail, newer = None, "", None
+    while (raw := newer or lines.next(timeout)) is not None:
+        job, newer = Assignment.parse(raw), None
         if job.generation <= generation:
             continue  # a stale assignment: a newer one was sent before this worker got to read it
         generation, timeout = job.generation, None
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                       timeout=STORE_TIMEOUT)
             store.set(ack_key(generation, job.rank), "1")  # out of the old generation: the keeper need not kill us
+            if (newer := _await_peers(store, job, lines)) is not None:
+                continue  # another rank failed before this generation formed: on to the next one
             backend = "cpu:gloo,cuda:nccl" if _cuda() else "gloo"
             dist.init_process_group(backend, store=dist.PrefixStore(f"warm/{generation}/pg/", store),
                                     rank=job.rank, world_size=job.world_size, timeout=STORE_TIMEOUT)
@@ -113,6 +117,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(detail, file=sys.stderr, flush=True)  # a broken generation and no new one came: our own failure
     return 1  # (or stdin closed: the keeper is gone)
+
+
+def _await_peers(store, job: Assignment, lines: _Lines) -> bytes | None:
+    """Wait until every rank of the generation took its assignment (then the group forms at once), reading stdin
+    meanwhile: a newer assignment (a rank failed before this generation formed) is returned instead. Waiting in
+    init_process_group would not see it, and the keeper would have to kill this worker to move it on."""
+    count = acks_key(job.generation)
+    store.add(count, 1)
+    while store.add(count, 0) < job.world_size:
+        raw = lines.next(PEER_POLL_S)
+        if raw is not None and Assignment.parse(raw).generation > job.generation:
+            return raw
+        if lines.closed:
+            raise ConnectionError("stdin closed: the keeper is gone")
+    return None
 
 
 def _warm_up(train) -> None:

@@ -180,6 +180,8 @@ class Supervisor:
             stalled = stalled_ranks(beats, now=time.time(), hang_timeout=self.cfg.hang_timeout,
                                     startup_timeout=self.cfg.startup_timeout, launched_at=attempt.launched_at,
                                     expected=plan.world_size)
+            if self.warm is not None:
+                stalled = self.warm.still_stalled(stalled)
             if stalled:
                 attempt.hang = stalled
                 self.events.emit("failure", attempt=number, kind="hang", hang_timeout=self.cfg.hang_timeout,

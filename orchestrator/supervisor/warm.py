@@ -106,6 +106,7 @@ class WarmRestarts:
         self.events, self.runner, self.heartbeat_dir = events, runner, heartbeat_dir
         self.hang_timeout, self.kill_timeout = hang_timeout, kill_timeout
         self.killed: dict[int, str] = {}  # pid -> why the supervisor killed it
+        self.dead: set[int] = set()  # pids of ranks the keepers reported gone (their replacements are on the way)
         self.generations: set[int] = set()
         self.phases: dict[str, float] = {}  # of the recovery in progress: event -> first/last time on the nodes
         self.resumes = 0
@@ -168,6 +169,7 @@ class WarmRestarts:
 
     def _rank_exit(self, attempt, host: str | None, event: dict) -> None:
         pid, exitcode = event.get("pid"), int(event.get("exitcode", 1))
+        self.dead.add(pid)
         # a survivor may have left its broken group before its keeper's news of the exit reached us
         self.phases = {"exit": event["time"], "seen": time.time()} | {k: v for k, v in self.phases.items() if k == "left"}
         why = self.killed.pop(pid, None) if pid is not None else None
@@ -243,6 +245,11 @@ class WarmRestarts:
     # ---- hangs ----------------------------------------------------------------------------------------------
     def hang_check_paused(self, now: float) -> bool:
         return now < self.paused_until
+
+    def still_stalled(self, stalled: list[dict]) -> list[dict]:
+        """The stalled heartbeats but those of ranks the keepers already reported gone: their beats stop until
+        the replacement writes its own (a replacement that never comes is the keeper's to give up on)."""
+        return [b for b in stalled if b.get("pid") is None or b["pid"] not in self.dead]
 
     async def kill_hung(self, attempt, stalled: list[dict], probe: dict) -> bool:
         """SIGKILL the stopped ranks (else every stalled one); True when the kill reached every host asked.
