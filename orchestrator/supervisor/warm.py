@@ -13,7 +13,8 @@ keepers' event lines and writes:
                a hang was already reported as kind "hang")
   diagnosis    {cause: "killed" | "crash" | "hang", host, rank, action: "warm_restart"}
   warm_restart {generation, host, replaced: {rank: standby pid}}      once per new generation
-  warm_resumed {step, resumed_from, steps_lost, time_lost_s, phases}  the first step after it (from metrics.jsonl)
+  warm_resumed {step, resumed_from, steps_lost, time_lost_s, phases, source}  the first step after it (from
+               metrics.jsonl; source: memory, or disk when a disk checkpoint was newer than every snapshot)
   warm_give_up {host, reason}        a keeper gave up: the attempt ends and the supervisor restarts it cold
 A lost node (its keeper silent for the keepers' node timeout) with a spare keeper left:
   failure      {kind: "node_lost", warm: true, host, node_rank, silent_s}
@@ -109,6 +110,7 @@ class WarmRestarts:
         self.dead: set[int] = set()  # pids of ranks the keepers reported gone (their replacements are on the way)
         self.generations: set[int] = set()
         self.phases: dict[str, float] = {}  # of the recovery in progress: event -> first/last time on the nodes
+        self.recovering: int | None = None  # the attempt whose warm recovery is in progress
         self.resumes = 0
         self.paused_until = 0.0
         self.awaiting_loss: set[str] = set()  # unreachable hosts the keepers were given time to replace
@@ -172,6 +174,7 @@ class WarmRestarts:
         self.dead.add(pid)
         # a survivor may have left its broken group before its keeper's news of the exit reached us
         self.phases = {"exit": event["time"], "seen": time.time()} | {k: v for k, v in self.phases.items() if k == "left"}
+        self.recovering = attempt.number
         why = self.killed.pop(pid, None) if pid is not None else None
         node = attempt.plan.node(host) if host in attempt.plan.hosts else None
         if why is None:
@@ -187,6 +190,7 @@ class WarmRestarts:
     def _node_lost(self, attempt, event: dict) -> None:
         host, spare = event.get("host"), event.get("spare")
         self.phases = {"exit": event["time"], "seen": time.time()}
+        self.recovering = attempt.number
         attempt.swaps[host] = spare
         self.awaiting_loss.discard(host)
         self.events.emit("failure", attempt=attempt.number, kind="node_lost", warm=True, host=host,
@@ -229,8 +233,10 @@ class WarmRestarts:
     # ---- metrics --------------------------------------------------------------------------------------------
     def on_step(self, attempt, record: dict, seen_at: float, previous_step: int | None,
                 step_seen: dict[int, float]) -> None:
-        """A metrics record; the first one after a restore from memory closes the recovery."""
-        if record.get("resume_source") != "memory":
+        """A metrics record; the first one after a restore closes the recovery: from memory, or from a disk
+        checkpoint newer than every snapshot while a warm recovery is under way (not a cold attempt's start)."""
+        source = record.get("resume_source")
+        if source is None or source != "memory" and self.recovering != attempt.number:
             return
         resumed = record.get("resumed_from")
         since = step_seen.get(resumed)
@@ -239,8 +245,8 @@ class WarmRestarts:
         self.resumes += 1
         self.events.emit("warm_resumed", attempt=attempt.number, step=record["step"], resumed_from=resumed,
                          steps_lost=None if previous_step is None or resumed is None else max(0, previous_step - resumed),
-                         time_lost_s=lost, phases=phases)
-        self.phases = {}
+                         time_lost_s=lost, phases=phases, source=source)
+        self.phases, self.recovering = {}, None
 
     # ---- hangs ----------------------------------------------------------------------------------------------
     def hang_check_paused(self, now: float) -> bool:
