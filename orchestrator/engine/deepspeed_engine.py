@@ -78,6 +78,7 @@ def train(cfg: EngineConfig) -> dict[str, Any]:
                           "use --engine torch for tp/pp")
     deepspeed = _import_deepspeed()
     heartbeat = Heartbeat.from_env(rank=rank, local_rank=local_rank, world_size=world_size)
+    heartbeat.steps = cfg.train.steps
     heartbeat.beat(step=0, status="starting")
     try:
         summary = _run(cfg, deepspeed, rank=rank, local_rank=local_rank, world_size=world_size, heartbeat=heartbeat)

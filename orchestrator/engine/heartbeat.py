@@ -57,6 +57,8 @@ class Heartbeat:
     """The last step reported (a "failed" beat repeats it, so the supervisor sees how far the rank got)."""
     timing: bool = True
     """Whether the engine should time its rank-local section (False under ORCH_STEP_TIMING=0)."""
+    steps: int | None = None
+    """The run's last step, when the program says (the supervisor then knows a checkpoint of it ends the run)."""
     compute_group: str = ""
     compute_s: float = 0.0
     compute_steps: int = 0
@@ -90,6 +92,8 @@ class Heartbeat:
         record = {"rank": self.rank, "local_rank": self.local_rank, "world_size": self.world_size,
                   "host": socket.gethostname(), "pid": os.getpid(), "step": self.step, "status": status,
                   "time": time.time()}
+        if self.steps is not None:
+            record["steps"] = self.steps
         if self.compute_steps:
             record |= {"compute_s": self.compute_s, "compute_steps": self.compute_steps,
                        "compute_group": self.compute_group}

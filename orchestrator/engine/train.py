@@ -47,6 +47,7 @@ def train(cfg: EngineConfig) -> dict[str, Any]:
     from orchestrator.engine.heartbeat import Heartbeat
 
     heartbeat = Heartbeat.from_env(rank=rank, local_rank=local_rank, world_size=world_size)
+    heartbeat.steps = cfg.train.steps
     heartbeat.beat(step=0, status="starting")
     try:
         summary = _Trainer(cfg, dims, rank=rank, local_rank=local_rank, heartbeat=heartbeat).run()

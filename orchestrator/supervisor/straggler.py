@@ -225,6 +225,9 @@ class StragglerWatch:
         checkpoint, _ = newest_checkpoint(self.run_dir)  # only while a replacement waits: a directory scan
         if checkpoint is None or checkpoint <= self.pending.step:
             return None
+        if any(checkpoint >= (b.get("steps") or checkpoint + 1) for b in beats.values()):
+            self.pending = None  # the checkpoint of the last step: the run is ending anyway, nothing to swap
+            return None
         self.events.emit("failure", attempt=self.attempt, kind="straggler", host=self.pending.host,
                          checkpoint_step=checkpoint)
         return self.pending

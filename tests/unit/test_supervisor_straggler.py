@@ -193,6 +193,18 @@ def test_watch_replaces_at_the_first_checkpoint_after_the_naming(tmp_path):
                                   "checkpoint_step": named["step"] + 10}
 
 
+def test_watch_swaps_nothing_at_the_checkpoint_of_the_last_step(tmp_path):
+    events, fleet = Events(), Fleet(HOSTS)
+    watch = StragglerWatch(StragglerOptions(), events=events, run_dir=tmp_path, attempt=0, spares=1)
+    seconds = lambda step, host, g: BASE * (1.5 if host == "n4" else 1.0)  # noqa: E731
+    while not events.emitted:
+        watch.poll(fleet.train(5, seconds))
+    last = events.emitted[0]["step"] + 10
+    commit_checkpoint(tmp_path, last)  # the run's final checkpoint: the ranks are about to exit 0
+    beats = {k: b | {"steps": last} for k, b in fleet.train(5, seconds).items()}
+    assert watch.poll(beats) is None and events.emitted[-1]["event"] == "straggler"
+
+
 @pytest.mark.parametrize(("action", "spares", "plan"), [("replace", 0, "name (no spare left)"), ("name", 1, "name")])
 def test_watch_only_names_without_a_spare_or_when_told(tmp_path, action, spares, plan):
     events, fleet = Events(), Fleet(HOSTS)
