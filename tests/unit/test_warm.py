@@ -212,7 +212,11 @@ def test_replica_server_keeps_the_newest_copies_and_serves_them_back(tmp_path):
             while pusher.sent.get(3) != step and time.time() < deadline:
                 time.sleep(0.01)
         pusher.stop()
-        assert sorted(p.name for p in (tmp_path / "peer" / "rank3").iterdir()) == ["step-2.pt", "step-3.pt"]
+        held = lambda: sorted(p.name for p in (tmp_path / "peer" / "rank3").iterdir())  # noqa: E731
+        deadline = time.time() + 10  # sent is not yet stored: the server writes and prunes in its own thread
+        while held() != ["step-2.pt", "step-3.pt"] and time.time() < deadline:
+            time.sleep(0.01)
+        assert held() == ["step-2.pt", "step-3.pt"]
         spare = tmp_path / "spare" / "rank3"
         assert fetch(("127.0.0.1", server.port), rank=3, into=spare) == [2, 3]
         assert (spare / "step-3.pt").read_bytes() == bytes([3]) * 1000
