@@ -36,11 +36,11 @@ def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save
     step(n) trains step n and returns its metrics record; save(n) checkpoints on the --checkpoint-every schedule
     and returns fields for the record (checkpoint_stall_s: the seconds it blocked) or None; snapshot(n), when
     given, runs on the train.snapshot_every schedule and returns fields (snapshot_stall_s); every step beats the
-    heartbeat, rank 0 appends metrics.jsonl. `resumed` (e.g. {"resume_source": "memory"}) joins the first
+    heartbeat, rank 0 appends metrics.jsonl and TensorBoard's tb/. `resumed` (e.g. {"resume_source": "memory"}) joins the first
     record after a resume, next to resumed_from.
     """
     t = cfg.train
-    writer = MetricsWriter(Path(t.run_dir) / "metrics.jsonl") if rank == 0 else None
+    writer = MetricsWriter(Path(t.run_dir), start=start) if rank == 0 else None
     losses: list[float] = []
     try:
         for n in range(start + 1, t.steps + 1):
