@@ -1,27 +1,35 @@
-"""Code sync: `orchestrator up`'s workdir copy to N hosts vs one host, vs pdsh + rsync, and an unchanged re-sync.
+"""Code sync: `orchestrator up`'s workdir copy to N hosts vs one host, vs pdsh + rsync, and re-syncs.
 
     sudo .venv/bin/python bench/sync.py                      # 16 hosts, the tree: this checkout's orchestrator/
     sudo .venv/bin/python bench/sync.py --hosts 8 --tree /path/to/code --runs 3
+    sudo .venv/bin/python bench/sync.py --files 20000 --megabytes 100 --runs 3   # a generated tree of that size
 
 Starts its own sandbox (removed at the end) and measures, with the copies removed from every node before each
 fresh measurement (median of --runs, the methods interleaved):
 
-  one host     sync_tree to node1 alone (the unit every other time is divided by)
-  N hosts      sync_tree to node[1-N] (one SSH session per node, all at once)
-  re-sync      sync_tree to node[1-N] again: the tree is unchanged, every node already has its digest
-  pdsh+rsync   `pdsh -R exec -w node[1-N] rsync -a -e 'ssh -F CFG' TREE/ %h:DEST/` (the usual hand-made way)
+  one host              sync_tree to node1 alone (the unit every other time is divided by)
+  N hosts               sync_tree to node[1-N] (one SSH session per node, all at once)
+  re-sync (unchanged)   sync_tree to node[1-N] again: the tree is unchanged, every node already has its digest
+  re-sync (1 changed)   one file edited, then sync_tree to node[1-N]: every node has the previous version only
+  pdsh+rsync            `pdsh -R exec -w node[1-N] rsync -a -e 'ssh -F CFG' TREE/ %h:DEST/` (the usual hand-made
+                        way), fresh and again after one file was edited
 
 Targets: N hosts <= 2x one host; re-sync < 1 s. Each time includes listing and hashing the tree on the head.
-All hosts share this machine's cores, so N fresh copies cost N unpacks on the same CPUs.
+All hosts share this machine's cores, so N fresh copies cost N unpacks on the same CPUs. A generated tree
+(--files, --megabytes) has 100 files per directory, each file text-like (words of a fixed random vocabulary,
+which gzip shrinks about as much as source code), sizes spread from a quarter to 1.75x the mean; it is made
+in a temporary directory that is removed at the end.
 """
-
 from __future__ import annotations
 
 import argparse
 import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +64,29 @@ def ours(tree_dir: Path, hosts, ssh):
     return run
 
 
+def generate_tree(root: Path, files: int, megabytes: float, seed: int = 0) -> None:
+    """`files` text-like files totalling about `megabytes` MB under root, 100 per directory (see the docstring)."""
+    rng = random.Random(seed)
+    vocabulary = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz_", k=rng.randint(2, 12))) for _ in range(5000)]
+    mean = megabytes * 1e6 / files
+    for i in range(files):
+        path = root / f"d{i // 100:04d}" / f"f{i:05d}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = int(mean * rng.uniform(0.25, 1.75))
+        words, total = [], 0
+        while total < size:
+            word = rng.choice(vocabulary)
+            words.append(word)
+            total += len(word) + 1
+        path.write_text(" ".join(words)[:size])
+
+
+def edit_one_file(tree_dir: Path) -> None:
+    """A new version of the tree: one line appended to one file (each call a new content, so a new digest)."""
+    with (tree_dir / read_tree(tree_dir).files[0]).open("a") as fh:
+        fh.write("# edited\n")
+
+
 def pdsh_rsync(tree_dir: Path, hosts, config: Path):
     argv = ["pdsh", "-S", "-R", "exec", "-f", str(len(hosts)), "-w", ",".join(hosts), "rsync", "-a",
             "--exclude=__pycache__", "-e", f"ssh -F {config}", f"{tree_dir}/", f"%h:{RSYNC_DEST}/"]
@@ -65,36 +96,54 @@ def pdsh_rsync(tree_dir: Path, hosts, config: Path):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=16)
-    parser.add_argument("--tree", type=Path, default=ROOT / "orchestrator")
+    parser.add_argument("--tree", type=Path, default=None, help="the tree to copy (default: orchestrator/)")
+    parser.add_argument("--files", type=int, default=None, help="generate a tree of this many files instead")
+    parser.add_argument("--megabytes", type=float, default=100.0, help="the generated tree's total size")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the sandbox needs it)")
+    if args.files is not None and args.tree is not None:
+        raise SystemExit("--tree and --files exclude each other: copy a tree, or generate one")
+    scratch = Path(tempfile.mkdtemp(prefix="bench-sync-")) if args.files is not None else None
+    if scratch is not None:
+        args.tree = scratch / "tree"
+        generate_tree(args.tree, args.files, args.megabytes)
+    args.tree = args.tree or ROOT / "orchestrator"
     tree = read_tree(args.tree)
     size = sum((args.tree / f).stat().st_size for f in tree.files)
     sb = Sandbox.up(f"bsync{os.getpid()}", nodes=args.hosts)
     try:
         hosts, ssh = sb.hosts, SshOptions(config=str(sb.ssh_config))
+        # (name, timed call, hosts, before it: "clear" the copies, "edit" one file, or nothing)
         methods = (
-            ("one host", ours(args.tree, hosts[:1], ssh), hosts[:1], True),
-            (f"{len(hosts)} hosts", ours(args.tree, hosts, ssh), hosts, True),
-            ("re-sync (unchanged)", ours(args.tree, hosts, ssh), hosts, False),
-            ("pdsh+rsync", pdsh_rsync(args.tree, hosts, sb.ssh_config), hosts, True),
+            ("one host", ours(args.tree, hosts[:1], ssh), hosts[:1], "clear"),
+            (f"{len(hosts)} hosts", ours(args.tree, hosts, ssh), hosts, "clear"),
+            ("re-sync (unchanged)", ours(args.tree, hosts, ssh), hosts, None),
+            ("re-sync (1 changed)", ours(args.tree, hosts, ssh), hosts, "edit"),
+            ("pdsh+rsync", pdsh_rsync(args.tree, hosts, sb.ssh_config), hosts, "clear"),
+            ("pdsh+rsync (1 changed)", pdsh_rsync(args.tree, hosts, sb.ssh_config), hosts, "edit"),
         )
         times: dict[str, list[float]] = {name: [] for name, *_ in methods}
+        loads = [os.getloadavg()[0]]
         for _ in range(args.runs):  # interleaved: the machine's other load falls on every method alike
-            for name, fn, subset, fresh in methods:
-                if fresh:
+            for name, fn, subset, before in methods:
+                if before == "clear":
                     clear(sb, subset)
+                elif before == "edit":
+                    edit_one_file(args.tree)
                 times[name].append(timed(fn))
+                loads.append(os.getloadavg()[0])
         rows = {name: statistics.median(t) for name, t in times.items()}
         unit = rows["one host"]
-        print(f"tree {args.tree}: {len(tree.files)} files, {size / 1e6:.1f} MB; {len(hosts)} hosts; "
-              f"median of {args.runs}")
+        print(f"tree {'generated' if scratch else args.tree}: {len(tree.files)} files, {size / 1e6:.1f} MB; "
+              f"{len(hosts)} hosts; median of {args.runs}; load average (1 min) {min(loads):.1f}-{max(loads):.1f}")
         for name, seconds in rows.items():
-            print(f"  {name:22s} {seconds:7.2f} s   {seconds / unit:5.2f}x one host")
+            print(f"  {name:24s} {seconds:7.2f} s   {seconds / unit:5.2f}x one host")
     finally:
         sb.down()
+        if scratch is not None:
+            shutil.rmtree(scratch)
     return 0
 
 

@@ -37,11 +37,11 @@ def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save
     and returns fields for the record (checkpoint_stall_s: the seconds it blocked) or None; snapshot(n), when
     given, runs on the train.snapshot_every schedule after the step's record is written and returns fields
     (snapshot_stall_s) for the next step's record; every step beats the
-    heartbeat, rank 0 appends metrics.jsonl. `resumed` (e.g. {"resume_source": "memory"}) joins the first
+    heartbeat, rank 0 appends metrics.jsonl and TensorBoard's tb/. `resumed` (e.g. {"resume_source": "memory"}) joins the first
     record after a resume, next to resumed_from.
     """
     t = cfg.train
-    writer = MetricsWriter(Path(t.run_dir) / "metrics.jsonl") if rank == 0 else None
+    writer = MetricsWriter(Path(t.run_dir), start=start) if rank == 0 else None
     losses: list[float] = []
     try:
         snapped: dict = {}

@@ -5,7 +5,7 @@
     record_end(Path("runs/R"), exit_code=0, restarts=0)
     [r.row() for r in list_runs(Path("runs"))]      # id, name, state, hosts, started, duration, exit, restarts
     run = find_run(Path("runs"), "2026")            # an id, a unique prefix of one, or "last"
-    run.log_files(host="node1")                     # runs/R/logs/node1.log (supervised: every attempt's, in order)
+    run.log_files(host="node1")                     # runs/R/logs/node1.log (supervised: then every attempt's)
     run.alive                                       # the recorded launcher process still runs (pid + start time)
 
 `orchestrator up` writes RUN/job.json when it starts (the launcher's pid and the start time of that process, so a
@@ -97,11 +97,12 @@ class Run:
         return "done" if code == 0 else ("stopped" if 128 < code < 128 + 65 else "failed")  # 128+N: signal N
 
     def log_files(self, host: str | None = None) -> list[Path]:
-        """Per-host logs, oldest attempt first (supervised runs keep one directory per attempt)."""
+        """Per-host logs in the order they were written: the run's own logs/ (its setup, and a plain run's
+        ranks), then a supervised run's attempts, oldest first (one directory each, under its own run dir)."""
         pattern = f"{log_name(host)}.log" if host else "*.log"
-        found = sorted((self.work_dir / "attempts").glob(f"*/logs/{pattern}"),
-                       key=lambda p: (_attempt(p.parent.parent.name), p.name))
-        return found + sorted((self.work_dir / "logs").glob(pattern))
+        attempts = sorted((self.work_dir / "attempts").glob(f"*/logs/{pattern}"),
+                          key=lambda p: (_attempt(p.parent.parent.name), p.name))
+        return sorted((self.path / "logs").glob(pattern)) + attempts
 
     def row(self) -> dict:
         r = self.record

@@ -150,7 +150,7 @@ async def sync_tree_async(tree: Tree, hosts: Sequence[str], *, ssh: SshOptions |
     transport = SshTransport(ssh or SshOptions())
     transport.prepare(hosts)
     argv = [python, "-I", "-S", "-c", python_source(RECEIVER), dest, tree.digest]
-    payload: list[bytes] = []  # built once, on the first node that needs it
+    payload: list[tuple[bytes, bytes]] = []  # (header line, tar): built once, on the first node that needs it
 
     async def one(host: str) -> SyncResult:
         result = SyncResult(host)
@@ -166,9 +166,11 @@ async def sync_tree_async(tree: Tree, hosts: Sequence[str], *, ssh: SshOptions |
                 result.status = "unchanged"
                 return result
             if not payload:
-                payload.append(tree.tar_bytes())
-            data = payload[0]
-            session.send(json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}).encode() + b"\n")
+                data = tree.tar_bytes()
+                header = json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}).encode()
+                payload.append((header + b"\n", data))
+            header, data = payload[0]
+            session.send(header)
             session.send(data)
             await session.drain()
             done = await _event(session)

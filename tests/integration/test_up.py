@@ -81,6 +81,7 @@ def test_up_syncs_runs_and_records(sandbox, job):
     host = sandbox.hosts[1]
     logs = orch("logs", "up-first", "--host", host, cwd=job)
     assert logs.returncode == 0 and f"{host}/2: hello rank=2" in logs.stdout and sandbox.hosts[0] not in logs.stdout
+    assert logs.stdout.splitlines()[0] == f"{host}: setup: setup-ran-here"  # the setup first, host-prefixed
     one = orch("logs", "up-first", "--rank", "3", cwd=job)
     assert [ln.split(":")[0] for ln in one.stdout.splitlines()] == [f"{host}/3"]
 
@@ -122,6 +123,10 @@ def test_supervised_job_file(sandbox, job):
     assert rows["up-supervised"]["state"] == "done" and rows["up-supervised"]["restarts"] == "0"
     logs = orch("logs", "up-supervised", "--rank", "2", cwd=job)
     assert "hello rank=2" in logs.stdout
+    host = sandbox.hosts[1]
+    lines = orch("logs", "up-supervised", "--host", host, cwd=job).stdout.splitlines()
+    assert lines[0].startswith(f"{host}: setup: ") and "skipped" in lines[0]  # setup ran before attempt 0
+    assert any(f"{host}/2: hello rank=2" in ln for ln in lines[1:])
 
 
 def test_unreachable_host_fails_the_sync_and_starts_nothing(sandbox, job):

@@ -72,6 +72,24 @@ def test_logs_filters_host_and_rank(tmp_path, capsys):
     assert code == 2 and "--host='node9'" in err
 
 
+def test_logs_of_a_supervised_run_start_with_its_setup(tmp_path, capsys):
+    """`up` writes setup lines (host-prefixed) to the run's own logs/; the attempts log under the supervised
+    run's dir, here the program's --run-dir elsewhere."""
+    work = tmp_path / "elsewhere"
+    run = write_run(tmp_path, "r1", logs={"node1": ["node1: setup: installed"], "node2": ["node2: setup: installed"]})
+    record_start(run, name="hello", hosts=["node1", "node2"], run_dir=work, supervised=True)
+    record_end(run, exit_code=0, restarts=1)
+    for attempt, line in (("r1-a1", "node1/0: again"), ("r1-a0", "node1/0: first")):
+        (work / "attempts" / attempt / "logs").mkdir(parents=True)
+        (work / "attempts" / attempt / "logs" / "node1.log").write_text(line + "\n")
+    code, out, _ = cli(capsys, "logs", "r1", "--run-dir", str(tmp_path), "--host", "node1")
+    assert code == 0 and out.splitlines() == ["node1: setup: installed", "node1/0: first", "node1/0: again"]
+    _, out, _ = cli(capsys, "logs", "r1", "--run-dir", str(tmp_path))
+    assert out.splitlines()[:2] == ["node1: setup: installed", "node2: setup: installed"]
+    _, out, _ = cli(capsys, "logs", "r1", "--run-dir", str(tmp_path), "--rank", "0")
+    assert out.splitlines() == ["node1/0: first", "node1/0: again"]
+
+
 def test_stop_refuses_a_run_that_is_not_running(tmp_path, capsys):
     write_run(tmp_path, "r1", exit_code=0)
     code, _, err = cli(capsys, "stop", "r1", "--run-dir", str(tmp_path))
