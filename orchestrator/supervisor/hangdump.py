@@ -23,19 +23,23 @@ __all__ = ["dump_ranks"]
 log = logging.getLogger("orchestrator.supervisor.hangdump")
 
 
-async def dump_ranks(runner: AttemptRunner, plan: LaunchPlan, beats: dict[str, dict], *,
-                     timeout: float) -> list[RankDump]:
-    """Every rank with a heartbeat, in rank order, with its py-spy dump or why there is none."""
+async def dump_ranks(runner: AttemptRunner, plan: LaunchPlan, beats: dict[str, dict], *, timeout: float,
+                     swaps: dict[str, str] | None = None) -> list[RankDump]:
+    """Every rank with a heartbeat, in rank order, with its py-spy dump or why there is none. swaps: plan host ->
+    the spare that took its place in-run (warm restarts), followed to the host that runs the rank now."""
     ranks: dict[int, tuple[str, int]] = {}
     for beat in beats.values():
         rank, pid = beat.get("rank"), beat.get("pid")
         if isinstance(rank, int) and isinstance(pid, int):
             placed = plan.rank_location(rank)
-            ranks[rank] = (placed[0] if placed else str(beat.get("host")), pid)
+            host = placed[0] if placed else str(beat.get("host"))
+            while swaps and host in swaps:
+                host = swaps[host]
+            ranks[rank] = (host, pid)
     pids: dict[str, list[int]] = {}
     for host, pid in ranks.values():
         pids.setdefault(host, []).append(pid)
-    pythons = {n.host: n.python for n in plan.nodes}
+    pythons = {n.host: n.python for n in plan.started}
     try:
         dumps = await runner.dump_stacks(pids, python=lambda h: pythons.get(h, DEFAULT_PYTHON), timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - the stacks only sharpen the diagnosis

@@ -206,7 +206,8 @@ class Supervisor:
 
     async def _probe(self, stalled: list[dict], attempt: Attempt, beats: dict[str, dict]) -> dict:
         """The stalled ranks' /proc states; meanwhile every rank's Python stack (hangdump.py, stacks.py)."""
-        dumps = asyncio.ensure_future(dump_ranks(self.runner, attempt.plan, beats, timeout=self.cfg.health_timeout))
+        dumps = asyncio.ensure_future(dump_ranks(self.runner, attempt.plan, beats, timeout=self.cfg.health_timeout,
+                                                swaps=attempt.swaps))
         try:
             probe = await self.runner.probe_pids(pids_by_host(stalled), timeout=self.cfg.health_timeout)
         except Exception as exc:  # noqa: BLE001 - the probe only sharpens the diagnosis

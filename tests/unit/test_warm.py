@@ -267,3 +267,21 @@ def test_an_unreachable_stalled_host_waits_for_the_spare_keepers_once():
     assert asyncio.run(warm.kill_hung(attempt, stalled, {"a": {5: "S"}}))  # the keepers may replace b
     assert runner.asked is None  # the survivor waiting for b is not killed: its keeper replaces it
     assert not asyncio.run(warm.kill_hung(attempt, stalled, {"a": {5: "S"}}))  # still gone: cold
+
+
+def test_stacks_are_dumped_where_the_ranks_run_after_in_run_replacements():
+    import asyncio
+
+    from orchestrator.supervisor.hangdump import dump_ranks
+
+    class Dumper:
+        async def dump_stacks(self, pids, *, python, timeout):
+            self.asked = {h: (p, python(h)) for h, p in pids.items()}
+            return {h: {pid: [] for pid in p} for h, p in pids.items()}
+
+    plan = build_plan(engine("--config", "tiny", launcher="warm"), [Host("a", 1), Host("b", 1)], [Host("s", 1)])
+    runner = Dumper()
+    beats = {"x": {"rank": 0, "pid": 5}, "y": {"rank": 1, "pid": 6}}
+    dumps = asyncio.run(dump_ranks(runner, plan, beats, timeout=1, swaps={"b": "s"}))
+    assert runner.asked == {"a": ([5], "python3"), "s": ([6], "python3")}  # b was lost: s runs rank 1
+    assert [(d.rank, d.host) for d in dumps] == [(0, "a"), (1, "s")]
