@@ -143,7 +143,8 @@ def _sync(jp, ssh, hosts: list[str]) -> tuple[dict[str, str] | None, int]:
     results = sync_tree(jp.tree, hosts, ssh=ssh, python=jp.job.spec.python, dest=jp.job.spec.sync.dest)
     by_status: dict[str, list[str]] = {}
     for r in results.values():
-        by_status.setdefault(r.status if r.ok else f"failed: {r.error}", []).append(r.host)
+        status = f"{r.status} (changed files only, the rest linked from {r.delta_from[:12]})" if r.delta_from else r.status
+        by_status.setdefault(status if r.ok else f"failed: {r.error}", []).append(r.host)
     summary = "; ".join(f"{fold(h)} {status}" for status, h in by_status.items())
     click.echo(f"[orch] sync {len(jp.tree.files)} files (sha256 {jp.tree.digest[:12]}): {summary}", err=True)
     failed = [r for r in results.values() if not r.ok]

@@ -1,9 +1,14 @@
 """Node-side code receiver: unpack a tar from stdin into DEST/<digest>, unless that version is already there.
 
     python3 -I -S -c "$(cat receive.py)" DEST DIGEST      # started by sync.py over SSH; stdlib only
-    # stdout: {"have": true | false, "path": "/root/.cache/orchestrator/code/<digest>"}
-    # stdin (when have is false): one line {"size": N, "sha256": ".."}, then N bytes of tar
+    # stdout: {"have": true | false, "path": "/root/.cache/orchestrator/code/<digest>", "bases": [older digests]}
+    # stdin (when have is false): one line {"size": N, "sha256": "..", "base": null | D, "keep": [paths]},
+    #   then N bytes of tar
     # stdout: {"done": true, "error": null}   or   {"done": false, "error": "sha256 mismatch"}
+
+A delta: with "base", the files listed in "keep" are hard links to the same files of the copy DEST/<base> (the
+head knows they are unchanged), and the tar holds only the changed and new files; "bases" offers the newest
+copies this node has (by modification time) for that.
 
 The directory appears with one rename, after the whole tar was checked and unpacked: a directory named after the
 digest is always complete, which is what makes "it exists" the cheap check of an unchanged tree. When stdin
@@ -13,17 +18,45 @@ closes early (the head died or gave up), the partial copy is removed and nothing
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
 import tempfile
 
 CHUNK = 1 << 20
+BASES = 3
+_DIGEST = re.compile(r"[0-9a-f]{64}\Z")
 
 
 def emit(**event):
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
+
+
+def bases(root):
+    """The newest complete copies here, newest first (a partial copy never has a digest for a name)."""
+    try:
+        names = [n for n in os.listdir(root) if _DIGEST.match(n) and os.path.isdir(os.path.join(root, n))]
+    except FileNotFoundError:
+        return []
+    return sorted(names, key=lambda n: os.stat(os.path.join(root, n)).st_mtime, reverse=True)[:BASES]
+
+
+def link_copy(base, tree, keep):
+    """TREE/rel for every rel in keep: a hard link to BASE/rel (a copy where links do not work)."""
+    for rel in keep:
+        src, dst = os.path.join(base, rel), os.path.join(tree, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+            continue
+        try:
+            os.link(src, dst)
+        except FileNotFoundError:
+            raise FileNotFoundError("the copy %s lacks %s" % (os.path.basename(base), rel)) from None
+        except OSError:
+            shutil.copy2(src, dst)
 
 
 def receive(dest, digest):
@@ -32,7 +65,7 @@ def receive(dest, digest):
     if os.path.isdir(final):
         emit(have=True, path=final)
         return 0
-    emit(have=False, path=final)
+    emit(have=False, path=final, bases=bases(root))
     stdin = sys.stdin.buffer
     header = json.loads(stdin.readline() or "{}")
     size = header.get("size", -1)
@@ -54,6 +87,8 @@ def receive(dest, digest):
             emit(done=False, error="sha256 mismatch: the copy was damaged on the way")
             return 1
         tree = os.path.join(tmp, "tree")
+        if header.get("base"):
+            link_copy(os.path.join(root, header["base"]), tree, header.get("keep") or [])
         with tarfile.open(data) as tar:
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(tree, filter="data")

@@ -8,9 +8,12 @@
 Which files: in a git work tree, `git ls-files -co --exclude-standard` (tracked and untracked, .gitignore
 honoured); elsewhere every file but DEFAULT_IGNORE; then the job's `sync.exclude` globs (matched against the
 relative path and against the file name). Every node runs receive.py (inline over SSH with the job's
-interpreter): it answers whether DEST/<digest> exists; only nodes without it get the tar, over their own SSH
-session, all nodes in parallel. (The head therefore sends the tar once per node that lacks it; the image
-relay's node-to-node chain would send it once in all.)
+interpreter): it answers whether DEST/<digest> exists; only nodes without it get a tar, over their own SSH
+session, all nodes in parallel. A node names the newest copies it has; when the head knows one of them (it keeps
+the file list and hashes of every tree it synced, under ~/.cache/orchestrator/manifests), the tar holds only the
+files that changed since, and the node hard-links the others from that copy: editing one file of a large tree
+sends one file. (The head sends the tar once per node that lacks it; the image relay's node-to-node chain would
+send it once in all.)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import stat
 import subprocess
 import tarfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
@@ -33,6 +36,7 @@ from orchestrator.inline import python_source
 from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
 RECEIVER = Path(__file__).with_name("receive.py")
+MANIFESTS = Path("~/.cache/orchestrator/manifests")
 DEFAULT_IGNORE = (".git", "__pycache__", "*.pyc", ".venv", "venv", ".mypy_cache", ".pytest_cache", ".ipynb_checkpoints")
 
 
@@ -42,12 +46,17 @@ class Tree:
     files: tuple[str, ...]
     """Relative POSIX paths, sorted."""
     digest: str
+    manifest: dict[str, str] = field(default_factory=dict, compare=False)
+    """rel -> 'kind:sha256' of each file (kind f, x or l): what a later sync compares against."""
 
-    def tar_bytes(self) -> bytes:
-        """The files as one gzip'd tar (owner root, so a node's unpack does not depend on head uids)."""
+    def tar_bytes(self, only: set[str] | None = None) -> bytes:
+        """The files (or those in `only`) as one gzip'd tar (owner root: a node's unpack does not depend on head
+        uids)."""
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
             for rel in self.files:
+                if only is not None and rel not in only:
+                    continue
                 info = tar.gettarinfo(str(self.root / rel), arcname=rel)
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
@@ -97,7 +106,7 @@ def read_tree(root: Path, *, exclude: Sequence[str] = (), field: str = "workdir"
         raise ConfigError(field, str(root), "give a directory on the head (relative to the job file), e.g. workdir: .")
     listed = _git_files(root)
     names = sorted(set(listed if listed is not None else _walk(root)))
-    files, sha = [], hashlib.sha256()
+    files, sha, manifest = [], hashlib.sha256(), {}
     for rel in names:
         if _excluded(rel, exclude):
             continue
@@ -113,9 +122,42 @@ def read_tree(root: Path, *, exclude: Sequence[str] = (), field: str = "workdir"
         else:
             continue
         kind = "l" if stat.S_ISLNK(st.st_mode) else ("x" if st.st_mode & 0o111 else "f")
-        sha.update(f"{rel}\0{kind}\0{len(content)}\0".encode() + hashlib.sha256(content).digest())
+        content_sha = hashlib.sha256(content)
+        sha.update(f"{rel}\0{kind}\0{len(content)}\0".encode() + content_sha.digest())
         files.append(rel)
-    return Tree(root, tuple(files), sha.hexdigest())
+        manifest[rel] = f"{kind}:{content_sha.hexdigest()}"
+    return Tree(root, tuple(files), sha.hexdigest(), manifest)
+
+
+def save_manifest(tree: Tree, directory: Path = MANIFESTS) -> None:
+    """Remember the tree's files on the head, so that a later sync can send only what changed since."""
+    directory = directory.expanduser()
+    path = directory / f"{tree.digest}.json"
+    if path.exists():
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(tree.manifest))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only an optimisation: the next sync sends the whole tree
+
+
+def load_manifest(digest: str, directory: Path = MANIFESTS) -> dict[str, str] | None:
+    try:
+        return json.loads((directory.expanduser() / f"{digest}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def delta(tree: Tree, bases: Sequence[str], directory: Path = MANIFESTS) -> tuple[str | None, list[str]]:
+    """(the first of a node's copies the head knows, the files the node may link from it) or (None, [])."""
+    for base in bases:
+        known = load_manifest(base, directory) if isinstance(base, str) else None
+        if known is not None:
+            return base, [rel for rel in tree.files if known.get(rel) == tree.manifest.get(rel)]
+    return None, []
 
 
 @dataclass
@@ -126,6 +168,8 @@ class SyncResult:
     path: str | None = None
     """The code directory on the node (absolute)."""
     error: str | None = None
+    delta_from: str | None = None
+    """The node's copy that the unchanged files were linked from (only the changed files were sent)."""
 
     @property
     def ok(self) -> bool:
@@ -150,35 +194,44 @@ async def sync_tree_async(tree: Tree, hosts: Sequence[str], *, ssh: SshOptions |
     transport = SshTransport(ssh or SshOptions())
     transport.prepare(hosts)
     argv = [python, "-I", "-S", "-c", python_source(RECEIVER), dest, tree.digest]
-    payload: list[tuple[bytes, bytes]] = []  # (header line, tar): built once, on the first node that needs it
+    payloads: dict[str | None, bytes] = {}  # base -> header line + tar: built once per base
+    save_manifest(tree)
+
+    def payload(base: str | None) -> bytes:
+        if base not in payloads:
+            _, keep = delta(tree, [base]) if base else (None, [])
+            data = tree.tar_bytes(only=set(tree.files) - set(keep)) if base else tree.tar_bytes()
+            header = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "base": base, "keep": keep}
+            payloads[base] = json.dumps(header).encode() + b"\n" + data
+        return payloads[base]
 
     async def one(host: str) -> SyncResult:
         result = SyncResult(host)
-        try:
-            session = await transport.open(host, argv)
-        except Exception as exc:  # noqa: BLE001 - this host's result; the others go on
-            result.error = describe_error(exc)
-            return result
-        try:
-            first = await _event(session)
-            result.path = first.get("path")
-            if first.get("have"):
-                result.status = "unchanged"
+        base = None
+        for attempt in range(2):  # a delta the node cannot apply (its copy changed): once more, the whole tree
+            try:
+                session = await transport.open(host, argv)
+            except Exception as exc:  # noqa: BLE001 - this host's result; the others go on
+                result.error = describe_error(exc)
                 return result
-            if not payload:
-                data = tree.tar_bytes()
-                header = json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}).encode()
-                payload.append((header + b"\n", data))
-            header, data = payload[0]
-            session.send(header)
-            session.send(data)
-            await session.drain()
-            done = await _event(session)
-            result.status, result.error = ("sent", None) if done.get("done") else ("failed", done.get("error"))
-        except Exception as exc:  # noqa: BLE001
-            result.error = describe_error(exc) if not isinstance(exc, ConnectionError) else str(exc)
-        finally:
-            session.close()
+            try:
+                first = await _event(session)
+                result.path = first.get("path")
+                if first.get("have"):
+                    result.status = "unchanged"
+                    return result
+                base = delta(tree, first.get("bases") or [])[0] if attempt == 0 else None
+                session.send(payload(base))
+                await session.drain()
+                done = await _event(session)
+                result.status, result.error = ("sent", None) if done.get("done") else ("failed", done.get("error"))
+                result.delta_from = base
+            except Exception as exc:  # noqa: BLE001
+                result.error = describe_error(exc) if not isinstance(exc, ConnectionError) else str(exc)
+            finally:
+                session.close()
+            if result.ok or base is None:
+                return result
         return result
 
     try:

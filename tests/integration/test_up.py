@@ -70,6 +70,10 @@ def test_up_syncs_runs_and_records(sandbox, job):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "unchanged" in second.stderr and "sent" not in second.stderr.split("[orch] sync", 1)[1].splitlines()[0]
     assert "setup-ran-here" not in second.stdout and second.stdout.count("skipped") == 2
+    (job / "code" / "data.txt").write_text("changed\n")  # one file: only it travels, the rest is linked
+    third = orch("up", "job.yaml", *ssh(sandbox), "--run-id", "up-third", cwd=job)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "changed files only" in third.stderr and third.stdout.count("marker=changed") == 4
 
     listed = json.loads(orch("jobs", "--json", cwd=job).stdout)
     rows = {r["id"]: r for r in listed}

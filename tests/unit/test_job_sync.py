@@ -8,7 +8,7 @@ import sys
 
 from orchestrator.inline import python_source
 from orchestrator.job.setup import setup_argv
-from orchestrator.job.sync import RECEIVER, read_tree
+from orchestrator.job.sync import RECEIVER, delta, read_tree, save_manifest
 
 
 def make(root, files):
@@ -75,6 +75,42 @@ def test_receiver_refuses_damaged_or_short_streams_and_leaves_nothing(tmp_path):
     events, rc = receiver(tmp_path / "code", tree.digest, short + data)
     assert rc == 1 and "ended early" in events[-1]["error"]
     assert list((tmp_path / "code").iterdir()) == []
+
+
+def test_a_changed_tree_sends_only_its_changes_and_links_the_rest_from_the_nodes_copy(tmp_path):
+    src, code, manifests = tmp_path / "src", tmp_path / "code", tmp_path / "manifests"
+    make(src, {"train.py": "print(1)\n", "pkg/m.py": "y", "old.py": "o"})
+    first = read_tree(src)
+    data = first.tar_bytes()
+    header = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "base": None, "keep": []}
+    assert receiver(code, first.digest, json.dumps(header).encode() + b"\n" + data)[1] == 0
+    save_manifest(first, manifests)
+    (src / "train.py").write_text("print(2)\n")
+    (src / "old.py").unlink()
+    make(src, {"new.py": "n"})
+    second = read_tree(src)
+    events, _ = receiver(code, second.digest)  # what the node offers
+    assert events[0]["have"] is False and events[0]["bases"] == [first.digest]
+    base, keep = delta(second, events[0]["bases"], manifests)
+    assert base == first.digest and keep == ["pkg/m.py"]
+    data = second.tar_bytes(only=set(second.files) - set(keep))
+    header = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "base": base, "keep": keep}
+    events, rc = receiver(code, second.digest, json.dumps(header).encode() + b"\n" + data)
+    assert rc == 0 and events[-1] == {"done": True, "error": None}
+    new = code / second.digest
+    assert sorted(str(p.relative_to(new)) for p in new.rglob("*") if p.is_file()) == ["new.py", "pkg/m.py", "train.py"]
+    assert (new / "train.py").read_text() == "print(2)\n"
+    assert (new / "pkg/m.py").stat().st_ino == (code / first.digest / "pkg/m.py").stat().st_ino  # linked, not sent
+    assert (code / first.digest / "train.py").read_text() == "print(1)\n"  # the old copy is untouched
+    # a copy that lost a file it should share: the node says so and keeps nothing half-made
+    (code / first.digest / "pkg/m.py").unlink()
+    (src / "train.py").write_text("print(3)\n")
+    third = read_tree(src)
+    data = third.tar_bytes(only={"train.py"})
+    header = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "base": first.digest, "keep": ["pkg/m.py"]}
+    events, rc = receiver(code, third.digest, json.dumps(header).encode() + b"\n" + data)
+    assert rc == 1 and "lacks pkg/m.py" in events[-1]["error"] and not (code / third.digest).exists()
+    assert delta(third, ["f" * 64], manifests) == (None, [])  # a copy the head never sent: the whole tree
 
 
 def test_setup_runs_once_per_version_and_script(tmp_path):
