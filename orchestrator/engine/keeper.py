@@ -122,9 +122,8 @@ class Keeper:
         self.snapshot_dir = Path(base) / "snapshots" if base else Path(tempfile.mkdtemp(prefix="orch-snapshots-",
                                                                                           dir=_memory_dir()))
         self.argv = [sys.executable, "-m", "orchestrator.engine.warm_worker", *engine_args]
-        self.store_addr, self.store_port = (args.store.rsplit(":", 1) if args.store
-                                            else (args.master_addr, args.master_port))
-        self.store_port = int(self.store_port)
+        host, port = args.store.rsplit(":", 1) if args.store else (args.master_addr, args.master_port)
+        self.store_addr, self.store_port = host, int(port)
         self.env = os.environ | {"MASTER_ADDR": self.store_addr, "MASTER_PORT": str(self.store_port),
                                  "PYTHONUNBUFFERED": "1", "ORCH_SNAPSHOT_DIR": str(self.snapshot_dir),
                                  "LOCAL_WORLD_SIZE": str(args.nproc_per_node)}

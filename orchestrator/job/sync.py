@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import hashlib
 import io
 import json
@@ -27,7 +28,7 @@ import os
 import stat
 import subprocess
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,13 +152,21 @@ def load_manifest(digest: str, directory: Path = MANIFESTS) -> dict[str, str] | 
         return None
 
 
-def delta(tree: Tree, bases: Sequence[str], directory: Path = MANIFESTS) -> tuple[str | None, list[str]]:
-    """(the first of a node's copies the head knows, the files the node may link from it) or (None, [])."""
-    for base in bases:
-        known = load_manifest(base, directory) if isinstance(base, str) else None
-        if known is not None:
-            return base, [rel for rel in tree.files if known.get(rel) == tree.manifest.get(rel)]
-    return None, []
+def delta(tree: Tree, bases: Sequence[str], directory: Path = MANIFESTS, *,
+          load: Callable[[str], dict[str, str] | None] | None = None) -> tuple[str | None, list[str]]:
+    """(the first of a node's copies the head knows, the files the node may link from it) or (None, []).
+    load(digest): a manifest (default: load_manifest from `directory`; a sync passes one that reads each once)."""
+    load = load or (lambda digest: load_manifest(digest, directory))
+    base = known_base(bases, load)
+    if base is None:
+        return None, []
+    known = load(base)
+    return base, [rel for rel in tree.files if known.get(rel) == tree.manifest.get(rel)]
+
+
+def known_base(bases: Sequence[str], load: Callable[[str], dict[str, str] | None]) -> str | None:
+    """The first of a node's copies whose manifest the head has."""
+    return next((b for b in bases if isinstance(b, str) and load(b) is not None), None)
 
 
 @dataclass
@@ -195,11 +204,12 @@ async def sync_tree_async(tree: Tree, hosts: Sequence[str], *, ssh: SshOptions |
     transport.prepare(hosts)
     argv = [python, "-I", "-S", "-c", python_source(RECEIVER), dest, tree.digest]
     payloads: dict[str | None, bytes] = {}  # base -> header line + tar: built once per base
+    manifest = functools.cache(load_manifest)  # each base's read once, not once per node that offers it
     save_manifest(tree)
 
     def payload(base: str | None) -> bytes:
         if base not in payloads:
-            _, keep = delta(tree, [base]) if base else (None, [])
+            _, keep = delta(tree, [base], load=manifest) if base else (None, [])
             data = tree.tar_bytes(only=set(tree.files) - set(keep)) if base else tree.tar_bytes()
             header = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "base": base, "keep": keep}
             payloads[base] = json.dumps(header).encode() + b"\n" + data
@@ -220,7 +230,7 @@ async def sync_tree_async(tree: Tree, hosts: Sequence[str], *, ssh: SshOptions |
                 if first.get("have"):
                     result.status = "unchanged"
                     return result
-                base = delta(tree, first.get("bases") or [])[0] if attempt == 0 else None
+                base = known_base(first.get("bases") or [], manifest) if attempt == 0 else None
                 session.send(payload(base))
                 await session.drain()
                 done = await _event(session)

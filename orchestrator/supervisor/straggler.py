@@ -225,7 +225,8 @@ class StragglerWatch:
         checkpoint, _ = newest_checkpoint(self.run_dir)  # only while a replacement waits: a directory scan
         if checkpoint is None or checkpoint <= self.pending.step:
             return None
-        if any(checkpoint >= (b.get("steps") or checkpoint + 1) for b in beats.values()):
+        last = max((b["steps"] for b in beats.values() if b.get("steps")), default=None)
+        if last is not None and checkpoint >= last:
             self.pending = None  # the checkpoint of the last step: the run is ending anyway, nothing to swap
             return None
         self.events.emit("failure", attempt=self.attempt, kind="straggler", host=self.pending.host,

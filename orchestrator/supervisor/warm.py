@@ -35,7 +35,6 @@ rank's host does not answer the probe (a lost node), the keepers get LOST_WAIT_S
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -204,14 +203,13 @@ class WarmRestarts:
 
     def _forget_beats(self, ranks) -> None:
         """Remove the lost node's heartbeat files: they would look like a hang, and the spare writes its own."""
+        from orchestrator.engine.heartbeat import read_heartbeats
+
         if self.heartbeat_dir is None:
             return
-        for path in self.heartbeat_dir.glob("*-rank*.json"):
-            try:
-                if json.loads(path.read_text()).get("rank") in ranks:
-                    path.unlink()
-            except (OSError, ValueError):
-                pass
+        for stem, beat in read_heartbeats(self.heartbeat_dir).items():
+            if beat.get("rank") in ranks:
+                (self.heartbeat_dir / f"{stem}.json").unlink(missing_ok=True)
 
     def apply_swaps(self, attempt, hosts: list, spares: list) -> list:
         """The hosts after the attempt's in-run replacements (a spare used leaves `spares`; the lost host is out)."""
