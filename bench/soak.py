@@ -3,15 +3,16 @@
     sudo .venv/bin/python bench/soak.py --faults 15 --every 240 --seed 1     # ~40 min on 2 busy cores
 
 Two supervised runs of the engine start at once, each on its own 2 sandbox hosts x 1 process with 2 spare hosts:
-`--restart warm` (the default for the engine) and `--restart cold`. The tiny model trains at global batch 128
-(steps of ~0.5 s while both runs share the machine), an asynchronous disk checkpoint every --checkpoint-every steps
-(50), --hang-timeout 3. Both runs get
-the same seeded schedule: fault i lands once every rank trained past step (i+1) x --every (+ 1-10) and the run
-recovered from fault i-1; it is one of SIGKILL of a rank, SIGSTOP of a rank (a hang), or a lost node (link down
-and its processes killed; at most one per spare; warm restarts fall back to cold for it). At the end, per run:
-outcome, recoveries (warm and cold), how many faults the event log diagnosed with the right cause, steps lost,
-time lost, ETTR (useful step time / wall time, orchestrator/supervisor/events.py); and the largest difference
-between the two runs' losses over every step (both must train exactly the fault-free run's steps).
+`--restart warm` (the default for the engine) and `--restart cold`. The tiny model trains at global batch
+--global-batch (256: steps of ~0.5 s while both runs share the machine), an asynchronous disk checkpoint every
+--checkpoint-every steps (50), --hang-timeout 3. Both runs get the same seeded schedule: fault i lands once every
+rank trained past step (i+1) x --every (+ 1-10) and the run recovered from fault i-1; it is one of SIGKILL of a
+rank, SIGSTOP of a rank (a hang: under warm restarts its keeper sees it stopped and reports it at once; cold, it
+costs --hang-timeout), or a lost node (link down and its processes killed; at most one per spare; warm: a spare
+keeper takes its place in-run). At the end, per run: outcome, recoveries (warm and cold), how many faults the event
+log diagnosed with the right cause, steps lost, time lost, ETTR (useful step time / wall time,
+orchestrator/supervisor/events.py); and the largest difference between the two runs' losses over every step (both
+must train exactly the fault-free run's steps).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def schedule(seed: int, faults: int, every: int, spares: int) -> list[tuple[int,
 
 
 def soak(mode: str, sb, work: Path, plan: list[tuple[int, str, int]], steps: int, checkpoint_every: int,
-         out: dict) -> None:
+         batch: int, out: dict) -> None:
     run_dir = work / mode / "run"
     run_dir.mkdir(parents=True)
     hosts, spares = sb.hosts[:2], sb.hosts[2:]
@@ -80,7 +81,7 @@ def soak(mode: str, sb, work: Path, plan: list[tuple[int, str, int]], steps: int
             "--max-restarts", str(len(plan) + 5), "--max-host-failures", "1000", "--no-progress-attempts", "5",
             "--restart", mode, "--straggler-action", "off", "-m", "orchestrator.engine", "--", "--config", "tiny",
             "--steps", str(steps),
-            "--set", "train.global_batch_size=128", "--checkpoint-every", str(checkpoint_every), "--async-checkpoint",
+            "--set", f"train.global_batch_size={batch}", "--checkpoint-every", str(checkpoint_every), "--async-checkpoint",
             "--keep-checkpoints", "2",
             "--run-dir", str(run_dir)]
     proc = subprocess.Popen(argv, stdout=open(work / mode / "supervisor.log", "w"), stderr=subprocess.STDOUT)
@@ -127,6 +128,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--faults", type=int, default=15)
     ap.add_argument("--every", type=int, default=240, help="steps between faults (~0.5 s each: ~120 s of training)")
+    ap.add_argument("--global-batch", type=int, default=256,
+                    help="the tiny model's global batch (default 256: steps of ~0.5 s while both runs share 2 cores)")
     ap.add_argument("--checkpoint-every", type=int, default=50, help="steps between disk checkpoints (default 50)")
     ap.add_argument("--modes", default=",".join(MODES), help="warm,cold (default) or one of them")
     ap.add_argument("--seed", type=int, default=1)
@@ -142,7 +145,7 @@ def main() -> int:
     results: dict[str, dict] = {}
     try:
         threads = [threading.Thread(target=soak, args=(mode, boxes[mode], work, plan, steps, args.checkpoint_every,
-                                                       results))
+                                                       args.global_batch, results))
                    for mode in modes]
         for t in threads:
             t.start()

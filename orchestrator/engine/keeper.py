@@ -13,7 +13,9 @@ surviving workers left their broken process group and join the new one in-proces
 to a standby. Every rank then restores the newest in-memory snapshot all ranks hold (engine/snapshot.py, in
 $ORCH_RUN_TMPDIR/snapshots: the node agent's per-run temp dir, on /dev/shm under the supervisor), so at most
 one snapshot interval is lost, and training goes on. A worker that does not join a new generation within
---join-timeout (stuck in a collective with a peer that vanished) is killed and replaced by a standby too.
+--join-timeout (stuck in a collective with a peer that vanished) is killed and replaced by a standby too. A rank
+stopped by a signal (state T for STOPPED_GRACE_S) is reported at once (`rank_stopped`): the supervisor takes its
+stacks and kills it as for a hang, without waiting for --hang-timeout.
 
 A lost node (its keeper's beat stops for --node-timeout: the host died or its network went away) is replaced by
 a spare keeper (`--spare`, started on each spare host with the attempt, its workers imported and waiting): node
@@ -52,6 +54,7 @@ from orchestrator.contracts import RUN_TMPDIR
 from orchestrator.engine import warm
 from orchestrator.engine.warm import GEN_KEY, READY_MARK, Assignment, done_key, event_line, joined_key
 from orchestrator.launch.torchrun import rank_prefix
+from orchestrator.procstat import process_state
 
 __all__ = ["main"]
 
@@ -61,6 +64,10 @@ FINISH_WAIT_S = 30.0
 STARTUP_TIMEOUT_S = 300.0
 """How long a worker that is still importing (not yet ready) may take to join its generation."""
 BEAT_S = 0.2
+STOPPED_GRACE_S = 0.5
+"""How long a rank may sit stopped by a signal (SIGSTOP, SIGTSTP: /proc state T) before the keeper reports it. A
+stopped rank stalls every collective like any hang, but the kernel names it at once, long before the heartbeats'
+--hang-timeout would (a tracer such as py-spy stops it as state t, which is not reported)."""
 LOST_ACK_S = 1.0
 """After a node loss, how long a survivor may take to leave its collective with the lost node: gloo notices a peer
 whose process died at once, but not one whose network went away, and waits for its timeout."""
@@ -76,6 +83,8 @@ class Worker:
         self.rank: int | None = None
         self.local_rank = 0
         self.retired = False  # killed by the keeper after a replacement was already assigned
+        self.stopped_since: float | None = None
+        self.stop_reported = False
         threading.Thread(target=self._pump, args=(out,), daemon=True).start()
 
     def _pump(self, out: _Output) -> None:
@@ -194,6 +203,7 @@ class Keeper:
             if len(self.done) == len(self.ranks):
                 return self._finish()
             if self._beat(warm.beat_key(self.node_rank)):
+                self._report_stopped()
                 self._follow_successor()
                 if self.watch is not None and (reason := self.watch.poll()) is not None:
                     self.out.event("give_up", reason=reason)
@@ -227,6 +237,20 @@ class Keeper:
             return 1
         self._assign(self.store.add(GEN_KEY, 1))
         return None
+
+    def _report_stopped(self) -> None:
+        """Say once (a rank_stopped event) which ranks stayed stopped by a signal for STOPPED_GRACE_S: the
+        supervisor treats it as a hang found now, with the usual stack dump and kill."""
+        now = time.monotonic()
+        for rank, worker in self.active.items():
+            if rank in self.done or process_state(worker.proc.pid) != "T":
+                worker.stopped_since, worker.stop_reported = None, False
+            elif worker.stopped_since is None:
+                worker.stopped_since = now
+            elif not worker.stop_reported and now - worker.stopped_since >= STOPPED_GRACE_S:
+                worker.stop_reported = True
+                self.out.event("rank_stopped", rank=rank, pid=worker.proc.pid, generation=self.generation,
+                               stopped_s=round(now - worker.stopped_since, 3))
 
     def _assign(self, generation: int) -> None:
         """Hand every rank of this node an assignment for `generation` (a standby where the worker is gone)."""

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator import procstat
 from orchestrator.errors import ConfigError
 from orchestrator.launch.rundir import log_name
 
@@ -28,13 +29,10 @@ JOB_RECORD = "job.json"
 
 
 def process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot), or None when there is no such process (or only
-    its exit status is left: a zombie, whose parent has not reaped it yet)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in "ZX" else fields[19]
+    """The kernel's start time of `pid` as recorded in a run's record (a string), or None when there is no such
+    process (or only its exit status is left: a zombie, whose parent has not reaped it yet)."""
+    start = procstat.process_start(pid)
+    return None if start is None else str(start)
 
 
 def _read(path: Path) -> dict:

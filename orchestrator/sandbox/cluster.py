@@ -33,6 +33,7 @@ from pathlib import Path
 
 import orchestrator
 from orchestrator.errors import ConfigError, RemoteError
+from orchestrator.procstat import process_start
 from orchestrator.sandbox import netns
 from orchestrator.sandbox.plan import (OVERLAY_DIRS, plan_sandbox, render_etc_hosts, render_nsswitch,
                                        validate_name)
@@ -61,15 +62,6 @@ def default_shares(extra: Iterable[str] = ()) -> list[str]:
 
 def _is_under(path: str, roots: Iterable[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-
-
-def _starttime(pid: int) -> int | None:
-    """Start time of a live process (None when gone or a zombie): with the PID it names one process for good."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in "ZX" else int(fields[19])
 
 
 @contextlib.contextmanager
@@ -312,7 +304,7 @@ class Sandbox:
                 pid = proc.pid
                 if host:
                     self._wait_entered(host, proc)
-        record = DaemonState(host=host, name=name, pid=pid, starttime=_starttime(pid) or 0, argv=list(argv),
+        record = DaemonState(host=host, name=name, pid=pid, starttime=process_start(pid) or 0, argv=list(argv),
                              log=str(log_path), pidfile=str(pidfile) if pidfile else None)
         with self._locked_state() as state:
             state.daemons.append(record)
@@ -331,16 +323,16 @@ class Sandbox:
         return self._stop_daemons(mine, timeout=timeout) > 0
 
     def _stop_daemons(self, daemons: list[DaemonState], *, timeout: float = 5.0) -> int:
-        alive = [d for d in reversed(daemons) if d.pid and _starttime(d.pid) == d.starttime]
+        alive = [d for d in reversed(daemons) if d.pid and process_start(d.pid) == d.starttime]
         for d in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(d.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_starttime(d.pid) == d.starttime for d in alive):
+        while time.monotonic() < deadline and any(process_start(d.pid) == d.starttime for d in alive):
             self._reap()
             time.sleep(0.05)
         for d in alive:
-            if _starttime(d.pid) == d.starttime:
+            if process_start(d.pid) == d.starttime:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(d.pid, signal.SIGKILL)
         self._reap()

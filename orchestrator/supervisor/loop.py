@@ -17,8 +17,9 @@ its SSH session into the head's run dir (relay.py): this loop reads the same fil
 
 While an attempt runs, three detectors watch it (detect.py): the first torchrun "failed (exitcode" line
 (a rank exit, within ~0.3 s), the runner's own results (a node's launcher exit, a lost control connection),
-and the heartbeat files (a hang after --hang-timeout; the stalled ranks' processes are probed so a stopped or
-stuck one is named, and every rank's Python stack is dumped so the one not where the others wait is named).
+and the heartbeat files (a hang after --hang-timeout, or at once under warm restarts when a node's keeper reports
+a rank stopped by a signal; the stalled ranks' processes are probed so a stopped or stuck one is named, and every
+rank's Python stack is dumped so the one not where the others wait is named).
 Then the runner (runner.py: over SSH, or Slurm steps in slurm.py) tears the attempt down on every host
 (verified), the hosts and spares are health-checked, the culprit is named (diagnosis.py), policy.decide()
 picks the next host list, and after a backoff the next attempt starts. Exit codes: 0 done; 1 gave up; 128+N
@@ -180,11 +181,14 @@ class Supervisor:
             stalled = stalled_ranks(beats, now=time.time(), hang_timeout=self.cfg.hang_timeout,
                                     startup_timeout=self.cfg.startup_timeout, launched_at=attempt.launched_at,
                                     expected=plan.world_size)
+            found = "heartbeat_timeout"
             if self.warm is not None:
                 stalled = self.warm.still_stalled(stalled)
+                if not stalled and (stalled := self.warm.stopped_ranks(beats)):
+                    found = "stopped"  # the keeper saw the rank stopped by a signal
             if stalled:
                 attempt.hang = stalled
-                self.events.emit("failure", attempt=number, kind="hang", hang_timeout=self.cfg.hang_timeout,
+                self.events.emit("failure", attempt=number, kind="hang", found=found, hang_timeout=self.cfg.hang_timeout,
                                  stalled=[{k: b.get(k) for k in ("host", "rank", "step", "status", "time", "pid",
                                                                  "missing")} for b in stalled])
                 attempt.probe = await self._probe(stalled, attempt, beats)

@@ -5,6 +5,7 @@
     warm.on_step(attempt, record, seen_at, previous_step) # every metrics.jsonl record
     await warm.kill_hung(attempt, stalled, probe)         # True: the stuck ranks were killed, the attempt goes on
     warm.hang_check_paused(now)                           # True while the killed ranks' replacements start
+    warm.stopped_ranks(beats)                             # heartbeats of ranks a keeper saw stopped (SIGSTOP)
 
 Under warm restarts (engine/keeper.py) a rank failure does not end the attempt: the node's keeper replaces the
 rank from a standby and every rank restores the newest in-memory snapshot. The supervisor sees it through the
@@ -26,7 +27,7 @@ runs on the spare instead of the lost host. The supervisor hosts the keepers' st
 and watches the keepers' beats itself, so that no node is special: node 0 may be lost too. When the head's
 address for the nodes cannot be found (no route to the first host), node 0's keeper hosts the store and watches,
 and a loss of node 0 ends the attempt (cold restart).
-A hang (no heartbeat for --hang-timeout) is resolved by SIGKILL of the stopped ranks (state T in the probe), or of
+A hang (no heartbeat for --hang-timeout, or at once for a rank its keeper reports stopped by a signal) is resolved by SIGKILL of the stopped ranks (state T in the probe), or of
 every stalled rank when none is stopped, which turns it into a rank exit the keepers repair; when a stalled
 rank's host does not answer the probe (a lost node), the keepers get LOST_WAIT_S to replace it with a spare
 (when the attempt has spare keepers), else the attempt is stopped and restarted cold.
@@ -107,6 +108,7 @@ class WarmRestarts:
         self.hang_timeout, self.kill_timeout = hang_timeout, kill_timeout
         self.killed: dict[int, str] = {}  # pid -> why the supervisor killed it
         self.dead: set[int] = set()  # pids of ranks the keepers reported gone (their replacements are on the way)
+        self.stopped: set[int] = set()  # pids of ranks the keepers reported stopped by a signal, not yet handled
         self.generations: set[int] = set()
         self.phases: dict[str, float] = {}  # of the recovery in progress: event -> first/last time on the nodes
         self.recovering: int | None = None  # the attempt whose warm recovery is in progress
@@ -151,6 +153,8 @@ class WarmRestarts:
             self.generations.add(event["generation"])
             self.events.emit("warm_restart", attempt=attempt.number, generation=event["generation"], host=line.host,
                              replaced=event.get("replaced"))
+        elif kind == "rank_stopped" and event.get("pid") is not None:
+            self.stopped.add(event["pid"])
         elif kind == "stuck":
             self.events.emit("warm_stuck", attempt=attempt.number, host=line.host, rank=event.get("rank"),
                              pid=event.get("pid"), generation=event.get("generation"))
@@ -254,6 +258,13 @@ class WarmRestarts:
         """The stalled heartbeats but those of ranks the keepers already reported gone: their beats stop until
         the replacement writes its own (a replacement that never comes is the keeper's to give up on)."""
         return [b for b in stalled if b.get("pid") is None or b["pid"] not in self.dead]
+
+    def stopped_ranks(self, beats: dict[str, dict]) -> list[dict]:
+        """The heartbeats of ranks their keepers reported stopped by a signal: a hang known now, not after
+        --hang-timeout. Each report is handed out once (a report without a heartbeat yet waits for it)."""
+        found = [b for b in beats.values() if b.get("pid") in self.stopped and b["pid"] not in self.dead]
+        self.stopped -= {b["pid"] for b in found} | self.dead
+        return found
 
     async def kill_hung(self, attempt, stalled: list[dict], probe: dict) -> bool:
         """SIGKILL the stopped ranks (else every stalled one); True when the kill reached every host asked.

@@ -95,7 +95,7 @@ def test_warm_restarts_see_a_kill_and_a_hang_through_relayed_heartbeats(private_
     os.kill(beat["pid"], signal.SIGKILL)
     assert wait_for(lambda: any(e["event"] == "warm_resumed" for e in events(run_dir)), timeout=60), events(run_dir)
     beat = training(run_dir, 0, 30, timeout=60)
-    os.kill(beat["pid"], signal.SIGSTOP)  # no line says so: only the relayed heartbeat stops moving
+    os.kill(beat["pid"], signal.SIGSTOP)  # its keeper says so; the relayed heartbeat names the rank
     evs = finish(proc, run_dir)
     failures = [e for e in evs if e["event"] == "failure"]
     assert [f["kind"] for f in failures] == ["rank_exit", "hang"], failures

@@ -2,8 +2,9 @@
 
 The supervisor's default for the engine: each node runs a keeper with a standby worker, every rank snapshots its
 state into the node's memory every step. One run takes a SIGKILL of rank 1 and, later, a SIGSTOP of rank 0 (a
-hang: the supervisor kills the stopped rank after --hang-timeout); both are repaired inside attempt 0 (no cold
-restart) and every step's loss equals that of an uninterrupted run of the same command. Another run loses
+hang: its keeper reports it stopped and the supervisor kills it, without waiting for --hang-timeout); both are
+repaired inside attempt 0 (no cold restart) and every step's loss equals that of an uninterrupted run of the same
+command. Another run loses
 node 0 (cable pulled, every process on it killed; the keepers' store is on the head, so node 0 is not special):
 the spare keeper takes its place inside attempt 0, restoring rank 0 from the copy of its snapshot on the other
 node, with the same losses. Two more runs end by
@@ -94,6 +95,7 @@ def test_a_killed_and_a_hung_rank_are_replaced_in_run_and_every_loss_matches(san
     assert kinds.count("launch") == 1 and "restart" not in kinds, kinds  # both faults repaired inside attempt 0
     failures = [e for e in evs if e["event"] == "failure"]
     assert [f["kind"] for f in failures] == ["rank_exit", "hang"], failures
+    assert failures[1]["found"] == "stopped"  # its keeper saw it stopped: no wait for --hang-timeout
     assert failures[0]["rank"] == 1 and failures[0]["signal"] == "SIGKILL" and failures[0]["host"] == hosts[1]
     assert [d["cause"] for d in evs if d["event"] == "diagnosis"] == ["killed", "hang"]
     kill = next(e for e in evs if e["event"] == "warm_kill")

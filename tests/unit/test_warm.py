@@ -1,6 +1,8 @@
 """Warm restarts, the pure parts: the keeper protocol, when supervise chooses warm, the keeper's command line, and
 in-memory snapshots restoring a model exactly (the multi-process behaviour: tests/integration/test_warm_restart.py)."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -181,6 +183,59 @@ def test_a_hang_kills_only_the_stopped_rank_and_says_whether_every_host_was_reac
     warm = WarmRestarts(_Events(), runner, hang_timeout=3)
     assert not asyncio.run(warm.kill_hung(_attempt(), stalled, {"a": {5: "S"}}))
     assert runner.asked is None
+
+
+def test_a_keeper_reports_a_rank_stopped_by_a_signal_once_after_the_grace(monkeypatch):
+    import signal
+    import subprocess
+    import time
+    from types import SimpleNamespace
+
+    from orchestrator.engine import keeper
+
+    args, _ = keeper.parse_args(["--nnodes", "1", "--node-rank", "0", "--nproc-per-node", "1", "--world-size", "1",
+                                 "--master-addr", "127.0.0.1", "--master-port", "1"])
+    k = keeper.Keeper(args, [])
+    seen = []
+    k.out = SimpleNamespace(event=lambda event, **fields: seen.append((event, fields)))
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        k.active = {0: SimpleNamespace(proc=child, stopped_since=None, stop_reported=False)}
+        k._report_stopped()
+        assert seen == []  # running
+        child.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while keeper.process_state(child.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        monkeypatch.setattr(keeper, "STOPPED_GRACE_S", 0.05)
+        k._report_stopped()
+        assert seen == []  # stopped, but not yet for the grace
+        time.sleep(0.1)
+        k._report_stopped()
+        k._report_stopped()
+        assert [(e, f["rank"], f["pid"]) for e, f in seen] == [("rank_stopped", 0, child.pid)]
+        child.send_signal(signal.SIGCONT)  # resumed: a later stop is news again
+        time.sleep(0.05)
+        k._report_stopped()
+        assert k.active[0].stop_reported is False
+    finally:
+        child.kill()
+        child.wait()
+        shutil.rmtree(k.snapshot_dir, ignore_errors=True)
+
+
+def test_a_rank_reported_stopped_is_handed_to_the_hang_check_once():
+    from orchestrator.launch.output import OutputLine
+    from orchestrator.supervisor.warm import WarmRestarts
+
+    attempt, warm = _attempt(), WarmRestarts(_Events(), _Runner(()), hang_timeout=3)
+    beats = {"b-rank1": {"host": "b", "rank": 1, "pid": 6, "status": "training"},
+             "a-rank0": {"host": "a", "rank": 0, "pid": 5, "status": "training"}}
+    assert warm.stopped_ranks(beats) == []
+    text = event_line("rank_stopped", rank=1, pid=6, generation=0, stopped_s=0.6)
+    warm.on_line(attempt, OutputLine("b", None, "stdout", text, text.encode()))
+    assert warm.stopped_ranks(beats) == [beats["b-rank1"]]
+    assert warm.stopped_ranks(beats) == []  # handled once
 
 
 def test_spare_hosts_get_spare_keepers_and_only_under_the_warm_launcher():
