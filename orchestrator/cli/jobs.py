@@ -8,7 +8,8 @@
 that process then closes every session, and each node's agent kills the run's processes, as after Ctrl-C. A job
 file submitted from outside Slurm is cancelled by its `up` (scancel); when that `up` is gone but the Slurm job
 still runs, `stop` cancels it itself. Exit of `stop`: 0 when the run ended, 1 when it did not end within
---timeout, 2 when it is not running.
+--timeout, 2 when it is not running. States: running, pending (a submitted batch job Slurm has not started yet),
+done, failed, stopped (by a signal), lost (its launcher is gone without recording an end).
 """
 
 from __future__ import annotations

@@ -91,7 +91,10 @@ class Run:
     def state(self) -> str:
         code = self.record.get("exit_code")
         if code is None:
-            return "running" if self.alive else ("lost" if "pid" in self.record else "unknown")
+            if not self.alive:
+                return "lost" if "pid" in self.record else "unknown"
+            # a batch job submitted from the head gets its hosts when Slurm starts it (batch.py)
+            return "pending" if self.record.get("slurm_job") and not self.record.get("hosts") else "running"
         return "done" if code == 0 else ("stopped" if 128 < code < 128 + 65 else "failed")  # 128+N: signal N
 
     def log_files(self, host: str | None = None) -> list[Path]:

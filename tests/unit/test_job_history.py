@@ -49,6 +49,17 @@ def test_states_and_table(tmp_path, capsys):
     assert live.exists()
 
 
+def test_a_submitted_batch_job_is_pending_until_slurm_gives_it_hosts(tmp_path):
+    from orchestrator.job.history import load_run, record_update
+
+    run = tmp_path / "r1"
+    record_start(run, name="hello", hosts=[], run_dir=run, supervised=False)
+    record_update(run, slurm_job="42")
+    assert load_run(run).state == "pending" and load_run(run).row()["state"] == "pending"
+    record_update(run, hosts=["node1", "node2"])  # what `up` records when the job starts
+    assert load_run(run).state == "running"
+
+
 def test_find_run_by_prefix_and_errors(tmp_path):
     write_run(tmp_path, "20261201-a")
     write_run(tmp_path, "20261202-b")
