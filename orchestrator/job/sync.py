@@ -13,7 +13,8 @@ session, all nodes in parallel. A node names the newest copies it has; when the 
 the file list and hashes of every tree it synced, under ~/.cache/orchestrator/manifests), the tar holds only the
 files that changed since, and the node hard-links the others from that copy: editing one file of a large tree
 sends one file. (The head sends the tar once per node that lacks it; the image relay's node-to-node chain would
-send it once in all.)
+send it once in all.) The head re-reads only the files whose stat changed since the last sync of that directory
+(a hash cache under ~/.cache/orchestrator/hashes, as git's index), so an unchanged tree costs its stats.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,11 @@ from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
 RECEIVER = Path(__file__).with_name("receive.py")
 MANIFESTS = Path("~/.cache/orchestrator/manifests")
+HASHES = Path("~/.cache/orchestrator/hashes")
+HASHED_TREES = 32
+RACY_S = 2.0
+"""A file changed this recently is not cached: a write in the same timestamp tick as the read could leave its stat
+unchanged (git's "racy clean" files)."""
 DEFAULT_IGNORE = (".git", "__pycache__", "*.pyc", ".venv", "venv", ".mypy_cache", ".pytest_cache", ".ipynb_checkpoints")
 
 
@@ -70,11 +78,19 @@ class Tree:
 
 
 def _excluded(rel: str, patterns: Sequence[str]) -> bool:
+    """Whether a glob of `patterns` matches the relative path, the file name or a directory on the way (or it is
+    in .git)."""
     parts = rel.split("/")
     if ".git" in parts:
         return True
-    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(parts[-1], p) or any(fnmatch.fnmatch(d, p) for d in parts[:-1])
-               for p in patterns)
+    match = _globs(tuple(patterns))
+    return match is not None and (match(rel) is not None or any(match(part) is not None for part in parts))
+
+
+@functools.lru_cache(maxsize=32)
+def _globs(patterns: tuple[str, ...]):
+    """One compiled regex for all the globs (fnmatch per pattern and file costs seconds on 20,000 files)."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match if patterns else None
 
 
 def _git_files(root: Path) -> list[str] | None:
@@ -101,33 +117,79 @@ def _walk(root: Path) -> list[str]:
     return [f for f in found if not _excluded(f, DEFAULT_IGNORE)]
 
 
-def read_tree(root: Path, *, exclude: Sequence[str] = (), field: str = "workdir") -> Tree:
-    """List and hash the tree under `root` (ConfigError when it is not a directory)."""
+def read_tree(root: Path, *, exclude: Sequence[str] = (), field: str = "workdir",
+              cache: Path | None = HASHES) -> Tree:
+    """List and hash the tree under `root` (ConfigError when it is not a directory). `cache`: where the hashes of
+    files whose stat did not change are kept between calls (None: read every file)."""
     if not root.is_dir():
         raise ConfigError(field, str(root), "give a directory on the head (relative to the job file), e.g. workdir: .")
     listed = _git_files(root)
     names = sorted(set(listed if listed is not None else _walk(root)))
     files, sha, manifest = [], hashlib.sha256(), {}
+    hashes, base = _HashCache(root, cache), str(root)
     for rel in names:
         if _excluded(rel, exclude):
             continue
-        path = root / rel
+        path = os.path.join(base, rel)  # str, not Path: 20,000 Path objects cost more than the stats
         try:
-            st = path.lstat()
+            st = os.lstat(path)
         except FileNotFoundError:  # tracked by git but deleted in the work tree
             continue
         if stat.S_ISLNK(st.st_mode):
-            content = os.readlink(path).encode()
+            target = os.readlink(path).encode()
+            size, content_sha = len(target), hashlib.sha256(target).hexdigest()
         elif stat.S_ISREG(st.st_mode):
-            content = path.read_bytes()
+            size, content_sha = hashes.file(path, rel, st)
         else:
             continue
         kind = "l" if stat.S_ISLNK(st.st_mode) else ("x" if st.st_mode & 0o111 else "f")
-        content_sha = hashlib.sha256(content)
-        sha.update(f"{rel}\0{kind}\0{len(content)}\0".encode() + content_sha.digest())
+        sha.update(f"{rel}\0{kind}\0{size}\0".encode() + bytes.fromhex(content_sha))
         files.append(rel)
-        manifest[rel] = f"{kind}:{content_sha.hexdigest()}"
+        manifest[rel] = f"{kind}:{content_sha}"
+    hashes.save()
     return Tree(root, tuple(files), sha.hexdigest(), manifest)
+
+
+class _HashCache:
+    """rel -> (size, sha256) of the files whose stat (size, times, inode, mode) is the one they had when last read,
+    as git's index does: re-hashing an unchanged 100 MB tree costs its stats, not a read of every byte."""
+
+    def __init__(self, root: Path, directory: Path | None):
+        self.path = (directory.expanduser() / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:32]}.json"
+                     if directory is not None else None)
+        try:
+            self.old = json.loads(self.path.read_text()) if self.path is not None else {}
+        except (OSError, ValueError):
+            self.old = {}
+        self.new: dict[str, list] = {}
+        self.now = time.time()
+
+    def file(self, path: str, rel: str, st: os.stat_result) -> tuple[int, str]:
+        key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode]
+        entry = self.old.get(rel)
+        if isinstance(entry, list) and entry[:-1] == key:
+            size, digest = st.st_size, entry[-1]
+        else:
+            with open(path, "rb") as fh:
+                content = fh.read()
+            size, digest = len(content), hashlib.sha256(content).hexdigest()
+        if self.now - max(st.st_mtime, st.st_ctime) > RACY_S:
+            self.new[rel] = key + [digest]
+        return size, digest
+
+    def save(self) -> None:
+        if self.path is None or self.new == self.old:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.new))
+            os.replace(tmp, self.path)
+            kept = sorted(self.path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+            for stale in kept[HASHED_TREES:]:  # one file per tree ever synced: keep the recent ones
+                stale.unlink()
+        except OSError:
+            pass  # only an optimisation: the next call reads every file
 
 
 def save_manifest(tree: Tree, directory: Path = MANIFESTS) -> None:

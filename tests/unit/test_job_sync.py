@@ -127,3 +127,22 @@ def test_setup_runs_once_per_version_and_script(tmp_path):
     failed = run("false; echo never", "d3")
     assert failed.returncode != 0 and "never" not in failed.stdout
     assert run("echo ok", "d3").returncode == 0  # a failure left no marker; a changed script runs
+
+
+def test_the_hash_cache_skips_unchanged_files_and_rereads_changed_ones(tmp_path, monkeypatch):
+    import json
+
+    from orchestrator.job import sync
+
+    monkeypatch.setattr(sync, "RACY_S", -1.0)  # files written just now may be cached
+    src, cache = tmp_path / "src", tmp_path / "hashes"
+    make(src, {"a.py": "1", "b.py": "2"})
+    first = read_tree(src, cache=cache)
+    (path,) = cache.glob("*.json")
+    entries = json.loads(path.read_text())
+    assert set(entries) == {"a.py", "b.py"} and read_tree(src, cache=cache).digest == first.digest
+    entries["a.py"][-1] = "0" * 64  # a stale hash for an unchanged stat is believed: proof the file was not read
+    path.write_text(json.dumps(entries))
+    assert read_tree(src, cache=cache).manifest["a.py"] == "f:" + "0" * 64
+    (src / "a.py").write_text("1")  # rewritten (same content, new ctime): read again
+    assert read_tree(src, cache=cache).digest == first.digest == read_tree(src, cache=None).digest
