@@ -12,7 +12,8 @@ Why the torchrun line: each node's torchrun polls its workers every --monitor-in
 and logs `failed (exitcode: N) local_rank: L` the moment it sees one die, before it stops the others and
 long before its own exit; the runner streams that line to us, so a rank exit is seen within ~0.3 s.
 A hang (SIGSTOP, a stuck collective, a dead NIC without a reset) writes no line at all: every rank's
-heartbeat file stops moving. "starting" ranks (model build, checkpoint load) get `startup_timeout`.
+heartbeat file stops moving (a hang is declared once every active rank's has: ranks waiting for a slow one stall
+only for a while). "starting" ranks (model build, checkpoint load) get `startup_timeout`.
 """
 
 from __future__ import annotations
@@ -67,13 +68,17 @@ def pids_by_host(beats: list[dict]) -> dict[str, list[int]]:
 
 def stalled_ranks(beats: dict[str, dict], *, now: float, hang_timeout: float, startup_timeout: float,
                   launched_at: float, expected: int) -> list[dict]:
-    """Heartbeats of ranks that stopped moving; a missing heartbeat counts after startup_timeout.
+    """Heartbeats of ranks that stopped moving, once every active rank did; a missing heartbeat counts after
+    startup_timeout.
 
     A rank is stalled when its status is active and its last beat is older than hang_timeout (startup_timeout
-    while "starting"). Ranks that finished ("done") never stall. Returns the stalled heartbeat records, with a
-    {"rank": None, "missing": n} entry when fewer than `expected` ranks ever wrote one after startup_timeout.
+    while "starting"). Ranks that finished ("done") never stall. While any active rank still beats, the run is
+    not hung: in synchronous training a hung rank stops every other within about a step (they wait for it in a
+    collective), whereas ranks waiting for a merely slow one (a busy host) are stalled only until it catches up.
+    Returns the stalled heartbeat records, with a {"rank": None, "missing": n} entry when fewer than `expected`
+    ranks ever wrote one after startup_timeout.
     """
-    stalled = []
+    stalled, moving = [], False
     for beat in beats.values():
         status = beat.get("status")
         if status not in _ACTIVE:
@@ -81,6 +86,10 @@ def stalled_ranks(beats: dict[str, dict], *, now: float, hang_timeout: float, st
         limit = startup_timeout if status == "starting" else hang_timeout
         if now - float(beat.get("time", 0)) > limit:
             stalled.append(beat)
+        else:
+            moving = True
+    if moving:
+        stalled = []
     if len(beats) < expected and now - launched_at > startup_timeout:
         stalled.append({"rank": None, "missing": expected - len(beats)})
     return sorted(stalled, key=lambda b: (b.get("step", -1), b.get("time", 0)))

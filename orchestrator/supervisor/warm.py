@@ -27,8 +27,9 @@ runs on the spare instead of the lost host. The supervisor hosts the keepers' st
 and watches the keepers' beats itself, so that no node is special: node 0 may be lost too. When the head's
 address for the nodes cannot be found (no route to the first host), node 0's keeper hosts the store and watches,
 and a loss of node 0 ends the attempt (cold restart).
-A hang (no heartbeat for --hang-timeout, or at once for a rank its keeper reports stopped by a signal) is resolved by SIGKILL of the stopped ranks (state T in the probe), or of
-every stalled rank when none is stopped, which turns it into a rank exit the keepers repair; when a stalled
+A hang (no heartbeat for --hang-timeout, or at once for a rank its keeper reports stopped by a signal) is resolved
+by SIGKILL of the stopped ranks (state T in the probe), else of the ranks the stacks blame (elsewhere while the
+others wait in a collective), else of every stalled rank, which turns it into a rank exit the keepers repair; when a stalled
 rank's host does not answer the probe (a lost node), the keepers get LOST_WAIT_S to replace it with a spare
 (when the attempt has spare keepers), else the attempt is stopped and restarted cold.
 """
@@ -267,7 +268,8 @@ class WarmRestarts:
         return found
 
     async def kill_hung(self, attempt, stalled: list[dict], probe: dict) -> bool:
-        """SIGKILL the stopped ranks (else every stalled one); True when the kill reached every host asked.
+        """SIGKILL the stopped ranks, else those the stacks blame (not in the collective the others wait in), else
+        every stalled one; True when the kill reached every host asked.
 
         A stalled rank on a host the probe did not reach is a lost node: nothing is killed; when the attempt has
         spare keepers they get LOST_WAIT_S to replace it (True), else (or the second time) the attempt is stopped
@@ -285,7 +287,7 @@ class WarmRestarts:
             self.paused_until = time.time() + LOST_WAIT_S
             return True
         stopped = {host: [pid for pid, state in states.items() if state in ("T", "t")] for host, states in probe.items()}
-        targets = {h: p for h, p in stopped.items() if p} or pids_by_host(stalled)
+        targets = {h: p for h, p in stopped.items() if p} or _blamed(stalled, attempt.stacks) or pids_by_host(stalled)
         for pids in targets.values():  # before the kill: the keepers report the exits at once
             for pid in pids:
                 self.killed[pid] = "hang"
@@ -297,3 +299,13 @@ class WarmRestarts:
         self.events.emit("warm_kill", attempt=attempt.number, targets=targets, reached=sorted(done), reason="hang")
         self.paused_until = time.time() + self.hang_timeout
         return set(done) >= set(targets)
+
+
+def _blamed(stalled: list[dict], stacks: dict | None) -> dict[str, list[int]]:
+    """host -> pids of the ranks the hang's stacks single out while the others wait in a collective (empty when
+    no rank waits or none stands out: then nothing tells the culprit from its victims)."""
+    stacks = stacks or {}
+    blamed = set(stacks.get("culprit_ranks") or ())
+    if not blamed or not any(g.get("waiting") for g in stacks.get("groups") or ()):
+        return {}
+    return pids_by_host([b for b in stalled if b.get("rank") in blamed])

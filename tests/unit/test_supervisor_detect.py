@@ -33,8 +33,8 @@ def _beat(rank, step, t, status="training"):
 def test_stalled_ranks():
     beats = {"a": _beat(0, 5, 100.0), "b": _beat(1, 4, 90.0), "c": _beat(2, 0, 50.0, "starting"),
              "d": _beat(3, 12, 10.0, "done")}
-    stalled = stalled_ranks(beats, now=101.0, hang_timeout=5, startup_timeout=60, launched_at=0, expected=4)
-    assert [b["rank"] for b in stalled] == [1]
+    # rank 1 waits (a slow peer, a busy host) while rank 0 still beats: the run moves, no hang
+    assert stalled_ranks(beats, now=101.0, hang_timeout=5, startup_timeout=60, launched_at=0, expected=4) == []
     stalled = stalled_ranks(beats, now=120.0, hang_timeout=5, startup_timeout=60, launched_at=0, expected=4)
     assert [b["rank"] for b in stalled] == [2, 1, 0]
 

@@ -178,6 +178,13 @@ def test_a_hang_kills_only_the_stopped_rank_and_says_whether_every_host_was_reac
     warm = WarmRestarts(_Events(), runner, hang_timeout=3)
     assert asyncio.run(warm.kill_hung(_attempt(), stalled, {"a": {5: "S"}, "b": {6: "S"}}))
     assert runner.asked == {"a": [5], "b": [6]}
+    # nothing stopped, but the stacks show rank 1 elsewhere while rank 0 waits in a collective: only rank 1
+    runner, attempt = _Runner({"a", "b"}), _attempt()
+    attempt.stacks = {"culprit_ranks": [1], "groups": [{"waiting": True, "ranks": [0]}, {"waiting": False, "ranks": [1]}]}
+    warm = WarmRestarts(_Events(), runner, hang_timeout=3)
+    ranked = [{"host": "a", "pid": 5, "rank": 0}, {"host": "b", "pid": 6, "rank": 1}]
+    assert asyncio.run(warm.kill_hung(attempt, ranked, {"a": {5: "S"}, "b": {6: "R"}}))
+    assert runner.asked == {"b": [6]}
     # a host that did not answer the probe (a lost node): nothing is killed, the attempt restarts cold
     runner = _Runner({"a"})
     warm = WarmRestarts(_Events(), runner, hang_timeout=3)
