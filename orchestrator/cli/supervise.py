@@ -126,7 +126,8 @@ supervise_command = click.Command(
         click.Option(["--spare-hosts"], metavar="NODESET", help="Hosts that replace excluded ones."),
         click.Option(["--max-restarts"], type=click.IntRange(min=0), default=3, show_default=True),
         click.Option(["--hang-timeout"], type=float, default=60.0, show_default=True,
-                     help="Seconds without a heartbeat from a training rank before the run counts as hung."),
+                     help="Seconds without a heartbeat from every training rank before the run counts as hung "
+                          "(under warm restarts a rank stopped by a signal counts at once)."),
         click.Option(["--startup-timeout"], type=float, default=600.0, show_default=True,
                      help="Seconds a rank may take from launch to its first step (model build, checkpoint load)."),
         click.Option(["--health-check"], metavar="CMD", help="Command run on every host between attempts "

@@ -66,8 +66,8 @@ class SuperviseSection:
     spares: str | None = field(default=None, metadata=doc("Node set of spare hosts that replace excluded ones."))
     nodes: str | None = field(default=None, metadata=doc("MIN:MAX node count: shrink down to MIN when hosts are "
                                                          "lost and no spare is left."))
-    hang_timeout: float = field(default=60.0, metadata=doc("Seconds without a heartbeat before the run counts as "
-                                                           "hung."))
+    hang_timeout: float = field(default=60.0, metadata=doc("Seconds without a heartbeat from every rank "
+                                                           "before the run counts as hung."))
     health_check: str | None = field(default=None, metadata=doc("Command run on every host between attempts "
                                                                 "(exit 0 = healthy), e.g. 'nvidia-smi -L'."))
     restart: Literal["auto", "warm", "cold"] = field(default="auto", metadata=doc(
