@@ -5,8 +5,7 @@
 
 What `orchestrator launch --launcher warm` (and `supervise` for the engine) starts on each node instead of
 torchrun. It keeps the node's ranks as warm workers (warm_worker.py) plus --standby spare workers that have
-already imported torch and the engine and wait; they start once the run's first group formed, so that their
-imports do not slow the ranks' start. Node 0's keeper hosts the run's TCPStore on --master-port.
+already imported torch and the engine and wait. Node 0's keeper hosts the run's TCPStore on --master-port.
 
 When a rank's process dies (or is killed: a hang the supervisor resolved), the keeper bumps the generation
 counter in the store (warm.py); every keeper then gives each of its ranks an assignment for the new generation:
@@ -173,6 +172,7 @@ class Keeper:
                 for rank in self.ranks:
                     self.active[rank] = self._spawn()
                 self._publish()
+            self._top_up()
             if master:
                 self.store.add(GEN_KEY, 0)
                 self.watch = warm.NodeWatch(self.store, nnodes=a.nnodes, node_timeout=a.node_timeout,
@@ -214,8 +214,7 @@ class Keeper:
                     return 0
                 self._assign(generation)
             self._check_joins()
-            if self.formed:  # not before: the standbys' imports would slow the ranks' start
-                self._top_up()
+            self._top_up()
             self.retired = [w for w in self.retired if w.proc.poll() is None]
             time.sleep(POLL_S)
         return 128 + self.stop_signal
@@ -322,13 +321,14 @@ class Keeper:
     def _wait_as_spare(self) -> int | None:
         """A spare keeper: standbys for a whole node, waiting until node 0 hands us a lost node's rank (None:
         we took it, go on as that node) or says the run is over (0)."""
+        for _ in range(self.args.nproc_per_node):
+            self.standbys.append(self._spawn())
+        self._top_up()
         spare = self.store.add(warm.SPARES_KEY, 1)
         self.store.set(warm.spare_key(spare, "host"), self.args.host)
         key = warm.spare_key(spare, "node")
         while self.stop_signal is None:
-            if self._beat(warm.spare_key(spare, "beat")) and not self.standbys and self.store.check([joined_key(0, 0)]):
-                # once the run's first group formed, so that their imports do not slow its start
-                self.standbys = [self._spawn() for _ in range(max(self.args.nproc_per_node, self.args.standby))]
+            self._beat(warm.spare_key(spare, "beat"))
             if self.store.check([key]):
                 self._take_over(json.loads(self.store.get(key)), spare)
                 return None
