@@ -5,7 +5,7 @@
 Two supervised runs of the engine start at once, each on its own 2 sandbox hosts x 1 process with 2 spare hosts:
 `--restart warm` (the default for the engine) and `--restart cold`. The tiny model trains at global batch
 --global-batch (256: steps of ~0.5 s while both runs share the machine), an asynchronous disk checkpoint every
---checkpoint-every steps (50), --hang-timeout 3. Both runs get the same seeded schedule: fault i lands once every
+--checkpoint-every steps (50), --hang-timeout 10. Both runs get the same seeded schedule: fault i lands once every
 rank trained past step (i+1) x --every (+ 1-10) and the run recovered from fault i-1; it is one of SIGKILL of a
 rank, SIGSTOP of a rank (a hang: under warm restarts its keeper sees it stopped and reports it at once; cold, it
 costs --hang-timeout), or a lost node (link down and its processes killed; at most one per spare; warm: a spare
@@ -70,14 +70,14 @@ def schedule(seed: int, faults: int, every: int, spares: int) -> list[tuple[int,
 
 
 def soak(mode: str, sb, work: Path, plan: list[tuple[int, str, int]], steps: int, checkpoint_every: int,
-         batch: int, out: dict) -> None:
+         batch: int, hang_timeout: float, out: dict) -> None:
     run_dir = work / mode / "run"
     run_dir.mkdir(parents=True)
     hosts, spares = sb.hosts[:2], sb.hosts[2:]
     argv = [sys.executable, "-m", "orchestrator", "supervise", "--hosts", ",".join(hosts), "--nproc-per-node", "1",
             "--spare-hosts", ",".join(spares), "--ssh-config", str(sb.ssh_config), "--connect-timeout", "3",
             "--python", sys.executable, "--run-dir", str(work / mode / "launch"), "--env", "OMP_NUM_THREADS=1",
-            "--hang-timeout", "3", "--health-timeout", "5", "--backoff", "0.5", "--backoff-max", "2",
+            "--hang-timeout", str(hang_timeout), "--health-timeout", "5", "--backoff", "0.5", "--backoff-max", "2",
             "--max-restarts", str(len(plan) + 5), "--max-host-failures", "1000", "--no-progress-attempts", "5",
             "--restart", mode, "--straggler-action", "off", "-m", "orchestrator.engine", "--", "--config", "tiny",
             "--steps", str(steps),
@@ -132,6 +132,9 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=240, help="steps between faults (~0.5 s each: ~120 s of training)")
     ap.add_argument("--global-batch", type=int, default=256,
                     help="the tiny model's global batch (default 256: steps of ~0.5 s while both runs share 2 cores)")
+    ap.add_argument("--hang-timeout", type=float, default=10.0,
+                    help="supervise --hang-timeout (default 10: on 2 cores shared with other jobs a step can stall for "
+                         "3 s; the SIGSTOPped ranks do not wait for it under warm restarts)")
     ap.add_argument("--checkpoint-every", type=int, default=50, help="steps between disk checkpoints (default 50)")
     ap.add_argument("--modes", default=",".join(MODES), help="warm,cold (default) or one of them")
     ap.add_argument("--seed", type=int, default=1)
@@ -147,7 +150,7 @@ def main() -> int:
     results: dict[str, dict] = {}
     try:
         threads = [threading.Thread(target=soak, args=(mode, boxes[mode], work, plan, steps, args.checkpoint_every,
-                                                       args.global_batch, results))
+                                                       args.global_batch, args.hang_timeout, results))
                    for mode in modes]
         for t in threads:
             t.start()
