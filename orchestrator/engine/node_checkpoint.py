@@ -42,6 +42,10 @@ from typing import Any
 
 from orchestrator.errors import ConfigError
 
+
+def _as_list(x: Any) -> list:  # a single module/optimizer may be passed bare, as to the Checkpointer
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
 __all__ = ["NodeCheckpoints", "Restore", "choose_restore", "NODE_CHECKPOINT_DIR"]
 
 log = logging.getLogger("orchestrator.engine.node_checkpoint")
@@ -134,7 +138,7 @@ class NodeCheckpoints:
         import torch.distributed as dist
 
         begin = time.perf_counter()
-        self.snaps.save(step, list(model_parts), list(optimizers), extra=extra or {})
+        self.snaps.save(step, _as_list(model_parts), _as_list(optimizers), extra=extra or {})
         self.snaps.wait()
         done = torch.tensor([1])
         if self.world_size > 1:  # every rank's file exists before any rank calls the step committed
@@ -182,7 +186,7 @@ class NodeCheckpoints:
                 raise ConfigError("--checkpoint-local", str(self.root), f"rank {self.rank} could not fetch step "
                                   f"{choice.step} from {holdings[holder]['host']} (got {fetched})")
             self._drop_newer(choice.step)
-        extra = self.snaps.load(choice.step, list(model_parts), list(optimizers))
+        extra = self.snaps.load(choice.step, _as_list(model_parts), _as_list(optimizers))
         self._commit(choice.step)
         self.restored = {str(r): f"{'local' if h is None else 'peer'} {holdings[r if h is None else h]['host']}"
                          for r, h in choice.sources.items()}
