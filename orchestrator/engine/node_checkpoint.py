@@ -20,7 +20,8 @@ replica.py's pusher and server (a thread in each rank; training never waits for 
 survives on its successor. A save is synchronous: the file is written, then every rank agrees it was (one small
 all-reduce) before committed.json moves on; the newest keep+1 files stay (keep: --keep-checkpoints).
 
-On a restart every rank reports what it holds (its own files, the peer copies on its node, its committed.json)
+The constructor is a collective (every rank, once the process group exists): on a restart every rank reports
+what it holds (its own files, the peer copies on its node, its committed.json)
 and all take the same decision (choose_restore): the newest step that every rank holds locally or as a peer
 copy somewhere; a rank without it locally fetches it from the holder's server. Files newer than that step (a
 branch the restart abandons) are removed. Nothing held anywhere: a fresh start. Files held but no step complete:
@@ -42,16 +43,16 @@ from typing import Any
 
 from orchestrator.errors import ConfigError
 
-
-def _as_list(x: Any) -> list:  # a single module/optimizer may be passed bare, as to the Checkpointer
-    return list(x) if isinstance(x, (list, tuple)) else [x]
-
 __all__ = ["NodeCheckpoints", "Restore", "choose_restore", "NODE_CHECKPOINT_DIR"]
 
 log = logging.getLogger("orchestrator.engine.node_checkpoint")
 
 NODE_CHECKPOINT_DIR = "node-checkpoints"
 _COMMITTED = "committed.json"
+
+
+def _as_list(x: Any) -> list:  # a single module/optimizer may be passed bare, as to the Checkpointer
+    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 @dataclass(frozen=True)
