@@ -283,15 +283,13 @@ class _Trainer:
         exists; every rank gets the same answer."""
         import torch.distributed as dist
 
-        from orchestrator.engine.checkpoint_files import complete_steps
-
         torch = self.torch
         steps = snaps.steps()
         newest = torch.tensor([steps[-1] if steps else -1])
         if self.dims.world_size > 1:
             dist.all_reduce(newest, op=dist.ReduceOp.MIN)
         step = int(newest.item())
-        disk = ckpt.newest() if self.cfg.train.checkpoint_local else (complete_steps(self.cfg.train.run_dir) or [None])[-1]
+        disk = ckpt.newest()
         # One vote per rank, so that every rank takes the same path even if they see the disk differently.
         usable = torch.tensor([1 if step in steps and not (disk is not None and disk > step) else 0])
         if self.dims.world_size > 1:

@@ -155,8 +155,8 @@ class Supervisor:
         attempt = self.current = Attempt(number, plan, time.time())
         self.events.emit("launch", attempt=number, run_id=plan.run_id, hosts=plan.hosts, world_size=plan.world_size,
                          resume_step=resume, skipped_checkpoints=skipped, logs=str(Path(plan.run_dir) / "logs"))
-        watch = StragglerWatch(self.cfg.straggler, events=self.events, run_dir=self.run_dir, attempt=number,
-                               spares=len(spares))
+        watch = StragglerWatch(self.cfg.straggler, events=self.events, checkpoint=lambda: self._newest_checkpoint()[0],
+                               attempt=number, spares=len(spares))
 
         def sink(line: OutputLine) -> None:
             if attempt.rank_exit is None and not stop.is_set() and (found := parse_rank_exit(line)) is not None:
