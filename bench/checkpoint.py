@@ -8,7 +8,9 @@ short) and checkpoints it --repeats times per method, methods interleaved round 
   - dcp.save / dcp.async_save of the same state dict: the anchor, DCP itself (raw async = its default
     stager: the copy blocks, the write runs in a thread);
   - orchestrator's Checkpointer, sync and async (async also moves the copy into a thread: the next
-    optimizer step waits for it through a pre-hook).
+    optimizer step waits for it through a pre-hook);
+  - node-local (`--checkpoint-local`, engine/node_checkpoint.py): the rank's own state as one torch.save file,
+    written before the call returns (one process: no all-reduce, no peer to copy to).
 After each save --overlap training steps run before wait(), so async work overlaps real steps.
 "stall" = time the save held the training loop up: the save call plus, for async, any wait in the next
 optimizer step. "slowdown" = extra time of the overlapped steps against steps without a save (on 2 shared
@@ -33,8 +35,9 @@ from orchestrator.engine.checkpoint import Checkpointer
 from orchestrator.engine.config import load_config
 from orchestrator.engine.data import SyntheticTokens
 from orchestrator.engine.model import Transformer, init_weights
+from orchestrator.engine.node_checkpoint import NodeCheckpoints
 
-METHODS = ("dcp.save (raw)", "dcp.async_save (raw)", "Checkpointer sync", "Checkpointer async")
+METHODS = ("dcp.save (raw)", "dcp.async_save (raw)", "Checkpointer sync", "Checkpointer async", "node-local")
 
 
 class Bench:
@@ -47,7 +50,9 @@ class Bench:
         self.data = SyntheticTokens(self.cfg.model.vocab_size)
         self.root, self.step_no, self.pending = root, 0, None
         self.ckpt = {"Checkpointer sync": Checkpointer(root / "sync", keep=1),
-                     "Checkpointer async": Checkpointer(root / "async", keep=1, async_save=True)}
+                     "Checkpointer async": Checkpointer(root / "async", keep=1, async_save=True),
+                     "node-local": NodeCheckpoints(root / "node", rank=0, world_size=1, nproc_per_node=1,
+                                                   layout="bench", keep=1)}
 
     def step(self) -> float:
         begin = time.perf_counter()
@@ -107,6 +112,7 @@ def run(config: str, args) -> tuple[list[str], dict]:
         base += [bench.step() for _ in range(args.overlap)]
     step_s = statistics.median(base)
     size = sum(f.stat().st_size for f in (root / "sync").rglob("*") if f.is_file())
+    bench.ckpt["node-local"].close()
     shutil.rmtree(root, ignore_errors=True)
     lines, by = [], {}
     for method in METHODS:

@@ -163,7 +163,8 @@ supervise_command = click.Command(
                      help="--no-shared-run-dir: the run dir is not on a file system the head and the nodes share; "
                           "each node's heartbeats and the engine's metrics.jsonl lines come back over its SSH "
                           "session into the head's run dir (a node that does see the head's run dir writes there "
-                          "itself). Not with --via slurm, nor with the engine's --checkpoint-every."),
+                          "itself). Not with --via slurm; the engine's --checkpoint-every needs its --checkpoint-local "
+                          "(node-local checkpoints, a copy on the next node)."),
         click.Option(["--failure-grace"], type=float, default=2.0, show_default=True,
                      help="Seconds other nodes get to exit on their own after the first failure."),
         _program,

@@ -34,6 +34,9 @@ from orchestrator.errors import OrchestratorError
 @click.option("--snapshot-every", type=int,
               help="Snapshot each rank's state into host memory every K steps, for warm restarts (default under "
                    "the warm launcher: 1).")
+@click.option("--checkpoint-local", is_flag=True, default=None,
+              help="Node-local checkpoints: each rank saves its own state on its node (copied to the next node); for "
+                   "a run dir that is not shared. Restarts need the same layout.")
 @click.option("--async-checkpoint/--sync-checkpoint", default=None, help="Save checkpoints in the background.")
 @click.option("--data", help="synthetic, or a token file from `orchestrator data prepare`.")
 @click.option("--engine", help="torch (FSDP2 x TP x PP) or deepspeed (ZeRO).")

@@ -181,6 +181,11 @@ class Checkpointer:
                 shutil.rmtree(self.root / step_dir_name(old), ignore_errors=True)
 
     # ---- load -------------------------------------------------------------------------------------
+    def newest(self) -> int | None:
+        """The newest committed step on disk (None: none); what a warm restart compares its snapshots with."""
+        steps = complete_steps(self.root.parent)
+        return steps[-1] if steps else None
+
     @torch.no_grad()
     def load_latest(self, model_parts: Any, optimizers: Any) -> tuple[int, dict] | None:
         """Load the newest complete, intact checkpoint into model_parts/optimizers (any layout).

@@ -169,6 +169,10 @@ class TrainConfig:
     """Keep the newest K complete checkpoints; 0 keeps all."""
     async_checkpoint: bool = False
     """Save in the background (training continues while the checkpoint is written)."""
+    checkpoint_local: bool = False
+    """Node-local checkpoints (torch engine): each rank writes its own state to run_dir/node-checkpoints/ on its own
+    node and sends a copy to the next node; a restart needs the same layout. For a run dir the ranks do not share
+    (`supervise --no-shared-run-dir`); see engine/node_checkpoint.py."""
     snapshot_every: int = 0
     """Snapshot each rank's state into host memory every K steps (0: never); what a warm restart restores. Needs
     ORCH_SNAPSHOT_DIR (the warm launcher sets it, and sets K=1 when this is 0)."""
@@ -188,6 +192,12 @@ class TrainConfig:
             raise ConfigError("--engine", self.engine, f"use one of {', '.join(ENGINES)}")
         if self.zero_stage not in (1, 2, 3):
             raise ConfigError("train.zero_stage", self.zero_stage, "use 1, 2 or 3")
+        if self.checkpoint_local and self.engine != "torch":
+            raise ConfigError("--checkpoint-local", True, "node-local checkpoints are the torch engine's; drop it or "
+                              "use --engine torch")
+        if self.checkpoint_local and self.async_checkpoint:
+            raise ConfigError("--async-checkpoint", True, "node-local checkpoints are written synchronously (each a "
+                              "rank's own shard); drop --async-checkpoint or --checkpoint-local")
         if self.data != "synthetic" and not Path(self.data).is_file():
             raise ConfigError("--data", self.data, "no such file; write one with `orchestrator data prepare` "
                               "or use --data synthetic")
@@ -213,7 +223,7 @@ FLAG_SECTIONS = {
     "dp_shard": "parallel", "dp_replicate": "parallel", "tp": "parallel", "pp": "parallel", "schedule": "parallel",
     "microbatches": "parallel", "steps": "train", "seed": "train", "run_dir": "train", "data": "train",
     "checkpoint_every": "train", "keep_checkpoints": "train", "async_checkpoint": "train", "engine": "train",
-    "snapshot_every": "train",
+    "snapshot_every": "train", "checkpoint_local": "train",
 }
 
 

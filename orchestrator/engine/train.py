@@ -198,20 +198,42 @@ class _Trainer:
 
     # ---- run -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from orchestrator.engine.checkpoint import Checkpointer
-
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         self._build_model()
         self._build_data()
-        run_dir = Path(t.run_dir)
-        ckpt = Checkpointer(run_dir, keep=t.keep_checkpoints, async_save=t.async_checkpoint)
+        ckpt = self._checkpointer()
+        try:
+            return self._run(ckpt)
+        except BaseException:
+            if t.checkpoint_local:  # its server and copy thread: a warm worker lives on after a broken generation
+                ckpt.close()
+            raise
+
+    def _checkpointer(self):
+        """The disk checkpoints: DCP in the shared run dir, or node-local ones (--checkpoint-local)."""
+        t = self.cfg.train
+        if t.checkpoint_local:
+            from orchestrator.engine.node_checkpoint import NodeCheckpoints
+
+            return NodeCheckpoints(t.run_dir, rank=self.rank, world_size=self.dims.world_size, keep=t.keep_checkpoints,
+                                   nproc_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", self.dims.world_size)),
+                                   layout=f"world_size={self.dims.world_size} {self.dims.describe()} stages_per_rank="
+                                          f"{len(self.parts)}")
+        from orchestrator.engine.checkpoint import Checkpointer
+
+        return Checkpointer(Path(t.run_dir), keep=t.keep_checkpoints, async_save=t.async_checkpoint)
+
+    def _run(self, ckpt) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
         snaps = self._snapshots()
-        start, source, extra = 0, None, None
-        memory_step = self._common_snapshot(snaps) if snaps is not None else None
+        start, source, extra, resumed = 0, None, None, {}
+        memory_step = self._common_snapshot(snaps, ckpt) if snaps is not None else None
         if memory_step is not None:
             start, source, extra = memory_step, "memory", snaps.load(memory_step, self.parts, self.optimizers)
-        elif (resumed := ckpt.load_latest(self.parts, self.optimizers)) is not None:
-            (start, extra), source = resumed, "disk"
+        elif (loaded := ckpt.load_latest(self.parts, self.optimizers)) is not None:
+            (start, extra), source = loaded, "disk"
+            if t.checkpoint_local:  # which node each rank's state came from
+                source, resumed = ckpt.resume_source, {"restored": ckpt.restored}
         if extra is not None:
             self.batches.load_state_dict(extra["data"])
             self.heartbeat.beat(step=start, status="starting")
@@ -224,7 +246,9 @@ class _Trainer:
             ckpt.save(step, self.parts, self.optimizers, extra={"data": self.batches.state_dict()})
             # checkpoint_wait_s: the part spent waiting for the previous async save to finish writing (its
             # writes take longer than the steps between two saves)
-            return {"checkpoint_stall_s": time.perf_counter() - begin, "checkpoint_wait_s": ckpt.last_wait_s}
+            record = {"checkpoint_stall_s": time.perf_counter() - begin, "checkpoint_wait_s": ckpt.last_wait_s}
+            # node-local: the supervisor learns from this line that every rank holds `step` (it cannot look)
+            return record | ({"local_checkpoint": step} if t.checkpoint_local else {})
 
         def snapshot(step: int) -> dict:
             return {"snapshot_stall_s": snaps.save(step, self.parts, self.optimizers,
@@ -233,7 +257,7 @@ class _Trainer:
         try:
             losses = run_steps(start=start, cfg=cfg, rank=self.rank, heartbeat=self.heartbeat, step=self._step,
                                save=save, snapshot=snapshot if snaps is not None else None,
-                               resumed={"resume_source": source} if source else None)
+                               resumed={"resume_source": source, **resumed} if source else None)
         finally:
             if snaps is not None:  # its writer thread too: a warm worker lives on after a broken generation
                 snaps.close()
@@ -254,12 +278,10 @@ class _Trainer:
             return None
         return Snapshots(directory, rank=self.rank)
 
-    def _common_snapshot(self, snaps) -> int | None:
+    def _common_snapshot(self, snaps, ckpt) -> int | None:
         """The newest snapshot step every rank holds (None: some rank has none), unless a newer disk checkpoint
         exists; every rank gets the same answer."""
         import torch.distributed as dist
-
-        from orchestrator.engine.checkpoint_files import complete_steps
 
         torch = self.torch
         steps = snaps.steps()
@@ -267,9 +289,9 @@ class _Trainer:
         if self.dims.world_size > 1:
             dist.all_reduce(newest, op=dist.ReduceOp.MIN)
         step = int(newest.item())
-        disk = complete_steps(self.cfg.train.run_dir)
+        disk = ckpt.newest()
         # One vote per rank, so that every rank takes the same path even if they see the disk differently.
-        usable = torch.tensor([1 if step in steps and not (disk and disk[-1] > step) else 0])
+        usable = torch.tensor([1 if step in steps and not (disk is not None and disk > step) else 0])
         if self.dims.world_size > 1:
             dist.all_reduce(usable, op=dist.ReduceOp.MIN)
         return step if usable.item() else None

@@ -11,8 +11,11 @@ One JSON object per line, flushed at once (a live run is readable by `orchestrat
     start        the supervised run: hosts, spares, limits
     preflight    with --preflight, before attempt 0: the health gate's verdict per host, exit_code, timings
                  (its failed nodes follow as exclude events, spare: true for a spare, then replace / shrink)
-    launch       one attempt: attempt, hosts, world_size, resume_step (the checkpoint it will resume from)
-    first_step   the attempt's first finished step: step, resumed_from, since_launch_s
+    launch       one attempt: attempt, hosts, world_size, resume_step (the checkpoint it will resume from; for
+                 node-local checkpoints the newest step the engine reported every rank holds)
+    first_step   the attempt's first finished step: step, resumed_from, since_launch_s; after a restore from the
+                 engine's node-local checkpoints also resume_source (local, or peer when a rank fetched its state
+                 from the next node's copy) and restored ({rank: "local HOST" | "peer HOST"})
     straggler    a node persistently slower than the median (straggler.py): host, slowdown, steps, step, ranks,
                  compute_ms, median_ms, action (what follows: a replacement at the next checkpoint, or a name only)
     failure      what the detector saw: kind (rank_exit | hang | unreachable | launcher_error | straggler), host, ...

@@ -56,7 +56,7 @@ from orchestrator.supervisor.stacks import hang_stacks
 from orchestrator.supervisor.warm import WarmRestarts
 from orchestrator.supervisor.straggler import StragglerWatch
 
-__all__ = ["Supervisor"]
+__all__ = ["Supervisor", "local_checkpoint"]
 
 log = logging.getLogger("orchestrator.supervisor.loop")
 
@@ -73,6 +73,9 @@ class Supervisor:
         self.state = policy.PolicyState()
         self.step_seen: dict[int, float] = {}
         self.metrics = MetricsTail(cfg.run_dir / "metrics.jsonl")
+        self.local_checkpoint = local_checkpoint(read_metrics(cfg.run_dir), None)
+        """The engine's node-local checkpoints (--checkpoint-local), which the head cannot see: the newest step
+        its metrics said every rank holds."""
         self.started_at = time.time()
         self.current: Attempt | None = None
         self.warm = WarmRestarts(self.events, runner, hang_timeout=cfg.hang_timeout, kill_timeout=cfg.health_timeout,
@@ -111,7 +114,7 @@ class Supervisor:
                     end = ("gave_up", {"reason": decision.reason, "last_cause": diagnosis.cause})
                     break
                 hosts = self._apply(decision, hosts, spares)
-                resume, skipped = newest_checkpoint(self.run_dir)
+                resume, skipped = self._newest_checkpoint()
                 lost = None if attempt.last_step is None else attempt.last_step - (resume or 0)
                 self.events.emit("restart", attempt=number + 1, resume_step=resume, skipped_checkpoints=skipped,
                                  steps_lost=lost, backoff_s=round(decision.backoff_s, 2), cause=diagnosis.cause,
@@ -148,13 +151,13 @@ class Supervisor:
         plan = attempt_plan(self.cfg, number, hosts, spares, store=store.endpoint if store else None)
         shutil.rmtree(self.heartbeat_dir, ignore_errors=True)  # last attempt's beats would look like a hang
         self.heartbeat_dir.mkdir(parents=True)
-        resume, skipped = newest_checkpoint(self.run_dir)
+        resume, skipped = self._newest_checkpoint()
         policy.note_launch(self.state, resume)
         attempt = self.current = Attempt(number, plan, time.time())
         self.events.emit("launch", attempt=number, run_id=plan.run_id, hosts=plan.hosts, world_size=plan.world_size,
                          resume_step=resume, skipped_checkpoints=skipped, logs=str(Path(plan.run_dir) / "logs"))
-        watch = StragglerWatch(self.cfg.straggler, events=self.events, run_dir=self.run_dir, attempt=number,
-                               spares=len(spares))
+        watch = StragglerWatch(self.cfg.straggler, events=self.events, checkpoint=lambda: self._newest_checkpoint()[0],
+                               attempt=number, spares=len(spares))
 
         def sink(line: OutputLine) -> None:
             if attempt.rank_exit is None and not stop.is_set() and (found := parse_rank_exit(line)) is not None:
@@ -228,6 +231,7 @@ class Supervisor:
             if self.warm is not None:
                 self.warm.on_step(attempt, record, seen, attempt.last_step, self.step_seen)
             attempt.last_step = step
+            self.local_checkpoint = local_checkpoint([record], self.local_checkpoint)
             if not attempt.first_step_seen:
                 attempt.first_step_seen = True
                 policy.note_success(self.state)
@@ -236,9 +240,16 @@ class Supervisor:
                 lost = None
                 if attempt.number > 0 and since is not None:
                     lost = round(seen - since - float(record.get("step_time_s") or 0.0), 3)
+                where = {k: record[k] for k in ("resume_source", "restored") if k in record}
                 self.events.emit("first_step", attempt=attempt.number, step=step, resumed_from=resumed,
-                                 since_launch_s=round(seen - attempt.launched_at, 3), time_lost_s=lost)
+                                 since_launch_s=round(seen - attempt.launched_at, 3), time_lost_s=lost, **where)
             self.step_seen[step] = seen
+
+    def _newest_checkpoint(self) -> tuple[int | None, list[str]]:
+        """(the step the next attempt resumes from, why newer DCP checkpoints were skipped): the run dir's DCP
+        checkpoints, else the node-local ones the engine reported."""
+        step, skipped = newest_checkpoint(self.run_dir)
+        return (self.local_checkpoint if step is None else step), skipped
 
     # ---- between attempts -------------------------------------------------------------------------------
     async def _recover(self, attempt: Attempt, hosts: list[Host],
@@ -257,7 +268,7 @@ class Supervisor:
         diagnosis = diagnose(attempt, health)
         self.events.emit("diagnosis", attempt=attempt.number, **diagnosis.to_event())
         blame = policy.blame_from(signal=diagnosis.signal, kind=diagnosis.cause, host=diagnosis.host)
-        checkpoint, _ = newest_checkpoint(self.run_dir)
+        checkpoint, _ = self._newest_checkpoint()
         decision = policy.decide([h.name for h in hosts], spares=[s.name for s in spares], blame=blame,
                                  health=health, checkpoint_step=checkpoint, state=self.state, limits=self.cfg.limits)
         for host, why in decision.excluded.items():
@@ -279,3 +290,14 @@ class Supervisor:
         spares[:] = [s for s in spares if s.name not in decision.hosts] + left_out
         return chosen
 
+
+def local_checkpoint(records: list[dict], newest: int | None) -> int | None:
+    """The newest node-local checkpoint after these metrics records (in order), starting from `newest`: a save
+    reports local_checkpoint, a restore from node-local checkpoints (resume_source local or peer) drops every
+    newer one."""
+    for record in records:
+        if record.get("resume_source") in ("local", "peer"):
+            newest = record.get("resumed_from")
+        if type(record.get("local_checkpoint")) is int:
+            newest = record["local_checkpoint"]
+    return newest

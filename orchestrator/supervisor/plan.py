@@ -116,7 +116,8 @@ class SuperviseOptions:
     """'replace', 'name' or 'off' (straggler.py)."""
     shared_run_dir: bool = True
     """False: the run dir is not on a file system the head and the nodes share (heartbeats and metrics.jsonl lines
-    travel over SSH); not with --via slurm, nor with the engine's disk checkpoints."""
+    travel over SSH); not with --via slurm, nor with the engine's DCP checkpoints (its --checkpoint-local ones are
+    node-local)."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,10 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
     if overlap := {s.name for s in spares} & {h.name for h in host_list}:
         raise ConfigError("--spare-hosts", opts.spare_hosts, f"{sorted(overlap)} are already run hosts")
     lo, hi = parse_nodes(opts.nodes, len(host_list))
+    if lo < min(hi, len(host_list)) and _engine(spec) and "--checkpoint-local" in spec.program:
+        raise ConfigError("--nodes", opts.nodes, "the engine's --checkpoint-local files are per rank and cannot be "
+                          "resharded onto fewer nodes: give a fixed node count (and spares), or use DCP "
+                          "checkpoints on a shared run dir")
     model_parallel = opts.model_parallel if opts.model_parallel is not None else model_parallel_of(spec.program)
     base = program_option(spec.program, "--run-dir")
     limits = Limits(min_nodes=lo, max_nodes=min(hi, len(host_list)), max_restarts=opts.max_restarts,
@@ -228,11 +233,15 @@ def _check_unshared(spec: LaunchSpec, steps) -> None:
         raise ConfigError("--shared-run-dir", False, "--via slurm needs a run dir every node shares (its "
                           "heartbeats are read there); share the run dir or supervise over SSH")
     every = program_option(spec.program, "--checkpoint-every")
-    if spec.module and spec.program[0] == WARM_MODULE and every not in (None, "0"):
-        raise ConfigError("--checkpoint-every", every, "the engine's checkpoints need a run dir every rank sees "
-                          "(each node would hold only its own shards): with --no-shared-run-dir drop "
-                          "--checkpoint-every (a failed rank restarts warm from memory snapshots; a cold restart "
-                          "starts over at step 0), or put --run-dir on a shared file system")
+    if _engine(spec) and every not in (None, "0") and "--checkpoint-local" not in spec.program:
+        raise ConfigError("--checkpoint-every", every, "the engine's DCP checkpoints need a run dir every rank sees "
+                          "(each node would hold only its own shards): with --no-shared-run-dir add "
+                          "--checkpoint-local (each rank keeps its own state on its node, copied to the next node), "
+                          "or put --run-dir on a shared file system")
+
+
+def _engine(spec: LaunchSpec) -> bool:
+    return spec.module and bool(spec.program) and spec.program[0] == WARM_MODULE
 
 
 def restart_mode(spec: LaunchSpec, opts: SuperviseOptions) -> tuple[str, str]:
@@ -242,7 +251,7 @@ def restart_mode(spec: LaunchSpec, opts: SuperviseOptions) -> tuple[str, str]:
     if opts.restart == "cold":
         return "cold", "--restart cold"
     obstacle = None
-    if not (spec.module and spec.program and spec.program[0] == WARM_MODULE):
+    if not _engine(spec):
         obstacle = f"the program is not the engine (-m {WARM_MODULE})"
     elif spec.launcher == "deepspeed" or program_option(spec.program, "--engine") == "deepspeed":
         obstacle = "the DeepSpeed path restarts cold"

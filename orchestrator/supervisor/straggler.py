@@ -4,7 +4,7 @@
     detector = StragglerDetector(options)
     for found in detector.observe(read_heartbeats(d)):      # every poll; a node is named once
         found.host, found.slowdown, found.to_event()         # 'node3', 1.52, the "straggler" event's fields
-    watch = StragglerWatch(options, events=log, run_dir=run_dir, attempt=0, spares=1)
+    watch = StragglerWatch(options, events=log, checkpoint=lambda: newest_checkpoint(run_dir)[0], attempt=0, spares=1)
     watch.poll(beats)                                        # the loop's hook: a Straggler when it is time to stop
 
 What is compared: every rank's heartbeat carries running totals of the time spent in a rank-local section of
@@ -33,8 +33,8 @@ ranks are told not to time anything (ORCH_STEP_TIMING=0).
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from orchestrator.errors import ConfigError
 
@@ -199,8 +199,11 @@ class StragglerWatch:
     """One attempt's straggler detection as the supervisor loop drives it: names stragglers in events.jsonl and,
     under action "replace" with a spare, says when to stop the attempt (a checkpoint newer than the naming)."""
 
-    def __init__(self, options: StragglerOptions, *, events, run_dir: Path, attempt: int, spares: int):
-        self.options, self.events, self.run_dir, self.attempt = options, events, run_dir, attempt
+    def __init__(self, options: StragglerOptions, *, events, checkpoint: Callable[[], int | None], attempt: int,
+                 spares: int):
+        """checkpoint(): the newest checkpoint's step or None (the supervisor's: the run dir's DCP checkpoints,
+        else the node-local ones the engine reported)."""
+        self.options, self.events, self.checkpoint, self.attempt = options, events, checkpoint, attempt
         self.detector = StragglerDetector(options)
         self.replace = options.action == "replace" and spares > 0
         self.pending: Straggler | None = None
@@ -208,8 +211,6 @@ class StragglerWatch:
 
     def poll(self, beats: dict[str, dict]) -> Straggler | None:
         """Feed one poll's heartbeats; returns the straggler to replace once its checkpoint is committed."""
-        from orchestrator.engine.checkpoint_files import newest_checkpoint
-
         if self.options.action == "off":
             return None
         for found in self.detector.observe(beats):
@@ -222,7 +223,7 @@ class StragglerWatch:
                              threshold=self.options.threshold, action=plan)
         if self.pending is None:
             return None
-        checkpoint, _ = newest_checkpoint(self.run_dir)  # only while a replacement waits: a directory scan
+        checkpoint = self.checkpoint()  # only while a replacement waits: a directory scan
         if checkpoint is None or checkpoint <= self.pending.step:
             return None
         last = max((b["steps"] for b in beats.values() if b.get("steps")), default=None)

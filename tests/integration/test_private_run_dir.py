@@ -4,7 +4,10 @@ Each host gets its own plain directory at the run dir's path (Sandbox.private_di
 nodes' are three different directories at one path. The ranks' heartbeats and the engine's metrics lines must
 still reach the head, over each node's SSH session: a SIGKILLed and a SIGSTOPped rank are detected and repaired
 (warm, the engine's default; and cold, under torchrun), `orchestrator status` shows live steps and heartbeats from
-the head's copy, and the relay lines never show in the run's logs.
+the head's copy, and the relay lines never show in the run's logs. With the engine's node-local checkpoints
+(--checkpoint-local), a cold restart after a SIGKILL resumes from each rank's own files, and a spare that replaces
+a lost node restores that node's rank from the copy on the other node; every step's loss equals an uninterrupted
+run's.
 """
 
 from __future__ import annotations
@@ -18,20 +21,24 @@ from pathlib import Path
 
 import pytest
 from orch_cli import ORCH, orch
+from orchestrator.engine.snapshot import snapshot_steps
 from probes import heartbeat
 from run_tokens import wait_for
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
 
 
-def supervise(sb, run_dir: Path, run_id: str, *, steps: int, restart: str) -> subprocess.Popen:
+def supervise(sb, run_dir: Path, run_id: str, *, steps: int, restart: str, hosts: list[str] | None = None,
+              extra: tuple[str, ...] = (), engine: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Supervise the tiny engine on `hosts` (default: every host of the sandbox; each one, spares too, gets its
+    own run dir) with extra supervise options and engine arguments."""
     for host in sb.hosts:
         sb.private_dir(host, str(run_dir))
-    argv = [*ORCH, "supervise", "--hosts", ",".join(sb.hosts), "--nproc-per-node", "1", "--ssh-config",
-            str(sb.ssh_config), "--python", sys.executable, "--run-dir", str(run_dir / "launch"), "--run-id",
-            run_id, "--env", "OMP_NUM_THREADS=1", "--hang-timeout", "3", "--backoff", "0.5", "--restart", restart,
-            "--no-shared-run-dir", "-m", "orchestrator.engine", "--", "--config", "tiny", "--steps", str(steps),
-            "--run-dir", str(run_dir)]
+    argv = [*ORCH, "supervise", "--hosts", ",".join(hosts or sb.hosts), *extra, "--nproc-per-node", "1",
+            "--ssh-config", str(sb.ssh_config), "--python", sys.executable, "--run-dir", str(run_dir / "launch"),
+            "--run-id", run_id, "--env", "OMP_NUM_THREADS=1", "--hang-timeout", "3", "--backoff", "0.5", "--restart",
+            restart, "--no-shared-run-dir", "-m", "orchestrator.engine", "--", "--config", "tiny", "--steps",
+            str(steps), "--run-dir", str(run_dir), *engine]
     return subprocess.Popen(argv, stdout=open(run_dir.parent / f"{run_dir.name}.log", "w"), stderr=subprocess.STDOUT)
 
 
@@ -115,3 +122,93 @@ def test_cold_restarts_under_torchrun_see_a_kill_and_a_hang(private_sandbox, tmp
     assert [e["cause"] for e in evs if e["event"] == "diagnosis"] == ["killed", "hang"]
     assert [e["event"] for e in evs].count("launch") == 3 and evs[-1]["event"] == "done"
     check_private(sb, run_dir, steps)
+
+
+LOCAL_STEPS, LOCAL_EVERY = 30, 5
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[int, float]:
+    """The losses of an uninterrupted run of the same layout (torchrun, 2 local processes, gloo)."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29398",
+                    "-m", "orchestrator.engine", "--config", "tiny", "--steps", str(LOCAL_STEPS), "--run-dir",
+                    str(run_dir)], check=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                   timeout=240)
+    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def supervise_local(sb, run_dir: Path, run_id: str, *, hosts: list[str], extra: tuple[str, ...] = (),
+                    restart: str = "cold"):
+    run_dir.mkdir()
+    return supervise(sb, run_dir, run_id, steps=LOCAL_STEPS, restart=restart, hosts=hosts, extra=extra,
+                     engine=("--checkpoint-every", str(LOCAL_EVERY), "--checkpoint-local"))
+
+
+def check_restored(run_dir: Path, reference: dict[int, float], evs: list[dict], source: str, restored: dict) -> int:
+    """Attempt 1 resumed from a node-local checkpoint (not step 0) that the supervisor named before launching it,
+    its first_step event says from where, and every loss the run wrote (re-trained steps too) is the reference's;
+    the step it resumed from."""
+    first = [e for e in evs if e["event"] == "first_step"]
+    assert len(first) == 2 and first[1]["resume_source"] == source and first[1]["restored"] == restored, first
+    resumed = first[1]["resumed_from"]
+    assert resumed and resumed % LOCAL_EVERY == 0, first
+    launches = [e for e in evs if e["event"] == "launch"]
+    assert [e["resume_step"] for e in launches] == [None, resumed], launches
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in records} == set(reference)
+    assert max(abs(r["loss"] - reference[r["step"]]) for r in records) <= 1e-5
+    assert not (run_dir / "node-checkpoints").exists()  # the head holds none: each node its own
+    return resumed
+
+
+def test_cold_restart_resumes_from_node_local_checkpoints(private_sandbox, tmp_path, reference):
+    sb, run_dir = private_sandbox(nodes=2), tmp_path / "plocal"
+    proc = supervise_local(sb, run_dir, "plocal", hosts=sb.hosts)
+    beat = training(run_dir, 1, 12, timeout=150)
+    os.kill(beat["pid"], signal.SIGKILL)
+    evs = finish(proc, run_dir)
+    assert [e["kind"] for e in evs if e["event"] == "failure"] == ["rank_exit"]
+    n1, n2 = sb.hosts
+    resumed = check_restored(run_dir, reference, evs, "local", {"0": f"local {n1}", "1": f"local {n2}"})
+    assert resumed >= 10
+    check_node_files(sb, run_dir)
+
+
+def check_node_files(sb, run_dir: Path) -> None:
+    """Each node holds its rank's newest files (the last step's included) and copies of the other rank's."""
+    for rank, host in enumerate(sb.hosts):
+        own = node_dir(sb, host, run_dir) / "node-checkpoints"
+        assert max(snapshot_steps(own / f"rank{rank}")) == LOCAL_STEPS
+        assert snapshot_steps(own / "peers" / f"rank{1 - rank}")
+
+
+def test_a_warm_restart_with_node_local_checkpoints_restores_from_memory(private_sandbox, tmp_path, reference):
+    sb, run_dir = private_sandbox(nodes=2), tmp_path / "pwlocal"
+    proc = supervise_local(sb, run_dir, "pwlocal", hosts=sb.hosts, restart="warm")
+    os.kill(training(run_dir, 1, 12, timeout=150)["pid"], signal.SIGKILL)
+    evs = finish(proc, run_dir)
+    assert [e["source"] for e in evs if e["event"] == "warm_resumed"] == ["memory"], evs
+    assert [e["event"] for e in evs].count("launch") == 1
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(abs(r["loss"] - reference[r["step"]]) for r in records) <= 1e-5
+    check_node_files(sb, run_dir)
+
+
+def test_a_spare_restores_the_lost_nodes_rank_from_its_peer_copy(private_sandbox, tmp_path, reference):
+    sb, run_dir = private_sandbox(nodes=3), tmp_path / "plost"
+    n1, n2, spare = sb.hosts
+    proc = supervise_local(sb, run_dir, "plost", hosts=[n1, n2], extra=("--spare-hosts", spare))
+    try:
+        training(run_dir, 1, 12, timeout=150)
+        sb.lose(n2)
+        evs = finish(proc, run_dir)
+    finally:
+        sb.link_up(n2)
+        # the lost node's agent died with it, so its temp dir stays, as on a dead machine: the test removes it
+        sb.exec(n2, ["find", "/tmp", "/dev/shm", "-maxdepth", "1", "-name", "orch-plost-a0-*", "-exec", "rm", "-rf",
+                     "{}", "+"])
+    assert {"event": "replace", "host": n2, "spare": spare} in [
+        {k: e[k] for k in ("event", "host", "spare")} for e in evs if e["event"] == "replace"], evs
+    check_restored(run_dir, reference, evs, "peer", {"0": f"local {n1}", "1": f"peer {n1}"})
+    assert (node_dir(sb, spare, run_dir) / "node-checkpoints" / "rank1" / f"step-{LOCAL_STEPS}.pt").exists()

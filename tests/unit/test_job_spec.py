@@ -155,7 +155,12 @@ def test_a_run_dir_the_nodes_do_not_share(job_dir, capsys):
     (job_dir / "job.yaml").write_text(SMALLEST.replace("run: train.py --steps 3", engine + " --checkpoint-every 5") +
                                       "supervise: {shared_run_dir: false}\n")
     code, out, err = up(capsys, str(job_dir / "job.yaml"), "--dry-run")
-    assert code == 2 and err.startswith("orchestrator: config error: job.yaml:run='5': the engine's checkpoints")
+    assert code == 2 and err.startswith("orchestrator: config error: job.yaml:run='5': the engine's DCP checkpoints")
+    assert "--checkpoint-local" in err
+    (job_dir / "job.yaml").write_text(SMALLEST.replace("run: train.py --steps 3", engine + " --checkpoint-every 5 "
+                                                       "--checkpoint-local") + "supervise: {shared_run_dir: false}\n")
+    code, out, _ = up(capsys, str(job_dir / "job.yaml"), "--dry-run", "--json", "--run-dir", str(job_dir / "runs"))
+    assert code == 0 and json.loads(out)["plan"]["shared_run_dir"] is False
 
 
 def test_slurm_job_file_outside_an_allocation_plans_a_batch_job(job_dir, capsys, monkeypatch):

@@ -143,3 +143,11 @@ def test_what_a_private_run_dir_cannot_do_is_a_config_error(program, opts, field
         plan_supervise(spec, SuperviseOptions(hosts="n[1-2]", shared_run_dir=False, **opts), environ=environ)
     assert info.value.field == field
     assert engine_plan("--checkpoint-every", "0").config.shared_run_dir is False
+    assert engine_plan("--checkpoint-every", "5", "--checkpoint-local").config.shared_run_dir is False
+
+
+def test_node_local_checkpoints_refuse_a_node_count_that_may_shrink():
+    with pytest.raises(ConfigError) as info:
+        engine_plan("--checkpoint-every", "5", "--checkpoint-local", nodes="1:2")
+    assert info.value.field == "--nodes" and "cannot be resharded" in str(info.value)
+    assert engine_plan("--checkpoint-local", nodes="2").config.limits.min_nodes == 2

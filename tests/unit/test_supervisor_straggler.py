@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from orchestrator.engine.checkpoint_files import newest_checkpoint
 from orchestrator.errors import ConfigError
 from orchestrator.supervisor.straggler import StragglerDetector, StragglerOptions, StragglerWatch
 
@@ -177,7 +178,7 @@ def commit_checkpoint(run_dir, step):
 
 def test_watch_replaces_at_the_first_checkpoint_after_the_naming(tmp_path):
     events, fleet = Events(), Fleet(HOSTS)
-    watch = StragglerWatch(StragglerOptions(), events=events, run_dir=tmp_path, attempt=2, spares=1)
+    watch = StragglerWatch(StragglerOptions(), events=events, checkpoint=lambda: newest_checkpoint(tmp_path)[0], attempt=2, spares=1)
     seconds = lambda step, host, g: BASE * (1.5 if host == "n4" else 1.0)  # noqa: E731
     commit_checkpoint(tmp_path, 40)
     while not events.emitted:
@@ -195,7 +196,7 @@ def test_watch_replaces_at_the_first_checkpoint_after_the_naming(tmp_path):
 
 def test_watch_swaps_nothing_at_the_checkpoint_of_the_last_step(tmp_path):
     events, fleet = Events(), Fleet(HOSTS)
-    watch = StragglerWatch(StragglerOptions(), events=events, run_dir=tmp_path, attempt=0, spares=1)
+    watch = StragglerWatch(StragglerOptions(), events=events, checkpoint=lambda: newest_checkpoint(tmp_path)[0], attempt=0, spares=1)
     seconds = lambda step, host, g: BASE * (1.5 if host == "n4" else 1.0)  # noqa: E731
     while not events.emitted:
         watch.poll(fleet.train(5, seconds))
@@ -208,7 +209,7 @@ def test_watch_swaps_nothing_at_the_checkpoint_of_the_last_step(tmp_path):
 @pytest.mark.parametrize(("action", "spares", "plan"), [("replace", 0, "name (no spare left)"), ("name", 1, "name")])
 def test_watch_only_names_without_a_spare_or_when_told(tmp_path, action, spares, plan):
     events, fleet = Events(), Fleet(HOSTS)
-    watch = StragglerWatch(StragglerOptions(action=action), events=events, run_dir=tmp_path, attempt=0, spares=spares)
+    watch = StragglerWatch(StragglerOptions(action=action), events=events, checkpoint=lambda: newest_checkpoint(tmp_path)[0], attempt=0, spares=spares)
     commit_checkpoint(tmp_path, 1000)
     for _ in range(60):
         assert watch.poll(fleet.train(5, lambda step, host, g: BASE * (2.0 if host == "n1" else 1.0))) is None
@@ -217,7 +218,7 @@ def test_watch_only_names_without_a_spare_or_when_told(tmp_path, action, spares,
 
 def test_watch_off_does_nothing(tmp_path):
     events, fleet = Events(), Fleet(HOSTS)
-    watch = StragglerWatch(StragglerOptions(action="off"), events=events, run_dir=tmp_path, attempt=0, spares=1)
+    watch = StragglerWatch(StragglerOptions(action="off"), events=events, checkpoint=lambda: newest_checkpoint(tmp_path)[0], attempt=0, spares=1)
     for _ in range(60):
         assert watch.poll(fleet.train(5, lambda step, host, g: BASE * (2.0 if host == "n1" else 1.0))) is None
     assert events.emitted == []
