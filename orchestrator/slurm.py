@@ -6,6 +6,7 @@
     slurm.require_allocation("--via slurm")  # the same, or ConfigError (exit 2) outside salloc/sbatch
     slurm.job("42").state, slurm.job("42").exit_code       # 'COMPLETED', 0
     slurm.nodes()["node3"].state            # 'idle'
+    slurm.node_address("node3")             # '10.0.0.3' (its NodeAddr)
     slurm.drain(["node3"], reason="ecc errors")           # what the supervisor does with a bad node
 
 Backends: pyslurm when it imports and matches the running Slurm (PyPI only builds it for Slurm 25.11; importing
@@ -250,6 +251,15 @@ def nodes() -> dict[str, Node]:
         found[raw["name"]] = Node(name=raw["name"], state=state, reason=raw.get("reason", ""), gres=raw.get("gres", ""),
                                   cpus=int(raw.get("cpus") or 0))
     return found
+
+
+def node_address(name: str) -> str:
+    """The node's NodeAddr (`scontrol show node`): where slurmctld reaches its slurmd (the node's name when unset)."""
+    text = _checked(["scontrol", "--oneliner", "show", "node", name], what=f"the address of {name}")
+    found = re.search(r"(?:^|\s)NodeAddr=(\S+)", text)
+    if not found:
+        raise RemoteError(f"slurm: scontrol shows no NodeAddr for {name}")
+    return found.group(1)
 
 
 # ---- acting -----------------------------------------------------------------------------------------------

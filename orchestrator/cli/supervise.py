@@ -16,7 +16,8 @@ when fewer than --nodes MIN pass, the run gives up before starting (exit 1).
 Inside salloc/sbatch, `--via slurm` runs each attempt as one srun step over the allocation's nodes (or --hosts
 among them) minus the excluded ones, health-checks nodes with single-node srun steps, and with
 --drain-bad-nodes drains what it excludes. Exit codes follow the requeue contract: 0 done, 2 configuration
-error (never retried), 1 gave up (restartable: `submit --max-restarts` may requeue the job).
+error (never retried), 1 gave up (restartable: `submit --max-restarts` may requeue the job). Warm restarts of the
+engine happen inside the srun step (one keeper per node); a lost node restarts cold there.
 With --no-shared-run-dir the run dir may be private to each node (no shared file system): each node's launcher
 runs under a small forwarder that sends the ranks' heartbeats and the engine's metrics.jsonl lines back over the
 node's SSH session, into the head's run dir, where `orchestrator status` and the detectors read them.
@@ -148,7 +149,8 @@ supervise_command = click.Command(
                      "the supervisor excludes, with the reason, so later jobs avoid them too."),
         click.Option(["--restart"], type=click.Choice(["auto", "warm", "cold"]), default="auto", show_default=True,
                      help="warm: a failed or hung rank is replaced in about a second by a standby process on its "
-                          "node, every rank restoring the newest in-memory snapshot (the engine over SSH only); "
+                          "node, every rank restoring the newest in-memory snapshot (the engine; over SSH or inside "
+                          "the srun step); "
                           "cold: every failure restarts the whole run from the disk checkpoint; auto: warm when "
                           "possible. A warm restart that cannot finish falls back to cold."),
         click.Option(["--straggler-threshold"], type=float, default=1.10, show_default=True, metavar="RATIO",

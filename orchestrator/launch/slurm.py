@@ -1,4 +1,4 @@
-"""Launch through Slurm: one torchrun per node of the current allocation, all started by one `srun`.
+"""Launch through Slurm: one torchrun (or warm keeper) per node of the current allocation, all started by one `srun`.
 
 Head side, inside `salloc` or an sbatch script (what `launchers/srun-torchrun` and `launch --via slurm` run):
 
@@ -13,7 +13,11 @@ Head side, inside `salloc` or an sbatch script (what `launchers/srun-torchrun` a
 
 Node side (what srun starts once per node): `python -m orchestrator.launch.slurm node -- <node 0's torchrun argv>`
 puts SLURM_NODEID in --node-rank and runs torchrun in this process, so it can map how the ranks ended onto
-the job exit-code contract (launchers/README.md):
+the job exit-code contract (launchers/README.md). With the warm launcher (plan.launcher "warm": what `supervise`
+runs for the engine) node 0's argv is its keeper's (engine/keeper.py): the node entry puts SLURM_NODEID in
+--node-rank, node rank x --nproc-per-node in --first-rank and the Slurm node name in --host, gives the keeper a
+private temp dir under ORCH_RUN_TMPDIR (/dev/shm under the supervisor: its snapshots live in memory and go with
+the step) and runs it in this process; the keeper restarts a failed rank inside the step.
 
     0  every rank finished
     1  restartable: a rank crashed, was killed, or this node was told to stop because another node failed
@@ -30,11 +34,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 
+from orchestrator.contracts import RUN_TMPDIR
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
 from orchestrator.hosts import Host, HostList, fold
 from orchestrator.slurm import Allocation, require_allocation
@@ -46,6 +52,8 @@ SRUN_FIXED = ("--ntasks-per-node=1", "--kill-on-bad-exit=1", "--quit-on-interrup
 # Readable rank prefixes in the job log (torchrun --tee); Slurm users read that file, not our runner.
 RANK_PREFIX = "[rank${rank}]: "
 NODE_ENTRY = ("-m", "orchestrator.launch.slurm", "node", "--")
+STEP_LAUNCHERS = ("torchrun", "warm")
+TORCHRUN, KEEPER = ["-m", "torch.distributed.run"], ["-m", "orchestrator.engine.keeper"]
 
 
 def allocation_hosts(alloc: Allocation, *, nproc_per_node: int | None) -> HostList:
@@ -56,8 +64,9 @@ def allocation_hosts(alloc: Allocation, *, nproc_per_node: int | None) -> HostLi
 
 def srun_argv(plan, alloc: Allocation, *, srun_options: Sequence[str] = ()) -> list[str]:
     """One srun step over the plan's nodes, starting the node entry with node 0's torchrun argv. Pure."""
-    if plan.launcher != "torchrun":
-        raise ConfigError("--launcher", plan.launcher, "--via slurm runs torchrun; use --launcher torchrun")
+    if plan.launcher not in STEP_LAUNCHERS:
+        raise ConfigError("--launcher", plan.launcher, "--via slurm runs torchrun or the warm keeper; use --launcher "
+                          "torchrun")
     first = plan.nodes[0]
     for field, values in (("--nproc-per-node", {n.nproc for n in plan.nodes}),
                           ("--python", {n.python for n in plan.nodes}), ("--workdir", {n.workdir for n in plan.nodes})):
@@ -82,8 +91,10 @@ def srun_argv(plan, alloc: Allocation, *, srun_options: Sequence[str] = ()) -> l
 
 
 def srun_env(plan, base: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """srun's environment: the caller's (srun forwards it, as Slurm users expect) plus the env manifest."""
-    return {**base, **plan.env.values, "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX}
+    """srun's environment: the caller's (srun forwards it, as Slurm users expect) plus the env manifest; for the
+    warm keepers also ORCH_RUN_TMPDIR, the base of each node's private temp dir (where their snapshots go)."""
+    keeper = {RUN_TMPDIR: plan.launcher_env[RUN_TMPDIR]} if plan.launcher == "warm" else {}
+    return {**base, **plan.env.values, **keeper, "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX}
 
 
 def run_srun(argv: list[str], env: Mapping[str, str]) -> int:
@@ -131,17 +142,50 @@ def maybe_requeue(rc: int, *, max_restarts: int, environ: Mapping[str, str] = os
 # ---- node side --------------------------------------------------------------------------------------------
 def node_torchrun_args(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
     """[PY, -m, torch.distributed.run, ...node 0's args] -> torchrun's args with this node's --node-rank."""
-    if list(argv[1:3]) != ["-m", "torch.distributed.run"]:
+    if list(argv[1:3]) != TORCHRUN:
         raise ConfigError("node argv", list(argv[:3]), "expected PYTHON -m torch.distributed.run ...")
+    args = list(argv[3:])
+    return _with_options(args, {"--node-rank": str(_node_id(args, environ))})
+
+
+def node_keeper_args(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """[PY, -m, orchestrator.engine.keeper, ...node 0's args] -> the keeper's args for this node: --node-rank from
+    SLURM_NODEID, --first-rank = node rank x --nproc-per-node, --host the Slurm node name (the supervisor's name
+    for it). The engine's args after '--' pass unchanged."""
+    if list(argv[1:3]) != KEEPER:
+        raise ConfigError("node argv", list(argv[:3]), "expected PYTHON -m orchestrator.engine.keeper ...")
+    args = list(argv[3:])
+    cut = args.index("--") if "--" in args else len(args)
+    own, engine = args[:cut], args[cut:]
+    node_id = _node_id(own, environ)
+    nproc = _option(own, "--nproc-per-node")
+    if nproc is None or not nproc.isdigit():
+        raise ConfigError("--nproc-per-node", nproc, "the keeper's argv names its ranks per node")
+    host = environ.get("SLURMD_NODENAME") or socket.gethostname()
+    return _with_options(own, {"--node-rank": str(node_id), "--first-rank": str(node_id * int(nproc)),
+                               "--host": host}) + engine
+
+
+def _node_id(args: Sequence[str], environ: Mapping[str, str]) -> int:
+    """This task's node rank in the step (SLURM_NODEID), checked against the argv's --nnodes."""
     node_id = environ.get("SLURM_NODEID")
     if node_id is None or not node_id.isdigit():
         raise ConfigError("SLURM_NODEID", node_id, "the node entry runs under srun, one task per node")
-    args = list(argv[3:])
-    nnodes = next((a.split("=", 1)[1] for a in args if a.startswith("--nnodes=")), None)
+    nnodes = _option(args, "--nnodes")
     step_nodes = environ.get("SLURM_STEP_NUM_NODES") or environ.get("SLURM_NNODES")
     if nnodes and step_nodes and nnodes != step_nodes:
         raise ConfigError("--nnodes", nnodes, f"the srun step has {step_nodes} nodes; start one task per node")
-    return [f"--node-rank={node_id}" if a.startswith("--node-rank=") else a for a in args]
+    return int(node_id)
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    return next((a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")), None)
+
+
+def _with_options(args: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    """args with each `--name=...` of `values` set to its value (the plans render every option as --name=value)."""
+    return [f"{a.split('=', 1)[0]}={values[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in values else a
+            for a in args]
 
 
 def exit_code_for(failure_codes: Sequence[int]) -> int:
@@ -150,26 +194,28 @@ def exit_code_for(failure_codes: Sequence[int]) -> int:
 
 
 def node_main(argv: Sequence[str]) -> int:
-    """Run this node's torchrun in-process and return the contract's exit code."""
-    args = node_torchrun_args(argv, os.environ)
-    # srun stops the other nodes with SIGTERM when one fails (--kill-on-bad-exit). torchrun handles it while it
-    # runs; before that, and once its ranks are gone, a SIGTERM must not end this process as "143", which would
-    # outrank a peer's 2 in srun's exit code.
+    """Run this node's torchrun (or warm keeper) in-process and return the contract's exit code."""
+    keeper = list(argv[1:3]) == KEEPER
+    args = node_keeper_args(argv, os.environ) if keeper else node_torchrun_args(argv, os.environ)
+    # srun stops the other nodes with SIGTERM when one fails (--kill-on-bad-exit). torchrun (the keeper) handles
+    # it while it runs; before that, and once its ranks are gone, a SIGTERM must not end this process as "143",
+    # which would outrank a peer's 2 in srun's exit code.
     signal.signal(signal.SIGTERM, _stopped_by_slurm)
-    tmp = private_tmpdir()
+    tmp = private_tmpdir(os.environ.get(RUN_TMPDIR) if keeper else None)
     try:
-        return _run_torchrun(args)
+        return _run_keeper(args) if keeper else _run_torchrun(args)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def private_tmpdir() -> str:
-    """A temp dir for this node's step, TMPDIR until node_main removes it: torchrun's per-rank files and the ranks'
-    temp files go there, not into the node's /tmp for good (what the node agent does for SSH launches)."""
+def private_tmpdir(base: str | None = None) -> str:
+    """A temp dir for this node's step under `base` (default: TMPDIR's), TMPDIR and ORCH_RUN_TMPDIR until node_main
+    removes it: torchrun's per-rank files, the keeper's snapshots and the ranks' temp files go there, not into the
+    node's /tmp (or /dev/shm) for good (what the node agent does for SSH launches)."""
     step = f"{os.environ.get('SLURM_JOB_ID', 'job')}.{os.environ.get('SLURM_STEP_ID', 'step')}"
-    tmp = tempfile.mkdtemp(prefix=f"orch-slurm-{step}-")
-    os.environ["TMPDIR"] = tmp
+    tmp = tempfile.mkdtemp(prefix=f"orch-slurm-{step}-", dir=base)
+    os.environ["TMPDIR"] = os.environ[RUN_TMPDIR] = tmp
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
     return tmp
 
@@ -191,13 +237,26 @@ def _run_torchrun(args: list[str]) -> int:
     return EXIT_DONE
 
 
+def _run_keeper(args: list[str]) -> int:
+    """The keeper's exit code on the contract: 0 done, 2 a configuration error, anything else (gave up, stopped by
+    Slurm's SIGTERM: 143) restartable."""
+    from orchestrator.engine.keeper import main as keeper_main
+
+    code = keeper_main(args)
+    if code not in (EXIT_DONE, EXIT_NO_REQUEUE, EXIT_RESTARTABLE):
+        log.warning("node %s: keeper stopped (exit %d); ranks terminated", os.environ.get("SLURMD_NODENAME", "?"), code)
+        return EXIT_RESTARTABLE
+    return code
+
+
 def _stopped_by_slurm(signum, frame) -> None:
     raise SystemExit(EXIT_RESTARTABLE)
 
 
 def _entry(argv: list[str]) -> int:
     if argv[:2] != ["node", "--"]:
-        print("usage: python -m orchestrator.launch.slurm node -- PYTHON -m torch.distributed.run ...", file=sys.stderr)
+        print("usage: python -m orchestrator.launch.slurm node -- PYTHON -m torch.distributed.run ... "
+              "(or PYTHON -m orchestrator.engine.keeper ...)", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="[orch] %(levelname)s %(name)s: %(message)s")
     try:

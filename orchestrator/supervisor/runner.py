@@ -65,7 +65,7 @@ class AttemptRunner(Protocol):
         """host -> {pid: /proc state letter} of stalled ranks; hosts that did not answer are left out."""
 
     async def kill_pids(self, pids: dict[str, list[int]], *, timeout: float) -> list[str]:
-        """SIGKILL the processes (a hung rank under warm restarts, which run over SSH only); the hosts reached."""
+        """SIGKILL the processes (a hung rank under warm restarts); the hosts reached."""
 
     async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str],
                           timeout: float) -> dict[str, dict[int, list | str]]:
@@ -76,7 +76,7 @@ class AttemptRunner(Protocol):
         """The supervisor stopped using `host`; True when the runner also fenced it off (Slurm: drained)."""
 
     def head_address(self, host: str) -> str:
-        """This machine's address as `host` can dial it (the warm keepers' store on the head; over SSH only)."""
+        """This machine's address as `host` can dial it (the warm keepers' store on the head)."""
 
 
 class SshAttempts:

@@ -18,6 +18,17 @@ detectors, diagnosis, policy, events):
 - exclusion: with drain_bad_nodes, an excluded node is drained (orchestrator.slurm.drain) with the reason.
 - hang probes and stack dumps: over SSH (`ssh`), as on the SSH path: the stalled ranks' /proc state and every
   rank's py-spy dump are read on their nodes.
+
+Warm restarts (the engine; supervisor/warm.py): the step runs one keeper per node (launch/slurm.py's node entry
+gives it SLURM_NODEID as its node rank and a private temp dir on /dev/shm for its snapshots, removed with the
+step), so a killed rank is repaired inside the step and srun never sees it. A hung rank is SIGKILLed over SSH
+(kill_pids, like the probe), which turns it into a rank exit the keepers repair. The keepers' store is on the
+head, i.e. wherever the supervisor runs inside the allocation (the salloc shell, or the batch step on the first
+node): head_address() is this machine's address on the route to the node's NodeAddr, the address slurmctld reaches
+the node's slurmd at, so the nodes can dial it back (a sandbox Slurm's nodes reach the head over its bridge).
+When scontrol names no address, node 0's keeper hosts the store. A lost node stays cold: srun ends the whole step
+when one of its nodes fails, and a running step cannot take in a spare node, so there is no spare keeper to take
+its place; the head's watch of the keepers' beats ends the step (warm_give_up) and the next step runs without it.
 """
 
 from __future__ import annotations
@@ -141,6 +152,19 @@ class SlurmSteps:
         from orchestrator.supervisor.health import probe_pids
 
         return await probe_pids(pids, ssh=self.ssh, timeout=timeout)
+
+    async def kill_pids(self, pids: dict[str, list[int]], *, timeout: float) -> list[str]:
+        """SIGKILL hung ranks (warm restarts), over SSH as the probe (health.kill_pids); the hosts reached."""
+        from orchestrator.supervisor.health import kill_pids
+
+        return await kill_pids(pids, ssh=self.ssh, timeout=timeout)
+
+    def head_address(self, host: str) -> str:
+        """This machine's address on the route to the node's NodeAddr: where the warm keepers dial the store."""
+        from orchestrator import slurm
+        from orchestrator.engine.replica import local_address
+
+        return local_address(slurm.node_address(host), 6818)  # slurmd's port: only the route is looked up
 
     async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str],
                           timeout: float) -> dict[str, dict[int, list | str]]:

@@ -45,6 +45,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from orchestrator.engine.warm import NodeWatch, parse_event
+from orchestrator.errors import RemoteError
 from orchestrator.launch.failures import signal_name
 from orchestrator.launch.output import OutputLine
 from orchestrator.supervisor.detect import pids_by_host
@@ -126,7 +127,7 @@ class WarmRestarts:
         if self.address is None:
             try:
                 self.address = self.runner.head_address(attempt_hosts[0])
-            except (OSError, ValueError, AttributeError) as exc:
+            except (OSError, ValueError, AttributeError, RemoteError) as exc:
                 log.warning("the keepers' store stays on node 0 (its loss then means a cold restart): no address "
                             "of this machine on the route to %s: %s", attempt_hosts[0], exc)
                 self.address = ""

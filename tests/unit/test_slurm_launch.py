@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from orchestrator.errors import ConfigError
@@ -59,6 +62,47 @@ def test_node_rank_comes_from_slurm_nodeid():
         via_slurm.node_torchrun_args(argv, {})
     with pytest.raises(ConfigError, match="--nnodes"):
         via_slurm.node_torchrun_args(argv, {"SLURM_NODEID": "0", "SLURM_STEP_NUM_NODES": "2"})
+
+
+def warm_plan():
+    spec = LaunchSpec(program=("orchestrator.engine", "--config", "tiny"), module=True, run_id="r1", launcher="warm",
+                      python=("/venv/bin/python",), node_tmp_dir="/dev/shm")
+    return build_plan(spec, via_slurm.allocation_hosts(ALLOC, nproc_per_node=None))
+
+
+def test_the_warm_launcher_runs_node_zeros_keeper_argv_in_one_step_with_its_memory_tmpdir():
+    plan = warm_plan()
+    argv = via_slurm.srun_argv(plan, ALLOC)
+    assert argv[argv.index("--") + 1:] == list(plan.nodes[0].argv)
+    env = via_slurm.srun_env(plan, base={})
+    assert env["ORCH_RUN_TMPDIR"] == "/dev/shm"
+    assert "ORCH_RUN_TMPDIR" not in via_slurm.srun_env(plan_for(), base={})  # torchrun keeps the node's TMPDIR
+
+
+def test_each_node_gets_its_keeper_args_from_slurm_nodeid():
+    plan = warm_plan()
+    environ = {"SLURM_NODEID": "2", "SLURM_STEP_NUM_NODES": "4", "SLURMD_NODENAME": "node3"}
+    args = via_slurm.node_keeper_args(plan.nodes[0].argv, environ)
+    assert args == list(plan.nodes[2].argv[3:])  # what the SSH path renders for node 2
+    assert {"--node-rank=2", "--first-rank=4", "--host=node3"} <= set(args) and args[-2:] == ["--config", "tiny"]
+    with pytest.raises(ConfigError, match="--nnodes"):
+        via_slurm.node_keeper_args(plan.nodes[0].argv, environ | {"SLURM_STEP_NUM_NODES": "2"})
+    with pytest.raises(ConfigError, match="node argv"):
+        via_slurm.node_keeper_args(plan_for().nodes[0].argv, environ)
+
+
+def test_the_node_tmpdir_goes_under_the_base_and_is_the_runs_tmpdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.delenv("ORCH_RUN_TMPDIR", raising=False)  # restored after the test, as TMPDIR is
+    base = tmp_path / "shm"
+    base.mkdir()
+    tmp = via_slurm.private_tmpdir(str(base))
+    assert Path(tmp).parent == base and Path(tmp).name.startswith("orch-slurm-7.0-")
+    assert os.environ["TMPDIR"] == os.environ["ORCH_RUN_TMPDIR"] == tmp
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert Path(via_slurm.private_tmpdir()).parent == tmp_path
 
 
 @pytest.mark.parametrize(("codes", "expected"), [([3], 1), ([-15], 1), ([1, 2], 2), ([2], 2), ([-9, 1], 1)])

@@ -32,12 +32,14 @@ def engine(*args: str, launcher: str = "torchrun") -> LaunchSpec:
 @pytest.mark.parametrize("spec, opts, mode", [
     (engine("--config", "tiny"), {}, "warm"),
     (engine("--config", "tiny"), {"restart": "cold"}, "cold"),
+    (engine("--config", "tiny"), {"via": "slurm"}, "warm"),
+    (engine("--config", "tiny"), {"via": "slurm", "restart": "cold"}, "cold"),
     (engine("--engine", "deepspeed"), {}, "cold"),
     (engine(launcher="deepspeed"), {}, "cold"),
     (LaunchSpec(program=("train.py",), run_id="r1"), {}, "cold"),
     (LaunchSpec(program=("other.module",), module=True, run_id="r1"), {}, "cold"),
 ])
-def test_auto_restarts_warm_only_for_the_torch_engine_over_ssh(spec, opts, mode):
+def test_auto_restarts_warm_only_for_the_torch_engine(spec, opts, mode):
     chosen, why = restart_mode(spec, SuperviseOptions(**opts))
     assert chosen == mode and why
 
@@ -46,8 +48,9 @@ def test_warm_that_cannot_be_had_is_a_config_error_naming_the_option():
     with pytest.raises(ConfigError) as info:
         restart_mode(LaunchSpec(program=("train.py",), run_id="r1"), SuperviseOptions(restart="warm"))
     assert info.value.field == "--restart" and "not the engine" in str(info.value)
+    assert restart_mode(engine(), SuperviseOptions(restart="warm", via="slurm"))[0] == "warm"
     with pytest.raises(ConfigError):
-        restart_mode(engine(), SuperviseOptions(restart="warm", via="slurm"))
+        restart_mode(engine(launcher="deepspeed"), SuperviseOptions(restart="warm", via="slurm"))
     with pytest.raises(ConfigError):
         restart_mode(engine(), SuperviseOptions(restart="tepid"))
 
