@@ -1,10 +1,14 @@
 """`orchestrator supervise --via slurm` inside an sbatch job on a real sandbox Slurm cluster (fault 8 of issue 5).
 
-An sbatch job on 2 nodes runs the supervisor over the tiny engine (2 nodes x 1 rank, a checkpoint every 3 steps);
-this test SIGKILLs rank 1 by the PID in its heartbeat file once it has trained a few steps. srun
+An sbatch job on 2 nodes runs the supervisor over the tiny engine (2 nodes x 1 rank, a checkpoint every 3 steps,
+`--restart cold`); this test SIGKILLs rank 1 by the PID in its heartbeat file once it has trained a few steps. srun
 --kill-on-bad-exit ends the step, the supervisor health-checks both nodes with single-node srun steps and
 relaunches one srun step on the same nodes; the engine resumes from its newest checkpoint. The job must end 0,
 every step 1..12 must be in metrics.jsonl, and events.jsonl must name the kill and the restart.
+
+Warm restarts (the default for the engine): inside salloc, one srun step runs a keeper per node; a SIGKILLed rank
+and later a SIGSTOPped one are repaired inside that step (the same checks as over SSH, warm_runs.py), and when
+the run ends nothing of it is left on the nodes: no process but slurmd/sshd, nothing in their /dev/shm.
 
 The cluster (munged, slurmctld, 2 slurmd) is this module's own, torn down by the sandbox's `down` (by PID).
 """
@@ -20,8 +24,10 @@ import time
 from pathlib import Path
 
 import pytest
-from probes import heartbeat, wait_job
+from probes import heartbeat, wait_clean, wait_job
 from orch_cli import ORCH
+from run_tokens import wait_for
+from warm_runs import check_kill_then_hang, engine_args, kill_then_hang, reference_losses
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -43,7 +49,7 @@ def test_sigkill_of_a_rank_under_slurm_restarts_from_the_checkpoint(cluster, tmp
 #SBATCH --nodes=2
 #SBATCH --output={tmp_path}/%j.out
 exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 --python {sys.executable} \\
-    --run-dir {tmp_path}/launch --backoff 0.2 --health-timeout 20 --max-restarts 2 \\
+    --run-dir {tmp_path}/launch --backoff 0.2 --health-timeout 20 --max-restarts 2 --restart cold \\
     -m orchestrator.engine -- --config tiny --steps {STEPS} --checkpoint-every {EVERY} --run-dir {run_dir}
 """
     path = tmp_path / "job.sbatch"
@@ -84,13 +90,15 @@ def supervise_argv(tmp_path: Path, run_dir: Path, *args: str, config: str = "tin
             "--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--run-dir", str(run_dir)]
 
 
-def test_configuration_error_under_slurm_is_exit_2_and_never_retried(cluster, tmp_path):
+@pytest.mark.parametrize("restart", ["cold", "warm"])
+def test_configuration_error_under_slurm_is_exit_2_and_never_retried(cluster, tmp_path, restart):
     run_dir = tmp_path / "run"
-    out = subprocess.run(["salloc", "--nodes=2", *supervise_argv(tmp_path, run_dir, config="no-such-config")],
+    out = subprocess.run(["salloc", "--nodes=2", *supervise_argv(tmp_path, run_dir, "--restart", restart,
+                                                                 config="no-such-config")],
                          capture_output=True, text=True, timeout=JOB_TIMEOUT)
     assert out.returncode == 2, out.stderr[-3000:]
     evs = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in evs].count("launch") == 1
+    assert evs[0]["restart"] == restart and [e["event"] for e in evs].count("launch") == 1
     assert evs[-1]["event"] == "gave_up" and "configuration error" in evs[-1]["reason"]
 
 
@@ -102,8 +110,9 @@ def test_node_failing_its_check_is_excluded_drained_and_the_run_shrinks(cluster,
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     check = f"sh -c 'test ! -e {tmp_path}/bad-$SLURMD_NODENAME'"
-    proc = subprocess.Popen(["salloc", "--nodes=2", *supervise_argv(tmp_path, run_dir, "--nodes", "1:2",
-                                                                     "--drain-bad-nodes", "--health-check", check)],
+    proc = subprocess.Popen(["salloc", "--nodes=2", *supervise_argv(tmp_path, run_dir, "--nodes", "1:2", "--restart",
+                                                                     "cold", "--drain-bad-nodes", "--health-check",
+                                                                     check)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + JOB_TIMEOUT
@@ -164,3 +173,46 @@ exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 -
                                         f"hang_script.py:{stuck} while every other rank waits in all_reduce")
     diagnosis = next(e for e in evs if e["event"] == "diagnosis")
     assert (diagnosis["cause"], diagnosis["rank"], diagnosis["culprit"]) == ("hang", 1, report["culprit"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[int, float]:
+    """The losses of an uninterrupted run of the warm test's command."""
+    return reference_losses(tmp_path_factory.mktemp("reference"))
+
+
+@pytest.mark.timeout(480)
+def test_a_killed_and_a_hung_rank_are_repaired_inside_the_srun_step(cluster, reference, tmp_path):
+    """Warm restarts under Slurm: one srun step, both faults repaired in it, every loss the uninterrupted run's, and
+    no keeper, rank or snapshot left on the nodes. The hung rank is probed and killed over SSH (--ssh-config)."""
+    sandbox, _ = cluster
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    log = tmp_path / "supervise.log"
+    argv = ["salloc", "--nodes=2", *ORCH, "supervise", "--via", "slurm", "--nproc-per-node", "1", "--python",
+            sys.executable, "--run-dir", str(tmp_path / "launch"), "--run-id", "swarm", "--hang-timeout", "3",
+            "--backoff", "0.5", "--health-timeout", "20", "--ssh-config", str(sandbox.ssh_config),
+            "--straggler-action", "off",  # ranks sharing 2 busy cores differ by more than any sane threshold
+            "-m", "orchestrator.engine", "--", *engine_args(run_dir)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        stopped = kill_then_hang(run_dir, log)
+        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    launch = next(e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+                  if e["event"] == "launch")
+    assert launch["run_id"] == "swarm-a0"
+    check_kill_then_hang(run_dir, launch["hosts"], stopped, reference)
+    logs = Path(launch["logs"])
+    assert os.listdir(logs.parent.parent) == ["swarm-a0"] and "orchestrator-warm" in (logs / "step.log").read_text()
+    assert wait_clean(sandbox) == {}  # no keeper, worker or standby on any node
+
+    def in_shm() -> dict[str, list[str]]:
+        found = {h: [n for n in sandbox.exec(h, ["ls", "/dev/shm"]).stdout.split() if n.startswith("orch-")]
+                 for h in sandbox.hosts}
+        return {h: names for h, names in found.items() if names}
+    assert wait_for(lambda: not in_shm(), timeout=10), in_shm()  # the step's snapshot dirs went with it

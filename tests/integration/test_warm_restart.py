@@ -14,8 +14,6 @@ memory may be left on any host. Cold restarts are tested in test_supervisor.py.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,14 +23,10 @@ import pytest
 from orch_cli import ORCH
 from probes import heartbeat
 from run_tokens import tokened, wait_for
+from warm_runs import (STEPS, assert_same_losses, check_kill_then_hang, engine_args, events, kill_then_hang,
+                       reference_losses)
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
-
-STEPS, EVERY = 120, 40
-
-
-def engine_args(run_dir: Path, steps: int = STEPS) -> list[str]:
-    return ["--config", "tiny", "--steps", str(steps), "--checkpoint-every", str(EVERY), "--run-dir", str(run_dir)]
 
 
 def supervise(sandbox, hosts: list[str], run_dir: Path, run_id: str, steps: int = STEPS,
@@ -46,15 +40,6 @@ def supervise(sandbox, hosts: list[str], run_dir: Path, run_id: str, steps: int 
     return subprocess.Popen(argv, stdout=open(run_dir / "supervise.log", "w"), stderr=subprocess.STDOUT)
 
 
-def events(run_dir: Path) -> list[dict]:
-    path = run_dir / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def count(run_dir: Path, kind: str) -> int:
-    return sum(e["event"] == kind for e in events(run_dir))
-
-
 def leftovers(sandbox, hosts: list[str], run_id: str) -> dict[str, list]:
     """Per host: processes carrying the attempt's token and the agent temp dirs (snapshots) left in /dev/shm."""
     left = {}
@@ -66,49 +51,21 @@ def leftovers(sandbox, hosts: list[str], run_id: str) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[int, float]:
-    """The losses of an uninterrupted run of the same command (torchrun, 2 local processes, gloo)."""
-    run_dir = tmp_path_factory.mktemp("reference")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29397",
-                    "-m", "orchestrator.engine", *engine_args(run_dir)], check=True, capture_output=True,
-                   env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=240)
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    """The losses of an uninterrupted run of the same command."""
+    return reference_losses(tmp_path_factory.mktemp("reference"))
 
 
 def test_a_killed_and_a_hung_rank_are_replaced_in_run_and_every_loss_matches(sandbox, reference, tmp_path):
     hosts, run_dir = sandbox.hosts[-5:-3], tmp_path / "warm"
     proc = supervise(sandbox, hosts, run_dir, "warm1")
     try:
-        beat = wait_for(lambda: heartbeat(run_dir, 1, 20), timeout=180) and heartbeat(run_dir, 1, 20)
-        assert beat, (run_dir / "supervise.log").read_text()[-3000:]
-        os.kill(beat["pid"], signal.SIGKILL)
-        assert wait_for(lambda: count(run_dir, "warm_resumed") == 1, timeout=120), events(run_dir)
-        beat = wait_for(lambda: heartbeat(run_dir, 0, 70), timeout=120) and heartbeat(run_dir, 0, 70)
-        assert beat, events(run_dir)
-        os.kill(beat["pid"], signal.SIGSTOP)  # a hang: rank 1 now waits for it in a collective
+        stopped = kill_then_hang(run_dir, run_dir / "supervise.log")
         assert proc.wait(timeout=180) == 0, (run_dir / "supervise.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=30)
-    evs = events(run_dir)
-    kinds = [e["event"] for e in evs]
-    assert kinds.count("launch") == 1 and "restart" not in kinds, kinds  # both faults repaired inside attempt 0
-    failures = [e for e in evs if e["event"] == "failure"]
-    assert [f["kind"] for f in failures] == ["rank_exit", "hang"], failures
-    assert failures[1]["found"] == "stopped"  # its keeper saw it stopped: no wait for --hang-timeout
-    assert failures[0]["rank"] == 1 and failures[0]["signal"] == "SIGKILL" and failures[0]["host"] == hosts[1]
-    assert [d["cause"] for d in evs if d["event"] == "diagnosis"] == ["killed", "hang"]
-    kill = next(e for e in evs if e["event"] == "warm_kill")
-    assert kill["targets"] == {hosts[0]: [beat["pid"]]}  # only the stopped rank, not the one waiting for it
-    resumed = [e for e in evs if e["event"] == "warm_resumed"]
-    assert len(resumed) == 2 and all(e["steps_lost"] <= 1 for e in resumed), resumed
-    assert evs[-1]["event"] == "done" and evs[-1]["summary"]["warm_restarts"] == 2
-    losses = {}
-    for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
-        assert record.get("resume_source") in (None, "memory"), record  # never from disk
-        losses[record["step"]] = record["loss"]  # a step trained again: its last loss counts
-    assert set(losses) == set(reference)
-    assert max(abs(losses[s] - reference[s]) for s in reference) <= 1e-5
+    check_kill_then_hang(run_dir, hosts, stopped, reference)
     assert wait_for(lambda: not leftovers(sandbox, hosts, "warm1"), timeout=10), leftovers(sandbox, hosts, "warm1")
 
 
@@ -138,12 +95,7 @@ def test_a_lost_node_is_replaced_in_run_by_the_spare_from_its_peer_copy(sandbox,
     assert joined["host"] == spare and joined["snapshots_from"] == hosts[1] and joined["fetched"]["0"], joined
     resumed = [e for e in evs if e["event"] == "warm_resumed"]
     assert len(resumed) == 1 and resumed[0]["steps_lost"] <= 1, resumed
-    losses = {}
-    for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
-        assert record.get("resume_source") in (None, "memory"), record  # the lost rank's state came from memory
-        losses[record["step"]] = record["loss"]
-    assert set(losses) == set(reference)
-    assert max(abs(losses[s] - reference[s]) for s in reference) <= 1e-5
+    assert_same_losses(run_dir, reference)  # the lost rank's state came from memory too
     survivors = [hosts[1], spare]
     assert wait_for(lambda: not leftovers(sandbox, survivors, "warmlost"), timeout=10), \
         leftovers(sandbox, survivors, "warmlost")

@@ -1,0 +1,91 @@
+"""Test helper: warm restarts of the tiny engine over SSH (test_warm_restart.py) or Slurm (test_supervisor_slurm.py).
+
+    losses = reference_losses(tmp_path_factory.mktemp("reference"))   # an uninterrupted run's loss per step
+    proc = subprocess.Popen([..., "-m", "orchestrator.engine", "--", *engine_args(run_dir)], ...)  # supervise
+    stopped = kill_then_hang(run_dir, log)      # SIGKILL rank 1 at step 20, SIGSTOP rank 0 at step 70
+    assert proc.wait(timeout=180) == 0
+    check_kill_then_hang(run_dir, hosts, stopped, losses)   # both repaired in attempt 0, every loss the same
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from probes import heartbeat
+from run_tokens import wait_for
+
+STEPS, EVERY = 120, 40
+
+
+def engine_args(run_dir: Path, steps: int = STEPS) -> list[str]:
+    return ["--config", "tiny", "--steps", str(steps), "--checkpoint-every", str(EVERY), "--run-dir", str(run_dir)]
+
+
+def events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def count(run_dir: Path, kind: str) -> int:
+    return sum(e["event"] == kind for e in events(run_dir))
+
+
+def reference_losses(run_dir: Path) -> dict[int, float]:
+    """The losses of an uninterrupted run of the same command (torchrun, 2 local processes, gloo)."""
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29397",
+                    "-m", "orchestrator.engine", *engine_args(run_dir)], check=True, capture_output=True,
+                   env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=240)
+    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def memory_losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss of the run (a step trained again: its last loss), checking no rank ever restored from disk."""
+    losses = {}
+    for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+        assert record.get("resume_source") in (None, "memory"), record
+        losses[record["step"]] = record["loss"]
+    return losses
+
+
+def assert_same_losses(run_dir: Path, reference: dict[int, float]) -> None:
+    losses = memory_losses(run_dir)
+    assert set(losses) == set(reference)
+    assert max(abs(losses[s] - reference[s]) for s in reference) <= 1e-5
+
+
+def kill_then_hang(run_dir: Path, log: Path) -> dict:
+    """SIGKILL rank 1 at step 20; once that is repaired (warm_resumed), SIGSTOP rank 0 at step 70 (a hang: rank 1
+    then waits for it in a collective). Returns the stopped rank's heartbeat."""
+    beat = wait_for(lambda: heartbeat(run_dir, 1, 20), timeout=180) and heartbeat(run_dir, 1, 20)
+    assert beat, log.read_text()[-3000:]
+    os.kill(beat["pid"], signal.SIGKILL)
+    assert wait_for(lambda: count(run_dir, "warm_resumed") == 1, timeout=120), events(run_dir)
+    beat = wait_for(lambda: heartbeat(run_dir, 0, 70), timeout=120) and heartbeat(run_dir, 0, 70)
+    assert beat, events(run_dir)
+    os.kill(beat["pid"], signal.SIGSTOP)
+    return beat
+
+
+def check_kill_then_hang(run_dir: Path, hosts: list[str], stopped: dict, reference: dict[int, float]) -> None:
+    """Both faults of kill_then_hang repaired inside attempt 0 and every step's loss the uninterrupted run's."""
+    evs = events(run_dir)
+    kinds = [e["event"] for e in evs]
+    assert kinds.count("launch") == 1 and "restart" not in kinds, kinds
+    failures = [e for e in evs if e["event"] == "failure"]
+    assert [f["kind"] for f in failures] == ["rank_exit", "hang"], failures
+    assert failures[1]["found"] == "stopped"  # its keeper saw it stopped: no wait for --hang-timeout
+    assert failures[0]["rank"] == 1 and failures[0]["signal"] == "SIGKILL" and failures[0]["host"] == hosts[1]
+    assert [(d["cause"], d["action"]) for d in evs if d["event"] == "diagnosis"] == [("killed", "warm_restart"),
+                                                                                     ("hang", "warm_restart")]
+    kill = next(e for e in evs if e["event"] == "warm_kill")
+    assert kill["targets"] == {hosts[0]: [stopped["pid"]]}  # only the stopped rank, not the one waiting for it
+    assert [e["generation"] for e in evs if e["event"] == "warm_restart"] == [1, 2]
+    resumed = [e for e in evs if e["event"] == "warm_resumed"]
+    assert len(resumed) == 2 and all(e["steps_lost"] <= 1 for e in resumed), resumed
+    assert evs[-1]["event"] == "done" and evs[-1]["summary"]["warm_restarts"] == 2
+    assert_same_losses(run_dir, reference)
