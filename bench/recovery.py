@@ -3,6 +3,7 @@
     sudo .venv/bin/python bench/recovery.py --runs 3                  # SIGKILL of rank 1, 2 sandbox hosts x 1 process
     sudo .venv/bin/python bench/recovery.py --runs 3 --fault stop     # SIGSTOP of rank 1 (a hang; supervise only)
     sudo .venv/bin/python bench/recovery.py --runs 3 --fault lose     # rank 1's node lost, a spare host (supervise only)
+    sudo .venv/bin/python bench/recovery.py --runs 3 --via slurm      # supervise --via slurm in salloc (warm, cold)
 
 Every tool trains the engine's tiny config (--steps 300, a disk checkpoint every 25) on the same 2 sandbox hosts,
 runs interleaved (warm cold torchrun, warm cold torchrun, ...) so load drift hits all alike. Once rank 1 has
@@ -24,6 +25,9 @@ TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (without it torchrun's restart is flaky); t
 checkpoint by itself under cold and torchrun. torchrun is left out of `lose`: its agents do not notice a node that
 vanished while its ranks wait in a collective (gloo's timeout is 30 min). Targets (issue): warm resumed <= 1.5 s
 median, <= 0.2x torchrun; a lost node with a spare <= 5 s.
+With --via slurm the 2 hosts also run slurmd (slurmctld on the head) and warm and cold are `salloc --nodes=2
+orchestrator supervise --via slurm ...`: each attempt is one srun step; warm repairs the rank inside the step,
+cold ends the step and starts a new one. Kill and stop only (a lost node restarts cold under Slurm), no torchrun.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class Watch:
         return None
 
 
-def run_one(tool: str, sb, work: Path, n: int, fault: str) -> dict:
+def run_one(tool: str, sb, work: Path, n: int, fault: str, via: str = "ssh") -> dict:
     run_dir = work / f"{tool}-{n}"
     run_dir.mkdir(parents=True)
     hb = run_dir / "heartbeat"
@@ -86,9 +90,11 @@ def run_one(tool: str, sb, work: Path, n: int, fault: str) -> dict:
     detect_lines: list[float] = []
     procs = []
     if tool in ("warm", "cold"):
-        argv = [sys.executable, "-m", "orchestrator", "supervise", "--hosts", ",".join(hosts), "--nproc-per-node", "1",
-                "--ssh-config", str(sb.ssh_config), "--python", sys.executable, "--run-dir", str(run_dir / "launch"),
-                "--env", "OMP_NUM_THREADS=1", "--backoff", "0", "--failure-grace", "1", "--hang-timeout", "3",
+        where = ["--via", "slurm"] if via == "slurm" else ["--hosts", ",".join(hosts), "--failure-grace", "1"]
+        argv = [*(["salloc", f"--nodes={len(hosts)}"] if via == "slurm" else []), sys.executable, "-m", "orchestrator",
+                "supervise", *where, "--nproc-per-node", "1", "--ssh-config", str(sb.ssh_config), "--python",
+                sys.executable, "--run-dir", str(run_dir / "launch"), "--env", "OMP_NUM_THREADS=1", "--backoff", "0",
+                "--hang-timeout", "3",
                 "--restart", "auto" if tool == "warm" else "cold", "--straggler-action", "off",
                 *(["--spare-hosts", ",".join(spares)] if spares else []), "-m", "orchestrator.engine", "--",
                 *engine_args(run_dir)]
@@ -184,20 +190,28 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--fault", choices=("kill", "stop", "lose"), default="kill")
     ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
+    ap.add_argument("--via", choices=("ssh", "slurm"), default="ssh",
+                    help="slurm: supervise --via slurm inside salloc on a sandbox Slurm (kill and stop; warm, cold)")
     ap.add_argument("--json", action="store_true", help="print every run as JSON too")
     args = ap.parse_args()
-    tools = [t for t in args.tools.split(",") if t in TOOLS and not (t == "torchrun" and args.fault != "kill")]
+    if args.via == "slurm" and args.fault == "lose":
+        ap.error("--via slurm: a lost node restarts cold under Slurm; use --fault kill or stop")
+    tools = [t for t in args.tools.split(",") if t in TOOLS and not (t == "torchrun" and args.fault != "kill")
+             and not (t == "torchrun" and args.via == "slurm")]
     sys.path.insert(0, str(ROOT))
     from orchestrator.sandbox import Sandbox
+    from orchestrator.sandbox.slurm import start_slurm
 
     work = Path(f"/tmp/orch-bench-recovery-{os.getpid()}")
     reference = reference_losses(work)
     sb = Sandbox.up(f"benchrec{os.getpid() % 10000}", nodes=3 if args.fault == "lose" else 2, prefix="r")
     rows = []
     try:
+        if args.via == "slurm":
+            os.environ.update(start_slurm(sb).env())  # SLURM_CONF for salloc; sb.down() stops the daemons
         for n in range(args.runs):
             for tool in tools:
-                row = run_one(tool, sb, work, n, args.fault)
+                row = run_one(tool, sb, work, n, args.fault, args.via)
                 losses = row.pop("losses", {})
                 row["match"] = bool(losses) and set(losses) == set(reference) and all(
                     abs(losses[k] - reference[k]) <= 1e-5 for k in reference)
@@ -207,8 +221,9 @@ def main() -> int:
         sb.down()
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     what = {"kill": "SIGKILL of rank 1", "stop": "SIGSTOP of rank 1", "lose": "loss of rank 1's node (1 spare)"}
+    via = ", --via slurm" if args.via == "slurm" else ""
     print(f"\nrecovery from {what[args.fault]} at step >= {KILL_AT} "
-          f"(2 hosts x 1 process, tiny, disk checkpoint every {EVERY}), medians of {args.runs} run(s), seconds")
+          f"(2 hosts x 1 process, tiny, disk checkpoint every {EVERY}{via}), medians of {args.runs} run(s), seconds")
     print(f"{'tool':<9} {'completed':>9} {'match':>6} {'cold':>6} {'detect':>7} {'abort':>6} {'ready':>6} "
           f"{'resumed':>8} {'lost':>5}")
     for tool in tools:
