@@ -37,6 +37,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,6 @@ class NodeCheckpoints:
     # ---- save -----------------------------------------------------------------------------------------
     def save(self, step: int, model_parts: Any, optimizers: Any, extra: dict | None = None) -> int:
         """Write this rank's state of `step`, wait until every rank has, commit; returns the committed step."""
-        import time
-
         import torch
         import torch.distributed as dist
 

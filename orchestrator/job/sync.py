@@ -180,31 +180,34 @@ class _HashCache:
     def save(self) -> None:
         if self.path is None or self.new == self.old:
             return
+        if not _write_cache(self.path, self.new):
+            return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.new))
-            os.replace(tmp, self.path)
             kept = sorted(self.path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
             for stale in kept[HASHED_TREES:]:  # one file per tree ever synced: keep the recent ones
                 stale.unlink()
         except OSError:
-            pass  # only an optimisation: the next call reads every file
+            pass
+
+
+def _write_cache(path: Path, data) -> bool:
+    """Write a head-side cache file atomically; False when it could not be (the caches are only optimisations:
+    without them a sync reads every file, or sends the whole tree)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
 
 
 def save_manifest(tree: Tree, directory: Path = MANIFESTS) -> None:
     """Remember the tree's files on the head, so that a later sync can send only what changed since."""
-    directory = directory.expanduser()
-    path = directory / f"{tree.digest}.json"
-    if path.exists():
-        return
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(tree.manifest))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # only an optimisation: the next sync sends the whole tree
+    path = directory.expanduser() / f"{tree.digest}.json"
+    if not path.exists():
+        _write_cache(path, tree.manifest)
 
 
 def load_manifest(digest: str, directory: Path = MANIFESTS) -> dict[str, str] | None:

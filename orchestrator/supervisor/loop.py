@@ -49,7 +49,7 @@ from orchestrator.supervisor.detect import MetricsTail, parse_rank_exit, pids_by
 from orchestrator.supervisor.diagnosis import Attempt, Diagnosis, diagnose
 from orchestrator.supervisor.events import EventLog, read_events, read_metrics, summarize
 from orchestrator.supervisor.hangdump import dump_ranks
-from orchestrator.supervisor.plan import SupervisorConfig, attempt_plan
+from orchestrator.supervisor.plan import SupervisorConfig, attempt_plan, local_checkpoints
 from orchestrator.supervisor.preflight import apply_preflight
 from orchestrator.supervisor.runner import AttemptRunner
 from orchestrator.supervisor.stacks import hang_stacks
@@ -73,7 +73,9 @@ class Supervisor:
         self.state = policy.PolicyState()
         self.step_seen: dict[int, float] = {}
         self.metrics = MetricsTail(cfg.run_dir / "metrics.jsonl")
-        self.local_checkpoint = local_checkpoint(read_metrics(cfg.run_dir), None)
+        # a run dir used before: its metrics say what the nodes hold (read only where that matters)
+        self.local_checkpoint = (local_checkpoint(read_metrics(cfg.run_dir), None) if local_checkpoints(cfg.spec)
+                                 else None)
         """The engine's node-local checkpoints (--checkpoint-local), which the head cannot see: the newest step
         its metrics said every rank holds."""
         self.started_at = time.time()

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 RESTART_MODES = ("auto", "warm", "cold")
 WARM_TMP_DIR = "/dev/shm"
 
-__all__ = ["RESTART_MODES", "SupervisePlan", "SuperviseOptions", "SupervisorConfig", "attempt_plan",
+__all__ = ["RESTART_MODES", "SupervisePlan", "SuperviseOptions", "SupervisorConfig", "attempt_plan", "local_checkpoints",
            "model_parallel_of", "parse_nodes", "plan_supervise", "program_option", "restart_mode"]
 
 
@@ -206,7 +206,7 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
     if overlap := {s.name for s in spares} & {h.name for h in host_list}:
         raise ConfigError("--spare-hosts", opts.spare_hosts, f"{sorted(overlap)} are already run hosts")
     lo, hi = parse_nodes(opts.nodes, len(host_list))
-    if lo < min(hi, len(host_list)) and _engine(spec) and "--checkpoint-local" in spec.program:
+    if lo < min(hi, len(host_list)) and local_checkpoints(spec):
         raise ConfigError("--nodes", opts.nodes, "the engine's --checkpoint-local files are per rank and cannot be "
                           "resharded onto fewer nodes: give a fixed node count (and spares), or use DCP "
                           "checkpoints on a shared run dir")
@@ -238,7 +238,7 @@ def _check_unshared(spec: LaunchSpec, steps) -> None:
         raise ConfigError("--shared-run-dir", False, "--via slurm needs a run dir every node shares (its "
                           "heartbeats are read there); share the run dir or supervise over SSH")
     every = program_option(spec.program, "--checkpoint-every")
-    if _engine(spec) and every not in (None, "0") and "--checkpoint-local" not in spec.program:
+    if _engine(spec) and every not in (None, "0") and not local_checkpoints(spec):
         raise ConfigError("--checkpoint-every", every, "the engine's DCP checkpoints need a run dir every rank sees "
                           "(each node would hold only its own shards): with --no-shared-run-dir add "
                           "--checkpoint-local (each rank keeps its own state on its node, copied to the next node), "
@@ -247,6 +247,11 @@ def _check_unshared(spec: LaunchSpec, steps) -> None:
 
 def _engine(spec: LaunchSpec) -> bool:
     return spec.module and bool(spec.program) and spec.program[0] == WARM_MODULE
+
+
+def local_checkpoints(spec: LaunchSpec) -> bool:
+    """The engine with --checkpoint-local: per-rank files on each node, not DCP in the run dir."""
+    return _engine(spec) and "--checkpoint-local" in spec.program
 
 
 def restart_mode(spec: LaunchSpec, opts: SuperviseOptions) -> tuple[str, str]:
