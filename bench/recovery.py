@@ -4,6 +4,7 @@
     sudo .venv/bin/python bench/recovery.py --runs 3 --fault stop     # SIGSTOP of rank 1 (a hang; supervise only)
     sudo .venv/bin/python bench/recovery.py --runs 3 --fault lose     # rank 1's node lost, a spare host (supervise only)
     sudo .venv/bin/python bench/recovery.py --runs 3 --via slurm      # supervise --via slurm in salloc (warm, cold)
+    sudo .venv/bin/python bench/recovery.py --runs 3 --via slurm --fault lose   # ... a lost node, a spare, Slurm
 
 Every tool trains the engine's tiny config (--steps 300, a disk checkpoint every 25) on the same 2 sandbox hosts,
 runs interleaved (warm cold torchrun, warm cold torchrun, ...) so load drift hits all alike. Once rank 1 has
@@ -25,9 +26,10 @@ TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (without it torchrun's restart is flaky); t
 checkpoint by itself under cold and torchrun. torchrun is left out of `lose`: its agents do not notice a node that
 vanished while its ranks wait in a collective (gloo's timeout is 30 min). Targets (issue): warm resumed <= 1.5 s
 median, <= 0.2x torchrun; a lost node with a spare <= 5 s.
-With --via slurm the 2 hosts also run slurmd (slurmctld on the head) and warm and cold are `salloc --nodes=2
-orchestrator supervise --via slurm ...`: each attempt is one srun step; warm repairs the rank inside the step,
-cold ends the step and starts a new one. Kill and stop only (a lost node restarts cold under Slurm), no torchrun.
+With --via slurm the hosts also run slurmd (slurmctld on the head) and warm and cold are `salloc --no-kill
+--nodes=N orchestrator supervise --via slurm --hosts ... ...`: each attempt is one srun step; warm repairs the rank
+inside the step (a lost node: the spare's keeper, waiting in a one-node step of its own, takes its place), cold
+ends the step and starts a new one; no torchrun. After a lost node its slurmd is started again for the next run.
 """
 
 from __future__ import annotations
@@ -90,9 +92,10 @@ def run_one(tool: str, sb, work: Path, n: int, fault: str, via: str = "ssh") -> 
     detect_lines: list[float] = []
     procs = []
     if tool in ("warm", "cold"):
-        where = ["--via", "slurm"] if via == "slurm" else ["--hosts", ",".join(hosts), "--failure-grace", "1"]
-        argv = [*(["salloc", f"--nodes={len(hosts)}"] if via == "slurm" else []), sys.executable, "-m", "orchestrator",
-                "supervise", *where, "--nproc-per-node", "1", "--ssh-config", str(sb.ssh_config), "--python",
+        where = ["--via", "slurm"] if via == "slurm" else ["--failure-grace", "1"]
+        salloc = ["salloc", "--no-kill", f"--nodes={len(hosts + spares)}"]  # the job outlives a lost node
+        argv = [*(salloc if via == "slurm" else []), sys.executable, "-m", "orchestrator",
+                "supervise", *where, "--hosts", ",".join(hosts), "--nproc-per-node", "1", "--ssh-config", str(sb.ssh_config), "--python",
                 sys.executable, "--run-dir", str(run_dir / "launch"), "--env", "OMP_NUM_THREADS=1", "--backoff", "0",
                 "--hang-timeout", "3",
                 "--restart", "auto" if tool == "warm" else "cold", "--straggler-action", "off",
@@ -118,7 +121,7 @@ def run_one(tool: str, sb, work: Path, n: int, fault: str, via: str = "ssh") -> 
                         detect_lines.append(time.time())
             threading.Thread(target=read, daemon=True).start()
     start = time.time()
-    watch, killed_at, killed_step = Watch(run_dir, hb), None, None
+    watch, killed_at, killed_step, lost = Watch(run_dir, hb), None, None, None
     deadline = start + 600
     while time.time() < deadline and any(p.poll() is None for p in procs):
         watch.poll()
@@ -127,6 +130,7 @@ def run_one(tool: str, sb, work: Path, n: int, fault: str, via: str = "ssh") -> 
             if beat and beat["status"] == "training" and beat["step"] >= KILL_AT:
                 if fault == "lose":
                     sb.lose(beat["host"])
+                    lost = beat["host"]
                 else:
                     os.kill(beat["pid"], signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
                 killed_at, killed_step = time.time(), beat["step"]
@@ -137,6 +141,10 @@ def run_one(tool: str, sb, work: Path, n: int, fault: str, via: str = "ssh") -> 
             p.wait(30)
     for host in hosts if fault == "lose" else ():
         sb.link_up(host)
+    if lost and via == "slurm":  # its slurmd went with it: the next run needs the node back
+        from orchestrator.sandbox.slurm import restart_slurmd
+
+        restart_slurmd(sb, lost)
     watch.poll()
     first = watch.steps[0][0] if watch.steps else None
     resumed = next(((t, r) for t, r in watch.steps if "resumed_from" in r and t >= (killed_at or 0)), None)
@@ -191,11 +199,9 @@ def main() -> int:
     ap.add_argument("--fault", choices=("kill", "stop", "lose"), default="kill")
     ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
     ap.add_argument("--via", choices=("ssh", "slurm"), default="ssh",
-                    help="slurm: supervise --via slurm inside salloc on a sandbox Slurm (kill and stop; warm, cold)")
+                    help="slurm: supervise --via slurm inside salloc on a sandbox Slurm (warm, cold)")
     ap.add_argument("--json", action="store_true", help="print every run as JSON too")
     args = ap.parse_args()
-    if args.via == "slurm" and args.fault == "lose":
-        ap.error("--via slurm: a lost node restarts cold under Slurm; use --fault kill or stop")
     tools = [t for t in args.tools.split(",") if t in TOOLS and not (t == "torchrun" and args.fault != "kill")
              and not (t == "torchrun" and args.via == "slurm")]
     sys.path.insert(0, str(ROOT))

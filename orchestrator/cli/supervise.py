@@ -17,7 +17,8 @@ Inside salloc/sbatch, `--via slurm` runs each attempt as one srun step over the 
 among them) minus the excluded ones, health-checks nodes with single-node srun steps, and with
 --drain-bad-nodes drains what it excludes. Exit codes follow the requeue contract: 0 done, 2 configuration
 error (never retried), 1 gave up (restartable: `submit --max-restarts` may requeue the job). Warm restarts of the
-engine happen inside the srun step (one keeper per node); a lost node restarts cold there.
+engine happen inside the srun step (one keeper per node); a lost node is replaced warm by a spare, whose keeper
+waits in a one-node step of its own (submit the job with --no-kill, so that it outlives the node).
 With --no-shared-run-dir the run dir may be private to each node (no shared file system): each node's launcher
 runs under a small forwarder that sends the ranks' heartbeats and the engine's metrics.jsonl lines back over the
 node's SSH session, into the head's run dir, where `orchestrator status` and the detectors read them.

@@ -31,7 +31,9 @@ The keeper gives up, exit 1, after --max-restarts warm restarts, and when a rank
 any generation formed; the supervisor then falls back to a cold restart from the disk checkpoint. Exit 2 when the
 engine reports a configuration error; 0 when every rank of the node finished. Every line of a rank carries
 torchrun's rank prefix (launch/torchrun.py), so `launch` shows `host/rank:` as with torchrun; the keeper's own
-news are `orchestrator-warm {json}` lines (warm.py). SIGTERM/SIGINT/SIGHUP stop every worker (SIGKILL after 2 s).
+news are `orchestrator-warm {json}` lines (warm.py). SIGTERM/SIGINT/SIGHUP stop every worker (SIGKILL after 2 s),
+and so does SIGUSR1: srun forwards it to its tasks as it is (SIGTERM or SIGINT to srun kill the step's processes
+at once, before this keeper could remove its snapshots), so the supervisor stops a step with it.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class Keeper:
         self.done: set[int] = set()
         self.generation, self.restarts, self.formed = -1, 0, False
         self.stop_signal: int | None = None
+        self.starting = True  # importing torch, dialing the store: a stop signal ends this at once (Stopped)
         self.successor: tuple[str, int] | None = None  # the replica server our snapshots go to
         self.next_beat = 0.0
         self.watch: warm.NodeWatch | None = None  # lost-node detection, where this keeper hosts the store
@@ -190,6 +193,7 @@ class Keeper:
             shutil.rmtree(self.snapshot_dir, ignore_errors=True)
 
     def _watch(self) -> int:
+        self.starting = False
         while self.stop_signal is None:
             for rank, worker in list(self.active.items()):
                 code = worker.proc.poll()
@@ -327,6 +331,7 @@ class Keeper:
         spare = self.store.add(warm.SPARES_KEY, 1)
         self.store.set(warm.spare_key(spare, "host"), self.args.host)
         key = warm.spare_key(spare, "node")
+        self.starting = False
         while self.stop_signal is None:
             self._beat(warm.spare_key(spare, "beat"))
             if self.store.check([key]):
@@ -409,6 +414,13 @@ class Keeper:
 
     def on_signal(self, signum: int, _frame) -> None:
         self.stop_signal = signum
+        if self.starting:  # the loops that check stop_signal have not begun (Slurm SIGKILLs KillWait later)
+            raise Stopped(signum)
+
+
+class Stopped(BaseException):
+    """A stop signal while the keeper starts: run()'s cleanup runs, main() returns 128 + the signal (not an
+    Exception: no `except Exception` on the way, in torch's imports either, may swallow it)."""
 
 
 def _memory_dir() -> str | None:
@@ -450,9 +462,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args, engine_args = parse_args(sys.argv[1:] if argv is None else argv)
     keeper = Keeper(args, engine_args)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, keeper.on_signal)
-    return keeper.run()
+    try:
+        return keeper.run()
+    except Stopped:
+        return 128 + keeper.stop_signal
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 
 from orchestrator.contracts import RUN_TMPDIR
+from orchestrator.engine.warm import event_line
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
 from orchestrator.hosts import Host, HostList, fold
 from orchestrator.slurm import Allocation, require_allocation
@@ -85,9 +86,22 @@ def srun_argv(plan, alloc: Allocation, *, srun_options: Sequence[str] = ()) -> l
             raise ConfigError("--srun-opt", opt, "the launcher sets it (one task per node on the plan's nodes); "
                               "choose nodes with --hosts/--exclude instead")
     chdir = [f"--chdir={first.workdir}"] if first.workdir else []
-    return ["srun", f"--nodes={len(plan.nodes)}", f"--ntasks={len(plan.nodes)}", *SRUN_FIXED,
+    # With spare keepers the step must outlive a node failure Slurm declares: a spare took the node's place.
+    survive = ["--no-kill"] if plan.spares else []
+    return ["srun", f"--nodes={len(plan.nodes)}", f"--ntasks={len(plan.nodes)}", *SRUN_FIXED, *survive,
             f"--nodelist={fold(plan.hosts, last_axis_only=True)}", *chdir, *srun_options,
             first.python, *NODE_ENTRY, *first.argv]
+
+
+def spare_srun_argv(spare, alloc: Allocation, *, srun_options: Sequence[str] = ()) -> list[str]:
+    """A warm spare keeper's own one-node srun step (plan.spares[i]): a running step cannot take in a node, so
+    each spare waits in a step of its own, on the same store, to take a lost node's place. Pure."""
+    if spare.host not in alloc.nodes:
+        raise ConfigError("--spare-hosts", spare.host, f"not in Slurm job {alloc.job_id} ({fold(alloc.nodes)}); "
+                          "pick spare nodes of the allocation")
+    chdir = [f"--chdir={spare.workdir}"] if spare.workdir else []
+    return ["srun", "--nodes=1", "--ntasks=1", *SRUN_FIXED, f"--nodelist={spare.host}", *chdir, *srun_options,
+            spare.python, *NODE_ENTRY, *spare.argv]
 
 
 def srun_env(plan, base: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -151,17 +165,20 @@ def node_torchrun_args(argv: Sequence[str], environ: Mapping[str, str]) -> list[
 def node_keeper_args(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
     """[PY, -m, orchestrator.engine.keeper, ...node 0's args] -> the keeper's args for this node: --node-rank from
     SLURM_NODEID, --first-rank = node rank x --nproc-per-node, --host the Slurm node name (the supervisor's name
-    for it). The engine's args after '--' pass unchanged."""
+    for it); a spare keeper's (--spare, in its own one-node step) gets --host only. The engine's args after '--'
+    pass unchanged."""
     if list(argv[1:3]) != KEEPER:
         raise ConfigError("node argv", list(argv[:3]), "expected PYTHON -m orchestrator.engine.keeper ...")
     args = list(argv[3:])
     cut = args.index("--") if "--" in args else len(args)
     own, engine = args[:cut], args[cut:]
+    host = environ.get("SLURMD_NODENAME") or socket.gethostname()
+    if "--spare" in own:  # its node rank comes with the lost node it replaces
+        return _with_options(own, {"--host": host}) + engine
     node_id = _node_id(own, environ)
     nproc = _option(own, "--nproc-per-node")
     if nproc is None or not nproc.isdigit():
         raise ConfigError("--nproc-per-node", nproc, "the keeper's argv names its ranks per node")
-    host = environ.get("SLURMD_NODENAME") or socket.gethostname()
     return _with_options(own, {"--node-rank": str(node_id), "--first-rank": str(node_id * int(nproc)),
                                "--host": host}) + engine
 
@@ -201,12 +218,17 @@ def node_main(argv: Sequence[str]) -> int:
     # it while it runs; before that, and once its ranks are gone, a SIGTERM must not end this process as "143",
     # which would outrank a peer's 2 in srun's exit code.
     signal.signal(signal.SIGTERM, _stopped_by_slurm)
+    signal.signal(signal.SIGUSR1, _stopped_by_slurm)  # the supervisor's stop (the keeper's own handler takes over)
     tmp = private_tmpdir(os.environ.get(RUN_TMPDIR) if keeper else None)
+    code = EXIT_RESTARTABLE
     try:
-        return _run_keeper(args) if keeper else _run_torchrun(args)
+        code = _run_keeper(args) if keeper else _run_torchrun(args)
+        return code
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         shutil.rmtree(tmp, ignore_errors=True)
+        if keeper:  # all of this node's run is gone: the supervisor ends a step that waits on a lost node only
+            print(event_line("node_exit", code=code), flush=True)
 
 
 def private_tmpdir(base: str | None = None) -> str:

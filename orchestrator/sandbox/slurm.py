@@ -5,6 +5,7 @@
     cluster.env()                                 # {"SLURM_CONF": ".../slurm/etc/slurm.conf"}: what sbatch/srun need
     subprocess.run(["sinfo"], env={**os.environ, **cluster.env()})
     SlurmCluster.find(sb)                         # the cluster of a loaded sandbox, or None
+    restart_slurmd(sb, "node3")                   # after sb.lose("node3") killed it; returns once all are idle
 
 Layout under the sandbox's state dir (shared with every host, like an NFS /etc/slurm):
     slurm/etc/slurm.conf, gres.conf    generated here
@@ -200,6 +201,15 @@ def start_slurm(sb, *, gpus_per_node: int = 0, cpus: int = 4, timeout: float = 3
     cluster = SlurmCluster(layout, tuple(hosts))
     cluster.wait_idle(timeout)
     return cluster
+
+
+def restart_slurmd(sb, host: str, timeout: float = 30.0) -> None:
+    """Start `host`'s slurmd again (after `sb.lose(host)` killed it) and wait until every node is idle: the node
+    registers with no job, so slurmctld lets go of the jobs that still held it."""
+    cluster = SlurmCluster.find(sb)
+    conf = str(cluster.layout.conf)
+    sb.start_daemon(host, ["/usr/sbin/slurmd", "-D", "-N", host, "-f", conf], name="slurmd", env={"SLURM_CONF": conf})
+    cluster.wait_idle(timeout)
 
 
 def _wait_for(ready, timeout: float, what: str, layout: SlurmLayout) -> None:

@@ -67,10 +67,6 @@ class SupervisorConfig:
     in-memory snapshots, the supervisor kills hung ranks instead of stopping the attempt, and a cold restart from
     disk is the fallback; 'cold': every failure ends the attempt."""
     restart_reason: str = ""
-    spare_keepers: bool = True
-    """Under warm restarts: start a spare keeper on each spare host, to take a lost node's place in-run. False
-    under --via slurm: srun ends the step when one of its nodes fails and a running step cannot add a node, so
-    a lost node restarts cold there (the spares serve the next step)."""
     straggler: StragglerOptions = StragglerOptions()
     shared_run_dir: bool = True
     """False: the nodes may not see the head's run dir; each node's launcher runs under the forwarder
@@ -170,7 +166,7 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host], spares: 
                  store: str | None = None) -> LaunchPlan:
     """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env
     (and ORCH_STEP_TIMING=0 when straggler detection is off); under warm restarts a spare keeper on each spare
-    (with cfg.spare_keepers) and the keepers' store at `store` (HOST:PORT on the head) when given; with a run dir
+    (over SSH, or in a one-node srun step of its own under --via slurm) and the keepers' store at `store` (HOST:PORT on the head) when given; with a run dir
     that is not shared, every node's launcher under the forwarder (relay.py)."""
     spec = cfg.spec
     ours = {HEARTBEAT_ENV: str((cfg.run_dir / "heartbeat").resolve())}
@@ -182,7 +178,7 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host], spares: 
                       sources={**spec.env.sources, **dict.fromkeys(ours, "supervisor")})
     plan = build_plan(replace(spec, run_id=f"{spec.run_id}-a{number}", run_dir=str(cfg.run_dir / "attempts"),
                               env=env, store=store), hosts,
-                      spares if cfg.restart == "warm" and cfg.spare_keepers else ())
+                      spares if cfg.restart == "warm" else ())
     if cfg.shared_run_dir:
         return plan
     base = program_option(spec.program, "--run-dir")  # the engine's metrics.jsonl, on each node
@@ -221,7 +217,7 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
         spares=spares + [Host(h.name, nproc) for h in host_list[limits.max_nodes:]], limits=limits,
         hang_timeout=opts.hang_timeout, startup_timeout=opts.startup_timeout,
         health_command=tuple(shlex.split(opts.health_check)) if opts.health_check else (),
-        health_timeout=opts.health_timeout, restart=restart, restart_reason=restart_reason, spare_keepers=steps is None,
+        health_timeout=opts.health_timeout, restart=restart, restart_reason=restart_reason,
         straggler=StragglerOptions(threshold=opts.straggler_threshold, steps=opts.straggler_steps,
                                    action=opts.straggler_action),
         shared_run_dir=opts.shared_run_dir, relay_key="" if opts.shared_run_dir else secrets.token_hex(8))
@@ -229,6 +225,7 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
     if steps is None:
         relay = None if cfg.shared_run_dir else Relay(cfg.relay_key, cfg.run_dir)
         return SupervisePlan(cfg, first, SshAttempts(ssh=opts.ssh, failure_grace=opts.failure_grace, relay=relay))
+    steps.spare_argvs(first)  # the spares' steps fit the allocation too
     return SupervisePlan(cfg, first, steps, srun=steps.argv(first))  # argv() checks the step fits the allocation
 
 
@@ -266,8 +263,8 @@ def restart_mode(spec: LaunchSpec, opts: SuperviseOptions) -> tuple[str, str]:
     elif spec.launcher == "deepspeed" or program_option(spec.program, "--engine") == "deepspeed":
         obstacle = "the DeepSpeed path restarts cold"
     if obstacle is None and opts.via == "slurm":
-        return "warm", ("standby workers and in-memory snapshots on every node, inside each srun step; a lost node "
-                        "restarts cold (srun ends the step when a node fails); cold from disk as the fallback")
+        return "warm", ("standby workers and in-memory snapshots on every node, inside each srun step; a spare "
+                        "keeper in a one-node step of its own per spare; cold from disk as the fallback")
     if obstacle is None:
         return "warm", "standby workers and in-memory snapshots on every node; cold from disk as the fallback"
     if opts.restart == "warm":

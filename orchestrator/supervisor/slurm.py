@@ -11,7 +11,11 @@ detectors, diagnosis, policy, events):
 - failure: srun --kill-on-bad-exit ends the whole step when one node's torchrun fails; srun's exit code follows
   the requeue contract (2 = a configuration error: AttemptResult.config_error, never retried).
 - teardown: ending the step is Slurm's job (it kills every process of the step on every node); a stop request
-  (hang) sends srun SIGINT, which --quit-on-interrupt turns into ending the step.
+  (hang, Ctrl-C) sends srun SIGINT, which --quit-on-interrupt turns into ending the step. Warm keepers are sent
+  SIGUSR1 first, which srun forwards as it is (SIGINT/SIGTERM/SIGHUP to srun kill the step's processes at once),
+  so they stop their workers and remove their snapshots from /dev/shm; each srun runs in its own session, so a
+  terminal's Ctrl-C reaches the supervisor alone. When the supervisor itself is killed, salloc (or the batch
+  script) ends and Slurm ends the job's steps: each keeper gets SIGTERM, KillWait before SIGKILL.
 - health: `srun --nodes=1 --nodelist=NODE --overlap <check command or true>` per node, in parallel. Chosen over
   `scontrol show node` state because it proves what the next attempt needs (slurmd starts a process there, the
   check command passes), and a node Slurm already marked down fails it too (the step cannot be created).
@@ -26,9 +30,17 @@ step), so a killed rank is repaired inside the step and srun never sees it. A hu
 head, i.e. wherever the supervisor runs inside the allocation (the salloc shell, or the batch step on the first
 node): head_address() is this machine's address on the route to the node's NodeAddr, the address slurmctld reaches
 the node's slurmd at, so the nodes can dial it back (a sandbox Slurm's nodes reach the head over its bridge).
-When scontrol names no address, node 0's keeper hosts the store. A lost node stays cold: srun ends the whole step
-when one of its nodes fails, and a running step cannot take in a spare node, so there is no spare keeper to take
-its place; the head's watch of the keepers' beats ends the step (warm_give_up) and the next step runs without it.
+When scontrol names no address, node 0's keeper hosts the store.
+
+A lost node is repaired warm too, as over SSH, when a spare is left: a running step cannot take in a node, so
+each spare's keeper waits in a one-node step of its own (`srun --nodes=1 --nodelist=SPARE`, spare_srun_argv) on
+the same store; the head's watch of the keepers' beats hands it the lost node's rank, and it loads that node's
+snapshots from the peer copy. The keepers' step runs with --no-kill: when slurmctld declares the node down
+(SlurmdTimeout after it went silent) the step goes on without it. Until then srun waits for the lost node's task,
+so once every other node's entry has exited 0 (`node_exit` lines, StepEnding) the step is ended here and the
+attempt is done. The job itself must outlive the node as well: submit it with --no-kill (salloc/sbatch -k), else
+Slurm revokes the whole allocation, the supervisor with it, once it declares the node down. Without a spare left
+the watch ends the step (warm_give_up) and the next step runs cold without the node.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from orchestrator.contracts import signal_exit_code
+from orchestrator.engine.warm import parse_event
 from orchestrator.errors import EXIT_USAGE
 from orchestrator.launch.output import OutputLine, Sink
 from orchestrator.launch.plan import LaunchPlan
@@ -47,11 +60,13 @@ from orchestrator.launch.runner import STOP_SIGNALS
 from orchestrator.launch.torchrun import split_rank_prefix
 from orchestrator.supervisor.runner import AttemptResult
 
-__all__ = ["SlurmSteps", "output_line", "step_result"]
+__all__ = ["SlurmSteps", "StepEnding", "output_line", "step_result"]
 
 log = logging.getLogger("orchestrator.supervisor.slurm")
 
 STOP_WAIT_S = 30.0
+KEEPER_STOP_S = 10.0
+"""How long the warm keepers get to stop their workers and remove their snapshots before Slurm ends the step."""
 
 
 def step_result(step_exit: int, stopped_by: int | None) -> AttemptResult:
@@ -71,17 +86,24 @@ class SlurmSteps:
 
         return srun_argv(plan, self.alloc, srun_options=("--label", *self.srun_options))
 
+    def spare_argvs(self, plan: LaunchPlan) -> list[list[str]]:
+        """Each spare keeper's one-node srun step (pure)."""
+        from orchestrator.launch.slurm import spare_srun_argv
+
+        return [spare_srun_argv(n, self.alloc, srun_options=("--label", *self.srun_options)) for n in plan.spares]
+
     async def run_attempt(self, plan: LaunchPlan, *, sink: Sink | None = None,
                           stop: asyncio.Event | None = None) -> AttemptResult:
-        """Run the attempt as one srun step; returns when the step has ended (done, failed, or stopped)."""
+        """Run the attempt as one srun step (and a one-node step per spare keeper); returns when the step has ended
+        (done, failed, or stopped), or when every node but the lost ones is done."""
         from orchestrator.launch.slurm import srun_env
 
-        argv = self.argv(plan)
         stopped_by: int | None = None
         stop = stop if stop is not None else asyncio.Event()
         logs = Path(plan.run_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
+        ending = StepEnding(plan.hosts)
 
         def on_signal(signum: int) -> None:
             nonlocal stopped_by
@@ -89,38 +111,58 @@ class SlurmSteps:
                 stopped_by = signum
             stop.set()
 
-        proc = await asyncio.create_subprocess_exec(*argv, env=srun_env(plan), stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        env = srun_env(plan)
+        steps = [await _Step.start(self.argv(plan), env, plan.hosts)]
+        try:
+            for spare, argv in zip(plan.spares, self.spare_argvs(plan)):
+                steps.append(await _Step.start(argv, env, [spare.host]))
+        except BaseException:
+            for step in steps:
+                step.proc.kill()
+            raise
+        main, spares = steps[0], steps[1:]
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig)
         try:
             with open(logs / "step.log", "a", encoding="utf-8") as log_file:
-                def emit(raw: bytes, stream: str) -> None:
-                    line = output_line(plan, raw, stream)
+                def emit(line: OutputLine) -> None:
                     log_file.write(line.formatted() + "\n")
+                    ending.see(line)
                     if sink is not None:
                         sink(line)
 
-                readers = [asyncio.ensure_future(_pump(proc.stdout, emit, "stdout")),
-                           asyncio.ensure_future(_pump(proc.stderr, emit, "stderr"))]
-                waiter = asyncio.ensure_future(proc.wait())
+                for step in steps:
+                    step.pump(emit)
+                waiter = asyncio.ensure_future(main.proc.wait())
                 stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if not waiter.done():
+                finisher = asyncio.ensure_future(ending.done.wait())
+                await asyncio.wait({waiter, stopper, finisher}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done() and ending.done.is_set() and not stop.is_set():
+                    # srun waits for the lost node's task until slurmctld declares the node down (SlurmdTimeout);
+                    # every other node's task is gone, so nothing of the run is left for srun to stop
+                    log.warning("ending srun step of %s: every node but the lost %s is done", plan.run_id,
+                                ", ".join(sorted(ending.lost)))
+                    main.proc.kill()
+                elif not waiter.done():
                     log.warning("stopping srun step of %s", plan.run_id)
-                    proc.send_signal(signal.SIGINT)  # --quit-on-interrupt: Slurm ends the step on every node
-                    try:
-                        await asyncio.wait_for(asyncio.shield(waiter), STOP_WAIT_S)
-                    except asyncio.TimeoutError:
-                        proc.kill()
+                    await _stop([main, *spares], warm=plan.launcher == "warm")
+                # spares still waiting (or in the run) when it ends or fails: their steps end too
+                await _stop([s for s in spares if not ending.exited(s.hosts[0])], warm=True)
+                await asyncio.gather(*(step.ended() for step in spares))
                 stopper.cancel()
+                finisher.cancel()
                 step_exit = await waiter
-                await asyncio.gather(*readers)
+                await main.drained()
         finally:
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
                 signal.signal(sig, previous[sig])
+        if ending.done.is_set() and stopped_by is None and not stop.is_set():
+            step_exit = 0
+        used = [s.proc.returncode for s in spares if s.hosts[0] in ending.joined]  # nodes of the run now
+        if EXIT_USAGE in used or step_exit == 0:
+            step_exit = EXIT_USAGE if EXIT_USAGE in used else next((code for code in used if code), 0)
         return step_result(step_exit, stopped_by)
 
     async def check_hosts(self, hosts: Sequence[str], *, command: Sequence[str] | None = None,
@@ -187,19 +229,98 @@ class SlurmSteps:
         return True
 
 
-def output_line(plan: LaunchPlan, raw: bytes, stream: str) -> OutputLine:
-    """One line of srun --label: "N: text" -> host plan.hosts[N], rank from torchrun's marker (None for
-    torchrun's own lines); srun's own messages -> host None, the line as it came."""
+class StepEnding:
+    """Whether an attempt whose node was lost is done: every node in the run but the lost ones has exited 0.
+
+        ending = StepEnding(plan.hosts); ending.see(line) for each output line; await ending.done.wait()
+
+    A spare keeper that takes a lost node's place says so (`spare_joined` with the lost host): that host is
+    lost, the spare is in the run. Each keeper's node entry says `node_exit` once its node's run is gone
+    (launch/slurm.py). srun cannot end the step by itself: it waits for the lost node's task."""
+
+    def __init__(self, hosts: Sequence[str]):
+        self.running, self.lost, self.joined = set(hosts), set(), set()
+        self.done = asyncio.Event()
+
+    def see(self, line: OutputLine) -> None:
+        event = parse_event(line.text) if line.host is not None and line.rank is None else None
+        if event is None:
+            return
+        if event["event"] == "spare_joined" and event.get("lost_host"):
+            self.lost.add(event["lost_host"])
+            self.joined.add(line.host)
+            self.running.add(line.host)
+        elif event["event"] == "node_exit" and event.get("code") == 0:
+            self.running.discard(line.host)
+        if self.lost and self.running <= self.lost:
+            self.done.set()
+
+    def exited(self, host: str) -> bool:
+        """A spare in the run whose node entry has exited 0 (its srun is about to end 0 by itself)."""
+        return host in self.joined and host not in self.running
+
+
+class _Step:
+    """One srun process and the readers of its output (srun --label, task N on hosts[N])."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, hosts: Sequence[str]):
+        self.proc, self.hosts, self.readers = proc, list(hosts), []
+
+    @classmethod
+    async def start(cls, argv: list[str], env: dict[str, str], hosts: Sequence[str]) -> _Step:
+        # its own session: a terminal's Ctrl-C reaches the supervisor alone, which stops the keepers first (_stop)
+        proc = await asyncio.create_subprocess_exec(*argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                    start_new_session=True)
+        return cls(proc, hosts)
+
+    def pump(self, emit: Callable[[OutputLine], None]) -> None:
+        self.readers = [asyncio.ensure_future(_pump(self.proc.stdout, emit, "stdout", self.hosts)),
+                        asyncio.ensure_future(_pump(self.proc.stderr, emit, "stderr", self.hosts))]
+
+    async def drained(self) -> None:
+        await asyncio.gather(*self.readers)
+
+    async def ended(self) -> None:
+        try:
+            await asyncio.wait_for(self.proc.wait(), STOP_WAIT_S)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        await self.drained()
+
+
+async def _stop(steps: list[_Step], *, warm: bool) -> None:
+    """End the steps: the warm keepers first get SIGUSR1, which srun forwards to them as it is, so they stop their
+    workers and remove their snapshots (SIGINT makes srun kill the step's processes at once); after KEEPER_STOP_S,
+    or at once for torchrun, SIGINT (--quit-on-interrupt: Slurm ends the step on every node), then SIGKILL."""
+    steps = [s for s in steps if s.proc.returncode is None]
+    if warm and steps:
+        for step in steps:
+            step.proc.send_signal(signal.SIGUSR1)
+        _, pending = await asyncio.wait([asyncio.ensure_future(s.proc.wait()) for s in steps], timeout=KEEPER_STOP_S)
+        for waiting in pending:
+            waiting.cancel()
+    for step in steps:
+        if step.proc.returncode is None:
+            step.proc.send_signal(signal.SIGINT)
+    await asyncio.gather(*(step.ended() for step in steps))
+
+
+def output_line(hosts: Sequence[str], raw: bytes, stream: str) -> OutputLine:
+    """One line of srun --label: "N: text" -> host hosts[N] (the step's nodes), rank from torchrun's marker (None
+    for torchrun's own lines); srun's own messages -> host None, the line as it came."""
     raw = raw.rstrip(b"\n")
     task, sep, body = raw.partition(b": ")
     task = task.strip()
-    if not sep or not task.isdigit() or int(task) >= len(plan.hosts):
+    if not sep or not task.isdigit() or int(task) >= len(hosts):
         return OutputLine(None, None, stream, raw.decode(errors="replace"), raw)
     line = body.decode(errors="replace")
     rank, _local, text = split_rank_prefix(line)
-    return OutputLine(plan.hosts[int(task)], rank, stream, text, body[len(line) - len(text):])  # the marker is ASCII
+    return OutputLine(hosts[int(task)], rank, stream, text, body[len(line) - len(text):])  # the marker is ASCII
 
 
-async def _pump(stream: asyncio.StreamReader, emit: Callable[[bytes, str], None], name: str) -> None:
+async def _pump(stream: asyncio.StreamReader, emit: Callable[[OutputLine], None], name: str,
+                hosts: Sequence[str]) -> None:
     while line := await stream.readline():
-        emit(line, name)
+        emit(output_line(hosts, line, name))

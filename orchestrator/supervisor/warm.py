@@ -27,7 +27,7 @@ runs on the spare instead of the lost host. The supervisor hosts the keepers' st
 and watches the keepers' beats itself, so that no node is special: node 0 may be lost too. When the head's
 address for the nodes cannot be found (no route to the first host), node 0's keeper hosts the store and watches,
 and a loss of node 0 ends the attempt (cold restart). Under --via slurm the keepers run inside the attempt's srun
-step, which has no spare keepers: a lost node ends the step and the next one runs cold (supervisor/slurm.py).
+step and each spare keeper in a one-node step of its own; a lost node is replaced the same way (supervisor/slurm.py).
 A hang (no heartbeat for --hang-timeout, or at once for a rank its keeper reports stopped by a signal) is resolved
 by SIGKILL of the stopped ranks (state T in the probe), else of the ranks the stacks blame (elsewhere while the
 others wait in a collective), else of every stalled rank, which turns it into a rank exit the keepers repair; when a stalled

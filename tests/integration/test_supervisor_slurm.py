@@ -6,9 +6,11 @@ An sbatch job on 2 nodes runs the supervisor over the tiny engine (2 nodes x 1 r
 relaunches one srun step on the same nodes; the engine resumes from its newest checkpoint. The job must end 0,
 every step 1..12 must be in metrics.jsonl, and events.jsonl must name the kill and the restart.
 
-Warm restarts (the default for the engine): inside salloc, one srun step runs a keeper per node; a SIGKILLed rank
-and later a SIGSTOPped one are repaired inside that step (the same checks as over SSH, warm_runs.py), and when
-the run ends nothing of it is left on the nodes: no process but slurmd/sshd, nothing in their /dev/shm.
+Warm restarts (the default for the engine): inside salloc --no-kill, one srun step runs a keeper per node and the
+third node's spare keeper waits in a one-node step of its own; a SIGKILLed rank and later a SIGSTOPped one are
+repaired inside that step, then node 0 is lost and the spare takes its place from the peer copy of its snapshots
+(the same checks as over SSH, warm_runs.py); when the run ends nothing of it is left on the nodes: no process but
+slurmd/sshd, nothing in their /dev/shm.
 
 The cluster (munged, slurmctld, 2 slurmd) is this module's own, torn down by the sandbox's `down` (by PID).
 """
@@ -27,7 +29,7 @@ import pytest
 from probes import heartbeat, wait_clean, wait_job
 from orch_cli import ORCH
 from run_tokens import wait_for
-from warm_runs import check_kill_then_hang, engine_args, kill_then_hang, reference_losses
+from warm_runs import check_kill_then_hang, engine_args, kill_then_hang, lose_node, reference_losses
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -37,8 +39,8 @@ JOB_TIMEOUT = 180
 
 @pytest.fixture(scope="module")
 def cluster(slurm_sandbox_factory):
-    """(sandbox, SlurmCluster): 2 hosts; SLURM_CONF set for this module."""
-    with slurm_sandbox_factory("ssup", nodes=2) as both:
+    """(sandbox, SlurmCluster): 3 hosts (the warm test's spare is the third); SLURM_CONF set for this module."""
+    with slurm_sandbox_factory("ssup", nodes=3) as both:
         yield both
 
 
@@ -175,6 +177,42 @@ exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 -
     assert (diagnosis["cause"], diagnosis["rank"], diagnosis["culprit"]) == ("hang", 1, report["culprit"])
 
 
+def in_shm(sandbox, hosts: list[str]) -> dict[str, list[str]]:
+    """host -> the run's temp dirs (snapshots) in its /dev/shm, for the hosts that have any."""
+    found = {h: [n for n in sandbox.exec(h, ["ls", "/dev/shm"]).stdout.split() if n.startswith("orch-")]
+             for h in hosts}
+    return {h: names for h, names in found.items() if names}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_sigkill_or_ctrl_c_of_the_supervisor_under_slurm_leaves_nothing_on_the_nodes(cluster, tmp_path, sig):
+    """The keepers' step and the spare keeper's own step end with the run: no keeper, standby or snapshot dir."""
+    sandbox, _ = cluster
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    proc = subprocess.Popen(["salloc", "--no-kill", "--nodes=3", *supervise_argv(tmp_path, run_dir, "--nodes", "2")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # every node's entry made its temp dir: the keepers (one a spare) are up, importing torch
+        assert wait_for(lambda: len(in_shm(sandbox, sandbox.hosts)) == 3, timeout=60), in_shm(sandbox, sandbox.hosts)
+        os.kill(next(p for p in _children(proc.pid) if "orchestrator" in _cmdline(p)), sig)  # salloc's child
+        code = proc.wait(timeout=60)
+        assert sig == signal.SIGKILL or code == 130, code  # salloc's exit code is its command's
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert wait_clean(sandbox) == {}
+    assert wait_for(lambda: not in_shm(sandbox, sandbox.hosts), timeout=10), in_shm(sandbox, sandbox.hosts)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[int, float]:
     """The losses of an uninterrupted run of the warm test's command."""
@@ -182,37 +220,39 @@ def reference(tmp_path_factory) -> dict[int, float]:
 
 
 @pytest.mark.timeout(480)
-def test_a_killed_and_a_hung_rank_are_repaired_inside_the_srun_step(cluster, reference, tmp_path):
-    """Warm restarts under Slurm: one srun step, both faults repaired in it, every loss the uninterrupted run's, and
-    no keeper, rank or snapshot left on the nodes. The hung rank is probed and killed over SSH (--ssh-config)."""
+def test_a_killed_and_a_hung_rank_and_a_lost_node_are_repaired_inside_the_srun_step(cluster, reference, tmp_path):
+    """Warm restarts under Slurm: one srun step, the three faults repaired in it (the lost node by the spare's
+    keeper, in its own step), every loss the uninterrupted run's, and no keeper, rank or snapshot left on the
+    nodes. The hung rank is probed and killed over SSH (--ssh-config)."""
     sandbox, _ = cluster
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     log = tmp_path / "supervise.log"
-    argv = ["salloc", "--nodes=2", *ORCH, "supervise", "--via", "slurm", "--nproc-per-node", "1", "--python",
-            sys.executable, "--run-dir", str(tmp_path / "launch"), "--run-id", "swarm", "--hang-timeout", "3",
-            "--backoff", "0.5", "--health-timeout", "20", "--ssh-config", str(sandbox.ssh_config),
+    hosts, spare = sandbox.hosts[:2], sandbox.hosts[2]
+    argv = ["salloc", "--no-kill", "--nodes=3", *ORCH, "supervise", "--via", "slurm", "--nodes", "2",
+            "--nproc-per-node", "1", "--python", sys.executable, "--run-dir", str(tmp_path / "launch"), "--run-id",
+            "swarm", "--hang-timeout", "3", "--backoff", "0.5", "--health-timeout", "20", "--ssh-config",
+            str(sandbox.ssh_config),
             "--straggler-action", "off",  # ranks sharing 2 busy cores differ by more than any sane threshold
             "-m", "orchestrator.engine", "--", *engine_args(run_dir)]
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
         stopped = kill_then_hang(run_dir, log)
+        lose_node(run_dir, sandbox, hosts[0], 0, 95)
         assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
     finally:
+        sandbox.link_up(hosts[0])
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
     launch = next(e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
                   if e["event"] == "launch")
-    assert launch["run_id"] == "swarm-a0"
-    check_kill_then_hang(run_dir, launch["hosts"], stopped, reference)
+    assert launch["run_id"] == "swarm-a0" and launch["hosts"] == hosts
+    check_kill_then_hang(run_dir, hosts, stopped, reference, spare=spare)
     logs = Path(launch["logs"])
     assert os.listdir(logs.parent.parent) == ["swarm-a0"] and "orchestrator-warm" in (logs / "step.log").read_text()
     assert wait_clean(sandbox) == {}  # no keeper, worker or standby on any node
 
-    def in_shm() -> dict[str, list[str]]:
-        found = {h: [n for n in sandbox.exec(h, ["ls", "/dev/shm"]).stdout.split() if n.startswith("orch-")]
-                 for h in sandbox.hosts}
-        return {h: names for h, names in found.items() if names}
-    assert wait_for(lambda: not in_shm(), timeout=10), in_shm()  # the step's snapshot dirs went with it
+    survivors = [hosts[1], spare]  # the lost node's memory went with it
+    assert wait_for(lambda: not in_shm(sandbox, survivors), timeout=10), in_shm(sandbox, survivors)

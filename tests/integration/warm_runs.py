@@ -3,8 +3,9 @@
     losses = reference_losses(tmp_path_factory.mktemp("reference"))   # an uninterrupted run's loss per step
     proc = subprocess.Popen([..., "-m", "orchestrator.engine", "--", *engine_args(run_dir)], ...)  # supervise
     stopped = kill_then_hang(run_dir, log)      # SIGKILL rank 1 at step 20, SIGSTOP rank 0 at step 70
+    lose_node(run_dir, sandbox, hosts[0], 0, 95)            # optional: then node 0 lost (a spare keeper waits)
     assert proc.wait(timeout=180) == 0
-    check_kill_then_hang(run_dir, hosts, stopped, losses)   # both repaired in attempt 0, every loss the same
+    check_kill_then_hang(run_dir, hosts, stopped, losses, spare=spare)   # all repaired in attempt 0, same losses
 """
 
 from __future__ import annotations
@@ -71,21 +72,36 @@ def kill_then_hang(run_dir: Path, log: Path) -> dict:
     return beat
 
 
-def check_kill_then_hang(run_dir: Path, hosts: list[str], stopped: dict, reference: dict[int, float]) -> None:
-    """Both faults of kill_then_hang repaired inside attempt 0 and every step's loss the uninterrupted run's."""
+def lose_node(run_dir: Path, sandbox, host: str, rank: int, step: int) -> None:
+    """Once `rank` (on `host`) has trained `step`, lose the host: cable pulled, every process on it killed."""
+    assert wait_for(lambda: heartbeat(run_dir, rank, step), timeout=120), events(run_dir)
+    sandbox.lose(host)
+
+
+def check_kill_then_hang(run_dir: Path, hosts: list[str], stopped: dict, reference: dict[int, float],
+                         spare: str | None = None) -> None:
+    """Both faults of kill_then_hang repaired inside attempt 0 and every step's loss the uninterrupted run's; with
+    `spare`, also hosts[0] lost after them (lose_node) and replaced in-run by the spare from its peer copy."""
     evs = events(run_dir)
     kinds = [e["event"] for e in evs]
     assert kinds.count("launch") == 1 and "restart" not in kinds, kinds
     failures = [e for e in evs if e["event"] == "failure"]
-    assert [f["kind"] for f in failures] == ["rank_exit", "hang"], failures
+    lost = ["node_lost"] if spare else []
+    assert [f["kind"] for f in failures] == ["rank_exit", "hang", *lost], failures
     assert failures[1]["found"] == "stopped"  # its keeper saw it stopped: no wait for --hang-timeout
     assert failures[0]["rank"] == 1 and failures[0]["signal"] == "SIGKILL" and failures[0]["host"] == hosts[1]
-    assert [(d["cause"], d["action"]) for d in evs if d["event"] == "diagnosis"] == [("killed", "warm_restart"),
-                                                                                     ("hang", "warm_restart")]
+    assert [(d["cause"], d["action"]) for d in evs if d["event"] == "diagnosis"] == [
+        ("killed", "warm_restart"), ("hang", "warm_restart"), *[("node_lost", "warm_replace")] * len(lost)]
     kill = next(e for e in evs if e["event"] == "warm_kill")
     assert kill["targets"] == {hosts[0]: [stopped["pid"]]}  # only the stopped rank, not the one waiting for it
-    assert [e["generation"] for e in evs if e["event"] == "warm_restart"] == [1, 2]
+    assert [e["generation"] for e in evs if e["event"] == "warm_restart"] == [1, 2, *[3] * len(lost)]
     resumed = [e for e in evs if e["event"] == "warm_resumed"]
-    assert len(resumed) == 2 and all(e["steps_lost"] <= 1 for e in resumed), resumed
-    assert evs[-1]["event"] == "done" and evs[-1]["summary"]["warm_restarts"] == 2
+    assert len(resumed) == 2 + len(lost) and all(e["steps_lost"] <= 1 for e in resumed), resumed
+    if spare:
+        assert failures[2]["host"] == hosts[0] and failures[2]["node_rank"] == 0
+        assert [(e["host"], e["spare"], e["warm"]) for e in evs if e["event"] == "replace"] == [(hosts[0], spare, True)]
+        joined = next(e for e in evs if e["event"] == "warm_spare_joined")
+        assert joined["host"] == spare and joined["snapshots_from"] == hosts[1] and joined["fetched"]["0"], joined
+        assert resumed[2]["source"] == "memory", resumed  # rank 0's state came from its copy on hosts[1]
+    assert evs[-1]["event"] == "done" and evs[-1]["summary"]["warm_restarts"] == 2 + len(lost)
     assert_same_losses(run_dir, reference)

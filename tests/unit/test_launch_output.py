@@ -59,11 +59,33 @@ def test_collector_lines_and_logs(tmp_path):
 
 
 def test_srun_label_to_output_line():
-    assert output_line(PLAN, b"1: \x1f3/1\x1fstep 7 loss 4.81\n", "stdout") == out("n2", 3, "step 7 loss 4.81")
-    assert output_line(PLAN, b"0: W1123 torchrun says\n", "stderr") == out("n1", None, "W1123 torchrun says", "stderr")
-    assert output_line(PLAN, b"   1: padded label\n", "stdout") == out("n2", None, "padded label")  # srun pads N
+    assert output_line(PLAN.hosts, b"1: \x1f3/1\x1fstep 7 loss 4.81\n", "stdout") == out("n2", 3, "step 7 loss 4.81")
+    assert output_line(PLAN.hosts, b"0: W1123 torchrun says\n", "stderr") == out("n1", None, "W1123 torchrun says", "stderr")
+    assert output_line(PLAN.hosts, b"   1: padded label\n", "stdout") == out("n2", None, "padded label")  # srun pads N
     for own in (b"srun: error: n2: task 1: Killed\n", b"7: a task the plan does not have\n"):  # srun's own lines
         text = own.decode().rstrip("\n")
-        assert output_line(PLAN, own, "stderr") == out(None, None, text, "stderr")
-    assert output_line(PLAN, b"1: \x1f2/0\x1fcaf\xc3\xa9 \xff\n", "stdout") == OutputLine(
+        assert output_line(PLAN.hosts, own, "stderr") == out(None, None, text, "stderr")
+    assert output_line(PLAN.hosts, b"1: \x1f2/0\x1fcaf\xc3\xa9 \xff\n", "stdout") == OutputLine(
         "n2", 2, "stdout", "caf\u00e9 \ufffd", b"caf\xc3\xa9 \xff")  # the exact bytes, shown decodable
+
+
+def test_a_step_that_lost_a_node_is_done_once_every_other_node_exited_0():
+    import asyncio
+
+    from orchestrator.engine.warm import event_line
+    from orchestrator.supervisor.slurm import StepEnding
+
+    ending = StepEnding(["n1", "n2"])
+    keeper = lambda host, event, **fields: out(host, None, event_line(event, **fields))  # noqa: E731
+    ending.see(keeper("n2", "node_exit", code=0))
+    assert not ending.done.is_set()  # no node lost: srun ends the step itself
+    ending = StepEnding(["n1", "n2"])
+    ending.see(keeper("s1", "spare_joined", node_rank=0, lost_host="n1"))
+    ending.see(keeper("n2", "node_exit", code=1))
+    ending.see(out("n2", 1, event_line("node_exit", code=0)))  # a rank's line is no keeper's news
+    assert not ending.done.is_set() and not ending.exited("s1")
+    ending.see(keeper("n2", "node_exit", code=0))
+    assert not ending.done.is_set()  # the spare in n1's place still runs
+    ending.see(keeper("s1", "node_exit", code=0))
+    assert ending.done.is_set() and ending.lost == {"n1"} and ending.exited("s1")
+    asyncio.run(ending.done.wait())

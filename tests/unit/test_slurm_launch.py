@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,24 @@ def test_each_node_gets_its_keeper_args_from_slurm_nodeid():
         via_slurm.node_keeper_args(plan.nodes[0].argv, environ | {"SLURM_STEP_NUM_NODES": "2"})
     with pytest.raises(ConfigError, match="node argv"):
         via_slurm.node_keeper_args(plan_for().nodes[0].argv, environ)
+
+
+def test_a_spare_keeper_runs_in_a_one_node_step_of_its_own_and_keeps_spare():
+    from orchestrator.hosts import Host
+
+    spec = LaunchSpec(program=("orchestrator.engine", "--config", "tiny"), module=True, run_id="r1", launcher="warm",
+                      python=("/venv/bin/python",), node_tmp_dir="/dev/shm")
+    plan = build_plan(spec, [Host("node1", 2), Host("node2", 2)], [Host("node4", 2)])
+    assert "--no-kill" in via_slurm.srun_argv(plan, ALLOC) and "--no-kill" not in via_slurm.srun_argv(warm_plan(), ALLOC)
+    [spare] = plan.spares
+    argv = via_slurm.spare_srun_argv(spare, ALLOC, srun_options=["--exclusive"])
+    assert argv[:argv.index("/venv/bin/python")] == ["srun", "--nodes=1", "--ntasks=1", *via_slurm.SRUN_FIXED,
+                                                     "--nodelist=node4", "--exclusive"]
+    args = via_slurm.node_keeper_args(spare.argv, {"SLURM_NODEID": "0", "SLURM_STEP_NUM_NODES": "1",
+                                                   "SLURMD_NODENAME": "node4"})
+    assert args == list(spare.argv[3:]) and "--spare" in args and "--nnodes=2" in args  # no node rank until it joins
+    with pytest.raises(ConfigError, match="--spare-hosts"):
+        via_slurm.spare_srun_argv(replace(spare, host="node9"), ALLOC)
 
 
 def test_the_node_tmpdir_goes_under_the_base_and_is_the_runs_tmpdir(tmp_path, monkeypatch):

@@ -101,7 +101,7 @@ def test_diagnosis_from_recorded_srun_lines_is_the_same():
     lines with torchrun's rank marker."""
     srun = [f"{PLAN.hosts.index(line.host)}: " + ("" if line.rank is None else f"\x1f{line.rank}/{line.rank % 2}\x1f")
             + line.text + "\n" for line in RECORDED]
-    lines = [output_line(PLAN, text.encode(), "stderr") for text in srun]
+    lines = [output_line(PLAN.hosts, text.encode(), "stderr") for text in srun]
     assert lines == RECORDED
     assert diagnosis(attempt(rank_exit=first_rank_exit(lines)), OK) == diagnosis(
         attempt(rank_exit=first_rank_exit(RECORDED)), OK)

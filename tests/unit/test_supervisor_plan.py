@@ -79,23 +79,30 @@ def test_via_slurm_plans_the_srun_step_of_each_attempt():
     assert p.runner.drain_bad_nodes and p.to_json()["srun"][0] == "srun"
     assert p.describe()[-2].startswith("supervised: run dir runs/r1, nodes 2:2, spares -")
     assert p.describe()[-1].startswith("restarts: warm (standby workers and in-memory snapshots on every node, "
-                                       "inside each srun step; a lost node restarts cold (srun ends the step")
+                                       "inside each srun step; a spare keeper in a one-node step of its own")
 
 
-def test_warm_restarts_under_slurm_run_a_keeper_per_node_and_no_spare_keepers():
+def test_warm_restarts_under_slurm_run_a_keeper_per_node_and_each_spare_keeper_in_its_own_step():
     environ = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "c[1-3]", "SLURM_JOB_NUM_NODES": "3"}
     p = plan_supervise(spec("--config", "tiny", nproc=1), SuperviseOptions(via="slurm", nodes="2"), environ=environ)
-    assert p.config.restart == "warm" and not p.config.spare_keepers and [s.name for s in p.config.spares] == ["c3"]
+    assert p.config.restart == "warm" and [s.name for s in p.config.spares] == ["c3"]
     first = p.first_attempt
-    assert first.launcher == "warm" and first.spares == ()  # a lost node restarts cold: no spare keeper in the step
+    assert first.launcher == "warm" and [n.host for n in first.spares] == ["c3"]
     keeper = p.srun[p.srun.index("--") + 1:]
     assert keeper[1:3] == ["-m", "orchestrator.engine.keeper"] and "--node-rank=0" in keeper
+    assert "--no-kill" in p.srun and "--nodelist=c[1-2]" in p.srun  # the step outlives a node Slurm declares failed
+    [spare] = p.runner.spare_argvs(first)
+    assert spare[:3] == ["srun", "--nodes=1", "--ntasks=1"] and "--nodelist=c3" in spare and "--label" in spare
+    assert "--spare" in spare[spare.index("--") + 1:]
+    with pytest.raises(ConfigError, match="--spare-hosts"):
+        plan_supervise(spec("--config", "tiny", nproc=1), SuperviseOptions(via="slurm", hosts="c[1-2]",
+                                                                           spare_hosts="d1"), environ=environ)
     assert first.launcher_env["ORCH_RUN_TMPDIR"] == "/dev/shm"
     cold = plan_supervise(spec("--config", "tiny", nproc=1), SuperviseOptions(via="slurm", restart="cold"),
                           environ=environ)
     assert cold.first_attempt.launcher == "torchrun" and "torch.distributed.run" in cold.srun
     over_ssh = plan("--config", "tiny", spare_hosts="s1")
-    assert over_ssh.config.spare_keepers and [n.host for n in over_ssh.first_attempt.spares] == ["s1"]
+    assert [n.host for n in over_ssh.first_attempt.spares] == ["s1"]
 
 
 def test_straggler_options_reach_the_config_and_off_stops_the_ranks_timing():
