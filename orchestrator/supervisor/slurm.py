@@ -5,7 +5,7 @@
 
 SlurmSteps is an AttemptRunner (runner.py). What changes from the SSH path (the loop keeps everything else:
 detectors, diagnosis, policy, events):
-- launch: orchestrator.launch.slurm.srun_argv(plan) plus `--label`; srun's "N: line" output becomes the runner's
+- launch: orchestrator.launch.slurm.srun_argv(plan) plus `--label --overlap` (STEP_OPTIONS); srun's "N: line" output becomes the runner's
   OutputLine (task N is node rank N: host plan.hosts[N]; the rank from torchrun's marker), so
   detect.parse_rank_exit sees torchrun's "failed (exitcode" line with its host exactly as over SSH.
 - failure: srun --kill-on-bad-exit ends the whole step when one node's torchrun fails; srun's exit code follows
@@ -65,6 +65,9 @@ __all__ = ["SlurmSteps", "StepEnding", "output_line", "step_result"]
 log = logging.getLogger("orchestrator.supervisor.slurm")
 
 STOP_WAIT_S = 30.0
+STEP_OPTIONS = ("--overlap",)
+"""A step that lost a node stays on slurmctld's books, holding the CPUs of its other nodes, until the node is
+declared down (SlurmdTimeout, minutes): the next attempt's step shares them instead of waiting for that."""
 KEEPER_STOP_S = 10.0
 """How long the warm keepers get to stop their workers and remove their snapshots before Slurm ends the step."""
 
@@ -84,13 +87,14 @@ class SlurmSteps:
         """The attempt's srun argv (pure; raises ConfigError when the plan does not fit one step)."""
         from orchestrator.launch.slurm import srun_argv
 
-        return srun_argv(plan, self.alloc, srun_options=("--label", *self.srun_options))
+        return srun_argv(plan, self.alloc, srun_options=("--label", *STEP_OPTIONS, *self.srun_options))
 
     def spare_argvs(self, plan: LaunchPlan) -> list[list[str]]:
         """Each spare keeper's one-node srun step (pure)."""
         from orchestrator.launch.slurm import spare_srun_argv
 
-        return [spare_srun_argv(n, self.alloc, srun_options=("--label", *self.srun_options)) for n in plan.spares]
+        return [spare_srun_argv(n, self.alloc, srun_options=("--label", *STEP_OPTIONS, *self.srun_options))
+                for n in plan.spares]
 
     async def run_attempt(self, plan: LaunchPlan, *, sink: Sink | None = None,
                           stop: asyncio.Event | None = None) -> AttemptResult:

@@ -91,6 +91,7 @@ def test_warm_restarts_under_slurm_run_a_keeper_per_node_and_each_spare_keeper_i
     keeper = p.srun[p.srun.index("--") + 1:]
     assert keeper[1:3] == ["-m", "orchestrator.engine.keeper"] and "--node-rank=0" in keeper
     assert "--no-kill" in p.srun and "--nodelist=c[1-2]" in p.srun  # the step outlives a node Slurm declares failed
+    assert "--overlap" in p.srun  # not held up by an earlier step that lost a node
     [spare] = p.runner.spare_argvs(first)
     assert spare[:3] == ["srun", "--nodes=1", "--ntasks=1"] and "--nodelist=c3" in spare and "--label" in spare
     assert "--spare" in spare[spare.index("--") + 1:]
