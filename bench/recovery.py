@@ -95,7 +95,8 @@ def run_one(tool: str, sb, work: Path, n: int, fault: str, via: str = "ssh") -> 
         where = ["--via", "slurm"] if via == "slurm" else ["--failure-grace", "1"]
         salloc = ["salloc", "--no-kill", f"--nodes={len(hosts + spares)}"]  # the job outlives a lost node
         argv = [*(salloc if via == "slurm" else []), sys.executable, "-m", "orchestrator",
-                "supervise", *where, "--hosts", ",".join(hosts), "--nproc-per-node", "1", "--ssh-config", str(sb.ssh_config), "--python",
+                "supervise", *where, "--hosts", ",".join(hosts), "--nproc-per-node", "1", "--ssh-config",
+                str(sb.ssh_config), "--python",
                 sys.executable, "--run-dir", str(run_dir / "launch"), "--env", "OMP_NUM_THREADS=1", "--backoff", "0",
                 "--hang-timeout", "3",
                 "--restart", "auto" if tool == "warm" else "cold", "--straggler-action", "off",

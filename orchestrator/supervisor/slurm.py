@@ -5,9 +5,9 @@
 
 SlurmSteps is an AttemptRunner (runner.py). What changes from the SSH path (the loop keeps everything else:
 detectors, diagnosis, policy, events):
-- launch: orchestrator.launch.slurm.srun_argv(plan) plus `--label --overlap` (STEP_OPTIONS); srun's "N: line" output becomes the runner's
-  OutputLine (task N is node rank N: host plan.hosts[N]; the rank from torchrun's marker), so
-  detect.parse_rank_exit sees torchrun's "failed (exitcode" line with its host exactly as over SSH.
+- launch: orchestrator.launch.slurm.srun_argv(plan) plus `--label --overlap` (STEP_OPTIONS); srun's "N: line"
+  output becomes the runner's OutputLine (task N is node rank N: host plan.hosts[N]; the rank from torchrun's
+  marker), so detect.parse_rank_exit sees torchrun's "failed (exitcode" line with its host exactly as over SSH.
 - failure: srun --kill-on-bad-exit ends the whole step when one node's torchrun fails; srun's exit code follows
   the requeue contract (2 = a configuration error: AttemptResult.config_error, never retried).
 - teardown: ending the step is Slurm's job (it kills every process of the step on every node); a stop request

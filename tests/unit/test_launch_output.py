@@ -60,7 +60,8 @@ def test_collector_lines_and_logs(tmp_path):
 
 def test_srun_label_to_output_line():
     assert output_line(PLAN.hosts, b"1: \x1f3/1\x1fstep 7 loss 4.81\n", "stdout") == out("n2", 3, "step 7 loss 4.81")
-    assert output_line(PLAN.hosts, b"0: W1123 torchrun says\n", "stderr") == out("n1", None, "W1123 torchrun says", "stderr")
+    assert output_line(PLAN.hosts, b"0: W1123 torchrun says\n", "stderr") == out("n1", None, "W1123 torchrun says",
+                                                                               "stderr")
     assert output_line(PLAN.hosts, b"   1: padded label\n", "stdout") == out("n2", None, "padded label")  # srun pads N
     for own in (b"srun: error: n2: task 1: Killed\n", b"7: a task the plan does not have\n"):  # srun's own lines
         text = own.decode().rstrip("\n")

@@ -98,7 +98,8 @@ def test_a_spare_keeper_runs_in_a_one_node_step_of_its_own_and_keeps_spare():
     spec = LaunchSpec(program=("orchestrator.engine", "--config", "tiny"), module=True, run_id="r1", launcher="warm",
                       python=("/venv/bin/python",), node_tmp_dir="/dev/shm")
     plan = build_plan(spec, [Host("node1", 2), Host("node2", 2)], [Host("node4", 2)])
-    assert "--no-kill" in via_slurm.srun_argv(plan, ALLOC) and "--no-kill" not in via_slurm.srun_argv(warm_plan(), ALLOC)
+    assert "--no-kill" in via_slurm.srun_argv(plan, ALLOC)
+    assert "--no-kill" not in via_slurm.srun_argv(warm_plan(), ALLOC)  # no spare: a lost node ends the step
     [spare] = plan.spares
     argv = via_slurm.spare_srun_argv(spare, ALLOC, srun_options=["--exclusive"])
     assert argv[:argv.index("/venv/bin/python")] == ["srun", "--nodes=1", "--ntasks=1", *via_slurm.SRUN_FIXED,
