@@ -203,7 +203,7 @@ def start_slurm(sb, *, gpus_per_node: int = 0, cpus: int = 4, timeout: float = 3
     return cluster
 
 
-def restart_slurmd(sb, host: str, timeout: float = 30.0) -> None:
+def restart_slurmd(sb, host: str, timeout: float = 120.0) -> None:
     """Start `host`'s slurmd again (after `sb.lose(host)` killed it) and wait until every node is idle: the node
     registers with no job, so slurmctld lets go of the jobs that still held it."""
     cluster = SlurmCluster.find(sb)
