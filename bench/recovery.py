@@ -143,9 +143,13 @@ def run_one(tool: str, sb, work: Path, n: int, fault: str, via: str = "ssh") -> 
     for host in hosts if fault == "lose" else ():
         sb.link_up(host)
     if lost and via == "slurm":  # its slurmd went with it: the next run needs the node back
+        from orchestrator.errors import RemoteError
         from orchestrator.sandbox.slurm import restart_slurmd
 
-        restart_slurmd(sb, lost)
+        try:
+            restart_slurmd(sb, lost)
+        except RemoteError as exc:  # the old job still completing there: the next salloc waits for the node
+            print(f"warning: {exc}", file=sys.stderr)
     watch.poll()
     first = watch.steps[0][0] if watch.steps else None
     resumed = next(((t, r) for t, r in watch.steps if "resumed_from" in r and t >= (killed_at or 0)), None)
