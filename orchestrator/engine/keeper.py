@@ -54,7 +54,7 @@ from pathlib import Path
 from orchestrator.contracts import RUN_TMPDIR
 from orchestrator.engine import warm
 from orchestrator.engine.warm import GEN_KEY, READY_MARK, Assignment, done_key, event_line, joined_key
-from orchestrator.launch.torchrun import rank_prefix
+from orchestrator.launch.torchrun import PREFIX_ENV, RANK_PREFIX_TEMPLATE, rank_prefix
 from orchestrator.procstat import process_state
 
 __all__ = ["main"]
@@ -101,7 +101,7 @@ class Worker:
             if line.rstrip(b"\n") == READY_MARK.encode():
                 self.ready.set()
                 continue
-            prefix = rank_prefix(self.rank, self.local_rank) if self.rank is not None else ""
+            prefix = rank_prefix(self.rank, self.local_rank, out.template) if self.rank is not None else ""
             out.write(prefix.encode() + line)
 
     def send(self, job: Assignment) -> None:
@@ -123,10 +123,12 @@ class Worker:
 
 
 class _Output:
-    """Whole lines to stdout from several threads."""
+    """Whole lines to stdout from several threads; a rank's lines start with the prefix torchrun would give them (the
+    launcher's PREFIX_ENV: `[rank3]: ` under `launch --via slurm`, a marker the SSH launcher turns into `host/3: `)."""
 
     def __init__(self):
         self.lock = threading.Lock()
+        self.template = os.environ.get(PREFIX_ENV) or RANK_PREFIX_TEMPLATE
 
     def write(self, data: bytes) -> None:
         with self.lock:

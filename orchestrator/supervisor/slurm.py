@@ -89,7 +89,7 @@ class SlurmSteps:
                 stopped_by = signum
             stop.set()
 
-        proc = await asyncio.create_subprocess_exec(*argv, env=srun_env(plan), stdin=asyncio.subprocess.DEVNULL,
+        proc = await asyncio.create_subprocess_exec(*argv, env=srun_env(plan, marker=True), stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         for sig in STOP_SIGNALS:
