@@ -11,7 +11,8 @@ honoured); elsewhere every file but DEFAULT_IGNORE; then the job's `sync.exclude
 relative path and against the file name). Every node runs receive.py (inline over SSH with the job's
 interpreter): it answers whether DEST/<digest> exists; the nodes without it get the tar through the relay chain
 of `images load` (remote/chain.py): the head writes it once into the first node's session, and each node
-unpacks it while it forwards it byte for byte to the next (mode='parallel': the head sends it to every node).
+stores it while it forwards it byte for byte to the next, then checks and unpacks it (mode='parallel': the
+head sends it to every node).
 A node names the newest copies it has; when the head knows one of them (it keeps the file list and hashes of
 every tree it synced, under ~/.cache/orchestrator/manifests), the tar holds only the files that changed since,
 with the list of those removed, and the node hard-links the others from that copy: editing one file of a large
