@@ -3,14 +3,17 @@
     sudo .venv/bin/python bench/sync.py                      # 16 hosts, the tree: this checkout's orchestrator/
     sudo .venv/bin/python bench/sync.py --hosts 8 --tree /path/to/code --runs 3
     sudo .venv/bin/python bench/sync.py --files 20000 --megabytes 100 --runs 3   # a generated tree of that size
+    sudo .venv/bin/python bench/sync.py --files 20000 --megabytes 100 --node-cpus 0.1  # each host 0.1 core of its own
 
 Starts its own sandbox (removed at the end) and measures, with the copies removed from every node before each
 fresh measurement (median of --runs, the methods interleaved):
 
   one host              sync_tree to node1 alone (the unit every other time is divided by)
-  N hosts               sync_tree to node[1-N] (one SSH session per node, all at once)
+  N hosts relay         sync_tree to node[1-N]: the head sends the tar once, node to node (the default)
+  N hosts parallel      sync_tree(mode="parallel") to node[1-N]: the head sends the tar to every node at once
   re-sync (unchanged)   sync_tree to node[1-N] again: the tree is unchanged, every node already has its digest
   re-sync (1 changed)   one file edited, then sync_tree to node[1-N]: every node has the previous version only
+                        (relay, and parallel)
   pdsh+rsync            `pdsh -R exec -w node[1-N] rsync -a -e 'ssh -F CFG' TREE/ %h:DEST/` (the usual hand-made
                         way), fresh and again after one file was edited
 
@@ -19,6 +22,11 @@ All hosts share this machine's cores, so N fresh copies cost N unpacks on the sa
 (--files, --megabytes) has 100 files per directory, each file text-like (words of a fixed random vocabulary,
 which gzip shrinks about as much as source code), sizes spread from a quarter to 1.75x the mean; it is made
 in a temporary directory that is removed at the end.
+
+--node-cpus F gives every host a CPU budget of its own (F cores: a cgroup per host with a CFS quota holding its
+sshd, so everything a sync starts there), the same whether it receives alone or beside the others, as N
+separate machines would have (bench/images.py's cap_cpus): then the ratios measure the distribution, not N hosts
+taking turns on this machine's cores. Keep N x F below the core count (the head needs its share too).
 """
 from __future__ import annotations
 
@@ -36,6 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from images import cap_cpus, remove_cgroups  # noqa: E402
 from orchestrator.job.sync import read_tree, sync_tree  # noqa: E402
 from orchestrator.remote import SshOptions  # noqa: E402
 from orchestrator.sandbox import Sandbox  # noqa: E402
@@ -55,9 +66,9 @@ def timed(fn) -> float:
     return time.monotonic() - t0
 
 
-def ours(tree_dir: Path, hosts, ssh):
+def ours(tree_dir: Path, hosts, ssh, mode="relay"):
     def run():
-        results = sync_tree(read_tree(tree_dir), hosts, ssh=ssh, python=sys.executable, dest=DEST)
+        results = sync_tree(read_tree(tree_dir), hosts, ssh=ssh, python=sys.executable, dest=DEST, mode=mode)
         bad = [r for r in results.values() if not r.ok]
         if bad:
             raise SystemExit(f"sync failed: {bad}")
@@ -100,6 +111,8 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=None, help="generate a tree of this many files instead")
     parser.add_argument("--megabytes", type=float, default=100.0, help="the generated tree's total size")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--node-cpus", type=float, default=0.0,
+                        help="each host a CPU budget of this many cores, alone or not (0: all share the machine)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the sandbox needs it)")
@@ -113,14 +126,19 @@ def main() -> int:
     tree = read_tree(args.tree)
     size = sum((args.tree / f).stat().st_size for f in tree.files)
     sb = Sandbox.up(f"bsync{os.getpid()}", nodes=args.hosts)
+    groups: list[Path] = []
     try:
+        if args.node_cpus:
+            groups = cap_cpus(sb, args.node_cpus)
         hosts, ssh = sb.hosts, SshOptions(config=str(sb.ssh_config))
         # (name, timed call, hosts, before it: "clear" the copies, "edit" one file, or nothing)
         methods = (
             ("one host", ours(args.tree, hosts[:1], ssh), hosts[:1], "clear"),
-            (f"{len(hosts)} hosts", ours(args.tree, hosts, ssh), hosts, "clear"),
+            (f"{len(hosts)} hosts relay", ours(args.tree, hosts, ssh), hosts, "clear"),
+            (f"{len(hosts)} hosts parallel", ours(args.tree, hosts, ssh, "parallel"), hosts, "clear"),
             ("re-sync (unchanged)", ours(args.tree, hosts, ssh), hosts, None),
             ("re-sync (1 changed)", ours(args.tree, hosts, ssh), hosts, "edit"),
+            ("re-sync (1 ch.) parallel", ours(args.tree, hosts, ssh, "parallel"), hosts, "edit"),
             ("pdsh+rsync", pdsh_rsync(args.tree, hosts, sb.ssh_config), hosts, "clear"),
             ("pdsh+rsync (1 changed)", pdsh_rsync(args.tree, hosts, sb.ssh_config), hosts, "edit"),
         )
@@ -137,11 +155,13 @@ def main() -> int:
         rows = {name: statistics.median(t) for name, t in times.items()}
         unit = rows["one host"]
         print(f"tree {'generated' if scratch else args.tree}: {len(tree.files)} files, {size / 1e6:.1f} MB; "
-              f"{len(hosts)} hosts; median of {args.runs}; load average (1 min) {min(loads):.1f}-{max(loads):.1f}")
+              f"{len(hosts)} hosts; {f'{args.node_cpus:g} cores per host' if args.node_cpus else 'hosts share all cores'}; "
+              f"median of {args.runs}; load average (1 min) {min(loads):.1f}-{max(loads):.1f}")
         for name, seconds in rows.items():
             print(f"  {name:24s} {seconds:7.2f} s   {seconds / unit:5.2f}x one host")
     finally:
         sb.down()
+        remove_cgroups(groups)
         if scratch is not None:
             shutil.rmtree(scratch)
     return 0

@@ -263,6 +263,11 @@ def node_address(name: str) -> str:
 
 
 # ---- acting -----------------------------------------------------------------------------------------------
+def on_node(name: str) -> list[str]:
+    """srun's argv prefix for one task on node `name` of the current allocation, beside its running steps."""
+    return ["srun", "--quiet", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={name}"]
+
+
 def _node_arg(names: Sequence[str]) -> str:
     if not names:
         raise ConfigError("nodes", list(names), "name at least one node")

@@ -23,27 +23,23 @@ at once), 'sequential' (one node after the other): the last two are the baseline
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orchestrator.containers.image import ImageTar, read_image_tar
+from orchestrator.containers.image import read_image_tar
 from orchestrator.errors import ConfigError
 from orchestrator.inline import python_source
-from orchestrator.remote.ssh import SshOptions, SshSession, SshTransport, describe_error
-
-log = logging.getLogger("orchestrator.containers.load")
+from orchestrator.remote.chain import MODES, Node, feed_chain, open_node, plan_chains
+from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
 RELAY = Path(__file__).with_name("relay.py")  # sent inline to every node
-MODES = ("relay", "parallel", "sequential")
 CHUNK = 1 << 20
 ProgressCallback = Callable[[str, int, int], None]  # (host, bytes loaded so far, total bytes)
+__all__ = ["MODES", "LoadResult", "check_sha256", "load_image", "load_image_async", "plan_chains", "results_json"]
 
 
 @dataclass
@@ -61,59 +57,6 @@ class LoadResult:
         return self.status in ("loaded", "tagged", "skipped")
 
 
-def plan_chains(hosts: Sequence[str], mode: str) -> list[list[str]]:
-    """Which nodes receive from whom (pure): each chain is fed by the head and passed on node to node."""
-    if mode not in MODES:
-        raise ConfigError("--mode", mode, f"use one of {', '.join(MODES)}")
-    return [list(hosts)] if mode == "relay" and hosts else [[h] for h in hosts]
-
-
-class _Node:
-    """One node's relay session: JSON events on stdout, control (and, for a chain head, data) on stdin."""
-
-    def __init__(self, host: str, session: SshSession):
-        self.host, self.session = host, session
-        self._lines = aiter(session.stdout)
-
-    async def event(self) -> dict:
-        async for line in self._lines:
-            try:
-                return json.loads(line)
-            except ValueError:
-                log.debug("%s: %s", self.host, line)
-        err = await asyncio.wait_for(_last_line(self.session.stderr), 5)
-        raise ConnectionError(f"relay ended without a result{': ' + err if err else ''}")
-
-    async def send(self, data: bytes) -> None:
-        self.session.send(data)
-        await self.session.drain()
-
-    async def send_json(self, message: dict) -> None:
-        await self.send(json.dumps(message).encode() + b"\n")
-
-    async def tell(self, message: dict) -> None:
-        """A control line; a session already gone is not an error here: reading its next event says why."""
-        try:
-            await self.send_json(message)
-        except Exception as exc:  # noqa: BLE001 - OSError or the SSH channel's
-            log.debug("%s: control line not sent: %s", self.host, exc)
-
-    def close(self) -> None:
-        self.session.close()
-
-
-async def _last_line(lines) -> str:
-    last = ""
-    async for line in lines:
-        last = line.strip() or last
-    return last
-
-
-async def _open(transport: SshTransport, host: str, python: str) -> _Node:
-    session = await transport.open(host, [python, "-I", "-S", "-c", python_source(RELAY)])
-    return _Node(host, session)
-
-
 async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshOptions | None = None,
                            mode: str = "relay", python: str = "python3", socket: str | None = None,
                            on_progress: ProgressCallback | None = None,
@@ -129,7 +72,7 @@ async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshO
         raise ConfigError("--hosts", "", "name at least one host")
     transport = SshTransport(ssh or SshOptions())
     results = {h: LoadResult(h) for h in hosts}
-    nodes: dict[str, _Node] = {}
+    nodes: dict[str, Node] = {}
     token = secrets.token_hex(16)
     t0 = time.monotonic()
 
@@ -139,13 +82,13 @@ async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshO
         if on_result is not None:
             on_result(r)
 
+    argv = [python, "-I", "-S", "-c", python_source(RELAY)]
+    spec = {"image_id": tar.image_id, "tags": list(tar.tags), "token": token, "socket": socket}
+
     async def probe(host: str) -> dict | None:
         try:
-            node = await asyncio.wait_for(_open(transport, host, python), connect_timeout)
-            nodes[host] = node
-            await node.send_json({"image_id": tar.image_id, "tags": list(tar.tags), "size": tar.size,
-                                  "token": token, "socket": socket})
-            return await asyncio.wait_for(node.event(), connect_timeout)
+            nodes[host] = await open_node(transport, host, argv, spec, connect_timeout)
+            return nodes[host].ready
         except Exception as exc:  # noqa: BLE001 - this host's result; the others go on
             finish(host, "failed", f"unreachable: {describe_error(exc)}")
             return None
@@ -166,13 +109,25 @@ async def load_image_async(image: str | Path, hosts: Sequence[str], *, ssh: SshO
                 needed.append(host)
         for host in set(nodes) - set(needed):
             await nodes[host].tell({"go": False})
+
+        def done(host: str, event: dict | None, error: str | None) -> None:
+            if error:
+                finish(host, "failed", error)
+            else:
+                finish(host, "loaded", image_id=(event or {}).get("image_id"))
+
+        def feed(chain: list[str]):
+            return feed_chain(chain, nodes, go={"size": tar.size}, chunks=_read(tar.path), finish=done,
+                              expected=expected, timeout=connect_timeout,
+                              on_progress=(lambda h, n: on_progress(h, n, tar.size)) if on_progress else None)
+
         chains = plan_chains(needed, mode)
         if mode == "sequential":
-            for chain in chains:
-                await _feed_chain(tar, chain, nodes, finish, on_progress, expected, results, connect_timeout)
+            notes = [await feed(chain) for chain in chains]
         else:
-            await asyncio.gather(*(_feed_chain(tar, chain, nodes, finish, on_progress, expected, results,
-                                               connect_timeout) for chain in chains))
+            notes = await asyncio.gather(*(feed(chain) for chain in chains))
+        for host, note in ((h, n) for chain_notes in notes for h, n in chain_notes.items()):
+            results[host].error += note
     finally:
         for node in nodes.values():
             node.close()
@@ -188,67 +143,10 @@ def check_sha256(value: str) -> str:
     return digest
 
 
-async def _feed_chain(tar: ImageTar, chain: list[str], nodes: dict[str, _Node], finish,
-                      on_progress: ProgressCallback | None, expected: str | None, results: dict[str, LoadResult],
-                      timeout: float) -> None:
-    for i, host in enumerate(chain):  # each node after the first listens where its upstream will reach it
-        await nodes[host].tell({"go": True, "source": "stdin" if i == 0 else "tcp",
-                                "upstream": chain[i - 1] if i else None})
-
-    async def listening(host: str) -> dict | None:
-        try:
-            ev = await asyncio.wait_for(nodes[host].event(), timeout)
-            if ev["event"] == "listening":
-                return ev
-            finish(host, "failed", ev.get("error") or f"relay answered {ev}")
-        except Exception as exc:  # noqa: BLE001 - this host's result; the chain closes over it
-            finish(host, "failed", describe_error(exc))
-        return None
-
-    listens = dict(zip(chain[1:], await asyncio.gather(*(listening(h) for h in chain[1:]))))
-    chain = [h for i, h in enumerate(chain) if i == 0 or listens[h] is not None]
-    for i, host in enumerate(chain):
-        nxt = listens[chain[i + 1]] if i + 1 < len(chain) else None
-        to = {"address": nxt["address"] or chain[i + 1], "port": nxt["port"]} if nxt else None  # "": by name
-        await nodes[host].tell({"next": to})
-
-    lost: list[str] = []  # nodes whose session ended without a result: the chain broke there
-
-    async def follow(host: str) -> None:
-        node = nodes[host]
-        try:
-            while True:
-                ev = await node.event()
-                if ev["event"] == "progress" and on_progress:
-                    on_progress(host, ev["bytes"], tar.size)
-                elif ev["event"] == "done":
-                    break
-        except Exception as exc:  # noqa: BLE001
-            lost.append(host)
-            finish(host, "failed", describe_error(exc))
-            return
-        if ev.get("error"):
-            finish(host, "failed", ev["error"])
-        else:
-            finish(host, "loaded", image_id=ev.get("image_id"))
-
-    async def feed() -> None:
-        digest = hashlib.sha256()
-        head = nodes[chain[0]]
-        try:
-            with open(tar.path, "rb") as f:
-                while data := await asyncio.to_thread(f.read, CHUNK):
-                    digest.update(data)
-                    await head.send(data)
-            await head.send_json({"sha256": expected or digest.hexdigest()})
-        except Exception as exc:  # noqa: BLE001 - OSError or the SSH channel's: that node's follow() reports why
-            log.debug("%s: feeding stopped: %s", chain[0], exc)
-
-    await asyncio.gather(feed(), *(follow(h) for h in chain))
-    for i, host in enumerate(chain):  # downstream of a lost node, say which one broke the stream
-        cause = next((h for h in reversed(chain[:i]) if h in lost), None)
-        if cause and results[host].status == "failed" and host not in lost:
-            results[host].error += f" (upstream {cause} lost: {results[cause].error})"
+async def _read(path: Path) -> AsyncIterator[bytes]:
+    with open(path, "rb") as f:
+        while data := await asyncio.to_thread(f.read, CHUNK):
+            yield data
 
 
 def load_image(image: str | Path, hosts: Sequence[str], **kwargs) -> dict[str, LoadResult]:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -55,7 +56,7 @@ from pathlib import Path
 from orchestrator.contracts import RUN_TMPDIR
 from orchestrator.engine import warm
 from orchestrator.engine.warm import GEN_KEY, READY_MARK, Assignment, done_key, event_line, joined_key
-from orchestrator.launch.torchrun import rank_prefix
+from orchestrator.launch.torchrun import PREFIX_ENV, RANK_PREFIX_TEMPLATE, rank_prefix
 from orchestrator.procstat import process_state
 
 __all__ = ["main"]
@@ -70,6 +71,11 @@ STOPPED_GRACE_S = 0.5
 """How long a rank may sit stopped by a signal (SIGSTOP, SIGTSTP: /proc state T) before the keeper reports it. A
 stopped rank stalls every collective like any hang, but the kernel names it at once, long before the heartbeats'
 --hang-timeout would (a tracer such as py-spy stops it as state t, which is not reported)."""
+STANDBY_NICE = 10
+"""How much lower a standby's CPU priority (and a spare node's, all of it) is than the ranks' until it becomes one:
+its import and warm-up take only what the ranks leave, so a run's first step does not wait for them (2 sandbox hosts
+and 2 spares sharing 2 cores: launch to first step ~19 s -> 7-11 s). Only where the keeper may raise it back (root,
+or RLIMIT_NICE): a rank must never be left at a lower priority than its peers."""
 LOST_ACK_S = 1.0
 """After a node loss, how long a survivor may take to leave its collective with the lost node: gloo notices a peer
 whose process died at once, but not one whose network went away, and waits for its timeout."""
@@ -78,9 +84,12 @@ whose process died at once, but not one whose network went away, and waits for i
 class Worker:
     """One worker process: a rank once assigned, a standby until then."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], out: _Output):
+    def __init__(self, argv: list[str], env: dict[str, str], out: _Output, nice: int = 0):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=env)
+        self.nice = nice
+        if nice:
+            _renice(self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + nice)
         self.ready = threading.Event()
         self.rank: int | None = None
         self.local_rank = 0
@@ -94,7 +103,7 @@ class Worker:
             if line.rstrip(b"\n") == READY_MARK.encode():
                 self.ready.set()
                 continue
-            prefix = rank_prefix(self.rank, self.local_rank) if self.rank is not None else ""
+            prefix = rank_prefix(self.rank, self.local_rank, out.template) if self.rank is not None else ""
             out.write(prefix.encode() + line)
 
     def send(self, job: Assignment) -> None:
@@ -108,12 +117,20 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
 
+    def promote(self) -> None:
+        """A standby becomes a rank: back to the keeper's priority, every thread of it."""
+        if self.nice:
+            self.nice = 0
+            _renice(self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
+
 
 class _Output:
-    """Whole lines to stdout from several threads."""
+    """Whole lines to stdout from several threads; a rank's lines start with the prefix torchrun would give them (the
+    launcher's PREFIX_ENV: `[rank3]: ` under `launch --via slurm`, a marker the SSH launcher turns into `host/3: `)."""
 
     def __init__(self):
         self.lock = threading.Lock()
+        self.template = os.environ.get(PREFIX_ENV) or RANK_PREFIX_TEMPLATE
 
     def write(self, data: bytes) -> None:
         with self.lock:
@@ -151,15 +168,29 @@ class Keeper:
         self.successor: tuple[str, int] | None = None  # the replica server our snapshots go to
         self.next_beat = 0.0
         self.watch: warm.NodeWatch | None = None  # lost-node detection, where this keeper hosts the store
+        self.standby_nice = STANDBY_NICE if _may_raise_priority() else 0
 
     # ---- the whole node ---------------------------------------------------------------------------------
     def run(self) -> int:
+        a = self.args
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if a.spare:  # the whole node waits at a lower priority, its own imports included
+                _session_nice(self.standby_nice)
+            else:  # first: their imports overlap this keeper's own (torch, for the store)
+                for rank in self.ranks:
+                    self.active[rank] = self._spawn()
+            return self._serve()
+        finally:
+            self._stop_all()
+            shutil.rmtree(self.snapshot_dir, ignore_errors=True)
+
+    def _serve(self) -> int:
         from torch.distributed import TCPStore
 
         from orchestrator.engine.replica import ReplicaPusher, ReplicaServer, local_address
 
         a = self.args
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         self.replicas = ReplicaServer(self.snapshot_dir / "peers")
         pusher = ReplicaPusher(self.snapshot_dir, ranks=lambda: list(self.ranks), successor=lambda: self.successor)
         try:
@@ -172,8 +203,6 @@ class Keeper:
                 if code is not None:
                     return code
             else:
-                for rank in self.ranks:
-                    self.active[rank] = self._spawn()
                 self._publish()
             self._top_up()
             if master:
@@ -189,8 +218,6 @@ class Keeper:
             pusher.stop()
             self.replicas.shutdown()
             self.replicas.server_close()
-            self._stop_all()
-            shutil.rmtree(self.snapshot_dir, ignore_errors=True)
 
     def _watch(self) -> int:
         self.starting = False
@@ -326,7 +353,7 @@ class Keeper:
         """A spare keeper: standbys for a whole node, waiting until node 0 hands us a lost node's rank (None:
         we took it, go on as that node) or says the run is over (0)."""
         for _ in range(self.args.nproc_per_node):
-            self.standbys.append(self._spawn())
+            self.standbys.append(self._spawn(standby=True))
         self._top_up()
         spare = self.store.add(warm.SPARES_KEY, 1)
         self.store.set(warm.spare_key(spare, "host"), self.args.host)
@@ -348,6 +375,7 @@ class Keeper:
         from orchestrator.engine.replica import fetch
 
         begin = time.monotonic()
+        _session_nice(-self.standby_nice)
         self.node_rank = node["node_rank"]
         self.ranks = list(range(node["first_rank"], node["first_rank"] + node["nproc"]))
         self.env["GROUP_RANK"] = str(self.node_rank)
@@ -367,8 +395,8 @@ class Keeper:
                        seconds=round(time.monotonic() - begin, 3))
 
     # ---- standbys -------------------------------------------------------------------------------------------
-    def _spawn(self) -> Worker:
-        return Worker(self.argv, self.env, self.out)
+    def _spawn(self, standby: bool = False) -> Worker:
+        return Worker(self.argv, self.env, self.out, nice=self.standby_nice if standby else 0)
 
     def _take_standby(self) -> Worker:
         """A ready standby if there is one, else the one closest to ready, else a fresh worker."""
@@ -377,12 +405,13 @@ class Keeper:
         worker = (ready or self.standbys or [None])[0] or self._spawn()
         if worker in self.standbys:
             self.standbys.remove(worker)
+            worker.promote()
         return worker
 
     def _top_up(self) -> None:
         self.standbys = [w for w in self.standbys if w.proc.poll() is None]
         while len(self.standbys) < self.args.standby:
-            self.standbys.append(self._spawn())
+            self.standbys.append(self._spawn(standby=True))
 
     # ---- the end --------------------------------------------------------------------------------------------
     def _finish(self) -> int:
@@ -421,6 +450,40 @@ class Keeper:
 class Stopped(BaseException):
     """A stop signal while the keeper starts: run()'s cleanup runs, main() returns 128 + the signal (not an
     Exception: no `except Exception` on the way, in torch's imports either, may swallow it)."""
+
+
+def _may_raise_priority() -> bool:
+    """Whether this process may set a child's nice value back to its own (lowering a nice value needs root or a
+    high enough RLIMIT_NICE: `ulimit -e`)."""
+    if os.geteuid() == 0:
+        return True
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return soft == resource.RLIM_INFINITY or 20 - os.getpriority(os.PRIO_PROCESS, 0) <= soft
+
+
+def _renice(pid: int, value: int) -> None:
+    """Every thread of `pid` at nice `value` (Linux nice values are per thread; new threads inherit their creator's)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, value)
+        except OSError:  # the thread (or the process) is gone, or not ours to raise: the next poll sees an exit
+            pass
+
+
+def _session_nice(change: int) -> None:
+    """Move this session's CPU weight by `change` nice steps. With autogroups (Linux's default on desktops and many
+    servers: each session, an SSH session included, shares the CPU as one), a process's nice value weighs only against
+    its own session, so a spare node lowers its whole session while it waits."""
+    path = Path("/proc/self/autogroup")
+    try:
+        now = int(path.read_text().split("nice")[1])
+        path.write_text(str(max(-20, min(19, now + change))))
+    except (OSError, ValueError, IndexError):  # no autogroups here: the processes' own nice values are what counts
+        pass
 
 
 def _memory_dir() -> str | None:

@@ -4,17 +4,22 @@
     tree.digest                                        # sha256 over paths, modes and contents
     results = sync_tree(tree, ["node1", "node2"], ssh=SshOptions(config="ssh_config"), python="/opt/venv/bin/python")
     results["node1"].status, results["node1"].path     # 'sent' | 'unchanged' | 'failed', '/root/.cache/.../<digest>'
+    sync_tree(tree, hosts, mode="parallel")            # the head sends to every node itself (no chain)
 
 Which files: in a git work tree, `git ls-files -co --exclude-standard` (tracked and untracked, .gitignore
 honoured); elsewhere every file but DEFAULT_IGNORE; then the job's `sync.exclude` globs (matched against the
 relative path and against the file name). Every node runs receive.py (inline over SSH with the job's
-interpreter): it answers whether DEST/<digest> exists; only nodes without it get a tar, over their own SSH
-session, all nodes in parallel. A node names the newest copies it has; when the head knows one of them (it keeps
-the file list and hashes of every tree it synced, under ~/.cache/orchestrator/manifests), the tar holds only the
-files that changed since, and the node hard-links the others from that copy: editing one file of a large tree
-sends one file. (The head sends the tar once per node that lacks it; the image relay's node-to-node chain would
-send it once in all.) The head re-reads only the files whose stat changed since the last sync of that directory
-(a hash cache under ~/.cache/orchestrator/hashes, as git's index), so an unchanged tree costs its stats.
+interpreter): it answers whether DEST/<digest> exists; the nodes without it get the tar through the relay chain
+of `images load` (remote/chain.py): the head writes it once into the first node's session, and each node
+stores it while it forwards it byte for byte to the next, then checks and unpacks it (mode='parallel': the
+head sends it to every node).
+A node names the newest copies it has; when the head knows one of them (it keeps the file list and hashes of
+every tree it synced, under ~/.cache/orchestrator/manifests), the tar holds only the files that changed since,
+with the list of those removed, and the node hard-links the others from that copy: editing one file of a large
+tree sends one file. A chain carries one stream, so it gets a delta when all its nodes have the same base;
+nodes with different bases get one stream per base (plan_bases). The head re-reads only the files whose stat
+changed since the last sync of that directory (a hash cache under ~/.cache/orchestrator/hashes, as git's
+index), so an unchanged tree costs its stats.
 """
 
 from __future__ import annotations
@@ -27,16 +32,18 @@ import io
 import json
 import os
 import re
+import secrets
 import stat
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
 from orchestrator.inline import python_source
+from orchestrator.remote.chain import Node, feed_chain, open_node, plan_chains
 from orchestrator.remote.ssh import SshOptions, SshTransport, describe_error
 
 RECEIVER = Path(__file__).with_name("receive.py")
@@ -46,6 +53,7 @@ HASHED_TREES = 32
 RACY_S = 2.0
 """A file changed this recently is not cached: a write in the same timestamp tick as the read could leave its stat
 unchanged (git's "racy clean" files)."""
+SYNC_MODES = ("relay", "parallel")
 DEFAULT_IGNORE = (".git", "__pycache__", "*.pyc", ".venv", "venv", ".mypy_cache", ".pytest_cache", ".ipynb_checkpoints")
 
 
@@ -217,21 +225,32 @@ def load_manifest(digest: str, directory: Path = MANIFESTS) -> dict[str, str] | 
         return None
 
 
-def delta(tree: Tree, bases: Sequence[str], directory: Path = MANIFESTS, *,
-          load: Callable[[str], dict[str, str] | None] | None = None) -> tuple[str | None, list[str]]:
-    """(the first of a node's copies the head knows, the files the node may link from it) or (None, []).
-    load(digest): a manifest (default: load_manifest from `directory`; a sync passes one that reads each once)."""
-    load = load or (lambda digest: load_manifest(digest, directory))
-    base = known_base(bases, load)
-    if base is None:
-        return None, []
-    known = load(base)
-    return base, [rel for rel in tree.files if known.get(rel) == tree.manifest.get(rel)]
+def delta(tree: Tree, base: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(the files changed or new since the copy whose manifest is `base`, the files it has that the tree lost)."""
+    changed = [rel for rel in tree.files if base.get(rel) != tree.manifest.get(rel)]
+    return changed, [rel for rel in base if rel not in tree.manifest]
 
 
 def known_base(bases: Sequence[str], load: Callable[[str], dict[str, str] | None]) -> str | None:
     """The first of a node's copies whose manifest the head has."""
     return next((b for b in bases if isinstance(b, str) and load(b) is not None), None)
+
+
+def plan_bases(offers: dict[str, list[str]], load: Callable[[str], dict[str, str] | None],
+               mode: str = "relay") -> dict[str | None, list[str]]:
+    """base -> the nodes that get the tree as a delta from it (None: the whole tree), in `offers`' order (pure but
+    for `load`). A chain carries one stream, so in relay mode a base that every node has (and the head knows) makes
+    one delta for all; otherwise each node's own newest known base groups it, one stream per group."""
+    hosts = list(offers)
+    if mode == "relay" and hosts:
+        common = next((b for b in offers[hosts[0]] if all(b in offers[h] for h in hosts) and load(b) is not None),
+                      None)
+        if common is not None:
+            return {common: hosts}
+    groups: dict[str | None, list[str]] = {}
+    for host in hosts:
+        groups.setdefault(known_base(offers[host], load), []).append(host)
+    return groups
 
 
 @dataclass
@@ -250,70 +269,102 @@ class SyncResult:
         return self.status in ("sent", "unchanged")
 
 
-async def _event(session) -> dict:
-    async for line in session.stdout:
-        try:
-            return json.loads(line)
-        except ValueError:
-            continue
-    last = ""
-    async for line in session.stderr:
-        last = line.strip() or last
-    raise ConnectionError(f"receiver ended without an answer{': ' + last if last else ''}")
-
-
 async def sync_tree_async(tree: Tree, hosts: Sequence[str], *, ssh: SshOptions | None = None, python: str = "python3",
-                          dest: str = "~/.cache/orchestrator/code", timeout: float = 600.0) -> dict[str, SyncResult]:
-    """Bring `tree` to DEST/<digest> on every host (parallel); every host gets a result, never first-error-wins."""
+                          dest: str = "~/.cache/orchestrator/code", timeout: float = 600.0, mode: str = "relay",
+                          connect_timeout: float = 30.0,
+                          on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, SyncResult]:
+    """Bring `tree` to DEST/<digest> on every host; every host gets a result, never first-error-wins.
+
+    mode: 'relay' (the head sends each stream once, node to node), 'parallel' (to every node from the head).
+    on_progress(host, bytes received, bytes in all)."""
+    if mode not in SYNC_MODES:
+        raise ConfigError("mode", mode, f"use one of {', '.join(SYNC_MODES)}")
     transport = SshTransport(ssh or SshOptions())
     transport.prepare(hosts)
-    argv = [python, "-I", "-S", "-c", python_source(RECEIVER), dest, tree.digest]
-    payloads: dict[str | None, bytes] = {}  # base -> header line + tar: built once per base
+    argv = [python, "-I", "-S", "-c", python_source(RECEIVER)]
     manifest = functools.cache(load_manifest)  # each base's read once, not once per node that offers it
+    payloads: dict[str | None, tuple[dict, bytes]] = {}  # base -> (the go line's fields, the tar): built once
+    results = {h: SyncResult(h) for h in hosts}
     save_manifest(tree)
 
-    def payload(base: str | None) -> bytes:
+    def payload(base: str | None) -> tuple[dict, bytes]:
         if base not in payloads:
-            _, keep = delta(tree, [base], load=manifest) if base else (None, [])
-            data = tree.tar_bytes(only=set(tree.files) - set(keep)) if base else tree.tar_bytes()
-            header = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "base": base, "keep": keep}
-            payloads[base] = json.dumps(header).encode() + b"\n" + data
+            changed, removed = delta(tree, manifest(base)) if base else (tree.files, [])
+            data = tree.tar_bytes(only=set(changed)) if base else tree.tar_bytes()
+            payloads[base] = {"size": len(data), "files": len(tree.files), "base": base, "removed": removed}, data
         return payloads[base]
 
-    async def one(host: str) -> SyncResult:
-        result = SyncResult(host)
-        base = None
-        for attempt in range(2):  # a delta the node cannot apply (its copy changed): once more, the whole tree
+    async def one_round(hosts: list[str], deltas: bool) -> list[str]:
+        """Sync `hosts`; -> those whose copy could not take a delta (to be sent the whole tree)."""
+        nodes: dict[str, Node] = {}
+        spec = {"dest": dest, "digest": tree.digest, "token": secrets.token_hex(16)}
+
+        async def probe(host: str) -> None:
             try:
-                session = await transport.open(host, argv)
+                nodes[host] = await open_node(transport, host, argv, spec, connect_timeout)
             except Exception as exc:  # noqa: BLE001 - this host's result; the others go on
-                result.error = describe_error(exc)
-                return result
-            try:
-                first = await _event(session)
-                result.path = first.get("path")
-                if first.get("have"):
-                    result.status = "unchanged"
-                    return result
-                base = known_base(first.get("bases") or [], manifest) if attempt == 0 else None
-                session.send(payload(base))
-                await session.drain()
-                done = await _event(session)
-                result.status, result.error = ("sent", None) if done.get("done") else ("failed", done.get("error"))
-                result.delta_from = base
-            except Exception as exc:  # noqa: BLE001
-                result.error = describe_error(exc) if not isinstance(exc, ConnectionError) else str(exc)
-            finally:
-                session.close()
-            if result.ok or base is None:
-                return result
-        return result
+                results[host].error = describe_error(exc) if not isinstance(exc, ConnectionError) else str(exc)
+
+        retry: list[str] = []
+        try:
+            await asyncio.gather(*(probe(h) for h in hosts))
+            offers = {}
+            for host, node in ((h, nodes[h]) for h in hosts if h in nodes):  # the chain in the caller's order
+                r = results[host]
+                r.path, r.error = node.ready.get("path"), node.ready.get("error")
+                if r.error is None and node.ready.get("have"):
+                    r.status = "unchanged"
+                elif r.error is None:
+                    offers[host] = (node.ready.get("bases") or []) if deltas else []
+            for host in set(nodes) - set(offers):
+                await nodes[host].tell({"go": False})
+
+            def finish(host: str, event: dict | None, error: str | None) -> None:
+                r = results[host]
+                r.status, r.error = ("failed", error) if error else ("sent", None)
+                if (event or {}).get("delta_failed") and r.delta_from:
+                    retry.append(host)
+
+            async def feed(base: str | None, chain: list[str]) -> dict[str, str]:
+                go, data = payload(base)
+                for host in chain:
+                    results[host].delta_from = base
+                return await feed_chain(chain, nodes, go=go, chunks=_chunks(data), finish=finish,
+                                        timeout=connect_timeout, on_progress=(
+                                            lambda h, n: on_progress(h, n, go["size"])) if on_progress else None)
+
+            streams = [(base, chain) for base, group in plan_bases(offers, manifest, mode).items()
+                       for chain in plan_chains(group, mode)]
+            for notes in await asyncio.gather(*(feed(base, chain) for base, chain in streams)):
+                for host, note in notes.items():
+                    results[host].error += note
+        finally:
+            for node in nodes.values():
+                node.close()
+        return retry
+
+    async def both_rounds() -> None:
+        if again := await one_round(list(hosts), deltas=True):  # a copy changed under us: the whole tree
+            await one_round(again, deltas=False)
 
     try:
-        results = await asyncio.wait_for(asyncio.gather(*(one(h) for h in hosts)), timeout)
+        await asyncio.wait_for(both_rounds(), timeout)
+    except asyncio.TimeoutError:
+        pass  # every host without a result says so below
     finally:
         await transport.aclose()
-    return {r.host: r for r in results}
+    for r in results.values():
+        if r.status == "failed" and r.error is None:
+            r.error = f"no result in {timeout:g} s"
+        if r.status != "sent":
+            r.delta_from = None
+    return results
+
+
+async def _chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(view), size):
+        yield view[start:start + size]
 
 
 def sync_tree(tree: Tree, hosts: Sequence[str], **kwargs) -> dict[str, SyncResult]:

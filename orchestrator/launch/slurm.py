@@ -44,6 +44,7 @@ from orchestrator.contracts import RUN_TMPDIR
 from orchestrator.engine.warm import event_line
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
 from orchestrator.hosts import Host, HostList, fold
+from orchestrator.launch.torchrun import PREFIX_ENV, RANK_PREFIX_TEMPLATE
 from orchestrator.slurm import Allocation, require_allocation
 
 log = logging.getLogger("orchestrator.launch.slurm")
@@ -104,11 +105,13 @@ def spare_srun_argv(spare, alloc: Allocation, *, srun_options: Sequence[str] = (
             spare.python, *NODE_ENTRY, *spare.argv]
 
 
-def srun_env(plan, base: Mapping[str, str] = os.environ) -> dict[str, str]:
+def srun_env(plan, base: Mapping[str, str] = os.environ, *, marker: bool = False) -> dict[str, str]:
     """srun's environment: the caller's (srun forwards it, as Slurm users expect) plus the env manifest; for the
-    warm keepers also ORCH_RUN_TMPDIR, the base of each node's private temp dir (where their snapshots go)."""
+    warm keepers also ORCH_RUN_TMPDIR, the base of each node's private temp dir (where their snapshots go). Rank
+    lines start with RANK_PREFIX for a person, or with torchrun.py's marker (`marker`) for a reader that takes
+    the rank from each line (the supervisor)."""
     keeper = {RUN_TMPDIR: plan.launcher_env[RUN_TMPDIR]} if plan.launcher == "warm" else {}
-    return {**base, **plan.env.values, **keeper, "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX}
+    return {**base, **plan.env.values, **keeper, PREFIX_ENV: RANK_PREFIX_TEMPLATE if marker else RANK_PREFIX}
 
 
 def run_srun(argv: list[str], env: Mapping[str, str]) -> int:

@@ -50,9 +50,10 @@ def torchrun_argv(
     return argv + list(program)
 
 
-def rank_prefix(rank: int, local_rank: int) -> str:
-    """The prefix RANK_PREFIX_TEMPLATE expands to for one rank (what the warm keeper writes itself)."""
-    return RANK_PREFIX_TEMPLATE.replace("${rank}", str(rank)).replace("${local_rank}", str(local_rank))
+def rank_prefix(rank: int, local_rank: int, template: str = RANK_PREFIX_TEMPLATE) -> str:
+    """The prefix `template` (torchrun's PREFIX_ENV syntax) expands to for one rank (what the warm keeper writes
+    itself)."""
+    return template.replace("${rank}", str(rank)).replace("${local_rank}", str(local_rank))
 
 
 def torchrun_env() -> dict[str, str]:

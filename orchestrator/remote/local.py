@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from orchestrator.remote.session import ProcessStreams
 
-__all__ = ["LocalTransport"]
+__all__ = ["LocalTransport", "SrunTransport"]
 
 log = logging.getLogger("orchestrator.remote.local")
 
@@ -63,6 +63,16 @@ class LocalTransport:
                     proc.kill()
                     await _kill_leftovers(proc)
         self._procs.clear()
+
+
+class SrunTransport(LocalTransport):
+    """Inside a Slurm allocation: each session is a one-task srun step on node `host` (slurm.on_node), so the
+    fan-out reaches the nodes without SSH. srun forwards the control channel (stdin); ending srun ends the step."""
+
+    async def open(self, host: str, argv: Sequence[str]) -> LocalSession:
+        from orchestrator import slurm
+
+        return await super().open(host, [*slurm.on_node(host), *argv])
 
 
 async def _kill_leftovers(agent: asyncio.subprocess.Process) -> None:

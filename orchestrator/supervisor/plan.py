@@ -279,7 +279,7 @@ def _slurm_steps(opts: SuperviseOptions, environ: Mapping[str, str]):
         from orchestrator.supervisor.slurm import SlurmSteps
 
         return SlurmSteps(slurm.require_allocation("--via slurm", environ), srun_options=opts.srun_options,
-                          drain_bad_nodes=opts.drain_bad_nodes, ssh=opts.ssh)
+                          drain_bad_nodes=opts.drain_bad_nodes)
     if opts.srun_options or opts.drain_bad_nodes:
         raise ConfigError("--srun-opt/--drain-bad-nodes", list(opts.srun_options) or True, "only with --via slurm")
     return None

@@ -1,6 +1,6 @@
 """The supervisor's Slurm transport: each attempt is one srun step over the allocation's nodes (minus excluded ones).
 
-    steps = SlurmSteps(slurm.require_allocation("supervise --via slurm"), drain_bad_nodes=True, ssh=ssh)
+    steps = SlurmSteps(slurm.require_allocation("supervise --via slurm"), drain_bad_nodes=True)
     summary = asyncio.run(Supervisor(cfg, steps).run())     # inside salloc / an sbatch script
 
 SlurmSteps is an AttemptRunner (runner.py). What changes from the SSH path (the loop keeps everything else:
@@ -20,12 +20,13 @@ detectors, diagnosis, policy, events):
   `scontrol show node` state because it proves what the next attempt needs (slurmd starts a process there, the
   check command passes), and a node Slurm already marked down fails it too (the step cannot be created).
 - exclusion: with drain_bad_nodes, an excluded node is drained (orchestrator.slurm.drain) with the reason.
-- hang probes and stack dumps: over SSH (`ssh`), as on the SSH path: the stalled ranks' /proc state and every
+- hang probes, stack dumps and kills: one-task srun steps beside the run's (`--overlap`; no SSH to the nodes needed),
+  running health.py's scripts as on the SSH path: the stalled ranks' /proc state and every
   rank's py-spy dump are read on their nodes.
 
 Warm restarts (the engine; supervisor/warm.py): the step runs one keeper per node (launch/slurm.py's node entry
 gives it SLURM_NODEID as its node rank and a private temp dir on /dev/shm for its snapshots, removed with the
-step), so a killed rank is repaired inside the step and srun never sees it. A hung rank is SIGKILLed over SSH
+step), so a killed rank is repaired inside the step and srun never sees it. A hung rank is SIGKILLed on its node
 (kill_pids, like the probe), which turns it into a rank exit the keepers repair. The keepers' store is on the
 head, i.e. wherever the supervisor runs inside the allocation (the salloc shell, or the batch step on the first
 node): head_address() is this machine's address on the route to the node's NodeAddr, the address slurmctld reaches
@@ -79,9 +80,8 @@ def step_result(step_exit: int, stopped_by: int | None) -> AttemptResult:
 
 
 class SlurmSteps:
-    def __init__(self, alloc, *, srun_options: Sequence[str] = (), drain_bad_nodes: bool = False, ssh=None):
+    def __init__(self, alloc, *, srun_options: Sequence[str] = (), drain_bad_nodes: bool = False):
         self.alloc, self.srun_options, self.drain_bad_nodes = alloc, tuple(srun_options), drain_bad_nodes
-        self.ssh = ssh
 
     def argv(self, plan: LaunchPlan) -> list[str]:
         """The attempt's srun argv (pure; raises ConfigError when the plan does not fit one step)."""
@@ -115,7 +115,7 @@ class SlurmSteps:
                 stopped_by = signum
             stop.set()
 
-        env = srun_env(plan)
+        env = srun_env(plan, marker=True)
         steps = [await _Step.start(self.argv(plan), env, plan.hosts)]
         try:
             for spare, argv in zip(plan.spares, self.spare_argvs(plan)):
@@ -177,8 +177,10 @@ class SlurmSteps:
         return dict(zip(hosts, results))
 
     async def _check(self, host: str, argv: list[str], timeout: float) -> str:
+        from orchestrator import slurm
+
         proc = await asyncio.create_subprocess_exec(
-            "srun", "--quiet", "--nodes=1", "--ntasks=1", f"--nodelist={host}", "--overlap", *argv,
+            *slurm.on_node(host), *argv,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -194,16 +196,27 @@ class SlurmSteps:
         return f"check failed: exit {proc.returncode}" + (f": {last}" if last else "")
 
     async def probe_pids(self, pids: dict[str, list[int]], *, timeout: float) -> dict[str, dict[int, str]]:
-        """The stalled ranks' process states, read over SSH (health.probe_pids)."""
+        """The stalled ranks' process states, read on their nodes (health.probe_pids through srun steps)."""
         from orchestrator.supervisor.health import probe_pids
 
-        return await probe_pids(pids, ssh=self.ssh, timeout=timeout)
+        return await self._on_nodes(probe_pids, pids, timeout=timeout)
 
     async def kill_pids(self, pids: dict[str, list[int]], *, timeout: float) -> list[str]:
-        """SIGKILL hung ranks (warm restarts), over SSH as the probe (health.kill_pids); the hosts reached."""
+        """SIGKILL hung ranks (warm restarts) on their nodes, as the probe (health.kill_pids); the nodes reached."""
         from orchestrator.supervisor.health import kill_pids
 
-        return await kill_pids(pids, ssh=self.ssh, timeout=timeout)
+        return await self._on_nodes(kill_pids, pids, timeout=timeout)
+
+    async def _on_nodes(self, action, pids: dict[str, list[int]], **kwargs):
+        """A health.py action through one-task srun steps beside the run's step: the allocation reaches its nodes
+        without SSH (many Slurm sites allow none)."""
+        from orchestrator.remote.local import SrunTransport
+
+        transport = SrunTransport()
+        try:
+            return await action(pids, transport=transport, **kwargs)
+        finally:
+            await transport.aclose()
 
     def head_address(self, host: str) -> str:
         """This machine's address on the route to the node's NodeAddr: where the warm keepers dial the store."""
@@ -214,10 +227,10 @@ class SlurmSteps:
 
     async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str],
                           timeout: float) -> dict[str, dict[int, list | str]]:
-        """Every rank's Python stack, dumped over SSH as the probe is (health.dump_stacks)."""
+        """Every rank's Python stack, dumped on its node as the probe is (health.dump_stacks)."""
         from orchestrator.supervisor.health import dump_stacks
 
-        return await dump_stacks(pids, ssh=self.ssh, python=python, timeout=timeout)
+        return await self._on_nodes(dump_stacks, pids, python=python, timeout=timeout)
 
     def exclude(self, host: str, reason: str) -> bool:
         """Drain an excluded node when asked to (so later jobs avoid it too); True when drained."""

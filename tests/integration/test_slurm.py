@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -142,6 +143,44 @@ def test_submit_wait_runs_the_engine_tiny_config(cluster, tmp_path):
     assert job_id.isdigit()
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 4
+
+
+def test_warm_launch_via_slurm_repairs_a_killed_rank_inside_the_step(cluster, tmp_path):
+    """`launch --via slurm --launcher warm`, no supervisor: one keeper per node in the srun step; a SIGKILLed rank
+    is replaced by its node's standby, every rank resumes from memory, and rank lines carry the readable prefix."""
+    sb, _ = cluster
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(["salloc", "--nodes=2", *ORCH, "launch", "--via", "slurm", "--launcher", "warm",
+                             "--nproc-per-node", "1", "--python", sys.executable, "--env", "OMP_NUM_THREADS=1",
+                             "-m", "orchestrator.engine", "--", "--config", "tiny", "--steps", "30",
+                             "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+
+    def steps() -> list[int]:
+        metrics = run_dir / "metrics.jsonl"
+        return [json.loads(x)["step"] for x in metrics.read_text().splitlines()] if metrics.exists() else []
+
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while len(steps()) < 8 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        joined = [json.loads(line.split("orchestrator-warm ", 1)[1]) for line in list(lines)
+                  if line.startswith("[rank1]: orchestrator-warm ") and '"joined"' in line]
+        assert joined, "".join(lines)[-3000:]
+        os.kill(joined[0]["pid"], signal.SIGKILL)
+        assert proc.wait(timeout=JOB_TIMEOUT) == 0, "".join(lines)[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(10)
+    out = "".join(lines)
+    assert '"rank_exit"' in out and '"generation": 1' in out and "resumed at step" in out, out[-3000:]
+    assert steps()[-1] == 30 and "[rank0]: trained steps" in out
+    assert wait_clean(sb) == {}
 
 
 def test_scancel_leaves_no_process_on_any_node(cluster, tmp_path):

@@ -146,8 +146,8 @@ def test_node_failing_its_check_is_excluded_drained_and_the_run_shrinks(cluster,
 
 
 def test_a_hang_under_slurm_names_the_stuck_rank_from_every_ranks_stack(cluster, tmp_path):
-    """tests/integration/hang_script.py as srun steps: the stack dump reaches the nodes over SSH (--ssh-config), as
-    the process probe does."""
+    """tests/integration/hang_script.py as srun steps: the process probe and the stack dump reach the nodes through
+    srun steps of the allocation (no SSH option given)."""
     sandbox, _ = cluster
     script = Path(__file__).with_name("hang_script.py")
     stuck = next(i for i, text in enumerate(script.read_text().splitlines(), 1) if text.endswith("# STUCK"))
@@ -156,8 +156,7 @@ def test_a_hang_under_slurm_names_the_stuck_rank_from_every_ranks_stack(cluster,
 #SBATCH --nodes=2
 #SBATCH --output={tmp_path}/%j.out
 exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 --python {sys.executable} \\
-    --run-dir {tmp_path}/launch --run-id hang --hang-timeout 3 --max-restarts 0 --health-timeout 20 \\
-    --ssh-config {sandbox.ssh_config} -- {script}
+    --run-dir {tmp_path}/launch --run-id hang --hang-timeout 3 --max-restarts 0 --health-timeout 20 -- {script}
 """)
     job_id = subprocess.run(["sbatch", "--parsable", str(job)], capture_output=True, text=True,
                             check=True).stdout.strip()
@@ -223,7 +222,7 @@ def reference(tmp_path_factory) -> dict[int, float]:
 def test_a_killed_and_a_hung_rank_and_a_lost_node_are_repaired_inside_the_srun_step(cluster, reference, tmp_path):
     """Warm restarts under Slurm: one srun step, the three faults repaired in it (the lost node by the spare's
     keeper, in its own step), every loss the uninterrupted run's, and no keeper, rank or snapshot left on the
-    nodes. The hung rank is probed and killed over SSH (--ssh-config)."""
+    nodes. The hung rank is probed and killed through srun steps (no SSH)."""
     sandbox, _ = cluster
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -231,8 +230,7 @@ def test_a_killed_and_a_hung_rank_and_a_lost_node_are_repaired_inside_the_srun_s
     hosts, spare = sandbox.hosts[:2], sandbox.hosts[2]
     argv = ["salloc", "--no-kill", "--nodes=3", *ORCH, "supervise", "--via", "slurm", "--nodes", "2",
             "--nproc-per-node", "1", "--python", sys.executable, "--run-dir", str(tmp_path / "launch"), "--run-id",
-            "swarm", "--hang-timeout", "3", "--backoff", "0.5", "--health-timeout", "20", "--ssh-config",
-            str(sandbox.ssh_config),
+            "swarm", "--hang-timeout", "3", "--backoff", "0.5", "--health-timeout", "20",
             "--straggler-action", "off",  # ranks sharing 2 busy cores differ by more than any sane threshold
             "-m", "orchestrator.engine", "--", *engine_args(run_dir)]
     with open(log, "w") as out:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import os
@@ -140,6 +141,77 @@ def test_unreachable_host_fails_the_sync_and_starts_nothing(sandbox, job):
     assert "nosuchhost.invalid failed" in out.stderr and "hello rank=" not in out.stdout
     rows = {r["id"]: r for r in json.loads(orch("jobs", "--json", cwd=job).stdout)}
     assert rows["up-unreachable"]["state"] == "failed" and rows["up-unreachable"]["exit"] == "255"
+
+
+LISTING = "import hashlib, os, sys; r = sys.argv[1]; print(sorted((os.path.relpath(os.path.join(d, f), r), " \
+    "hashlib.sha256(open(os.path.join(d, f), 'rb').read()).hexdigest()) for d, _, fs in os.walk(r) for f in fs))"
+
+
+def test_sync_relays_node_to_node_with_deltas_and_a_lost_node(sandbox, tmp_path):
+    """sync_tree's relay chain on 4 hosts: the tree arrives identical everywhere, a fifth host that joins is the only
+    one sent anything, an edit travels as a delta through the chain, and a receiver killed mid-stream fails itself
+    and the nodes behind it (no partial copy left there) while the node before it finishes."""
+    from orchestrator.job.sync import read_tree, sync_tree
+    from orchestrator.remote.ssh import SshOptions
+
+    chain, dest = sandbox.hosts[2:6], "/root/relay-test-code"
+    src = tmp_path / "src"
+    for i in range(40):
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 4}" / f"f{i}.py").write_text(f"x = {i}\n" * 50)
+    opts = dict(ssh=SshOptions(config=str(sandbox.ssh_config), connect_timeout=5), python=sys.executable, dest=dest)
+
+    def listing(host, digest):
+        done = sandbox.exec(host, [sys.executable, "-c", LISTING, f"{dest}/{digest}"])
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        first = read_tree(src, cache=None)
+        results = sync_tree(first, chain, **opts)
+        assert {h: r.status for h, r in results.items()} == {h: "sent" for h in chain}, results
+        assert len({listing(h, first.digest) for h in chain}) == 1 and "d3/f39.py" in listing(chain[0], first.digest)
+        joined = sync_tree(first, [*chain, sandbox.hosts[6]], **opts)
+        assert [r.status for r in joined.values()] == ["unchanged"] * 4 + ["sent"], joined
+
+        (src / "d1" / "f1.py").write_text("edited\n")
+        (src / "d2" / "f2.py").unlink()
+        second = read_tree(src, cache=None)
+        results = sync_tree(second, chain, **opts)
+        assert {(r.status, r.delta_from) for r in results.values()} == {("sent", first.digest)}, results
+        assert {listing(h, second.digest) for h in chain} == {str(sorted(
+            (f, hashlib.sha256((src / f).read_bytes()).hexdigest()) for f in second.files)) + "\n"}
+        inodes = sandbox.exec(chain[3], ["stat", "-c", "%i", f"{dest}/{first.digest}/d3/f3.py",
+                                         f"{dest}/{second.digest}/d3/f3.py"]).stdout.split()
+        assert inodes[0] == inodes[1]  # linked from the node's previous copy, not sent
+
+        (src / "big.bin").write_bytes(os.urandom(32 << 20))  # long enough a stream to cut in the middle
+        third, killed = read_tree(src, cache=None), []
+
+        def kill_second_node(host, done, total):
+            if host == chain[1] and done < total and not killed:
+                killed.extend(pid for pid in sandbox.pids(host) if b"TreeSink" in _cmdline(pid))
+                for pid in killed:
+                    os.kill(pid, 9)
+
+        results = sync_tree(third, chain, **opts, on_progress=kill_second_node)
+        assert killed and results[chain[0]].status == "sent", results
+        assert results[chain[1]].status == "failed", results[chain[1]]
+        for host in chain[2:]:
+            assert results[host].status == "failed" and f"upstream {chain[1]} lost" in results[host].error, results
+            left = sandbox.exec(host, ["ls", "-A", dest]).stdout.split()
+            assert third.digest not in left and not [n for n in left if n.startswith(".partial")], left
+        assert wait_for(lambda: not any(b"TreeSink" in _cmdline(p) for h in chain for p in sandbox.pids(h)), 10)
+    finally:
+        for host in sandbox.hosts[2:7]:
+            sandbox.exec(host, ["rm", "-rf", dest])
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @pytest.fixture(scope="module")

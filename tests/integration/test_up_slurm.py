@@ -81,6 +81,8 @@ def test_slurm_job_file_from_outside_an_allocation_trains_and_records(cluster, j
     assert "[orch] sync 1 files" in out.stdout and out.stdout.count(": setup: synced") == 2   # inside the allocation
     assert metric_steps(job / "engine")[-1] == 4
     record = json.loads((job / "runs" / "outside" / "job.json").read_text())
+    submitted = json.loads((job / "runs" / "outside" / "spec.json").read_text())["workdir"]
+    assert Path(submitted).parent == job / "runs" / ".code"  # the code as submitted, not as the batch step finds it
     assert record["slurm_job"].isdigit() and record["exit_code"] == 0
     row = job_rows(job)["outside"]
     assert (row["state"], row["name"], row["hosts"]) == ("done", "tiny", fold(sb.hosts))

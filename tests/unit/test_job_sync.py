@@ -1,6 +1,7 @@
 """Which files a job's workdir sync carries and its content digest (the node side is in test_up.py), and the
 node-side receiver run locally on a tar stream."""
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -8,7 +9,7 @@ import sys
 
 from orchestrator.inline import python_source
 from orchestrator.job.setup import setup_argv
-from orchestrator.job.sync import RECEIVER, delta, read_tree, save_manifest
+from orchestrator.job.sync import RECEIVER, delta, load_manifest, plan_bases, read_tree, save_manifest
 
 
 def make(root, files):
@@ -44,23 +45,34 @@ def test_digest_follows_content_and_names_only(tmp_path):
     assert read_tree(tmp_path).digest != first
 
 
-def receiver(dest, digest, stdin=b""):
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", python_source(RECEIVER), str(dest), digest], input=stdin,
+def receiver(dest, digest, data=None, *, size=None, sha=None, **go):
+    """receive.py as the first node of a chain of one, fed `data` (None: only asked whether it has the version)."""
+    lines = [{"dest": str(dest), "digest": digest, "token": "t"}]
+    if data is None:
+        lines.append({"go": False})
+    else:
+        lines += [{"go": True, "source": "stdin", "upstream": None, "size": len(data) if size is None else size,
+                   **go}, {"next": None}]
+    stdin = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    if data is not None:
+        stdin += data + json.dumps({"sha256": sha or hashlib.sha256(data).hexdigest()}).encode() + b"\n"
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", python_source(RECEIVER)], input=stdin,
                          capture_output=True, timeout=60)
-    return [json.loads(line) for line in out.stdout.splitlines()], out.returncode
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    return [e for e in events if e["event"] != "progress"], out.returncode
 
 
 def test_receiver_unpacks_once_then_reports_have(tmp_path):
     src = tmp_path / "src"
     make(src, {"train.py": "print(1)\n", "pkg/m.py": "y"})
     tree = read_tree(src)
-    data = tree.tar_bytes()
-    header = json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}).encode() + b"\n"
-    events, rc = receiver(tmp_path / "code", tree.digest, header + data)
-    assert rc == 0 and events[0]["have"] is False and events[1] == {"done": True, "error": None}
+    events, rc = receiver(tmp_path / "code", tree.digest, tree.tar_bytes(), files=2)
+    assert rc == 0 and events[0]["have"] is False and events[-1]["event"] == "done" and events[-1]["error"] is None
     assert (tmp_path / "code" / tree.digest / "pkg" / "m.py").read_text() == "y"
+    assert (tmp_path / "code" / f"{tree.digest}.files").read_bytes() == b"pkg/m.py\0train.py"
     events, rc = receiver(tmp_path / "code", tree.digest)
-    assert rc == 0 and events == [{"have": True, "path": str(tmp_path / "code" / tree.digest)}]
+    assert rc == 0 and events == [{"event": "ready", "have": True, "path": str(tmp_path / "code" / tree.digest),
+                                   "bases": [], "error": None}]
 
 
 def test_receiver_refuses_damaged_or_short_streams_and_leaves_nothing(tmp_path):
@@ -68,12 +80,10 @@ def test_receiver_refuses_damaged_or_short_streams_and_leaves_nothing(tmp_path):
     make(src, {"train.py": "print(1)\n"})
     tree = read_tree(src)
     data = tree.tar_bytes()
-    bad = json.dumps({"size": len(data), "sha256": "0" * 64}).encode() + b"\n"
-    events, rc = receiver(tmp_path / "code", tree.digest, bad + data)
-    assert rc == 1 and "sha256 mismatch" in events[-1]["error"]
-    short = json.dumps({"size": len(data) + 10, "sha256": "0" * 64}).encode() + b"\n"
-    events, rc = receiver(tmp_path / "code", tree.digest, short + data)
-    assert rc == 1 and "ended early" in events[-1]["error"]
+    events, rc = receiver(tmp_path / "code", tree.digest, data, sha="0" * 64)
+    assert "sha256 mismatch" in events[-1]["error"]
+    events, rc = receiver(tmp_path / "code", tree.digest, data, size=len(data) + 1000)
+    assert "upstream closed" in events[-1]["error"]
     assert list((tmp_path / "code").iterdir()) == []
 
 
@@ -81,9 +91,7 @@ def test_a_changed_tree_sends_only_its_changes_and_links_the_rest_from_the_nodes
     src, code, manifests = tmp_path / "src", tmp_path / "code", tmp_path / "manifests"
     make(src, {"train.py": "print(1)\n", "pkg/m.py": "y", "old.py": "o"})
     first = read_tree(src)
-    data = first.tar_bytes()
-    header = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "base": None, "keep": []}
-    assert receiver(code, first.digest, json.dumps(header).encode() + b"\n" + data)[1] == 0
+    assert receiver(code, first.digest, first.tar_bytes())[0][-1]["error"] is None
     save_manifest(first, manifests)
     (src / "train.py").write_text("print(2)\n")
     (src / "old.py").unlink()
@@ -91,26 +99,34 @@ def test_a_changed_tree_sends_only_its_changes_and_links_the_rest_from_the_nodes
     second = read_tree(src)
     events, _ = receiver(code, second.digest)  # what the node offers
     assert events[0]["have"] is False and events[0]["bases"] == [first.digest]
-    base, keep = delta(second, events[0]["bases"], manifests)
-    assert base == first.digest and keep == ["pkg/m.py"]
-    data = second.tar_bytes(only=set(second.files) - set(keep))
-    header = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "base": base, "keep": keep}
-    events, rc = receiver(code, second.digest, json.dumps(header).encode() + b"\n" + data)
-    assert rc == 0 and events[-1] == {"done": True, "error": None}
+    load = functools.partial(load_manifest, directory=manifests)
+    assert plan_bases({"n1": events[0]["bases"], "n2": []}, load) == {first.digest: ["n1"], None: ["n2"]}
+    changed, removed = delta(second, load(first.digest))
+    assert changed == ["new.py", "train.py"] and removed == ["old.py"]
+    events, rc = receiver(code, second.digest, second.tar_bytes(only=set(changed)), base=first.digest,
+                          removed=removed, files=3)
+    assert rc == 0 and events[-1]["error"] is None
     new = code / second.digest
     assert sorted(str(p.relative_to(new)) for p in new.rglob("*") if p.is_file()) == ["new.py", "pkg/m.py", "train.py"]
     assert (new / "train.py").read_text() == "print(2)\n"
     assert (new / "pkg/m.py").stat().st_ino == (code / first.digest / "pkg/m.py").stat().st_ino  # linked, not sent
     assert (code / first.digest / "train.py").read_text() == "print(1)\n"  # the old copy is untouched
-    # a copy that lost a file it should share: the node says so and keeps nothing half-made
+    # a copy that lost a file it should share: the node says so (the head sends all) and keeps nothing half-made
     (code / first.digest / "pkg/m.py").unlink()
     (src / "train.py").write_text("print(3)\n")
     third = read_tree(src)
-    data = third.tar_bytes(only={"train.py"})
-    header = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "base": first.digest, "keep": ["pkg/m.py"]}
-    events, rc = receiver(code, third.digest, json.dumps(header).encode() + b"\n" + data)
-    assert rc == 1 and "lacks pkg/m.py" in events[-1]["error"] and not (code / third.digest).exists()
-    assert delta(third, ["f" * 64], manifests) == (None, [])  # a copy the head never sent: the whole tree
+    events, rc = receiver(code, third.digest, third.tar_bytes(only={"train.py"}), base=first.digest, removed=[],
+                          files=3)
+    assert "lacks pkg/m.py" in events[-1]["error"] and events[-1]["delta_failed"] and not (code / third.digest).exists()
+    assert sorted(p.name for p in code.iterdir()) == sorted([first.digest, second.digest, f"{first.digest}.files",
+                                                             f"{second.digest}.files"])
+
+
+def test_a_chain_gets_one_delta_when_all_its_nodes_share_a_base():
+    known = {"a": {}, "b": {}}.get
+    assert plan_bases({"n1": ["b", "a"], "n2": ["a"], "n3": ["x", "a"]}, known) == {"a": ["n1", "n2", "n3"]}
+    assert plan_bases({"n1": ["b"], "n2": ["a"], "n3": []}, known) == {"b": ["n1"], "a": ["n2"], None: ["n3"]}
+    assert plan_bases({"n1": ["b", "a"], "n2": ["a"]}, known, "parallel") == {"b": ["n1"], "a": ["n2"]}
 
 
 def test_setup_runs_once_per_version_and_script(tmp_path):

@@ -350,3 +350,34 @@ def test_stacks_are_dumped_where_the_ranks_run_after_in_run_replacements():
     dumps = asyncio.run(dump_ranks(runner, plan, beats, timeout=1, swaps={"b": "s"}))
     assert runner.asked == {"a": ([5], "python3"), "s": ([6], "python3")}  # b was lost: s runs rank 1
     assert [(d.rank, d.host) for d in dumps] == [(0, "a"), (1, "s")]
+
+
+def test_a_standby_waits_at_a_lower_priority_on_every_thread_and_is_raised_back_when_it_becomes_a_rank():
+    import os
+    import sys
+
+    from orchestrator.engine import keeper
+
+    if not keeper._may_raise_priority():
+        pytest.skip("lowering a nice value needs root or RLIMIT_NICE")
+    # a "standby" with a second thread, started before and after the keeper lowers it (threads inherit nice)
+    program = ("import threading, time; threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); "
+               "print('orchestrator-warm-ready', flush=True); time.sleep(30)")
+    out = keeper._Output()
+    worker = keeper.Worker([sys.executable, "-c", program], dict(os.environ), out, nice=keeper.STANDBY_NICE)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        assert worker.ready.wait(10)
+
+        def nices() -> set[int]:
+            return {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{worker.proc.pid}/task")}
+
+        assert len(os.listdir(f"/proc/{worker.proc.pid}/task")) == 2
+        assert nices() == {base + keeper.STANDBY_NICE}
+        worker.promote()
+        assert nices() == {base}
+        rank = keeper.Worker([sys.executable, "-c", "pass"], dict(os.environ), out)  # a rank from the start
+        assert rank.nice == 0 and rank.proc.wait() == 0
+    finally:
+        worker.kill()
+        worker.proc.wait()
