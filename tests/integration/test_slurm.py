@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from probes import wait_clean, wait_job
+from up_runs import metric_steps
 from orch_cli import ORCH
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
@@ -159,13 +160,9 @@ def test_warm_launch_via_slurm_repairs_a_killed_rank_inside_the_step(cluster, tm
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
 
-    def steps() -> list[int]:
-        metrics = run_dir / "metrics.jsonl"
-        return [json.loads(x)["step"] for x in metrics.read_text().splitlines()] if metrics.exists() else []
-
     try:
         deadline = time.monotonic() + JOB_TIMEOUT
-        while len(steps()) < 8 and proc.poll() is None and time.monotonic() < deadline:
+        while len(metric_steps(run_dir)) < 8 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         joined = [json.loads(line.split("orchestrator-warm ", 1)[1]) for line in list(lines)
                   if line.startswith("[rank1]: orchestrator-warm ") and '"joined"' in line]
@@ -179,7 +176,7 @@ def test_warm_launch_via_slurm_repairs_a_killed_rank_inside_the_step(cluster, tm
     reader.join(10)
     out = "".join(lines)
     assert '"rank_exit"' in out and '"generation": 1' in out and "resumed at step" in out, out[-3000:]
-    assert steps()[-1] == 30 and "[rank0]: trained steps" in out
+    assert metric_steps(run_dir)[-1] == 30 and "[rank0]: trained steps" in out
     assert wait_clean(sb) == {}
 
 
