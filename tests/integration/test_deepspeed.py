@@ -9,12 +9,12 @@ in case another op is built.
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from local_torchrun import free_port
 
 from orchestrator.engine.checkpoint_files import complete_steps, newest_checkpoint
 from orch_cli import ORCH
@@ -29,12 +29,6 @@ if importlib.util.find_spec("deepspeed") is None:  # only a missing extra skips:
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 6
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def losses(run_dir: Path) -> list[float]:

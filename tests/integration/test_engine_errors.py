@@ -6,20 +6,14 @@ through torchrun itself. Validation runs before the process group is joined, so 
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from local_torchrun import free_port
 
 DEADLINE_S = 90  # generous for a loaded 2-core machine; a hang would wait on the rendezvous forever
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_ranks(world: int, args: list[str], tmp_path) -> list[subprocess.Popen]:

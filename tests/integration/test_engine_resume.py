@@ -9,22 +9,16 @@ uninterrupted run to 1e-5.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from local_torchrun import free_port, metric_losses
 from orch_cli import ORCH
 
 STEPS, SAVE_AT = 8, 4
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_engine(run_dir: Path, nproc: int, *layout: str) -> subprocess.CompletedProcess:
@@ -41,16 +35,12 @@ def run_engine(run_dir: Path, nproc: int, *layout: str) -> subprocess.CompletedP
     return out
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("resume") / "uninterrupted"
     run_engine(run_dir, 4, "--pp", "2", "--tp", "2", "--async-checkpoint")  # saves overlap the next steps
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-4", "step-8"]
-    assert sorted(losses(run_dir)) == list(range(1, STEPS + 1))
+    assert sorted(metric_losses(run_dir)) == list(range(1, STEPS + 1))
     return run_dir
 
 
@@ -74,7 +64,7 @@ def test_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp_path, nproc,
     truncated = nproc == 1
     run_dir = stopped_after_save(uninterrupted, tmp_path / "run", truncated_newest=truncated)
     out = run_engine(run_dir, nproc, *layout)
-    resumed, expected = losses(run_dir), losses(uninterrupted)
+    resumed, expected = metric_losses(run_dir), metric_losses(uninterrupted)
     assert sorted(resumed) == list(range(SAVE_AT + 1, STEPS + 1)), "resumed at the wrong step"
     diff = max(abs(resumed[s] - expected[s]) for s in resumed)
     assert diff <= 1e-5, f"losses after resume differ by {diff}: {resumed} vs {expected}"

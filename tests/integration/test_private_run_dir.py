@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from orch_cli import ORCH, orch
+from local_torchrun import torchrun_losses
 from orchestrator.engine.snapshot import snapshot_steps
 from probes import heartbeat
 from run_tokens import wait_for
@@ -131,11 +132,7 @@ LOCAL_STEPS, LOCAL_EVERY = 30, 5
 def reference(tmp_path_factory) -> dict[int, float]:
     """The losses of an uninterrupted run of the same layout (torchrun, 2 local processes, gloo)."""
     run_dir = tmp_path_factory.mktemp("reference")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29398",
-                    "-m", "orchestrator.engine", "--config", "tiny", "--steps", str(LOCAL_STEPS), "--run-dir",
-                    str(run_dir)], check=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
-                   timeout=240)
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    return torchrun_losses(run_dir, ["--config", "tiny", "--steps", str(LOCAL_STEPS), "--run-dir", str(run_dir)])
 
 
 def supervise_local(sb, run_dir: Path, run_id: str, *, hosts: list[str], extra: tuple[str, ...] = (),

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
+from local_torchrun import torchrun_losses
 from probes import heartbeat
 from run_tokens import wait_for
 
@@ -38,10 +37,7 @@ def count(run_dir: Path, kind: str) -> int:
 
 def reference_losses(run_dir: Path) -> dict[int, float]:
     """The losses of an uninterrupted run of the same command (torchrun, 2 local processes, gloo)."""
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29397",
-                    "-m", "orchestrator.engine", *engine_args(run_dir)], check=True, capture_output=True,
-                   env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=240)
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    return torchrun_losses(run_dir, engine_args(run_dir))
 
 
 def memory_losses(run_dir: Path) -> dict[int, float]:
