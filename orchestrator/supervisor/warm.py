@@ -158,7 +158,8 @@ class WarmRestarts:
                              replaced=event.get("replaced"))
         elif kind == "rank_stopped" and event.get("pid") is not None:
             self.stopped.add(event["pid"])
-        elif kind == "stuck":
+        elif kind == "stuck":  # its keeper replaces it from a standby: a stale beat of it is no hang
+            self.dead.add(event.get("pid"))
             self.events.emit("warm_stuck", attempt=attempt.number, host=line.host, rank=event.get("rank"),
                              pid=event.get("pid"), generation=event.get("generation"))
         elif kind == "give_up":

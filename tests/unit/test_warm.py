@@ -248,6 +248,19 @@ def test_a_rank_reported_stopped_is_handed_to_the_hang_check_once():
     assert warm.stopped_ranks(beats) == []  # handled once
 
 
+def test_a_rank_its_keeper_replaces_as_stuck_is_no_hang_while_its_replacement_starts():
+    from orchestrator.launch.output import OutputLine
+    from orchestrator.supervisor.warm import WarmRestarts
+
+    events, attempt = _Events(), _attempt()
+    warm = WarmRestarts(events, _Runner(()), hang_timeout=3)
+    stale = [{"host": "b", "rank": 1, "pid": 6, "status": "training"}]
+    assert warm.still_stalled(stale) == stale
+    text = event_line("stuck", rank=1, pid=6, generation=3)
+    warm.on_line(attempt, OutputLine("b", None, "stdout", text, text.encode()))
+    assert warm.still_stalled(stale) == [] and [k for k, _ in events.emitted] == ["warm_stuck"]
+
+
 def test_spare_hosts_get_spare_keepers_and_only_under_the_warm_launcher():
     spec = engine("--config", "tiny", launcher="warm")
     plan = build_plan(spec, [Host("a", 1), Host("b", 1)], [Host("s", 1)])
