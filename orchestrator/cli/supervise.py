@@ -21,7 +21,8 @@ engine happen inside the srun step (one keeper per node); a lost node is replace
 waits in a one-node step of its own (submit the job with --no-kill, so that it outlives the node).
 With --no-shared-run-dir the run dir may be private to each node (no shared file system): each node's launcher
 runs under a small forwarder that sends the ranks' heartbeats and the engine's metrics.jsonl lines back over the
-node's SSH session, into the head's run dir, where `orchestrator status` and the detectors read them.
+node's SSH session (under --via slurm: the srun step's output), into the head's run dir, where `orchestrator
+status` and the detectors read them.
 A node persistently slower than the median one is named a straggler (`straggler` event, `orchestrator status`)
 and, with a spare, swapped for it at the next checkpoint: --straggler-threshold 1.10 --straggler-steps 50
 --straggler-action replace|name|off.
@@ -165,9 +166,9 @@ supervise_command = click.Command(
         click.Option(["--shared-run-dir/--no-shared-run-dir"], default=True, show_default=True,
                      help="--no-shared-run-dir: the run dir is not on a file system the head and the nodes share; "
                           "each node's heartbeats and the engine's metrics.jsonl lines come back over its SSH "
-                          "session into the head's run dir (a node that does see the head's run dir writes there "
-                          "itself). Not with --via slurm; the engine's --checkpoint-every needs its --checkpoint-local "
-                          "(node-local checkpoints, a copy on the next node)."),
+                          "session (or the srun step's output) into the head's run dir (a node that does see the "
+                          "head's run dir writes there itself). The engine's --checkpoint-every needs its "
+                          "--checkpoint-local (node-local checkpoints, a copy on the next node)."),
         click.Option(["--failure-grace"], type=float, default=2.0, show_default=True,
                      help="Seconds other nodes get to exit on their own after the first failure."),
         _program,

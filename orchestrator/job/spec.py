@@ -82,9 +82,9 @@ class SuperviseSection:
         "off: no detection."))
     shared_run_dir: bool = field(default=True, metadata=doc(
         "false: the run dir is not on a file system the head and the nodes share; each node's heartbeats and the "
-        "engine's metrics.jsonl lines come back over its SSH session into the head's run dir. Not with slurm; "
-        "the engine's checkpoints then need `--checkpoint-local` in `run` (each rank keeps its own state on its "
-        "node, with a copy on the next node)."))
+        "engine's metrics.jsonl lines come back over its SSH session (under slurm: the srun step's output) into "
+        "the head's run dir. The engine's checkpoints then need `--checkpoint-local` in `run` (each rank keeps its "
+        "own state on its node, with a copy on the next node)."))
 
 
 @dataclass(frozen=True, kw_only=True)

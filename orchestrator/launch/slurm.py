@@ -64,8 +64,9 @@ def allocation_hosts(alloc: Allocation, *, nproc_per_node: int | None) -> HostLi
     return HostList(Host(name, slots) for name in alloc.nodes)
 
 
-def srun_argv(plan, alloc: Allocation, *, srun_options: Sequence[str] = ()) -> list[str]:
-    """One srun step over the plan's nodes, starting the node entry with node 0's torchrun argv. Pure."""
+def srun_argv(plan, alloc: Allocation, *, srun_options: Sequence[str] = (), wrap: Sequence[str] = ()) -> list[str]:
+    """One srun step over the plan's nodes, starting the node entry with node 0's torchrun argv (after `wrap`, a
+    program that runs the rest of its argv: the supervisor's forwarder). Pure."""
     if plan.launcher not in STEP_LAUNCHERS:
         raise ConfigError("--launcher", plan.launcher, "--via slurm runs torchrun or the warm keeper; use --launcher "
                           "torchrun")
@@ -91,10 +92,11 @@ def srun_argv(plan, alloc: Allocation, *, srun_options: Sequence[str] = ()) -> l
     survive = ["--no-kill"] if plan.spares else []
     return ["srun", f"--nodes={len(plan.nodes)}", f"--ntasks={len(plan.nodes)}", *SRUN_FIXED, *survive,
             f"--nodelist={fold(plan.hosts, last_axis_only=True)}", *chdir, *srun_options,
-            first.python, *NODE_ENTRY, *first.argv]
+            *wrap, first.python, *NODE_ENTRY, *first.argv]
 
 
-def spare_srun_argv(spare, alloc: Allocation, *, srun_options: Sequence[str] = ()) -> list[str]:
+def spare_srun_argv(spare, alloc: Allocation, *, srun_options: Sequence[str] = (),
+                    wrap: Sequence[str] = ()) -> list[str]:
     """A warm spare keeper's own one-node srun step (plan.spares[i]): a running step cannot take in a node, so
     each spare waits in a step of its own, on the same store, to take a lost node's place. Pure."""
     if spare.host not in alloc.nodes:
@@ -102,7 +104,7 @@ def spare_srun_argv(spare, alloc: Allocation, *, srun_options: Sequence[str] = (
                           "pick spare nodes of the allocation")
     chdir = [f"--chdir={spare.workdir}"] if spare.workdir else []
     return ["srun", "--nodes=1", "--ntasks=1", *SRUN_FIXED, f"--nodelist={spare.host}", *chdir, *srun_options,
-            spare.python, *NODE_ENTRY, *spare.argv]
+            *wrap, spare.python, *NODE_ENTRY, *spare.argv]
 
 
 def srun_env(plan, base: Mapping[str, str] = os.environ, *, marker: bool = False) -> dict[str, str]:

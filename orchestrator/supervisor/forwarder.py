@@ -5,6 +5,9 @@ ranks' heartbeats (and the engine's metrics.jsonl lines) to the head as marked l
     $ python -I -S -c "$(cat forwarder.py)" --every 0.2 --shared-if /head/run/heartbeat/.head-r1-a0 \\
           --metrics /data/run/metrics.jsonl -- python -m torch.distributed.run ... -m orchestrator.engine ...
     # env (from the agent): ORCH_RELAY_KEY=<nonce of the run>, ORCH_RUN_TMPDIR=<the agent's private temp dir>
+    # under srun (no agent): ... --own-tmpdir -- python -m orchestrator.launch.slurm node -- ...: the forwarder
+    #   makes its own private temp dir (under ORCH_RUN_TMPDIR or TMPDIR), gives it to the launcher as
+    #   ORCH_RUN_TMPDIR and removes it when the launcher is gone
     # extra lines on stdout (or stderr), between whole lines of the launcher's:
     #   "\\x1frelay <nonce> hb node2-rank3 {...heartbeat JSON...}"     a rank's heartbeat file, when it changed
     #   "\\x1frelay <nonce> m {...metrics record...}"                  a new line of metrics.jsonl
@@ -21,17 +24,20 @@ the start of a line (stdout, else stderr), so it never lands inside a line of th
 next round otherwise. The nonce (removed from the launcher's env) keeps a program from forging records.
 When --shared-if exists here, the head's run dir is this node's too: nothing is relayed and the launcher runs
 with the env it was given (the ranks write into the shared directory, as without this program).
-SIGTERM/SIGINT/SIGHUP do not stop the forwarder: the agent signals the whole process group, so the launcher got
-them too, and its last lines still pass. It exits once the launcher did (a process the launcher left behind may
+SIGTERM/SIGINT/SIGHUP (and SIGUSR1, Slurm's stop of the warm keepers) do not stop the forwarder: the agent
+signals the whole process group (slurmstepd the whole step), so the launcher got them too, and its last lines
+still pass. It exits once the launcher did (a process the launcher left behind may
 hold the pipes: that is not waited for), with the launcher's exit code (128+N for signal N, what the agent
 reports for either). Stdlib only: sent inline like the node agent, nothing to install.
 """
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 # Copies of orchestrator/contracts.py (this file travels alone): tests/unit/test_contracts.py keeps them equal.
@@ -119,21 +125,34 @@ def _size(path):
 
 
 def parse(args):
-    """(every, shared_if, metrics or None, launcher argv) from the command line."""
+    """(every, shared_if, metrics or None, own_tmpdir, launcher argv) from the command line."""
     at = args.index("--")
-    opts = dict(zip(args[:at:2], args[1:at:2]))
-    return float(opts["--every"]), opts["--shared-if"], opts.get("--metrics"), args[at + 1:]
+    flags = [a for a in args[:at] if a == "--own-tmpdir"]
+    pairs = [a for a in args[:at] if a != "--own-tmpdir"]
+    opts = dict(zip(pairs[::2], pairs[1::2]))
+    return float(opts["--every"]), opts["--shared-if"], opts.get("--metrics"), bool(flags), args[at + 1:]
 
 
 def main(args):
-    every, shared_if, metrics, argv = parse(args)
+    every, shared_if, metrics, own_tmpdir, argv = parse(args)
     env = dict(os.environ)
     key = env.pop(RELAY_KEY_ENV, "")
+    own = None
+    if own_tmpdir:  # under srun: no agent made a temp dir for this run on this node
+        own = env[RUN_TMPDIR] = tempfile.mkdtemp(prefix="orch-relay-", dir=env.get(RUN_TMPDIR))
+    try:
+        return _forward(env, key, every, shared_if, metrics, argv)
+    finally:
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
+
+
+def _forward(env, key, every, shared_if, metrics, argv):
     beats = None if os.path.exists(shared_if) else os.path.join(env[RUN_TMPDIR], "heartbeat")
     if beats is not None:
         env[HEARTBEAT_ENV] = beats
         os.makedirs(beats, exist_ok=True)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # the launcher got it too (process group)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):  # the launcher got it too
         signal.signal(sig, lambda signum, frame: None)
     try:
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

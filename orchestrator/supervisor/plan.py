@@ -35,7 +35,7 @@ from orchestrator.selection import resolve_hosts
 from orchestrator.launch.env import EnvManifest
 from orchestrator.launch.plan import WARM_MODULE, LaunchPlan, LaunchSpec, build_plan
 from orchestrator.supervisor.policy import Limits
-from orchestrator.supervisor.relay import Relay, forward_plan, head_marker
+from orchestrator.supervisor.relay import Relay, forward_plan
 from orchestrator.supervisor.runner import AttemptRunner, SshAttempts
 from orchestrator.supervisor.straggler import StragglerOptions
 
@@ -46,7 +46,7 @@ RESTART_MODES = ("auto", "warm", "cold")
 WARM_TMP_DIR = "/dev/shm"
 
 __all__ = ["RESTART_MODES", "SupervisePlan", "SuperviseOptions", "SupervisorConfig", "attempt_plan", "local_checkpoints",
-           "model_parallel_of", "parse_nodes", "plan_supervise", "program_option", "restart_mode"]
+           "model_parallel_of", "parse_nodes", "plan_supervise", "program_option", "relay_of", "restart_mode"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,9 +70,12 @@ class SupervisorConfig:
     straggler: StragglerOptions = StragglerOptions()
     shared_run_dir: bool = True
     """False: the nodes may not see the head's run dir; each node's launcher runs under the forwarder
-    (forwarder.py), which relays heartbeats and metrics lines over its SSH session (relay.py)."""
+    (forwarder.py), which relays heartbeats and metrics lines over its SSH session or srun step (relay.py)."""
     relay_key: str = ""
     """The nonce that marks the forwarders' lines (shared_run_dir False)."""
+    via: str = "ssh"
+    """'ssh' or 'slurm' (SuperviseOptions.via): under Slurm the srun step's task is the forwarder, so attempt
+    plans do not wrap the launchers themselves."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,8 +119,8 @@ class SuperviseOptions:
     """'replace', 'name' or 'off' (straggler.py)."""
     shared_run_dir: bool = True
     """False: the run dir is not on a file system the head and the nodes share (heartbeats and metrics.jsonl lines
-    travel over SSH); not with --via slurm, nor with the engine's DCP checkpoints (its --checkpoint-local ones are
-    node-local)."""
+    travel over SSH, or srun's output under --via slurm); not with the engine's DCP checkpoints (its
+    --checkpoint-local ones are node-local)."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,8 @@ class SupervisePlan:
         lines = list(self.first_attempt.describe())
         if self.srun:
             lines.append(f"each attempt: {shlex.join(redact_argv(self.srun))}")
-        sharing = "" if cfg.shared_run_dir else (" (not shared: heartbeats and metrics.jsonl lines come back over "
-                                                 "each node's SSH session)")
+        channel = "the srun step's output" if cfg.via == "slurm" else "each node's SSH session"
+        sharing = "" if cfg.shared_run_dir else f" (not shared: heartbeats and metrics.jsonl lines come back over {channel})"
         lines.append(f"supervised: run dir {cfg.run_dir}{sharing}, nodes {limits.min_nodes}:{limits.max_nodes}, spares "
                      f"{','.join(s.name for s in cfg.spares) or '-'}, max restarts {limits.max_restarts}, "
                      f"hang timeout {cfg.hang_timeout:g} s, {_stragglers(cfg)}")
@@ -167,7 +170,8 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host], spares: 
     """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env
     (and ORCH_STEP_TIMING=0 when straggler detection is off); under warm restarts a spare keeper on each spare
     (over SSH, or in a one-node srun step of its own under --via slurm) and the keepers' store at `store` (HOST:PORT on the head) when given; with a run dir
-    that is not shared, every node's launcher under the forwarder (relay.py)."""
+    that is not shared, every node's launcher under the forwarder (relay.py; under Slurm SlurmSteps puts it in
+    front of the node entry instead)."""
     spec = cfg.spec
     ours = {HEARTBEAT_ENV: str((cfg.run_dir / "heartbeat").resolve())}
     if cfg.straggler.action == "off":
@@ -179,11 +183,17 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host], spares: 
     plan = build_plan(replace(spec, run_id=f"{spec.run_id}-a{number}", run_dir=str(cfg.run_dir / "attempts"),
                               env=env, store=store), hosts,
                       spares if cfg.restart == "warm" else ())
+    relay = relay_of(cfg)
+    return plan if relay is None or cfg.via == "slurm" else forward_plan(plan, relay)
+
+
+def relay_of(cfg: SupervisorConfig) -> Relay | None:
+    """The head side of a run dir that is not shared (relay.py), None when it is (pure)."""
     if cfg.shared_run_dir:
-        return plan
-    base = program_option(spec.program, "--run-dir")  # the engine's metrics.jsonl, on each node
-    return forward_plan(plan, marker=head_marker(cfg.run_dir, plan.run_id),
-                        metrics=f"{base.rstrip('/')}/metrics.jsonl" if base else None, every=cfg.poll_s)
+        return None
+    base = program_option(cfg.spec.program, "--run-dir")  # the engine's metrics.jsonl, on each node
+    return Relay(cfg.relay_key, cfg.run_dir, node_metrics=f"{base.rstrip('/')}/metrics.jsonl" if base else None,
+                 every=cfg.poll_s)
 
 
 def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
@@ -191,7 +201,7 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
     """The supervised run of `spec` (ConfigError on bad input; nothing is written or started)."""
     steps = _slurm_steps(opts, environ)
     if not opts.shared_run_dir:
-        _check_unshared(spec, steps)
+        _check_unshared(spec)
     restart, restart_reason = restart_mode(spec, opts)
     if restart == "warm":  # snapshots go to the agent's per-run temp dir: host memory, removed however the run ends
         spec = replace(spec, launcher="warm", node_tmp_dir=WARM_TMP_DIR)
@@ -220,20 +230,19 @@ def plan_supervise(spec: LaunchSpec, opts: SuperviseOptions, *,
         health_timeout=opts.health_timeout, restart=restart, restart_reason=restart_reason,
         straggler=StragglerOptions(threshold=opts.straggler_threshold, steps=opts.straggler_steps,
                                    action=opts.straggler_action),
-        shared_run_dir=opts.shared_run_dir, relay_key="" if opts.shared_run_dir else secrets.token_hex(8))
+        shared_run_dir=opts.shared_run_dir, relay_key="" if opts.shared_run_dir else secrets.token_hex(8),
+        via=opts.via)
     first = attempt_plan(cfg, 0, cfg.hosts, cfg.spares)
     if steps is None:
-        relay = None if cfg.shared_run_dir else Relay(cfg.relay_key, cfg.run_dir)
-        return SupervisePlan(cfg, first, SshAttempts(ssh=opts.ssh, failure_grace=opts.failure_grace, relay=relay))
+        return SupervisePlan(cfg, first, SshAttempts(ssh=opts.ssh, failure_grace=opts.failure_grace,
+                                                     relay=relay_of(cfg)))
+    steps.relay = relay_of(cfg)
     steps.spare_argvs(first)  # the spares' steps fit the allocation too
     return SupervisePlan(cfg, first, steps, srun=steps.argv(first))  # argv() checks the step fits the allocation
 
 
-def _check_unshared(spec: LaunchSpec, steps) -> None:
+def _check_unshared(spec: LaunchSpec) -> None:
     """ConfigError for what a run dir private to each node cannot do (--no-shared-run-dir)."""
-    if steps is not None:
-        raise ConfigError("--shared-run-dir", False, "--via slurm needs a run dir every node shares (its "
-                          "heartbeats are read there); share the run dir or supervise over SSH")
     every = program_option(spec.program, "--checkpoint-every")
     if _engine(spec) and every not in (None, "0") and not local_checkpoints(spec):
         raise ConfigError("--checkpoint-every", every, "the engine's DCP checkpoints need a run dir every rank sees "

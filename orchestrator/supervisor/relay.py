@@ -1,14 +1,16 @@
 """Head side of `supervise --no-shared-run-dir`: heartbeats and metrics lines that come back over SSH.
 
-    relay = Relay(key, Path("runs/r1"))                  # one per supervised run; key also goes to the nodes' env
-    plan = forward_plan(plan, marker=head_marker(Path("runs/r1"), plan.run_id), metrics="runs/r1/metrics.jsonl",
-                        every=0.2)                       # each node's launcher under the forwarder (attempt_plan)
+    relay = Relay(key, Path("runs/r1"), node_metrics="runs/r1/metrics.jsonl", every=0.2)
+                                                         # one per supervised run; key also goes to the nodes' env
+    plan = forward_plan(plan, relay)                     # each node's launcher under the forwarder (attempt_plan)
+    relay.forwarder(python, plan.run_id, own_tmpdir=True)    # the same as an argv prefix (an srun step's task)
     relay.mark(plan.run_id)                              # just before the launch
     transport = RelayTransport(SshTransport(opts), relay)    # its sessions' relay lines never reach the run's output
     relay.take("\\x1frelay <key> hb node2-rank1 {...}")        # True: written to runs/r1/heartbeat/node2-rank1.json
 
 Each node's launcher runs under forwarder.py, which sends the ranks' heartbeat files (node-local, in the agent's
-temp dir) and the lines the engine appends to its metrics.jsonl as marked lines on the launcher's own output.
+temp dir, or under srun in one of its own) and the lines the engine appends to its metrics.jsonl as marked lines on
+the launcher's own output: its SSH session, or the srun step's output (supervisor/slurm.py takes them out there).
 Here they are taken out of that stream before anything else sees it (logs, the terminal, the detectors) and
 written where a shared run dir would have them: RUN_DIR/heartbeat/<host>-rank<N>.json (replaced atomically,
 like the ranks do) and RUN_DIR/metrics.jsonl. So detect.py, straggler.py, hangdump.py, `orchestrator status`
@@ -41,12 +43,10 @@ def head_marker(run_dir: Path, run_id: str) -> Path:
     return (run_dir / "heartbeat" / f".head-{run_id}").resolve()
 
 
-def forward_plan(plan: LaunchPlan, *, marker: Path, metrics: str | None, every: float) -> LaunchPlan:
+def forward_plan(plan: LaunchPlan, relay: Relay) -> LaunchPlan:
     """The plan with every node's launcher started by the forwarder (pure)."""
-    source = python_source(Path(__file__).with_name("forwarder.py"))
-    options = ["--every", f"{every:g}", "--shared-if", str(marker)] + (["--metrics", metrics] if metrics else [])
     def wrapped(nodes):
-        return tuple(replace(n, argv=(n.python, "-I", "-S", "-c", source, *options, "--", *n.argv)) for n in nodes)
+        return tuple(replace(n, argv=(*relay.forwarder(n.python, plan.run_id), *n.argv)) for n in nodes)
 
     return replace(plan, nodes=wrapped(plan.nodes), spares=wrapped(plan.spares))
 
@@ -61,9 +61,18 @@ def _json_object(text: str) -> bool:
 class Relay:
     """Takes the forwarders' lines out of a run's output and writes them into the head's run dir."""
 
-    def __init__(self, key: str, run_dir: Path):
+    def __init__(self, key: str, run_dir: Path, *, node_metrics: str | None = None, every: float = 0.2):
         self.prefix = f"{MARK}{key} "
         self.beats, self.metrics = run_dir / "heartbeat", run_dir / "metrics.jsonl"
+        self.node_metrics, self.every = node_metrics, every
+
+    def forwarder(self, python: str, run_id: str, *, own_tmpdir: bool = False) -> list[str]:
+        """The argv prefix that starts a node's launcher (the rest of the argv) under the forwarder for attempt
+        `run_id` (pure); own_tmpdir: no agent gives the run a temp dir there (an srun task)."""
+        options = ["--every", f"{self.every:g}", "--shared-if", str(head_marker(self.beats.parent, run_id))]
+        options += (["--metrics", self.node_metrics] if self.node_metrics else []) + (
+            ["--own-tmpdir"] if own_tmpdir else [])
+        return [python, "-I", "-S", "-c", python_source(Path(__file__).with_name("forwarder.py")), *options, "--"]
 
     def mark(self, run_id: str) -> None:
         self.beats.mkdir(parents=True, exist_ok=True)

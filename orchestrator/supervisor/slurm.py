@@ -20,6 +20,9 @@ detectors, diagnosis, policy, events):
   `scontrol show node` state because it proves what the next attempt needs (slurmd starts a process there, the
   check command passes), and a node Slurm already marked down fails it too (the step cannot be created).
 - exclusion: with drain_bad_nodes, an excluded node is drained (orchestrator.slurm.drain) with the reason.
+- a run dir the nodes do not share (--no-shared-run-dir): each srun task is the forwarder (relay.py) in front of the
+  node entry, with a private temp dir of its own for the ranks' heartbeats; its records come back in srun's output
+  and are written into the head's run dir before any line reaches the log or the detectors.
 - hang probes, stack dumps and kills: one-task srun steps beside the run's (`--overlap`; no SSH to the nodes needed),
   running health.py's scripts as on the SSH path: the stalled ranks' /proc state and every
   rank's py-spy dump are read on their nodes.
@@ -59,6 +62,7 @@ from orchestrator.launch.output import OutputLine, Sink
 from orchestrator.launch.plan import LaunchPlan
 from orchestrator.launch.runner import STOP_SIGNALS
 from orchestrator.launch.torchrun import split_rank_prefix
+from orchestrator.supervisor.relay import Relay
 from orchestrator.supervisor.runner import AttemptResult
 
 __all__ = ["SlurmSteps", "StepEnding", "output_line", "step_result"]
@@ -80,21 +84,30 @@ def step_result(step_exit: int, stopped_by: int | None) -> AttemptResult:
 
 
 class SlurmSteps:
-    def __init__(self, alloc, *, srun_options: Sequence[str] = (), drain_bad_nodes: bool = False):
+    """relay: a run dir the nodes do not share (relay.py, set by plan_supervise): each node's task is the
+    forwarder in front of the node entry, and its records are taken out of srun's output into the head's run dir."""
+
+    def __init__(self, alloc, *, srun_options: Sequence[str] = (), drain_bad_nodes: bool = False,
+                 relay: Relay | None = None):
         self.alloc, self.srun_options, self.drain_bad_nodes = alloc, tuple(srun_options), drain_bad_nodes
+        self.relay = relay
+
+    def _wrap(self, python: str, plan: LaunchPlan) -> list[str]:
+        return self.relay.forwarder(python, plan.run_id, own_tmpdir=True) if self.relay is not None else []
 
     def argv(self, plan: LaunchPlan) -> list[str]:
         """The attempt's srun argv (pure; raises ConfigError when the plan does not fit one step)."""
         from orchestrator.launch.slurm import srun_argv
 
-        return srun_argv(plan, self.alloc, srun_options=("--label", *STEP_OPTIONS, *self.srun_options))
+        return srun_argv(plan, self.alloc, srun_options=("--label", *STEP_OPTIONS, *self.srun_options),
+                         wrap=self._wrap(plan.nodes[0].python, plan))
 
     def spare_argvs(self, plan: LaunchPlan) -> list[list[str]]:
         """Each spare keeper's one-node srun step (pure)."""
         from orchestrator.launch.slurm import spare_srun_argv
 
-        return [spare_srun_argv(n, self.alloc, srun_options=("--label", *STEP_OPTIONS, *self.srun_options))
-                for n in plan.spares]
+        return [spare_srun_argv(n, self.alloc, srun_options=("--label", *STEP_OPTIONS, *self.srun_options),
+                                wrap=self._wrap(n.python, plan)) for n in plan.spares]
 
     async def run_attempt(self, plan: LaunchPlan, *, sink: Sink | None = None,
                           stop: asyncio.Event | None = None) -> AttemptResult:
@@ -116,6 +129,8 @@ class SlurmSteps:
             stop.set()
 
         env = srun_env(plan, marker=True)
+        if self.relay is not None:
+            self.relay.mark(plan.run_id)
         steps = [await _Step.start(self.argv(plan), env, plan.hosts)]
         try:
             for spare, argv in zip(plan.spares, self.spare_argvs(plan)):
@@ -131,6 +146,8 @@ class SlurmSteps:
         try:
             with open(logs / "step.log", "a", encoding="utf-8") as log_file:
                 def emit(line: OutputLine) -> None:
+                    if self.relay is not None and line.host is not None and self.relay.take(line.text):
+                        return
                     log_file.write(line.formatted() + "\n")
                     ending.see(line)
                     if sink is not None:

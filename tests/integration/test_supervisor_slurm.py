@@ -85,11 +85,12 @@ exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 -
     assert evs[-1]["event"] == "done" and evs[-1]["summary"]["last_step"] == STEPS
 
 
-def supervise_argv(tmp_path: Path, run_dir: Path, *args: str, config: str = "tiny") -> list[str]:
+def supervise_argv(tmp_path: Path, run_dir: Path, *args: str, config: str = "tiny",
+                   engine: tuple[str, ...] = ()) -> list[str]:
     return [*ORCH, "supervise", "--via", "slurm", "--nproc-per-node", "1",
             "--python", sys.executable, "--run-dir", str(tmp_path / "launch"), "--backoff", "0.2",
             "--health-timeout", "20", *args, "-m", "orchestrator.engine", "--", "--config", config,
-            "--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--run-dir", str(run_dir)]
+            "--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--run-dir", str(run_dir), *engine]
 
 
 @pytest.mark.parametrize("restart", ["cold", "warm"])
@@ -174,6 +175,44 @@ exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 -
                                         f"hang_script.py:{stuck} while every other rank waits in all_reduce")
     diagnosis = next(e for e in evs if e["event"] == "diagnosis")
     assert (diagnosis["cause"], diagnosis["rank"], diagnosis["culprit"]) == ("hang", 1, report["culprit"])
+
+
+def test_a_run_dir_private_to_each_node_comes_back_through_the_srun_step(cluster, tmp_path):
+    """--no-shared-run-dir under Slurm: each node has its own directory at the run dir's path; the ranks'
+    heartbeats and the engine's metrics lines reach the head's run dir through srun's output (the forwarder is
+    each srun task), a rank SIGKILLed by the relayed heartbeat's PID is repaired warm inside the step, the
+    checkpoints are node-local, and nothing of the run is left on the nodes."""
+    sandbox, _ = cluster
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for host in sandbox.hosts:
+        sandbox.private_dir(host, str(run_dir))
+    log = tmp_path / "supervise.log"
+    argv = ["salloc", "--nodes=2", *supervise_argv(tmp_path, run_dir, "--no-shared-run-dir", "--hang-timeout", "10",
+                                                   "--straggler-action", "off", engine=("--checkpoint-local",))]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: heartbeat(run_dir, 1, EVERY + 1), timeout=JOB_TIMEOUT), log.read_text()[-3000:]
+        beat = heartbeat(run_dir, 1, EVERY + 1)  # relayed to the head's run dir
+        os.kill(beat["pid"], signal.SIGKILL)
+        assert proc.wait(timeout=JOB_TIMEOUT) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    evs = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in evs]
+    assert "warm_restart" in kinds and "restart" not in kinds and kinds[-1] == "done", evs
+    assert {json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()} == \
+        set(range(1, STEPS + 1))
+    launch = next(e for e in evs if e["event"] == "launch")
+    mine = {h: sandbox.host_dir(h) / "dirs" / str(run_dir).strip("/").replace("/", "_") for h in launch["hosts"]}
+    assert all((d / "node-checkpoints").is_dir() for d in mine.values()) and not (run_dir / "node-checkpoints").exists()
+    assert not any((d / "heartbeat").exists() or (d / "events.jsonl").exists() for d in mine.values())
+    assert b"\x1frelay" not in b"".join(p.read_bytes() for p in Path(launch["logs"]).glob("*.log"))
+    assert wait_clean(sandbox) == {}
+    assert wait_for(lambda: not in_shm(sandbox, sandbox.hosts), timeout=10), in_shm(sandbox, sandbox.hosts)
 
 
 def in_shm(sandbox, hosts: list[str]) -> dict[str, list[str]]:

@@ -42,7 +42,7 @@ sys.exit(3)
 """
 
 
-def forwarder(tmp_path: Path, *, shared: bool = False) -> list[str]:
+def forwarder(tmp_path: Path, *, shared: bool = False, own_tmpdir: bool = False) -> list[str]:
     node = tmp_path / "node"
     node.mkdir(exist_ok=True)
     (node / "metrics.jsonl").write_text('{"step": 0, "earlier": "attempt"}\n')
@@ -51,9 +51,11 @@ def forwarder(tmp_path: Path, *, shared: bool = False) -> list[str]:
         head_marker(head, "r1-a0").parent.mkdir(parents=True)
         head_marker(head, "r1-a0").touch()
     plan = build_plan(LaunchSpec(program=("train.py",), run_id="r1-a0", python=(sys.executable,)), [Host("node1")])
-    argv = forward_plan(plan, marker=head_marker(head, "r1-a0"), metrics=str(node / "metrics.jsonl"),
-                        every=0.05).nodes[0].argv
-    return [*argv[:argv.index("--") + 1], sys.executable, "-c", CHILD, str(node)]
+    relay = Relay(KEY, head, node_metrics=str(node / "metrics.jsonl"), every=0.05)
+    argv = relay.forwarder(sys.executable, "r1-a0", own_tmpdir=own_tmpdir)
+    node0 = plan.nodes[0]
+    assert forward_plan(plan, relay).nodes[0].argv == (*relay.forwarder(node0.python, "r1-a0"), *node0.argv)
+    return [*argv, sys.executable, "-c", CHILD, str(node)]
 
 
 def run_forwarder(tmp_path: Path, **kwargs) -> tuple[subprocess.CompletedProcess, dict]:
@@ -78,6 +80,18 @@ def test_the_forwarder_relays_beats_and_new_metrics_lines_between_the_launchers_
     assert sorted(b["status"] for b in head_beats.values()) == ["failed", "training"]
     head_metrics = (tmp_path / "head" / "metrics.jsonl").read_text().splitlines()
     assert head_metrics == (tmp_path / "node" / "metrics.jsonl").read_text().splitlines()[1:]  # not the earlier one
+
+
+def test_under_srun_the_forwarder_makes_and_removes_its_own_temp_dir(tmp_path):
+    done, env = run_forwarder(tmp_path, own_tmpdir=True)  # RUN_TMPDIR (tmp_path) is only the base here
+    assert done.returncode == 3, done.stderr
+    beats = Path(env["ORCH_HEARTBEAT_DIR"])
+    assert beats.name == "heartbeat" and beats.parent.parent == tmp_path and beats.parent.name.startswith("orch-relay-")
+    assert not beats.parent.exists()  # removed once the launcher was gone
+    relay = Relay(KEY, tmp_path / "head")
+    relay.mark("r1-a0")
+    assert sum(map(relay.take, (done.stdout + done.stderr).decode().split("\n"))) >= 2 + 3  # both beats, 3 metrics
+    assert len(list((tmp_path / "head" / "heartbeat").glob("*.json"))) == 2
 
 
 def test_a_node_that_sees_the_heads_marker_shares_its_run_dir_and_relays_nothing(tmp_path):
@@ -134,7 +148,6 @@ def test_the_plan_starts_every_launcher_under_the_forwarder_with_the_runs_key():
 @pytest.mark.parametrize(("program", "opts", "field"), [
     (("--checkpoint-every", "5"), {}, "--checkpoint-every"),
     (("--checkpoint-every=5",), {"restart": "cold"}, "--checkpoint-every"),
-    ((), {"via": "slurm"}, "--shared-run-dir"),
 ])
 def test_what_a_private_run_dir_cannot_do_is_a_config_error(program, opts, field):
     environ = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_NUM_NODES": "2"}
@@ -151,3 +164,18 @@ def test_node_local_checkpoints_refuse_a_node_count_that_may_shrink():
         engine_plan("--checkpoint-every", "5", "--checkpoint-local", nodes="1:2")
     assert info.value.field == "--nodes" and "cannot be resharded" in str(info.value)
     assert engine_plan("--checkpoint-local", nodes="2").config.limits.min_nodes == 2
+
+
+def test_under_slurm_each_srun_task_is_the_forwarder_with_its_own_temp_dir():
+    environ = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n[1-3]", "SLURM_JOB_NUM_NODES": "3"}
+    spec = LaunchSpec(program=("orchestrator.engine", "--run-dir", "/data/r1"), module=True, run_id="r1",
+                      nproc_per_node=1, run_dir="runs")
+    p = plan_supervise(spec, SuperviseOptions(hosts="n[1-2]", spare_hosts="n3", via="slurm", shared_run_dir=False),
+                       environ=environ)
+    assert p.first_attempt.nodes[0].argv[1:3] == ("-m", "orchestrator.engine.keeper")  # srun's task wraps it
+    marker = str(head_marker(Path("/data/r1"), "r1-a0"))
+    for argv in (p.srun, *p.runner.spare_argvs(p.first_attempt)):
+        at = argv.index("--own-tmpdir")
+        assert argv[at - 6:at + 5] == ["--every", "0.2", "--shared-if", marker, "--metrics", "/data/r1/metrics.jsonl",
+                                       "--own-tmpdir", "--", "python3", "-m", "orchestrator.launch.slurm"]
+    assert p.runner.relay is not None and "over the srun step's output" in p.describe()[-2]
