@@ -115,7 +115,8 @@ def test_the_node_tmpdir_goes_under_the_base_and_is_the_runs_tmpdir(tmp_path, mo
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_STEP_ID", "0")
-    monkeypatch.delenv("ORCH_RUN_TMPDIR", raising=False)  # restored after the test, as TMPDIR is
+    monkeypatch.setenv("ORCH_RUN_TMPDIR", "")  # so that the undo removes what private_tmpdir sets
+    monkeypatch.delenv("ORCH_RUN_TMPDIR")
     base = tmp_path / "shm"
     base.mkdir()
     tmp = via_slurm.private_tmpdir(str(base))
