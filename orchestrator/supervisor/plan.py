@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from orchestrator.contracts import HEARTBEAT_ENV, RELAY_KEY_ENV, STEP_TIMING_ENV
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, expand
+from orchestrator.inline import shown_argv
 from orchestrator.selection import resolve_hosts
 from orchestrator.launch.env import EnvManifest
 from orchestrator.launch.plan import WARM_MODULE, LaunchPlan, LaunchSpec, build_plan
@@ -139,7 +140,7 @@ class SupervisePlan:
                 "plan": self.first_attempt.to_json(),
                 "restart": self.config.restart, "restart_reason": self.config.restart_reason,
                 "limits": vars(self.config.limits), "spares": [s.name for s in self.config.spares]} | (
-            {"srun": redact_argv(self.srun)} if self.srun else {})
+            {"srun": redact_argv(shown_argv(self.srun))} if self.srun else {})
 
     def describe(self) -> list[str]:
         from orchestrator.launch.env import redact_argv
@@ -147,7 +148,7 @@ class SupervisePlan:
         cfg, limits = self.config, self.config.limits
         lines = list(self.first_attempt.describe())
         if self.srun:
-            lines.append(f"each attempt: {shlex.join(redact_argv(self.srun))}")
+            lines.append(f"each attempt: {shlex.join(redact_argv(shown_argv(self.srun)))}")
         channel = "the srun step's output" if cfg.via == "slurm" else "each node's SSH session"
         sharing = "" if cfg.shared_run_dir else f" (not shared: heartbeats and metrics.jsonl lines come back over {channel})"
         lines.append(f"supervised: run dir {cfg.run_dir}{sharing}, nodes {limits.min_nodes}:{limits.max_nodes}, spares "

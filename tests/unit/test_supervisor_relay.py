@@ -179,3 +179,4 @@ def test_under_slurm_each_srun_task_is_the_forwarder_with_its_own_temp_dir():
         assert argv[at - 6:at + 5] == ["--every", "0.2", "--shared-if", marker, "--metrics", "/data/r1/metrics.jsonl",
                                        "--own-tmpdir", "--", "python3", "-m", "orchestrator.launch.slurm"]
     assert p.runner.relay is not None and "over the srun step's output" in p.describe()[-2]
+    assert "'$(cat orchestrator/supervisor/forwarder.py)'" in p.describe()[-3]  # the dry run names the code
