@@ -248,6 +248,19 @@ def test_a_rank_reported_stopped_is_handed_to_the_hang_check_once():
     assert warm.stopped_ranks(beats) == []  # handled once
 
 
+def test_a_rank_its_keeper_killed_as_stuck_is_no_hang_while_its_standby_starts():
+    from orchestrator.launch.output import OutputLine
+    from orchestrator.supervisor.warm import WarmRestarts
+
+    attempt, warm = _attempt(), WarmRestarts(_Events(), _Runner(()), hang_timeout=3)
+    stale = [{"host": "a", "rank": 0, "pid": 5, "status": "training"}]  # its last beat, before the node loss
+    assert warm.still_stalled(stale) == stale
+    text = event_line("stuck", rank=0, pid=5, generation=1)
+    warm.on_line(attempt, OutputLine("a", None, "stdout", text, text.encode()))
+    assert warm.still_stalled(stale) == []
+    assert warm.still_stalled([{"host": "a", "rank": 0, "pid": 9, "status": "training"}])  # its standby's own beats
+
+
 def test_spare_hosts_get_spare_keepers_and_only_under_the_warm_launcher():
     spec = engine("--config", "tiny", launcher="warm")
     plan = build_plan(spec, [Host("a", 1), Host("b", 1)], [Host("s", 1)])
