@@ -72,10 +72,14 @@ STOPPED_GRACE_S = 0.5
 stopped rank stalls every collective like any hang, but the kernel names it at once, long before the heartbeats'
 --hang-timeout would (a tracer such as py-spy stops it as state t, which is not reported)."""
 STANDBY_NICE = 10
-"""How much lower a standby's CPU priority (and a spare node's, all of it) is than the ranks' until it becomes one:
-its import and warm-up take only what the ranks leave, so a run's first step does not wait for them (2 sandbox hosts
-and 2 spares sharing 2 cores: launch to first step ~19 s -> 7-11 s). Only where the keeper may raise it back (root,
-or RLIMIT_NICE): a rank must never be left at a lower priority than its peers."""
+"""How much lower a standby's CPU priority (and a spare node's, all of it) is than the ranks' until it becomes one
+or STANDBY_LIFT_S have passed: its import and warm-up take only what the ranks leave, so a run's first step does not
+wait for them (2 sandbox hosts and 2 spares sharing 2 cores: launch to first step ~19 s -> 7-11 s). Only where the
+keeper may raise it back (root, or RLIMIT_NICE): a rank must never be left at a lower priority than its peers."""
+STANDBY_LIFT_S = 5.0
+"""How long after this node's ranks joined their generation (the run's start, or a recovery: model, restore, first
+step) its standbys are raised to the ranks' priority. Left low, a standby on a busy node may still be importing when
+its rank needs it (a survivor stuck with a lost peer: 10-13 s for the standby to be ready at load ~16, not 1 s)."""
 LOST_ACK_S = 1.0
 """After a node loss, how long a survivor may take to leave its collective with the lost node: gloo notices a peer
 whose process died at once, but not one whose network went away, and waits for its timeout."""
@@ -118,7 +122,7 @@ class Worker:
             self.proc.send_signal(sig)
 
     def promote(self) -> None:
-        """A standby becomes a rank: back to the keeper's priority, every thread of it."""
+        """A standby becomes a rank (or its wait is lifted): back to the keeper's priority, every thread of it."""
         if self.nice:
             self.nice = 0
             _renice(self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
@@ -163,6 +167,7 @@ class Keeper:
         self.pending: dict[int, tuple[int, float]] = {}  # rank -> (generation, deadline to leave the old one)
         self.done: set[int] = set()
         self.generation, self.restarts, self.formed = -1, 0, False
+        self.formed_at: float | None = None  # when every rank of this node joined the current generation
         self.stop_signal: int | None = None
         self.starting = True  # importing torch, dialing the store: a stop signal ends this at once (Stopped)
         self.successor: tuple[str, int] | None = None  # the replica server our snapshots go to
@@ -246,6 +251,7 @@ class Keeper:
                 self._assign(generation)
             self._check_joins()
             self._top_up()
+            self._lift_standbys()
             self.retired = [w for w in self.retired if w.proc.poll() is None]
             time.sleep(POLL_S)
         return 128 + self.stop_signal
@@ -286,6 +292,7 @@ class Keeper:
     def _assign(self, generation: int) -> None:
         """Hand every rank of this node an assignment for `generation` (a standby where the worker is gone)."""
         self.generation, now, replaced = generation, time.monotonic(), {}
+        self.formed_at = None
         leave_s = LOST_ACK_S if self.store.check([warm.lost_key(generation)]) else self.args.join_timeout
         for local_rank, rank in enumerate(self.ranks):
             if rank in self.done:
@@ -317,6 +324,8 @@ class Keeper:
             if self.store.check([joined_key(generation, rank)]):
                 del self.pending[rank]
                 self.formed = True
+                if not self.pending:
+                    self.formed_at = now
             elif now > deadline and not self.store.check([warm.ack_key(generation, rank)]):
                 # still stuck in the old generation's collective (a peer that vanished): replace it
                 stuck = self.active[rank]
@@ -407,6 +416,12 @@ class Keeper:
             self.standbys.remove(worker)
             worker.promote()
         return worker
+
+    def _lift_standbys(self) -> None:
+        """STANDBY_LIFT_S after this node's ranks joined their generation, its standbys wait at the ranks' priority."""
+        if self.formed_at is not None and time.monotonic() - self.formed_at >= STANDBY_LIFT_S:
+            for worker in self.standbys:
+                worker.promote()
 
     def _top_up(self) -> None:
         self.standbys = [w for w in self.standbys if w.proc.poll() is None]

@@ -394,3 +394,30 @@ def test_a_standby_waits_at_a_lower_priority_on_every_thread_and_is_raised_back_
     finally:
         worker.kill()
         worker.proc.wait()
+
+
+def test_standbys_are_raised_to_the_ranks_priority_once_the_ranks_joined_a_while_ago():
+    import os
+    import sys
+    import time
+
+    from orchestrator.engine import keeper
+
+    if not keeper._may_raise_priority():
+        pytest.skip("lowering a nice value needs root or RLIMIT_NICE")
+    program = "print('orchestrator-warm-ready', flush=True); import time; time.sleep(30)"
+    standby = keeper.Worker([sys.executable, "-c", program], dict(os.environ), keeper._Output(),
+                            nice=keeper.STANDBY_NICE)
+    node = keeper.Keeper.__new__(keeper.Keeper)  # only what _lift_standbys reads
+    node.standbys, base = [standby], os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        for formed_at in (None, time.monotonic()):  # a generation forming, one just formed: the standby stays low
+            node.formed_at = formed_at
+            node._lift_standbys()
+            assert os.getpriority(os.PRIO_PROCESS, standby.proc.pid) == base + keeper.STANDBY_NICE
+        node.formed_at = time.monotonic() - keeper.STANDBY_LIFT_S
+        node._lift_standbys()
+        assert os.getpriority(os.PRIO_PROCESS, standby.proc.pid) == base and standby.nice == 0
+    finally:
+        standby.kill()
+        standby.proc.wait()
