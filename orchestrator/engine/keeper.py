@@ -76,10 +76,11 @@ STANDBY_NICE = 10
 or STANDBY_LIFT_S have passed: its import and warm-up take only what the ranks leave, so a run's first step does not
 wait for them (2 sandbox hosts and 2 spares sharing 2 cores: launch to first step ~19 s -> 7-11 s). Only where the
 keeper may raise it back (root, or RLIMIT_NICE): a rank must never be left at a lower priority than its peers."""
-STANDBY_LIFT_S = 5.0
-"""How long after this node's ranks joined their generation (the run's start, or a recovery: model, restore, first
-step) its standbys are raised to the ranks' priority. Left low, a standby on a busy node may still be importing when
-its rank needs it (a survivor stuck with a lost peer: 10-13 s for the standby to be ready at load ~16, not 1 s)."""
+STANDBY_LIFT_S = 2.0
+"""How long after the ranks joined their generation (this node's; on a spare node the run's first one) the standbys
+are raised to the ranks' priority: the ranks' imports are over, their model build and first step nearly so. Left low
+until needed, a standby on a busy node may still be importing when a lost peer strands its rank (10-18 s to ready at
+load ~15, instead of the 1 s the rank gets to leave its collective)."""
 LOST_ACK_S = 1.0
 """After a node loss, how long a survivor may take to leave its collective with the lost node: gloo notices a peer
 whose process died at once, but not one whose network went away, and waits for its timeout."""
@@ -167,7 +168,8 @@ class Keeper:
         self.pending: dict[int, tuple[int, float]] = {}  # rank -> (generation, deadline to leave the old one)
         self.done: set[int] = set()
         self.generation, self.restarts, self.formed = -1, 0, False
-        self.formed_at: float | None = None  # when every rank of this node joined the current generation
+        self.formed_at: float | None = None  # when every rank of this node (a spare: of the run) joined the generation
+        self.session_low = False  # a spare node's session waits at the standbys' priority
         self.stop_signal: int | None = None
         self.starting = True  # importing torch, dialing the store: a stop signal ends this at once (Stopped)
         self.successor: tuple[str, int] | None = None  # the replica server our snapshots go to
@@ -180,8 +182,9 @@ class Keeper:
         a = self.args
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         try:
-            if a.spare:  # the whole node waits at a lower priority, its own imports included
+            if a.spare and self.standby_nice:  # the whole node waits at a lower priority, its own imports included
                 _session_nice(self.standby_nice)
+                self.session_low = True
             else:  # first: their imports overlap this keeper's own (torch, for the store)
                 for rank in self.ranks:
                     self.active[rank] = self._spawn()
@@ -368,8 +371,11 @@ class Keeper:
         self.store.set(warm.spare_key(spare, "host"), self.args.host)
         key = warm.spare_key(spare, "node")
         self.starting = False
+        run_formed = [joined_key(0, rank) for rank in range(self.args.world_size)]
         while self.stop_signal is None:
-            self._beat(warm.spare_key(spare, "beat"))
+            if self._beat(warm.spare_key(spare, "beat")) and self.formed_at is None and self.store.check(run_formed):
+                self.formed_at = time.monotonic()
+            self._lift_standbys()
             if self.store.check([key]):
                 self._take_over(json.loads(self.store.get(key)), spare)
                 return None
@@ -384,7 +390,7 @@ class Keeper:
         from orchestrator.engine.replica import fetch
 
         begin = time.monotonic()
-        _session_nice(-self.standby_nice)
+        self._raise_session()
         self.node_rank = node["node_rank"]
         self.ranks = list(range(node["first_rank"], node["first_rank"] + node["nproc"]))
         self.env["GROUP_RANK"] = str(self.node_rank)
@@ -418,10 +424,17 @@ class Keeper:
         return worker
 
     def _lift_standbys(self) -> None:
-        """STANDBY_LIFT_S after this node's ranks joined their generation, its standbys wait at the ranks' priority."""
+        """STANDBY_LIFT_S after the ranks joined their generation, the standbys (a spare node's session too) wait at
+        the ranks' priority."""
         if self.formed_at is not None and time.monotonic() - self.formed_at >= STANDBY_LIFT_S:
             for worker in self.standbys:
                 worker.promote()
+            self._raise_session()
+
+    def _raise_session(self) -> None:
+        if self.session_low:
+            _session_nice(-self.standby_nice)
+            self.session_low = False
 
     def _top_up(self) -> None:
         self.standbys = [w for w in self.standbys if w.proc.poll() is None]

@@ -409,7 +409,7 @@ def test_standbys_are_raised_to_the_ranks_priority_once_the_ranks_joined_a_while
     standby = keeper.Worker([sys.executable, "-c", program], dict(os.environ), keeper._Output(),
                             nice=keeper.STANDBY_NICE)
     node = keeper.Keeper.__new__(keeper.Keeper)  # only what _lift_standbys reads
-    node.standbys, base = [standby], os.getpriority(os.PRIO_PROCESS, 0)
+    node.standbys, node.session_low, base = [standby], False, os.getpriority(os.PRIO_PROCESS, 0)
     try:
         for formed_at in (None, time.monotonic()):  # a generation forming, one just formed: the standby stays low
             node.formed_at = formed_at
