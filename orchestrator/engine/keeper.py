@@ -72,10 +72,15 @@ STOPPED_GRACE_S = 0.5
 stopped rank stalls every collective like any hang, but the kernel names it at once, long before the heartbeats'
 --hang-timeout would (a tracer such as py-spy stops it as state t, which is not reported)."""
 STANDBY_NICE = 10
-"""How much lower a standby's CPU priority (and a spare node's, all of it) is than the ranks' until it becomes one:
-its import and warm-up take only what the ranks leave, so a run's first step does not wait for them (2 sandbox hosts
-and 2 spares sharing 2 cores: launch to first step ~19 s -> 7-11 s). Only where the keeper may raise it back (root,
-or RLIMIT_NICE): a rank must never be left at a lower priority than its peers."""
+"""How much lower a standby's CPU priority (and a spare node's, all of it) is than the ranks' until it becomes one
+or STANDBY_LIFT_S have passed: its import and warm-up take only what the ranks leave, so a run's first step does not
+wait for them (2 sandbox hosts and 2 spares sharing 2 cores: launch to first step ~19 s -> 7-11 s). Only where the
+keeper may raise it back (root, or RLIMIT_NICE): a rank must never be left at a lower priority than its peers."""
+STANDBY_LIFT_S = 2.0
+"""How long after the ranks joined their generation (this node's; on a spare node the run's first one) the standbys
+are raised to the ranks' priority: the ranks' imports are over, their model build and first step nearly so. Left low
+until needed, a standby on a busy node may still be importing when a lost peer strands its rank (10-18 s to ready at
+load ~15, instead of the 1 s the rank gets to leave its collective)."""
 LOST_ACK_S = 1.0
 """After a node loss, how long a survivor may take to leave its collective with the lost node: gloo notices a peer
 whose process died at once, but not one whose network went away, and waits for its timeout."""
@@ -118,7 +123,7 @@ class Worker:
             self.proc.send_signal(sig)
 
     def promote(self) -> None:
-        """A standby becomes a rank: back to the keeper's priority, every thread of it."""
+        """A standby becomes a rank (or its wait is lifted): back to the keeper's priority, every thread of it."""
         if self.nice:
             self.nice = 0
             _renice(self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
@@ -163,6 +168,8 @@ class Keeper:
         self.pending: dict[int, tuple[int, float]] = {}  # rank -> (generation, deadline to leave the old one)
         self.done: set[int] = set()
         self.generation, self.restarts, self.formed = -1, 0, False
+        self.formed_at: float | None = None  # when every rank of this node (a spare: of the run) joined the generation
+        self.session_low = False  # a spare node's session waits at the standbys' priority
         self.stop_signal: int | None = None
         self.starting = True  # importing torch, dialing the store: a stop signal ends this at once (Stopped)
         self.successor: tuple[str, int] | None = None  # the replica server our snapshots go to
@@ -175,8 +182,9 @@ class Keeper:
         a = self.args
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         try:
-            if a.spare:  # the whole node waits at a lower priority, its own imports included
+            if a.spare and self.standby_nice:  # the whole node waits at a lower priority, its own imports included
                 _session_nice(self.standby_nice)
+                self.session_low = True
             else:  # first: their imports overlap this keeper's own (torch, for the store)
                 for rank in self.ranks:
                     self.active[rank] = self._spawn()
@@ -246,6 +254,7 @@ class Keeper:
                 self._assign(generation)
             self._check_joins()
             self._top_up()
+            self._lift_standbys()
             self.retired = [w for w in self.retired if w.proc.poll() is None]
             time.sleep(POLL_S)
         return 128 + self.stop_signal
@@ -286,6 +295,7 @@ class Keeper:
     def _assign(self, generation: int) -> None:
         """Hand every rank of this node an assignment for `generation` (a standby where the worker is gone)."""
         self.generation, now, replaced = generation, time.monotonic(), {}
+        self.formed_at = None
         leave_s = LOST_ACK_S if self.store.check([warm.lost_key(generation)]) else self.args.join_timeout
         for local_rank, rank in enumerate(self.ranks):
             if rank in self.done:
@@ -317,6 +327,8 @@ class Keeper:
             if self.store.check([joined_key(generation, rank)]):
                 del self.pending[rank]
                 self.formed = True
+                if not self.pending:
+                    self.formed_at = now
             elif now > deadline and not self.store.check([warm.ack_key(generation, rank)]):
                 # still stuck in the old generation's collective (a peer that vanished): replace it
                 stuck = self.active[rank]
@@ -359,8 +371,11 @@ class Keeper:
         self.store.set(warm.spare_key(spare, "host"), self.args.host)
         key = warm.spare_key(spare, "node")
         self.starting = False
+        run_formed = [joined_key(0, rank) for rank in range(self.args.world_size)]
         while self.stop_signal is None:
-            self._beat(warm.spare_key(spare, "beat"))
+            if self._beat(warm.spare_key(spare, "beat")) and self.formed_at is None and self.store.check(run_formed):
+                self.formed_at = time.monotonic()
+            self._lift_standbys()
             if self.store.check([key]):
                 self._take_over(json.loads(self.store.get(key)), spare)
                 return None
@@ -375,7 +390,7 @@ class Keeper:
         from orchestrator.engine.replica import fetch
 
         begin = time.monotonic()
-        _session_nice(-self.standby_nice)
+        self._raise_session()
         self.node_rank = node["node_rank"]
         self.ranks = list(range(node["first_rank"], node["first_rank"] + node["nproc"]))
         self.env["GROUP_RANK"] = str(self.node_rank)
@@ -407,6 +422,19 @@ class Keeper:
             self.standbys.remove(worker)
             worker.promote()
         return worker
+
+    def _lift_standbys(self) -> None:
+        """STANDBY_LIFT_S after the ranks joined their generation, the standbys (a spare node's session too) wait at
+        the ranks' priority."""
+        if self.formed_at is not None and time.monotonic() - self.formed_at >= STANDBY_LIFT_S:
+            for worker in self.standbys:
+                worker.promote()
+            self._raise_session()
+
+    def _raise_session(self) -> None:
+        if self.session_low:
+            _session_nice(-self.standby_nice)
+            self.session_low = False
 
     def _top_up(self) -> None:
         self.standbys = [w for w in self.standbys if w.proc.poll() is None]

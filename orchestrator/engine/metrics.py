@@ -24,7 +24,7 @@ from typing import Any
 
 from orchestrator.engine.config import ModelConfig
 
-__all__ = ["MetricsWriter", "flops_per_token", "peak_flops", "mfu"]
+__all__ = ["MetricsWriter", "flops_per_token", "last_step", "peak_flops", "mfu"]
 
 # Dense bf16 peak FLOP/s (no sparsity), from the vendors' data sheets.
 _PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
@@ -63,6 +63,17 @@ class MetricsWriter:
         self._records.put(None)
         self._thread.join()
         self._board.close()
+
+
+def last_step(run_dir: Path) -> int | None:
+    """The step of the last whole line of <run_dir>/metrics.jsonl (None: no such file, or no line yet)."""
+    try:
+        with (run_dir / "metrics.jsonl").open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            lines = f.read().split(b"\n")[:-1]  # what follows the last newline is not a whole line
+    except FileNotFoundError:
+        return None
+    return json.loads(lines[-1])["step"] if lines and lines[-1].strip() else None
 
 
 def flops_per_token(cfg: ModelConfig) -> float:

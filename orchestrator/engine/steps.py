@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from orchestrator.engine.config import EngineConfig
-from orchestrator.engine.metrics import MetricsWriter
+from orchestrator.engine.metrics import MetricsWriter, last_step
 
 __all__ = ["lr_at", "run_steps"]
 
@@ -30,37 +30,43 @@ def lr_at(step: int, cfg: EngineConfig) -> float:
 
 
 def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save, snapshot=None,
-              resumed: dict | None = None) -> list[float]:
+              resumed: dict | None = None, restored_record: dict | None = None) -> list[float]:
     """The step loop both engines share; returns the losses of steps start+1..steps.
 
     step(n) trains step n and returns its metrics record; save(n) checkpoints on the --checkpoint-every schedule
-    and returns fields for the record (checkpoint_stall_s: the seconds it blocked) or None; snapshot(n), when
-    given, runs on the train.snapshot_every schedule after the step's record is written and returns fields
-    (snapshot_stall_s) for the next step's record; every step beats the
-    heartbeat, rank 0 appends metrics.jsonl and TensorBoard's tb/. `resumed` (e.g. {"resume_source": "memory"}) joins the first
-    record after a resume, next to resumed_from.
+    and returns fields for the record (checkpoint_stall_s: the seconds it blocked) or None; snapshot(n, record),
+    when given, runs on the train.snapshot_every schedule, keeps the step's record with the snapshot and returns
+    fields (snapshot_stall_s) for the next step's record; every step beats the heartbeat, rank 0 appends
+    metrics.jsonl and TensorBoard's tb/. `resumed` (e.g. {"resume_source": "memory"}) joins the first record
+    after a resume, next to resumed_from; `restored_record`, the record kept with the snapshot resumed from, is
+    written first where rank 0 never wrote it.
     """
     t = cfg.train
     writer = MetricsWriter(Path(t.run_dir), start=start) if rank == 0 else None
+    if writer is not None and restored_record is not None and (last_step(Path(t.run_dir)) or 0) < start:
+        writer.write(restored_record)  # snapshotted before its disk save, which a failure cut short
     losses: list[float] = []
     try:
         snapped: dict = {}
         for n in range(start + 1, t.steps + 1):
             record = step(n) | snapped
+            kept = dict(record)  # what a restore of this step's snapshot writes if this record never was
             if n == start + 1 and start:
                 record |= {"resumed_from": start, **(resumed or {})}
+            snapped, snap = {}, snapshot is not None and t.snapshot_every and n % t.snapshot_every == 0
             if t.checkpoint_every and (n % t.checkpoint_every == 0 or n == t.steps):
+                if snap:  # before the disk save: its copy reaches the peer node while the save runs
+                    snapped, snap = snapshot(n, kept) or {}, False
                 heartbeat.beat(step=n, status="checkpointing")
                 record.update(save(n) or {})
             heartbeat.beat(step=n)
             losses.append(record["loss"])
             if writer is not None:
                 writer.write(record)
-            # After the record: a snapshot restored later never skips a step whose loss was not written. Its
+            # The snapshot keeps the record: a restore of it never skips a step whose loss was not written. Its
             # stall goes into the next step's record.
-            snapped = {}
-            if snapshot is not None and t.snapshot_every and n % t.snapshot_every == 0:
-                snapped = snapshot(n) or {}
+            if snap:
+                snapped = snapshot(n, kept) or {}
     finally:
         if writer is not None:
             writer.close()

@@ -250,14 +250,15 @@ class _Trainer:
             # node-local: the supervisor learns from this line that every rank holds `step` (it cannot look)
             return record | ({"local_checkpoint": step} if t.checkpoint_local else {})
 
-        def snapshot(step: int) -> dict:
+        def snapshot(step: int, record: dict) -> dict:
             return {"snapshot_stall_s": snaps.save(step, self.parts, self.optimizers,
-                                                   extra={"data": self.batches.state_dict()})}
+                                                   extra={"data": self.batches.state_dict(), "record": record})}
 
         try:
             losses = run_steps(start=start, cfg=cfg, rank=self.rank, heartbeat=self.heartbeat, step=self._step,
                                save=save, snapshot=snapshot if snaps is not None else None,
-                               resumed={"resume_source": source, **resumed} if source else None)
+                               resumed={"resume_source": source, **resumed} if source else None,
+                               restored_record=extra.get("record") if source == "memory" else None)
         finally:
             if snaps is not None:  # its writer thread too: a warm worker lives on after a broken generation
                 snaps.close()

@@ -110,7 +110,7 @@ class WarmRestarts:
         self.events, self.runner, self.heartbeat_dir = events, runner, heartbeat_dir
         self.hang_timeout, self.kill_timeout = hang_timeout, kill_timeout
         self.killed: dict[int, str] = {}  # pid -> why the supervisor killed it
-        self.dead: set[int] = set()  # pids of ranks the keepers reported gone (their replacements are on the way)
+        self.dead: set[int] = set()  # pids of ranks the keepers reported gone or killed (replacements on the way)
         self.stopped: set[int] = set()  # pids of ranks the keepers reported stopped by a signal, not yet handled
         self.generations: set[int] = set()
         self.phases: dict[str, float] = {}  # of the recovery in progress: event -> first/last time on the nodes
@@ -158,8 +158,11 @@ class WarmRestarts:
                              replaced=event.get("replaced"))
         elif kind == "rank_stopped" and event.get("pid") is not None:
             self.stopped.add(event["pid"])
-        elif kind == "stuck":  # its keeper replaces it from a standby: a stale beat of it is no hang
-            self.dead.add(event.get("pid"))
+        elif kind == "stuck":
+            # its keeper killed it and gave its rank to a standby: its heartbeat stops until the standby beats,
+            # which is no hang (a probe, stack dump and kill through srun steps on the recovery's critical path)
+            if event.get("pid") is not None:
+                self.dead.add(event["pid"])
             self.events.emit("warm_stuck", attempt=attempt.number, host=line.host, rank=event.get("rank"),
                              pid=event.get("pid"), generation=event.get("generation"))
         elif kind == "give_up":

@@ -57,3 +57,44 @@ def test_resume_purges_the_lost_steps_and_marks_the_restart(tmp_path, engine_run
         (s, pytest.approx(v, rel=1e-6)) for s, v in sorted(latest.items())]
     assert [(e.step, e.value) for e in scalars.Scalars("resumed_from")] == [(3, 2)]
     assert "resume_source/text_summary" in scalars.Tags()["tensors"]
+
+
+class _Beats:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def beat(self, *, step=None, status="training"):
+        self.calls.append((status, step))
+
+
+def test_a_checkpoint_steps_snapshot_comes_before_its_disk_save_and_a_restore_writes_its_record_once(tmp_path):
+    from orchestrator.engine.metrics import last_step
+    from orchestrator.engine.steps import run_steps
+
+    cfg = load_config("tiny", steps=4, checkpoint_every=2, snapshot_every=1, run_dir=str(tmp_path))
+    calls, kept = [], {}
+
+    def snapshot(n, record):
+        calls.append(("snapshot", n))
+        kept[n] = record
+        return {"snapshot_stall_s": 0.0}
+
+    def run(start, restored=None):
+        run_steps(start=start, cfg=cfg, rank=0, heartbeat=_Beats(calls), step=lambda n: {"step": n, "loss": n / 10},
+                  save=lambda n: calls.append(("save", n)) or {"checkpoint_stall_s": 0.0}, snapshot=snapshot,
+                  resumed={"resume_source": "memory"} if start else None, restored_record=restored)
+
+    assert last_step(tmp_path) is None
+    run(0)
+    # step 2 (a disk checkpoint): snapshot, then the save, then the step's beat and record; step 1: record first
+    assert calls[:8] == [("training", 1), ("snapshot", 1), ("snapshot", 2), ("checkpointing", 2), ("save", 2),
+                         ("training", 2), ("training", 3), ("snapshot", 3)]
+    assert kept[2] == {"step": 2, "loss": 0.2, "snapshot_stall_s": 0.0}  # without the save's fields
+    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4] and last_step(tmp_path) == 4
+    # the save of step 2 failed before rank 0 wrote step 2's record; every rank restores step 2's snapshot
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics(tmp_path)[:1]))
+    run(2, restored=kept[2])
+    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4]
+    assert metrics(tmp_path)[1] == kept[2] and metrics(tmp_path)[2]["resumed_from"] == 2
+    run(2, restored=kept[2])  # its record was written: not again
+    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4, 3, 4]

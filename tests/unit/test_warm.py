@@ -248,17 +248,17 @@ def test_a_rank_reported_stopped_is_handed_to_the_hang_check_once():
     assert warm.stopped_ranks(beats) == []  # handled once
 
 
-def test_a_rank_its_keeper_replaces_as_stuck_is_no_hang_while_its_replacement_starts():
+def test_a_rank_its_keeper_killed_as_stuck_is_no_hang_while_its_standby_starts():
     from orchestrator.launch.output import OutputLine
     from orchestrator.supervisor.warm import WarmRestarts
 
-    events, attempt = _Events(), _attempt()
-    warm = WarmRestarts(events, _Runner(()), hang_timeout=3)
-    stale = [{"host": "b", "rank": 1, "pid": 6, "status": "training"}]
+    attempt, warm = _attempt(), WarmRestarts(_Events(), _Runner(()), hang_timeout=3)
+    stale = [{"host": "a", "rank": 0, "pid": 5, "status": "training"}]  # its last beat, before the node loss
     assert warm.still_stalled(stale) == stale
-    text = event_line("stuck", rank=1, pid=6, generation=3)
-    warm.on_line(attempt, OutputLine("b", None, "stdout", text, text.encode()))
-    assert warm.still_stalled(stale) == [] and [k for k, _ in events.emitted] == ["warm_stuck"]
+    text = event_line("stuck", rank=0, pid=5, generation=1)
+    warm.on_line(attempt, OutputLine("a", None, "stdout", text, text.encode()))
+    assert warm.still_stalled(stale) == []
+    assert warm.still_stalled([{"host": "a", "rank": 0, "pid": 9, "status": "training"}])  # its standby's own beats
 
 
 def test_spare_hosts_get_spare_keepers_and_only_under_the_warm_launcher():
@@ -394,3 +394,30 @@ def test_a_standby_waits_at_a_lower_priority_on_every_thread_and_is_raised_back_
     finally:
         worker.kill()
         worker.proc.wait()
+
+
+def test_standbys_are_raised_to_the_ranks_priority_once_the_ranks_joined_a_while_ago():
+    import os
+    import sys
+    import time
+
+    from orchestrator.engine import keeper
+
+    if not keeper._may_raise_priority():
+        pytest.skip("lowering a nice value needs root or RLIMIT_NICE")
+    program = "print('orchestrator-warm-ready', flush=True); import time; time.sleep(30)"
+    standby = keeper.Worker([sys.executable, "-c", program], dict(os.environ), keeper._Output(),
+                            nice=keeper.STANDBY_NICE)
+    node = keeper.Keeper.__new__(keeper.Keeper)  # only what _lift_standbys reads
+    node.standbys, node.session_low, base = [standby], False, os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        for formed_at in (None, time.monotonic()):  # a generation forming, one just formed: the standby stays low
+            node.formed_at = formed_at
+            node._lift_standbys()
+            assert os.getpriority(os.PRIO_PROCESS, standby.proc.pid) == base + keeper.STANDBY_NICE
+        node.formed_at = time.monotonic() - keeper.STANDBY_LIFT_S
+        node._lift_standbys()
+        assert os.getpriority(os.PRIO_PROCESS, standby.proc.pid) == base and standby.nice == 0
+    finally:
+        standby.kill()
+        standby.proc.wait()
