@@ -16,7 +16,8 @@ head sends it to every node).
 A node names the newest copies it has; when the head knows one of them (it keeps the file list and hashes of
 every tree it synced, under ~/.cache/orchestrator/manifests), the tar holds only the files that changed since,
 with the list of those removed, and the node hard-links the others from that copy: editing one file of a large
-tree sends one file. A chain carries one stream, so it gets a delta when all its nodes have the same base;
+tree sends one file. When no run holds that copy (job/inuse.py), the node turns it into the new version in place
+instead (unlink what changed, unpack the rest): a cost in changed files, not in files. A chain carries one stream, so it gets a delta when all its nodes have the same base;
 nodes with different bases get one stream per base (plan_bases). The head re-reads only the files whose stat
 changed since the last sync of that directory (a hash cache under ~/.cache/orchestrator/hashes, as git's
 index), so an unchanged tree costs its stats.
@@ -271,11 +272,13 @@ class SyncResult:
 
 async def sync_tree_async(tree: Tree, hosts: Sequence[str], *, ssh: SshOptions | None = None, python: str = "python3",
                           dest: str = "~/.cache/orchestrator/code", timeout: float = 600.0, mode: str = "relay",
-                          connect_timeout: float = 30.0,
+                          connect_timeout: float = 30.0, pin: bool = True,
                           on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, SyncResult]:
     """Bring `tree` to DEST/<digest> on every host; every host gets a result, never first-error-wins.
 
     mode: 'relay' (the head sends each stream once, node to node), 'parallel' (to every node from the head).
+    pin: code will run from the copy: no other sync turns it into a newer version for PIN_S s (job/inuse.py), by
+    when the run holds it itself. False when nothing runs from it (a benchmark).
     on_progress(host, bytes received, bytes in all)."""
     if mode not in SYNC_MODES:
         raise ConfigError("mode", mode, f"use one of {', '.join(SYNC_MODES)}")
@@ -297,7 +300,7 @@ async def sync_tree_async(tree: Tree, hosts: Sequence[str], *, ssh: SshOptions |
     async def one_round(hosts: list[str], deltas: bool) -> list[str]:
         """Sync `hosts`; -> those whose copy could not take a delta (to be sent the whole tree)."""
         nodes: dict[str, Node] = {}
-        spec = {"dest": dest, "digest": tree.digest, "token": secrets.token_hex(16)}
+        spec = {"dest": dest, "digest": tree.digest, "token": secrets.token_hex(16), "pin": pin}
 
         async def probe(host: str) -> None:
             try:

@@ -17,7 +17,9 @@ the job exit-code contract (launchers/README.md). With the warm launcher (plan.l
 runs for the engine) node 0's argv is its keeper's (engine/keeper.py): the node entry puts SLURM_NODEID in
 --node-rank, node rank x --nproc-per-node in --first-rank and the Slurm node name in --host, gives the keeper a
 private temp dir under ORCH_RUN_TMPDIR (/dev/shm under the supervisor: its snapshots live in memory and go with
-the step) and runs it in this process; the keeper restarts a failed rank inside the step.
+the step) and runs it in this process; the keeper restarts a failed rank inside the step. The node entry holds a
+shared lock on its working directory while the step runs (job/inuse.py: a synced code copy is not turned into
+a newer version under it).
 
     0  every rank finished
     1  restartable: a rank crashed, was killed, or this node was told to stop because another node failed
@@ -44,6 +46,7 @@ from orchestrator.contracts import RUN_TMPDIR
 from orchestrator.engine.warm import event_line
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
 from orchestrator.hosts import Host, HostList, fold
+from orchestrator.job.inuse import Moved, hold, release
 from orchestrator.launch.torchrun import PREFIX_ENV, RANK_PREFIX_TEMPLATE
 from orchestrator.slurm import Allocation, require_allocation
 
@@ -224,6 +227,12 @@ def node_main(argv: Sequence[str]) -> int:
     # which would outrank a peer's 2 in srun's exit code.
     signal.signal(signal.SIGTERM, _stopped_by_slurm)
     signal.signal(signal.SIGUSR1, _stopped_by_slurm)  # the supervisor's stop (the keeper's own handler takes over)
+    cwd = os.getcwd()
+    try:
+        held = hold(cwd)  # srun's --chdir: a synced code copy is not turned into another version under the step
+    except Moved as exc:
+        log.error("node %s: %s: %s; sync again", os.environ.get("SLURMD_NODENAME", "?"), cwd, exc.strerror)
+        return EXIT_RESTARTABLE
     tmp = private_tmpdir(os.environ.get(RUN_TMPDIR) if keeper else None)
     code = EXIT_RESTARTABLE
     try:
@@ -232,6 +241,7 @@ def node_main(argv: Sequence[str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         shutil.rmtree(tmp, ignore_errors=True)
+        release(held, cwd)
         if keeper:  # all of this node's run is gone: the supervisor ends a step that waits on a lost node only
             print(event_line("node_exit", code=code), flush=True)
 

@@ -20,16 +20,20 @@ survive) and ORCH_RUN_AGENT=<agent pid> (what this agent kills: another agent of
 machine keeps its own). A command whose env holds ORCH_RUN_TMPDIR=<base> (what `orchestrator launch` sends)
 gets a private temp dir, <base>/orch-<run id>-<agent pid>, as TMPDIR and ORCH_RUN_TMPDIR; the agent removes it
 once the command and what it left behind are gone, however the command ended (torchrun's per-rank files, the
-ranks' temp files). Only a SIGKILL of the agent itself leaves it behind. Env and argv come on stdin, never on
-the command line: nothing to quote, and values do not show in the node's process list. Stdlib only, Python
-3.6+: this file is the whole program on the node, started once per host per command, so it imports little (no
-json, no enum-based `signal`): on a busy node every millisecond of start-up is paid by every host.
+ranks' temp files). Only a SIGKILL of the agent itself leaves it behind. While the command runs, the agent holds
+a shared lock on its cwd (job/inuse.py): a synced code copy in use is never turned into a newer version. Env and
+argv come on stdin, never on the command line: nothing to quote, and values do not show in the node's process
+list. Stdlib only, Python 3.6+: this file (with job/inuse.py in front) is the whole program on the node, started
+once per host per command, so it imports little (no json, no enum-based `signal`): on a busy node every
+millisecond of start-up is paid by every host.
 """
 
 import os
 import select
 import sys
 import time
+
+from orchestrator.job.inuse import Moved, hold, release
 
 try:
     import _signal as signal  # the C module: same functions and constants, without importing enum
@@ -232,15 +236,23 @@ def run(run_id):
     env.update(spec["env"])
     env[RUN_TOKEN.encode()] = run_id.encode()
     env[AGENT_TOKEN.encode()] = str(os.getpid()).encode()
+    cwd = os.fsdecode(spec["cwd"])
+    try:
+        held = hold(cwd) if cwd else None  # a synced code copy is not turned into another version under the run
+    except Moved as exc:
+        sys.stderr.write("orchestrator agent: %s: %s; sync again\n" % (cwd, exc.strerror))
+        return 127
     try:
         tmpdir = make_run_tmpdir(env, run_id)
     except OSError as exc:
+        release(held, cwd)
         sys.stderr.write("orchestrator agent: cannot create the run's temp dir: %s\n" % exc)
         return 127
     try:
         return _supervise(spec, env)
     finally:
         remove_tree(tmpdir)  # after _supervise: the command and everything it left behind are gone by now
+        release(held, cwd)
 
 
 def _supervise(spec, env):

@@ -1,5 +1,6 @@
 """The node agent (orchestrator/remote/agent.py) as a real local process, fed its spec on stdin like fanout does."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.remote import agent
+from orchestrator.remote.fanout import agent_source
 
 
 @pytest.mark.parametrize("ending, code", [("exit 3", 3), ("sleep 60", agent.EXIT_NO_SPEC)])
@@ -14,7 +16,7 @@ def test_agent_gives_the_command_a_private_tmpdir_and_removes_it(tmp_path, endin
     """Removed when the command ends on its own, and when the head goes away (its control channel closes)."""
     command = f'touch "$TMPDIR/f" && echo "$TMPDIR" && {ending}'
     spec = agent.encode_spec(["sh", "-c", command], {agent.RUN_TMPDIR: str(tmp_path)}, None)
-    proc = subprocess.Popen([sys.executable, "-I", "-S", agent.__file__, "--run-id", "r1"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", agent_source(), "--run-id", "r1"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE)
     proc.stdin.write(spec)
     proc.stdin.flush()  # and keep it open: it is the control channel
@@ -25,3 +27,25 @@ def test_agent_gives_the_command_a_private_tmpdir_and_removes_it(tmp_path, endin
     assert proc.wait(timeout=10) == code
     proc.stdin.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_agent_holds_its_cwd_while_the_command_runs_then_pins_a_synced_copy(tmp_path):
+    """No receiver turns the run's code copy into another version under it, nor in the seconds after it ended
+    (a supervisor's next attempt, the launch after a setup)."""
+    from orchestrator.job import inuse
+
+    copy = tmp_path / ("c" * 64)
+    copy.mkdir()
+    (tmp_path / f"{copy.name}.files").write_bytes(b"")
+    spec = agent.encode_spec(["sh", "-c", "echo started; sleep 60"], {}, str(copy))
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", agent_source(), "--run-id", "r2"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc.stdin.write(spec)
+    proc.stdin.flush()
+    assert proc.stdout.readline() == b"started\n"
+    assert inuse.take(str(copy)) is None and not inuse.pinned(str(copy))
+    proc.stdin.close()  # the head is gone: the command is killed
+    assert proc.wait(timeout=10) == agent.EXIT_NO_SPEC
+    taken = inuse.take(str(copy))
+    assert taken is not None and inuse.pinned(str(copy))
+    os.close(taken)
