@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -91,7 +92,7 @@ def test_up_syncs_runs_and_records(sandbox, job):
     assert [ln.split(":")[0] for ln in one.stdout.splitlines()] == [f"{host}/3"]
 
 
-def test_stop_from_another_process_leaves_nothing(sandbox, job):
+def test_stop_from_another_process_leaves_nothing(sandbox, job, tmp_path):
     run_id = "up-stop"
     proc = subprocess.Popen([*ORCH, "up", "job.yaml", *ssh(sandbox), "--run-id", run_id,
                              "--set", "run=train.py --sleep 300"], cwd=job, stdout=subprocess.PIPE,
@@ -103,6 +104,7 @@ def test_stop_from_another_process_leaves_nothing(sandbox, job):
             p.read_bytes() for p in (job / "runs" / run_id / "logs").glob("*.log")), timeout=60)
         running = json.loads(orch("jobs", "--json", cwd=job).stdout)
         assert {r["id"]: r["state"] for r in running}[run_id] == "running"
+        _newer_version_leaves_the_running_copy_alone(sandbox, job, tmp_path, hosts)
         follow = subprocess.Popen([*ORCH, "logs", run_id, "--follow"], cwd=job,
                                   stdout=subprocess.PIPE, text=True)
         stopped = orch("stop", run_id, "--timeout", "30", cwd=job)
@@ -117,6 +119,26 @@ def test_stop_from_another_process_leaves_nothing(sandbox, job):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def _newer_version_leaves_the_running_copy_alone(sandbox, job, tmp_path, hosts):
+    """Another version synced while the run goes on, its sync's pin long expired: the run's agent holds the copy,
+    so the new one is linked from it and the run's copy stays as it is."""
+    from orchestrator.job.sync import read_tree, sync_tree
+    from orchestrator.remote.ssh import SshOptions
+
+    running, marker = read_tree(job / "code", exclude=("*.log",), cache=None), (job / "code" / "data.txt").read_text()
+    shutil.copytree(job / "code", tmp_path / "newer")
+    (tmp_path / "newer" / "data.txt").write_text("newer\n")
+    copy = f"/root/.cache/orchestrator/code/{running.digest}"
+    for host in hosts:
+        assert sandbox.exec(host, ["touch", "-d", "1 hour ago", f"{copy}.pin"]).returncode == 0
+    results = sync_tree(read_tree(tmp_path / "newer", exclude=("*.log",), cache=None), hosts, pin=False,
+                        ssh=SshOptions(config=str(sandbox.ssh_config), connect_timeout=5), python=sys.executable)
+    assert {(r.status, r.delta_from) for r in results.values()} == {("sent", running.digest)}, results
+    for host in hosts:
+        assert sandbox.exec(host, ["cat", f"{copy}/data.txt", f"{results[host].path}/data.txt"]).stdout \
+            == f"{marker}newer\n"
 
 
 def test_supervised_job_file(sandbox, job):
@@ -177,13 +199,24 @@ def test_sync_relays_node_to_node_with_deltas_and_a_lost_node(sandbox, tmp_path)
         (src / "d1" / "f1.py").write_text("edited\n")
         (src / "d2" / "f2.py").unlink()
         second = read_tree(src, cache=None)
-        results = sync_tree(second, chain, **opts)
+        results = sync_tree(second, chain, **opts, pin=False)
         assert {(r.status, r.delta_from) for r in results.values()} == {("sent", first.digest)}, results
         assert {listing(h, second.digest) for h in chain} == {str(sorted(
             (f, hashlib.sha256((src / f).read_bytes()).hexdigest()) for f in second.files)) + "\n"}
         inodes = sandbox.exec(chain[3], ["stat", "-c", "%i", f"{dest}/{first.digest}/d3/f3.py",
                                          f"{dest}/{second.digest}/d3/f3.py"]).stdout.split()
-        assert inodes[0] == inodes[1]  # linked from the node's previous copy, not sent
+        assert inodes[0] == inodes[1]  # linked from the node's previous copy (pinned by its sync), not sent
+
+        (src / "d0" / "f0.py").write_text("edited again\n")
+        fourth = read_tree(src, cache=None)
+        results = sync_tree(fourth, chain, **opts, pin=False)  # the last copy: nothing runs in it, nothing pinned it
+        assert {(r.status, r.delta_from) for r in results.values()} == {("sent", second.digest)}, results
+        assert {listing(h, fourth.digest) for h in chain} == {str(sorted(
+            (f, hashlib.sha256((src / f).read_bytes()).hexdigest()) for f in fourth.files)) + "\n"}
+        left = sandbox.exec(chain[3], ["ls", "-A", dest]).stdout.split()
+        assert second.digest not in left and f"{second.digest}.files" not in left, left  # turned into the new one
+        assert sandbox.exec(chain[3], ["stat", "-c", "%i", f"{dest}/{fourth.digest}/d3/f3.py"]).stdout.split() \
+            == inodes[:1]  # the same file, moved: no new link
 
         (src / "big.bin").write_bytes(os.urandom(32 << 20))  # long enough a stream to cut in the middle
         third, killed = read_tree(src, cache=None), []
@@ -202,6 +235,10 @@ def test_sync_relays_node_to_node_with_deltas_and_a_lost_node(sandbox, tmp_path)
             left = sandbox.exec(host, ["ls", "-A", dest]).stdout.split()
             assert third.digest not in left and not [n for n in left if n.startswith(".partial")], left
         assert wait_for(lambda: not any(b"TreeSink" in _cmdline(p) for h in chain for p in sandbox.pids(h)), 10)
+        assert [n for n in sandbox.exec(chain[1], ["ls", "-A", dest]).stdout.split() if n.startswith(".partial")]
+        assert sync_tree(third, chain[1:2], **opts)[chain[1]].ok  # the next receiver removes the killed one's
+        left = sandbox.exec(chain[1], ["ls", "-A", dest]).stdout.split()
+        assert third.digest in left and not [n for n in left if n.startswith((".partial", ".stale"))], left
     finally:
         for host in sandbox.hosts[2:7]:
             sandbox.exec(host, ["rm", "-rf", dest])
