@@ -12,8 +12,10 @@ fresh measurement (median of --runs, the methods interleaved):
   N hosts relay         sync_tree to node[1-N]: the head sends the tar once, node to node (the default)
   N hosts parallel      sync_tree(mode="parallel") to node[1-N]: the head sends the tar to every node at once
   re-sync (unchanged)   sync_tree to node[1-N] again: the tree is unchanged, every node already has its digest
-  re-sync (1 changed)   one file edited, then sync_tree to node[1-N]: every node has the previous version only
-                        (relay, and parallel)
+  re-sync (1 changed)   one file edited, then sync_tree to node[1-N]: every node has the previous version only,
+                        which nothing uses: each node turns it into the new version in place (relay, and parallel)
+  re-sync (1 ch.) in use  the same while the previous version's copy is in use (pinned by a sync for a run about
+                        to start, as a running run's lock would): each node links a new copy from it
   pdsh+rsync            `pdsh -R exec -w node[1-N] rsync -a -e 'ssh -F CFG' TREE/ %h:DEST/` (the usual hand-made
                         way), fresh and again after one file was edited
 
@@ -66,9 +68,11 @@ def timed(fn) -> float:
     return time.monotonic() - t0
 
 
-def ours(tree_dir: Path, hosts, ssh, mode="relay"):
+def ours(tree_dir: Path, hosts, ssh, mode="relay", pin=False):
+    """A timed sync; pin=False: no run starts from the copy (what `up` does pins it until its run holds it)."""
     def run():
-        results = sync_tree(read_tree(tree_dir), hosts, ssh=ssh, python=sys.executable, dest=DEST, mode=mode)
+        results = sync_tree(read_tree(tree_dir), hosts, ssh=ssh, python=sys.executable, dest=DEST, mode=mode,
+                            pin=pin)
         bad = [r for r in results.values() if not r.ok]
         if bad:
             raise SystemExit(f"sync failed: {bad}")
@@ -131,7 +135,8 @@ def main() -> int:
         if args.node_cpus:
             groups = cap_cpus(sb, args.node_cpus)
         hosts, ssh = sb.hosts, SshOptions(config=str(sb.ssh_config))
-        # (name, timed call, hosts, before it: "clear" the copies, "edit" one file, or nothing)
+        # (name, timed call, hosts, before it: "clear" the copies, "edit" one file, "pin, edit": an untimed sync
+        # that pins the current copy, then the edit; or nothing)
         methods = (
             ("one host", ours(args.tree, hosts[:1], ssh), hosts[:1], "clear"),
             (f"{len(hosts)} hosts relay", ours(args.tree, hosts, ssh), hosts, "clear"),
@@ -139,6 +144,7 @@ def main() -> int:
             ("re-sync (unchanged)", ours(args.tree, hosts, ssh), hosts, None),
             ("re-sync (1 changed)", ours(args.tree, hosts, ssh), hosts, "edit"),
             ("re-sync (1 ch.) parallel", ours(args.tree, hosts, ssh, "parallel"), hosts, "edit"),
+            ("re-sync (1 ch.) in use", ours(args.tree, hosts, ssh), hosts, "pin, edit"),
             ("pdsh+rsync", pdsh_rsync(args.tree, hosts, sb.ssh_config), hosts, "clear"),
             ("pdsh+rsync (1 changed)", pdsh_rsync(args.tree, hosts, sb.ssh_config), hosts, "edit"),
         )
@@ -148,6 +154,9 @@ def main() -> int:
             for name, fn, subset, before in methods:
                 if before == "clear":
                     clear(sb, subset)
+                elif before == "pin, edit":
+                    ours(args.tree, subset, ssh, pin=True)()
+                    edit_one_file(args.tree)
                 elif before == "edit":
                     edit_one_file(args.tree)
                 times[name].append(timed(fn))
