@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 
-__all__ = ["AGENT_TOKEN", "HEARTBEAT_ENV", "RELAY_KEY_ENV", "RUN_ID", "RUN_TMPDIR", "RUN_TOKEN", "STEP_TIMING_ENV",
+__all__ = ["AGENT_TOKEN", "CODE_PIN_ENV", "HEARTBEAT_ENV", "RELAY_KEY_ENV", "RUN_ID", "RUN_TMPDIR", "RUN_TOKEN", "STEP_TIMING_ENV",
            "new_run_id", "parse_step_dir", "signal_exit_code", "step_dir_name"]
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -32,6 +32,11 @@ AGENT_TOKEN = "ORCH_RUN_AGENT"
 
 RUN_TMPDIR = "ORCH_RUN_TMPDIR"
 """Env var asking the node agent for a private temp dir under its value; the command sees that dir in it."""
+
+CODE_PIN_ENV = "ORCH_CODE_PIN_S"
+"""Env var asking the node agent to keep its working directory, a synced code copy, pinned for this many seconds
+after the command ended (job/inuse.py): the next step of the same run follows (the launch after a setup, a
+supervisor's next attempt), and no sync of another version may take the copy meanwhile."""
 
 HEARTBEAT_ENV = "ORCH_HEARTBEAT_DIR"
 """Env var naming the directory where every rank writes its heartbeat file (engine/heartbeat.py)."""

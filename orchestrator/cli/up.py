@@ -154,6 +154,8 @@ def _sync(jp, ssh, hosts: list[str]) -> tuple[dict[str, str] | None, int]:
 
 
 def _setup(jp, ssh, run: Path, workdirs, hosts: list[str]) -> int:
+    from orchestrator.contracts import CODE_PIN_ENV
+    from orchestrator.job.inuse import PIN_S
     from orchestrator.job.setup import setup_argv
     from orchestrator.launch.rundir import RunDir
     from orchestrator.remote import run_on
@@ -167,7 +169,8 @@ def _setup(jp, ssh, run: Path, workdirs, hosts: list[str]) -> int:
             click.echo(text, err=stream == "stderr")
 
         result = run_on(hosts, setup_argv(script=jp.job.spec.setup_script, digest=jp.tree.digest if jp.tree else ""),
-                        ssh=ssh, cwd=(lambda h: workdirs[h]) if workdirs else None, env=jp.env.values,
+                        ssh=ssh, cwd=(lambda h: workdirs[h]) if workdirs else None,
+                        env={**jp.env.values, CODE_PIN_ENV: str(PIN_S)},  # the copy is kept for the launch
                         python=jp.job.spec.python, run_id=f"{jp.run_id}-setup", on_line=on_line)
     for line in result.grouped_failures():
         click.echo(f"[orch] setup failed: {line}", err=True)

@@ -3,13 +3,15 @@ sync pins the copy it made (or found) until its run starts. The receiver turns a
 place only when it can lock it exclusively and no pin is fresh; otherwise it links a new copy.
 
     fd = hold(path)                # shared flock on the directory, kept while fd is open (None: no such directory)
-    release(fd, path)              # the run ended: close, and pin a synced copy (a restart may follow)
+    release(fd, path, pin_s=30)    # the command ended: close; a synced copy stays pinned pin_s s (0: not)
     fd = take(path)                # exclusive, non-blocking: None while anything holds the copy
-    pin(path); pinned(path)        # DEST/<digest>.pin, fresh for PIN_S s after it was written
+    pin(path); pinned(path)        # DEST/<digest>.pin: its mtime is when the pin ends (PIN_S s from now)
 
 Why a lock and a pin: the lock lives with the process that runs the code (node agent, Slurm node entry), so a
 killed run frees its copy at once; the pin covers the seconds in which no such process exists yet: between the
-sync and the setup, the setup and the launch, and between a supervisor's attempts. Node code, stdlib only: it
+sync and the setup (the sync's pin), the setup and the launch, and between a supervisor's attempts (the agent
+pins the copy as its command ends when the run asks for it, contracts.CODE_PIN_ENV). A run that ended leaves
+no pin: the next version may take its copy at once. Node code, stdlib only: it
 travels inline in agent.py and receive.py.
 """
 
@@ -84,29 +86,37 @@ def is_copy(path):
     return len(name) == 64 and HEX.issuperset(name) and os.path.exists(path + ".files")
 
 
-def pin(path):
-    """Keep the copy `path` from being moved for PIN_S s (a run is about to start in it)."""
+def pin(path, seconds=PIN_S):
+    """Keep the copy `path` from being moved for `seconds` (a run is about to start in it); a longer pin that is
+    already there stays."""
     name = path.rstrip("/") + ".pin"
+    until = time.time() + seconds
+    if _pin_end(name) >= until:
+        return
     with open(name, "w"):
         pass
-    os.utime(name)
+    os.utime(name, (until, until))
 
 
-def pinned(path, within=PIN_S):
+def _pin_end(name):
     try:
-        return time.time() - os.stat(path.rstrip("/") + ".pin").st_mtime < within
+        return os.stat(name).st_mtime
     except OSError:
-        return False
+        return 0.0
 
 
-def release(fd, path):
-    """End of a run in `path`: a synced copy stays pinned a while (the next attempt, or the launch after a setup),
-    then the lock goes."""
+def pinned(path):
+    return _pin_end(path.rstrip("/") + ".pin") > time.time()
+
+
+def release(fd, path, pin_s=0.0):
+    """The command in `path` ended: a synced copy stays pinned `pin_s` s when the run goes on (the launch after a
+    setup, a supervisor's next attempt), then the lock goes."""
     if fd is None:
         return
     try:
-        if is_copy(path):
-            pin(path)
+        if pin_s > 0 and is_copy(path):
+            pin(path, pin_s)
     except OSError:
         pass  # a read-only cache: the lock was the protection that mattered
     finally:

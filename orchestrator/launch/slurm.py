@@ -42,7 +42,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 
-from orchestrator.contracts import RUN_TMPDIR
+from orchestrator.contracts import CODE_PIN_ENV, RUN_TMPDIR
 from orchestrator.engine.warm import event_line
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
 from orchestrator.hosts import Host, HostList, fold
@@ -241,7 +241,7 @@ def node_main(argv: Sequence[str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         shutil.rmtree(tmp, ignore_errors=True)
-        release(held, cwd)
+        release(held, cwd, float(os.environ.get(CODE_PIN_ENV) or 0))  # a supervisor's next step follows
         if keeper:  # all of this node's run is gone: the supervisor ends a step that waits on a lost node only
             print(event_line("node_exit", code=code), flush=True)
 

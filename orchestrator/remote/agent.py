@@ -21,7 +21,8 @@ machine keeps its own). A command whose env holds ORCH_RUN_TMPDIR=<base> (what `
 gets a private temp dir, <base>/orch-<run id>-<agent pid>, as TMPDIR and ORCH_RUN_TMPDIR; the agent removes it
 once the command and what it left behind are gone, however the command ended (torchrun's per-rank files, the
 ranks' temp files). Only a SIGKILL of the agent itself leaves it behind. While the command runs, the agent holds
-a shared lock on its cwd (job/inuse.py): a synced code copy in use is never turned into a newer version. Env and
+a shared lock on its cwd (job/inuse.py): a synced code copy in use is never turned into a newer version; with
+ORCH_CODE_PIN_S=<s> the copy stays pinned that long after the command (the run's next step follows). Env and
 argv come on stdin, never on the command line: nothing to quote, and values do not show in the node's process
 list. Stdlib only, Python 3.6+: this file (with job/inuse.py in front) is the whole program on the node, started
 once per host per command, so it imports little (no json, no enum-based `signal`): on a busy node every
@@ -44,6 +45,7 @@ except ImportError:  # pragma: no cover - other interpreters
 RUN_TOKEN = "ORCH_RUN_ID"
 AGENT_TOKEN = "ORCH_RUN_AGENT"
 RUN_TMPDIR = "ORCH_RUN_TMPDIR"
+CODE_PIN_ENV = "ORCH_CODE_PIN_S"
 GRACE_S = 2.0  # SIGTERM first; SIGKILL what is still there after this
 DEADLINE_S = 4.5  # give up (and report what remains) before the 5 s promise runs out
 EXIT_NO_SPEC = 255  # the head went away before saying what to run
@@ -252,7 +254,14 @@ def run(run_id):
         return _supervise(spec, env)
     finally:
         remove_tree(tmpdir)  # after _supervise: the command and everything it left behind are gone by now
-        release(held, cwd)
+        release(held, cwd, _seconds(env.get(CODE_PIN_ENV.encode())))
+
+
+def _seconds(value):
+    try:
+        return float(value or 0)
+    except ValueError:
+        return 0.0
 
 
 def _supervise(spec, env):

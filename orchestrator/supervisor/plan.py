@@ -28,10 +28,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.contracts import HEARTBEAT_ENV, RELAY_KEY_ENV, STEP_TIMING_ENV
+from orchestrator.contracts import CODE_PIN_ENV, HEARTBEAT_ENV, RELAY_KEY_ENV, STEP_TIMING_ENV
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, expand
 from orchestrator.inline import shown_argv
+from orchestrator.job.inuse import PIN_S
 from orchestrator.selection import resolve_hosts
 from orchestrator.launch.env import EnvManifest
 from orchestrator.launch.plan import WARM_MODULE, LaunchPlan, LaunchSpec, build_plan
@@ -174,7 +175,9 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host], spares: 
     that is not shared, every node's launcher under the forwarder (relay.py; under Slurm SlurmSteps puts it in
     front of the node entry instead)."""
     spec = cfg.spec
-    ours = {HEARTBEAT_ENV: str((cfg.run_dir / "heartbeat").resolve())}
+    # the code copy is kept between attempts: teardown, health check and backoff pass before the next one holds it
+    pin_s = cfg.limits.backoff_max_s + (cfg.health_timeout or 0) + PIN_S
+    ours = {HEARTBEAT_ENV: str((cfg.run_dir / "heartbeat").resolve()), CODE_PIN_ENV: f"{pin_s:g}"}
     if cfg.straggler.action == "off":
         ours[STEP_TIMING_ENV] = "0"
     if not cfg.shared_run_dir:

@@ -16,8 +16,8 @@ ENGINE = Path(contracts.__file__).parent / "engine"
 
 
 def test_the_inline_agents_keep_the_contracts_values():
-    assert (agent.RUN_TOKEN, agent.AGENT_TOKEN, agent.RUN_TMPDIR) == \
-        (contracts.RUN_TOKEN, contracts.AGENT_TOKEN, contracts.RUN_TMPDIR)
+    assert (agent.RUN_TOKEN, agent.AGENT_TOKEN, agent.RUN_TMPDIR, agent.CODE_PIN_ENV) == \
+        (contracts.RUN_TOKEN, contracts.AGENT_TOKEN, contracts.RUN_TMPDIR, contracts.CODE_PIN_ENV)
     assert f"{contracts.RUN_TOKEN}=$r {contracts.AGENT_TOKEN}=$$ " in sh_agent_source()
     assert all(agent.signal_exit_code(s) == contracts.signal_exit_code(s) for s in signal.valid_signals())
     assert (forwarder.HEARTBEAT_ENV, forwarder.RUN_TMPDIR, forwarder.RELAY_KEY_ENV) == \

@@ -29,15 +29,17 @@ def test_agent_gives_the_command_a_private_tmpdir_and_removes_it(tmp_path, endin
     assert list(tmp_path.iterdir()) == []
 
 
-def test_agent_holds_its_cwd_while_the_command_runs_then_pins_a_synced_copy(tmp_path):
-    """No receiver turns the run's code copy into another version under it, nor in the seconds after it ended
-    (a supervisor's next attempt, the launch after a setup)."""
+@pytest.mark.parametrize("pin_s", [None, "60"])
+def test_agent_holds_its_cwd_while_the_command_runs_and_pins_it_when_the_run_goes_on(tmp_path, pin_s):
+    """No receiver turns the run's code copy into another version under it, nor, when the run asks (a setup before
+    the launch, a supervisor's attempt), in the seconds after it ended; a run that ended leaves it free."""
     from orchestrator.job import inuse
 
     copy = tmp_path / ("c" * 64)
     copy.mkdir()
     (tmp_path / f"{copy.name}.files").write_bytes(b"")
-    spec = agent.encode_spec(["sh", "-c", "echo started; sleep 60"], {}, str(copy))
+    env = {agent.CODE_PIN_ENV: pin_s} if pin_s else {}
+    spec = agent.encode_spec(["sh", "-c", "echo started; sleep 60"], env, str(copy))
     proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", agent_source(), "--run-id", "r2"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     proc.stdin.write(spec)
@@ -47,5 +49,5 @@ def test_agent_holds_its_cwd_while_the_command_runs_then_pins_a_synced_copy(tmp_
     proc.stdin.close()  # the head is gone: the command is killed
     assert proc.wait(timeout=10) == agent.EXIT_NO_SPEC
     taken = inuse.take(str(copy))
-    assert taken is not None and inuse.pinned(str(copy))
+    assert taken is not None and inuse.pinned(str(copy)) == bool(pin_s)
     os.close(taken)
