@@ -11,8 +11,8 @@ Why a lock and a pin: the lock lives with the process that runs the code (node a
 killed run frees its copy at once; the pin covers the seconds in which no such process exists yet: between the
 sync and the setup (the sync's pin), the setup and the launch, and between a supervisor's attempts (the agent
 pins the copy as its command ends when the run asks for it, contracts.CODE_PIN_ENV). A run that ended leaves
-no pin: the next version may take its copy at once. Node code, stdlib only: it
-travels inline in agent.py and receive.py.
+no pin: the next version may take its copy at once. Node code, stdlib only: it travels inline in agent.py and
+receive.py.
 """
 
 import errno
