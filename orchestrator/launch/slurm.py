@@ -17,9 +17,9 @@ the job exit-code contract (launchers/README.md). With the warm launcher (plan.l
 runs for the engine) node 0's argv is its keeper's (engine/keeper.py): the node entry puts SLURM_NODEID in
 --node-rank, node rank x --nproc-per-node in --first-rank and the Slurm node name in --host, gives the keeper a
 private temp dir under ORCH_RUN_TMPDIR (/dev/shm under the supervisor: its snapshots live in memory and go with
-the step) and runs it in this process; the keeper restarts a failed rank inside the step. The node entry holds a
-shared lock on its working directory while the step runs (job/inuse.py: a synced code copy is not turned into
-a newer version under it).
+the step) and runs it in this process; the keeper restarts a failed rank inside the step. When its working
+directory is a synced code copy, the node entry holds a shared lock on it while the step runs (job/inuse.py: the
+copy is not turned into a newer version under it).
 
     0  every rank finished
     1  restartable: a rank crashed, was killed, or this node was told to stop because another node failed
@@ -46,7 +46,7 @@ from orchestrator.contracts import CODE_PIN_ENV, RUN_TMPDIR
 from orchestrator.engine.warm import event_line
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
 from orchestrator.hosts import Host, HostList, fold
-from orchestrator.job.inuse import Moved, hold, release
+from orchestrator.job.inuse import Moved, hold, is_copy, release
 from orchestrator.launch.torchrun import PREFIX_ENV, RANK_PREFIX_TEMPLATE
 from orchestrator.slurm import Allocation, require_allocation
 
@@ -229,7 +229,8 @@ def node_main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGUSR1, _stopped_by_slurm)  # the supervisor's stop (the keeper's own handler takes over)
     cwd = os.getcwd()
     try:
-        held = hold(cwd)  # srun's --chdir: a synced code copy is not turned into another version under the step
+        # srun's --chdir: a synced code copy is not turned into another version under the step (no lock elsewhere)
+        held = hold(cwd) if is_copy(cwd) else None
     except Moved as exc:
         log.error("node %s: %s: %s; sync again", os.environ.get("SLURMD_NODENAME", "?"), cwd, exc.strerror)
         return EXIT_RESTARTABLE

@@ -20,9 +20,9 @@ survive) and ORCH_RUN_AGENT=<agent pid> (what this agent kills: another agent of
 machine keeps its own). A command whose env holds ORCH_RUN_TMPDIR=<base> (what `orchestrator launch` sends)
 gets a private temp dir, <base>/orch-<run id>-<agent pid>, as TMPDIR and ORCH_RUN_TMPDIR; the agent removes it
 once the command and what it left behind are gone, however the command ended (torchrun's per-rank files, the
-ranks' temp files). Only a SIGKILL of the agent itself leaves it behind. While the command runs, the agent holds
-a shared lock on its cwd (job/inuse.py): a synced code copy in use is never turned into a newer version; with
-ORCH_CODE_PIN_S=<s> the copy stays pinned that long after the command (the run's next step follows). Env and
+ranks' temp files). Only a SIGKILL of the agent itself leaves it behind. While the command runs in a synced code
+copy, the agent holds a shared lock on it (job/inuse.py), so the copy is never turned into a newer version under
+it; with ORCH_CODE_PIN_S=<s> the copy stays pinned that long after the command (the run's next step follows). Env and
 argv come on stdin, never on the command line: nothing to quote, and values do not show in the node's process
 list. Stdlib only, Python 3.6+: this file (with job/inuse.py in front) is the whole program on the node, started
 once per host per command, so it imports little (no json, no enum-based `signal`): on a busy node every
@@ -34,7 +34,7 @@ import select
 import sys
 import time
 
-from orchestrator.job.inuse import Moved, hold, release
+from orchestrator.job.inuse import Moved, hold, is_copy, release
 
 try:
     import _signal as signal  # the C module: same functions and constants, without importing enum
@@ -240,7 +240,8 @@ def run(run_id):
     env[AGENT_TOKEN.encode()] = str(os.getpid()).encode()
     cwd = os.fsdecode(spec["cwd"])
     try:
-        held = hold(cwd) if cwd else None  # a synced code copy is not turned into another version under the run
+        # a synced code copy is not turned into another version under the run (no lock taken anywhere else)
+        held = hold(cwd) if cwd and is_copy(cwd) else None
     except Moved as exc:
         sys.stderr.write("orchestrator agent: %s: %s; sync again\n" % (cwd, exc.strerror))
         return 127
