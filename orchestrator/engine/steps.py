@@ -50,10 +50,10 @@ def run_steps(*, start: int, cfg: EngineConfig, rank: int, heartbeat, step, save
         snapped: dict = {}
         for n in range(start + 1, t.steps + 1):
             record = step(n) | snapped
-            kept = dict(record)  # what a restore of this step's snapshot writes if this record never was
+            snapped, snap = {}, snapshot is not None and t.snapshot_every and n % t.snapshot_every == 0
+            kept = dict(record) if snap else None  # what a restore of the snapshot writes if this never was
             if n == start + 1 and start:
                 record |= {"resumed_from": start, **(resumed or {})}
-            snapped, snap = {}, snapshot is not None and t.snapshot_every and n % t.snapshot_every == 0
             if t.checkpoint_every and (n % t.checkpoint_every == 0 or n == t.steps):
                 if snap:  # before the disk save: its copy reaches the peer node while the save runs
                     snapped, snap = snapshot(n, kept) or {}, False

@@ -3,6 +3,7 @@ sync pins the copy it made (or found) until its run starts. The receiver turns a
 place only when it can lock it exclusively and no pin is fresh; otherwise it links a new copy.
 
     fd = hold(path)                # shared flock on the directory, kept while fd is open (None: no such directory)
+    fd = hold_run(cwd)             # the same for a run's working directory, when it is a synced copy (else None)
     release(fd, path, pin_s=30)    # the command ended: close; a synced copy stays pinned pin_s s (0: not)
     fd = take(path)                # exclusive, non-blocking: None while anything holds the copy
     pin(path); pinned(path)        # DEST/<digest>.pin: its mtime is when the pin ends (PIN_S s from now)
@@ -59,6 +60,20 @@ def hold(path):
         os.close(fd)
         raise Moved(errno.ENOENT, "the code copy was turned into a newer version while the run started", path)
     return fd
+
+
+def hold_run(cwd):
+    """hold() of a run's working directory when it is a synced copy (is_copy), else None: no lock is taken on any
+    other directory (a file system such as NFS may not support it, or hang on it)."""
+    return hold(cwd) if cwd and is_copy(cwd) else None
+
+
+def pin_seconds(value):
+    """CODE_PIN_ENV's value (str or bytes) in seconds; 0 when unset or not a number."""
+    try:
+        return float(value or 0)
+    except ValueError:
+        return 0.0
 
 
 def take(path):

@@ -46,7 +46,7 @@ from orchestrator.contracts import CODE_PIN_ENV, RUN_TMPDIR
 from orchestrator.engine.warm import event_line
 from orchestrator.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError
 from orchestrator.hosts import Host, HostList, fold
-from orchestrator.job.inuse import Moved, hold, is_copy, release
+from orchestrator.job.inuse import Moved, hold_run, pin_seconds, release
 from orchestrator.launch.torchrun import PREFIX_ENV, RANK_PREFIX_TEMPLATE
 from orchestrator.slurm import Allocation, require_allocation
 
@@ -229,8 +229,7 @@ def node_main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGUSR1, _stopped_by_slurm)  # the supervisor's stop (the keeper's own handler takes over)
     cwd = os.getcwd()
     try:
-        # srun's --chdir: a synced code copy is not turned into another version under the step (no lock elsewhere)
-        held = hold(cwd) if is_copy(cwd) else None
+        held = hold_run(cwd)  # srun's --chdir: a synced code copy is not turned into another version under the step
     except Moved as exc:
         log.error("node %s: %s: %s; sync again", os.environ.get("SLURMD_NODENAME", "?"), cwd, exc.strerror)
         return EXIT_RESTARTABLE
@@ -242,7 +241,7 @@ def node_main(argv: Sequence[str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         shutil.rmtree(tmp, ignore_errors=True)
-        release(held, cwd, float(os.environ.get(CODE_PIN_ENV) or 0))  # a supervisor's next step follows
+        release(held, cwd, pin_seconds(os.environ.get(CODE_PIN_ENV)))  # a supervisor's next step follows
         if keeper:  # all of this node's run is gone: the supervisor ends a step that waits on a lost node only
             print(event_line("node_exit", code=code), flush=True)
 

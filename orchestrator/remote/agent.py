@@ -34,7 +34,7 @@ import select
 import sys
 import time
 
-from orchestrator.job.inuse import Moved, hold, is_copy, release
+from orchestrator.job.inuse import Moved, hold_run, pin_seconds, release
 
 try:
     import _signal as signal  # the C module: same functions and constants, without importing enum
@@ -240,8 +240,7 @@ def run(run_id):
     env[AGENT_TOKEN.encode()] = str(os.getpid()).encode()
     cwd = os.fsdecode(spec["cwd"])
     try:
-        # a synced code copy is not turned into another version under the run (no lock taken anywhere else)
-        held = hold(cwd) if cwd and is_copy(cwd) else None
+        held = hold_run(cwd)  # a synced code copy is not turned into another version under the run
     except Moved as exc:
         sys.stderr.write("orchestrator agent: %s: %s; sync again\n" % (cwd, exc.strerror))
         return 127
@@ -255,14 +254,7 @@ def run(run_id):
         return _supervise(spec, env)
     finally:
         remove_tree(tmpdir)  # after _supervise: the command and everything it left behind are gone by now
-        release(held, cwd, _seconds(env.get(CODE_PIN_ENV.encode())))
-
-
-def _seconds(value):
-    try:
-        return float(value or 0)
-    except ValueError:
-        return 0.0
+        release(held, cwd, pin_seconds(env.get(CODE_PIN_ENV.encode())))
 
 
 def _supervise(spec, env):

@@ -185,8 +185,7 @@ def test_a_run_dir_private_to_each_node_comes_back_through_the_srun_step(cluster
     sandbox, _ = cluster
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    for host in sandbox.hosts:
-        sandbox.private_dir(host, str(run_dir))
+    private = {host: sandbox.private_dir(host, str(run_dir)) for host in sandbox.hosts}  # as the head sees each
     log = tmp_path / "supervise.log"
     argv = ["salloc", "--nodes=2", *supervise_argv(tmp_path, run_dir, "--no-shared-run-dir", "--hang-timeout", "10",
                                                    "--straggler-action", "off", engine=("--checkpoint-local",))]
@@ -207,7 +206,7 @@ def test_a_run_dir_private_to_each_node_comes_back_through_the_srun_step(cluster
     assert {json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()} == \
         set(range(1, STEPS + 1))
     launch = next(e for e in evs if e["event"] == "launch")
-    mine = {h: sandbox.host_dir(h) / "dirs" / str(run_dir).strip("/").replace("/", "_") for h in launch["hosts"]}
+    mine = {h: private[h] for h in launch["hosts"]}
     assert all((d / "node-checkpoints").is_dir() for d in mine.values()) and not (run_dir / "node-checkpoints").exists()
     assert not any((d / "heartbeat").exists() or (d / "events.jsonl").exists() for d in mine.values())
     assert b"\x1frelay" not in b"".join(p.read_bytes() for p in Path(launch["logs"]).glob("*.log"))
