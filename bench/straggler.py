@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python bench/straggler.py                       # all three parts, 3-host sandbox of its own
     sudo .venv/bin/python bench/straggler.py --parts overhead --overhead-runs 5
+    sudo .venv/bin/python bench/straggler.py --parts clean --clean-minutes 30      # false alarms over 30 minutes
 
 Parts (the tiny engine, 2 ranks, gloo; OMP_NUM_THREADS=1):
   overhead  the engine with the rank-local timing on and off (ORCH_STEP_TIMING=1/0, heartbeat on in both), runs
@@ -117,7 +118,8 @@ class Floor:
 
 
 def supervised(sb, work: Path, name: str, hosts: list[str], spare: str | None, *, steps: int, every: int,
-               threshold: float, window: int, action: str, cap: tuple[str, float, int] | None) -> dict:
+               threshold: float, window: int, action: str, cap: tuple[str, float, int] | None,
+               minutes: float = 15) -> dict:
     from orchestrator.sandbox.faults import cap_cpu
 
     run_dir = work / name
@@ -130,7 +132,7 @@ def supervised(sb, work: Path, name: str, hosts: list[str], spare: str | None, *
     proc = subprocess.Popen(argv, stdout=open(run_dir / "supervise.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
     floor, capped_step, capped_at = Floor(window), None, None
     with contextlib.ExitStack() as undo:
-        deadline = time.time() + 900
+        deadline = time.time() + minutes * 60
         while proc.poll() is None and time.time() < deadline:
             floor.poll(run_dir / "heartbeat")
             if cap and capped_step is None:
@@ -173,6 +175,8 @@ def main() -> int:
     ap.add_argument("--overhead-steps", type=int, default=300)
     ap.add_argument("--clean-runs", type=int, default=1)
     ap.add_argument("--clean-steps", type=int, default=400)
+    ap.add_argument("--clean-minutes", type=float, default=None,
+                    help="run each clean run this long instead (stopped by Ctrl-C), e.g. 30")
     ap.add_argument("--clean-threshold", type=float, default=1.10, help="the supervisor's, in the clean runs")
     ap.add_argument("--threshold", type=float, default=2.0, help="the supervisor's, in the fault run")
     ap.add_argument("--window", type=int, default=50, help="--straggler-steps")
@@ -203,9 +207,10 @@ def main() -> int:
         try:
             a, b, spare = sb.hosts
             for n in range(args.clean_runs if "clean" in parts else 0):
-                print(json.dumps(supervised(sb, work, f"clean-{n}", [a, b], None, steps=args.clean_steps, every=20,
+                steps = args.clean_steps if args.clean_minutes is None else 10**6
+                print(json.dumps(supervised(sb, work, f"clean-{n}", [a, b], None, steps=steps, every=20,
                                             threshold=args.clean_threshold, window=args.window, action="name",
-                                            cap=None)), flush=True)
+                                            cap=None, minutes=args.clean_minutes or 15)), flush=True)
             if "fault" in parts:
                 print(json.dumps(supervised(sb, work, "fault", [a, b], spare, steps=args.fault_steps, every=20,
                                             threshold=args.threshold, window=args.window, action="replace",
