@@ -99,14 +99,16 @@ def timing_cost_us() -> dict:
 
 # ---- supervised runs --------------------------------------------------------------------------------------------
 class Floor:
-    """A detector of our own over the run's heartbeat files: the largest slowdown each host reached."""
+    """A detector of our own over the run's heartbeat files: the largest slowdown each host reached, and every
+    window it closed (one JSON line each in `log`: time, step, host -> [steps, slowdown])."""
 
-    def __init__(self, steps: int):
+    def __init__(self, steps: int, log: Path):
         from orchestrator.supervisor.straggler import StragglerDetector, StragglerOptions
 
         self.detector = StragglerDetector(StragglerOptions(threshold=1e9, steps=steps))
         self.peak: dict[str, float] = {}
         self.beats: dict[str, dict] = {}
+        self.log, self.last = log.open("a"), {}
 
     def poll(self, heartbeat_dir: Path) -> None:
         from orchestrator.engine.heartbeat import read_heartbeats
@@ -115,6 +117,14 @@ class Floor:
         self.detector.observe(self.beats)
         for host, value in self.detector.slowdowns().items():
             self.peak[host] = max(self.peak.get(host, 0.0), value)
+        hosts = {b.get("host") for b in self.beats.values()}
+        newest = {h: w[-1] for h in hosts if h and (w := self.detector.windows(h))}
+        if newest and any(self.last.get(h) is not w for h, w in newest.items()):
+            self.last = newest
+            step = max((int(b.get("step", 0)) for b in self.beats.values()), default=0)
+            self.log.write(json.dumps({"t": round(time.time(), 2), "step": step,
+                                       **{h: [w.steps, round(w.slowdown, 4)] for h, w in newest.items()}}) + "\n")
+            self.log.flush()
 
 
 def supervised(sb, work: Path, name: str, hosts: list[str], spare: str | None, *, steps: int, every: int,
@@ -130,7 +140,7 @@ def supervised(sb, work: Path, name: str, hosts: list[str], spare: str | None, *
             "--straggler-steps", str(window), "--straggler-action", action,
             *(["--spare-hosts", spare] if spare else []), *engine(run_dir, steps, every)]
     proc = subprocess.Popen(argv, stdout=open(run_dir / "supervise.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
-    floor, capped_step, capped_at = Floor(window), None, None
+    floor, capped_step, capped_at = Floor(window, run_dir / "windows.jsonl"), None, None
     with contextlib.ExitStack() as undo:
         deadline = time.time() + minutes * 60
         while proc.poll() is None and time.time() < deadline:

@@ -154,6 +154,10 @@ class StragglerDetector:
             history.append(window)
             del history[:-keep]
 
+    def windows(self, host: str) -> list[_Window]:
+        """The host's kept windows (steps, slowdown, compute_ms, median_ms), oldest first."""
+        return list(self._history.get(host, []))
+
     def recent(self, host: str) -> list[_Window] | None:
         """The host's newest windows that cover the last `steps` steps (at least 3), oldest first; None before."""
         recent, covered = [], 0
