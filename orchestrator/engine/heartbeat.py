@@ -25,6 +25,9 @@ Contract (for the supervisor):
   differences two beats for the mean over any span of steps -- a median would miss a host under a CPU quota,
   whose pauses land in a short section in only some steps (measured: median unchanged, mean 4x). With
   ORCH_STEP_TIMING=0 nothing is timed and the fields are absent.
+- "flight_recorder", present once the rank armed its dumper (engine/flight_recorder.py): the path its
+  flight recorder dump goes to on SIGUSR2. Only ranks that carry it may be sent the signal (its default action
+  ends a process).
 The directory is shared with the supervisor's head, or node-local: under `supervise --no-shared-run-dir` a
 forwarder on each node sends the changed files to the head over SSH (supervisor/forwarder.py).
 """
@@ -62,6 +65,8 @@ class Heartbeat:
     compute_group: str = ""
     compute_s: float = 0.0
     compute_steps: int = 0
+    flight_recorder: str | None = None
+    """Where this rank dumps its flight recorder on SIGUSR2, once armed (flight_recorder.py)."""
 
     @classmethod
     def from_env(cls, *, rank: int, local_rank: int, world_size: int) -> Heartbeat:
@@ -94,6 +99,8 @@ class Heartbeat:
                   "time": time.time()}
         if self.steps is not None:
             record["steps"] = self.steps
+        if self.flight_recorder:
+            record["flight_recorder"] = self.flight_recorder
         if self.compute_steps:
             record |= {"compute_s": self.compute_s, "compute_steps": self.compute_steps,
                        "compute_group": self.compute_group}

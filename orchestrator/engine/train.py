@@ -44,10 +44,12 @@ def train(cfg: EngineConfig) -> dict[str, Any]:
 
         return deepspeed_engine.train(cfg)
     rank, local_rank, world_size = world_from_env()
+    from orchestrator.engine import flight_recorder
     from orchestrator.engine.heartbeat import Heartbeat
 
     heartbeat = Heartbeat.from_env(rank=rank, local_rank=local_rank, world_size=world_size)
     heartbeat.steps = cfg.train.steps
+    heartbeat.flight_recorder = flight_recorder.arm(rank)
     heartbeat.beat(step=0, status="starting")
     try:
         summary = _Trainer(cfg, dims, rank=rank, local_rank=local_rank, heartbeat=heartbeat).run()

@@ -48,6 +48,7 @@ from orchestrator.supervisor import policy
 from orchestrator.supervisor.detect import MetricsTail, parse_rank_exit, pids_by_host, stalled_ranks
 from orchestrator.supervisor.diagnosis import Attempt, Diagnosis, diagnose
 from orchestrator.supervisor.events import EventLog, read_events, read_metrics, summarize
+from orchestrator.supervisor.flight import flight_report, with_flight
 from orchestrator.supervisor.hangdump import dump_ranks
 from orchestrator.supervisor.plan import SupervisorConfig, attempt_plan, local_checkpoints
 from orchestrator.supervisor.preflight import apply_preflight
@@ -196,7 +197,9 @@ class Supervisor:
                 self.events.emit("failure", attempt=number, kind="hang", found=found, hang_timeout=self.cfg.hang_timeout,
                                  stalled=[{k: b.get(k) for k in ("host", "rank", "step", "status", "time", "pid",
                                                                  "missing")} for b in stalled])
-                attempt.probe = await self._probe(stalled, attempt, beats)
+                # a rank its keeper saw stopped is the culprit already: no flight recorder dump to wait for (a rank's
+                # first one takes a second or two)
+                attempt.probe = await self._probe(stalled, attempt, beats, flight=found != "stopped")
                 if self.warm is not None and await self.warm.kill_hung(attempt, stalled, attempt.probe):
                     attempt.hang = None  # the keepers replace the killed ranks: the attempt goes on
                     continue
@@ -213,18 +216,22 @@ class Supervisor:
         self._poll_metrics(attempt)
         return attempt
 
-    async def _probe(self, stalled: list[dict], attempt: Attempt, beats: dict[str, dict]) -> dict:
-        """The stalled ranks' /proc states; meanwhile every rank's Python stack (hangdump.py, stacks.py)."""
+    async def _probe(self, stalled: list[dict], attempt: Attempt, beats: dict[str, dict], *, flight: bool) -> dict:
+        """The stalled ranks' /proc states; meanwhile every rank's Python stack and flight recorder (hangdump.py,
+        stacks.py, flight.py)."""
         dumps = asyncio.ensure_future(dump_ranks(self.runner, attempt.plan, beats, timeout=self.cfg.health_timeout,
-                                                swaps=attempt.swaps))
+                                                swaps=attempt.swaps, flight_recorders=flight))
         try:
             probe = await self.runner.probe_pids(pids_by_host(stalled), timeout=self.cfg.health_timeout)
         except Exception as exc:  # noqa: BLE001 - the probe only sharpens the diagnosis
             log.warning("process probe failed: %s", exc)
             probe = {}
-        attempt.stacks = hang_stacks(await dumps, probe)
+        dumps = await dumps
+        attempt.stacks = with_flight(hang_stacks(dumps, probe), flight_report(dumps))
         self.events.emit("hang_stacks", attempt=attempt.number, **attempt.stacks)
         log.warning("attempt %d hung: %s", attempt.number, attempt.stacks["culprit"])
+        if "flight_recorder" in attempt.stacks and "flight recorder:" not in attempt.stacks["culprit"]:
+            log.warning("attempt %d flight recorder: %s", attempt.number, attempt.stacks["flight_recorder"]["line"])
         return probe
 
     def _poll_metrics(self, attempt: Attempt) -> None:

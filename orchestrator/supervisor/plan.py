@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.contracts import CODE_PIN_ENV, HEARTBEAT_ENV, RELAY_KEY_ENV, STEP_TIMING_ENV
+from orchestrator.engine import flight_recorder
 from orchestrator.errors import ConfigError
 from orchestrator.hosts import Host, expand
 from orchestrator.inline import shown_argv
@@ -170,7 +171,8 @@ def _stragglers(cfg: SupervisorConfig) -> str:
 def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host], spares: list[Host] = (),
                  store: str | None = None) -> LaunchPlan:
     """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env
-    (and ORCH_STEP_TIMING=0 when straggler detection is off); under warm restarts a spare keeper on each spare
+    (and ORCH_STEP_TIMING=0 when straggler detection is off), torch's flight recorder on with dumps to
+    RUN_DIR/flight-recorder/rank<N> (engine/flight_recorder.py; the user's --env wins); under warm restarts a spare keeper on each spare
     (over SSH, or in a one-node srun step of its own under --via slurm) and the keepers' store at `store` (HOST:PORT on the head) when given; with a run dir
     that is not shared, every node's launcher under the forwarder (relay.py; under Slurm SlurmSteps puts it in
     front of the node entry instead)."""
@@ -182,6 +184,7 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host], spares: 
         ours[STEP_TIMING_ENV] = "0"
     if not cfg.shared_run_dir:
         ours[RELAY_KEY_ENV] = cfg.relay_key
+    ours |= flight_recorder.run_env(str((cfg.run_dir / "flight-recorder" / "rank").resolve()), spec.env.values)
     env = EnvManifest(values={**spec.env.values, **ours},
                       sources={**spec.env.sources, **dict.fromkeys(ours, "supervisor")})
     plan = build_plan(replace(spec, run_id=f"{spec.run_id}-a{number}", run_dir=str(cfg.run_dir / "attempts"),

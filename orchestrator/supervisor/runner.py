@@ -4,7 +4,7 @@
     result = await runner.run_attempt(plan, sink=show, stop=stop_event)             # show(OutputLine); AttemptResult
     result.exit_code, result.first_failure, result.config_error                      # 1, Failure(...), False
     health = await runner.check_hosts(["n1", "n2"], command=None, timeout=20)        # {"n1": "ok", ...}
-    stacks = await runner.dump_stacks({"n2": [4242]}, python=lambda h: "python3", timeout=20)  # {"n2": {4242: [...]}}
+    stacks = await runner.dump_stacks({"n2": [4242]}, python=lambda h: "python3", timeout=20)  # {"n2": {4242: {"threads": [...]}}}
 
 The loop (loop.py) only talks to an AttemptRunner: it never asks which kind it has. A runner ends the attempt
 when `stop` is set (a hang), tears it down on every host, and reports what it saw in one AttemptResult.
@@ -67,9 +67,10 @@ class AttemptRunner(Protocol):
     async def kill_pids(self, pids: dict[str, list[int]], *, timeout: float) -> list[str]:
         """SIGKILL the processes (a hung rank under warm restarts); the hosts reached."""
 
-    async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str],
-                          timeout: float) -> dict[str, dict[int, list | str]]:
-        """host -> {pid: py-spy's JSON (a list of threads), or why there is none}, for a hang's report (stacks.py);
+    async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str], timeout: float,
+                          flight: dict[str, dict[int, str]] | None = None) -> dict[str, dict[int, dict]]:
+        """host -> {pid: {"threads": py-spy's JSON} or {"error": why none}, plus "flight" or "flight_error" for the
+        PIDs in flight (host -> {pid: its flight recorder dump path})}, for a hang's report (health.dump_stacks);
         python(host): the node's interpreter (py-spy is looked up next to it, then on PATH)."""
 
     def exclude(self, host: str, reason: str) -> bool:
@@ -121,11 +122,12 @@ class SshAttempts:
 
         return await kill_pids(pids, ssh=self.ssh, transport=self.transport, timeout=timeout)
 
-    async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str],
-                          timeout: float) -> dict[str, dict[int, list | str]]:
+    async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str], timeout: float,
+                          flight: dict[str, dict[int, str]] | None = None) -> dict[str, dict[int, dict]]:
         from orchestrator.supervisor.health import dump_stacks
 
-        return await dump_stacks(pids, ssh=self.ssh, transport=self.transport, python=python, timeout=timeout)
+        return await dump_stacks(pids, ssh=self.ssh, transport=self.transport, python=python, timeout=timeout,
+                                 flight=flight)
 
     def exclude(self, host: str, reason: str) -> bool:
         return False  # nothing to fence off: the supervisor simply stops using the host

@@ -242,12 +242,12 @@ class SlurmSteps:
 
         return local_address(slurm.node_address(host), 6818)  # slurmd's port: only the route is looked up
 
-    async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str],
-                          timeout: float) -> dict[str, dict[int, list | str]]:
-        """Every rank's Python stack, dumped on its node as the probe is (health.dump_stacks)."""
+    async def dump_stacks(self, pids: dict[str, list[int]], *, python: Callable[[str], str], timeout: float,
+                          flight: dict[str, dict[int, str]] | None = None) -> dict[str, dict[int, dict]]:
+        """Every rank's Python stack (and flight recorder), dumped on its node as the probe is (health.dump_stacks)."""
         from orchestrator.supervisor.health import dump_stacks
 
-        return await self._on_nodes(dump_stacks, pids, python=python, timeout=timeout)
+        return await self._on_nodes(dump_stacks, pids, python=python, timeout=timeout, flight=flight)
 
     def exclude(self, host: str, reason: str) -> bool:
         """Drain an excluded node when asked to (so later jobs avoid it too); True when drained."""

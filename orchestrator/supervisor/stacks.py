@@ -30,7 +30,7 @@ from ClusterShell.RangeSet import RangeSet
 from orchestrator.hosts import fold
 from orchestrator.supervisor.diagnosis import BAD_STATES
 
-__all__ = ["INTERNAL", "RankDump", "Where", "hang_stacks", "main_thread", "where"]
+__all__ = ["INTERNAL", "RankDump", "Where", "hang_stacks", "main_thread", "ranks_on", "where"]
 
 INTERNAL = ("torch", "deepspeed", "numpy", "triton", "apex", "transformer_engine")
 """Packages a rank waits inside, never the place to blame: their frames are skipped (the program's caller shows)."""
@@ -63,13 +63,16 @@ class Where:
 
 @dataclass(frozen=True)
 class RankDump:
-    """One rank's py-spy dump (its JSON: a list of threads), or why there is none."""
+    """One rank's py-spy dump (its JSON: a list of threads), or why there is none; and its flight recorder's
+    summary (rank_dump.py), or why there is none, when it armed one."""
 
     rank: int
     host: str
     pid: int | None
     threads: list[dict] | None = None
     error: str | None = None
+    flight: dict | None = None
+    flight_error: str | None = None
 
 
 def main_thread(threads: Sequence[dict]) -> dict | None:
@@ -123,9 +126,13 @@ class _Group:
 
 
 def _ranks(dumps: Sequence[RankDump]) -> str:
-    ranks = sorted(d.rank for d in dumps)
+    return ranks_on([d.rank for d in dumps], [d.host for d in dumps])
+
+
+def ranks_on(ranks: Sequence[int], hosts: Sequence[str]) -> str:
+    """'rank 1 on n2', 'ranks 0-3 on n[1-2]'."""
     label = "rank" if len(ranks) == 1 else "ranks"
-    return f"{label} {RangeSet.fromlist([str(r) for r in ranks])} on {fold(dict.fromkeys(d.host for d in dumps))}"
+    return f"{label} {RangeSet.fromlist([str(r) for r in sorted(ranks)])} on {fold(dict.fromkeys(hosts))}"
 
 
 def hang_stacks(dumps: Sequence[RankDump], states: dict[str, dict[int, str]] | None = None) -> dict:

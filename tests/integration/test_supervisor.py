@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from probes import heartbeat
 from orch_cli import ORCH
+from orchestrator.hosts import fold
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(240)]
 
@@ -217,24 +218,40 @@ def marked_line(path: Path, mark: str) -> int:
 
 
 @pytest.mark.timeout(180)
-def test_a_hang_names_the_rank_stuck_in_its_own_code_from_every_ranks_stack(sandbox, hosts, tmp_path):
-    """Rank 1 sleeps in stuck_in_data_loader() while rank 0 waits in dist.all_reduce: before the teardown every
-    rank's Python stack is dumped on its host (py-spy), and events.jsonl names rank 1, its host and its line."""
+def test_a_hang_names_each_rank_stuck_in_its_own_code_from_every_ranks_stack_and_flight_recorder(sandbox, hosts,
+                                                                                                 tmp_path):
+    """4 ranks on 2 hosts; at step 3 rank 0 waits in dist.all_reduce while rank 1 sleeps in stuck_in_data_loader(),
+    rank 2 waits to open a FIFO and rank 3 spins in an endless loop: before the teardown every rank's Python stack
+    is dumped on its host (py-spy), and its flight recorder (SIGUSR2), and events.jsonl names each stuck rank, its
+    host and its line, and the collective they never entered."""
     a, b, _ = hosts
-    stuck, waits = marked_line(HANG_SCRIPT, "STUCK"), marked_line(HANG_SCRIPT, "WAITS")
+    line_of = {mark: marked_line(HANG_SCRIPT, mark) for mark in ("STUCK", "FIFO", "SPIN", "WAITS")}
     run_dir = tmp_path / "hang"
-    proc = supervise(sandbox, run_dir, [a, b], "--hang-timeout", "3", "--max-restarts", "0", "--run-id", "hang",
-                     program=["--", str(HANG_SCRIPT)])
+    # --health-timeout 10: a rank's first flight recorder dump imports torch._inductor (1-2 s on this machine)
+    proc = supervise(sandbox, run_dir, [a, b], "--nproc-per-node", "2", "--hang-timeout", "3", "--max-restarts", "0",
+                     "--health-timeout", "10", "--run-id", "hang",
+                     program=["--", str(HANG_SCRIPT), "sleep", "fifo", "spin"])
     evs = finish(proc, run_dir / "launch" / "hang")
     log = (run_dir.parent / f"{run_dir.name}.supervisor.log").read_text()
     assert proc.returncode == 1 and one(evs, "failure")["kind"] == "hang", log[-3000:]
     report = one(evs, "hang_stacks")
-    line = (f"rank 1 on {b} is in stuck_in_data_loader at hang_script.py:{stuck} while every other rank waits in "
-            f"all_reduce at hang_script.py:{waits} (main)")
-    assert report["culprit"] == line and report["culprit_ranks"] == [1], report
-    assert [(g["ranks"], g["hosts"], g["waiting"]) for g in report["groups"]] == [([0], a, True), ([1], b, False)]
-    assert report["groups"][1]["stack"][0] == f"stuck_in_data_loader (hang_script.py:{stuck})"
+    line = (f"rank 1 on {a} is in stuck_in_data_loader at hang_script.py:{line_of['STUCK']}; "
+            f"rank 2 on {b} is in read_from_fifo at hang_script.py:{line_of['FIFO']}; "
+            f"rank 3 on {b} is in spin at hang_script.py:{line_of['SPIN']} "
+            f"while every other rank waits in all_reduce at hang_script.py:{line_of['WAITS']} (main)")
+    assert report["culprit"] == line and report["culprit_ranks"] == [1, 2, 3], report
+    assert [(g["ranks"], g["hosts"], g["waiting"]) for g in report["groups"]] == [
+        ([0], a, True), ([1], a, False), ([2], b, False), ([3], b, False)]
+    assert report["groups"][1]["stack"][0] == f"stuck_in_data_loader (hang_script.py:{line_of['STUCK']})"
+    # every rank dumped its flight recorder (rank 0 from inside the blocked all_reduce, rank 3 beside its loop)
+    flight = report["flight_recorder"]
+    assert flight["line"] == (f"group 0: ranks 1-3 on {fold([a, b])} never entered collective #3 (gloo:all_reduce at "
+                              f"hang_script.py:{line_of['WAITS']} (main)) where every other rank waits; their last "
+                              f"was #2"), flight
+    assert flight["behind"] == [1, 2, 3] and f"attempt 0 flight recorder: {flight['line']}" in log
+    assert sorted(p.name for p in (run_dir / "launch" / "hang" / "flight-recorder").iterdir()) == [
+        "rank0", "rank1", "rank2", "rank3"]
     diagnosis = one(evs, "diagnosis")
-    assert (diagnosis["cause"], diagnosis["host"], diagnosis["rank"], diagnosis["culprit"]) == ("hang", b, 1, line)
+    assert (diagnosis["cause"], diagnosis["host"], diagnosis["rank"], diagnosis["culprit"]) == ("hang", a, 1, line)
     assert f"attempt 0 hung: {line}" in log
     assert [e["event"] for e in evs].index("hang_stacks") < [e["event"] for e in evs].index("health")

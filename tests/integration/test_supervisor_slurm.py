@@ -147,8 +147,8 @@ def test_node_failing_its_check_is_excluded_drained_and_the_run_shrinks(cluster,
 
 
 def test_a_hang_under_slurm_names_the_stuck_rank_from_every_ranks_stack(cluster, tmp_path):
-    """tests/integration/hang_script.py as srun steps: the process probe and the stack dump reach the nodes through
-    srun steps of the allocation (no SSH option given)."""
+    """tests/integration/hang_script.py as srun steps: the process probe and the stack and flight recorder dumps
+    reach the nodes through srun steps of the allocation (no SSH option given)."""
     sandbox, _ = cluster
     script = Path(__file__).with_name("hang_script.py")
     stuck = next(i for i, text in enumerate(script.read_text().splitlines(), 1) if text.endswith("# STUCK"))
@@ -173,6 +173,7 @@ exec {sys.executable} -m orchestrator supervise --via slurm --nproc-per-node 1 -
     assert report["culprit_ranks"] == [1], (report, log[-4000:])
     assert report["culprit"].startswith(f"rank 1 on {report['groups'][1]['hosts']} is in stuck_in_data_loader at "
                                         f"hang_script.py:{stuck} while every other rank waits in all_reduce")
+    assert report["flight_recorder"]["behind"] == [1], report  # the flight recorders, signalled through srun too
     diagnosis = next(e for e in evs if e["event"] == "diagnosis")
     assert (diagnosis["cause"], diagnosis["rank"], diagnosis["culprit"]) == ("hang", 1, report["culprit"])
 

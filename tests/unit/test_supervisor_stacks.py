@@ -186,9 +186,9 @@ class HangingRunner:
     async def probe_pids(self, pids, *, timeout):
         return {host: dict.fromkeys(p, "S") for host, p in pids.items()}
 
-    async def dump_stacks(self, pids, *, python, timeout):
-        self.asked.append((pids, python("n1")))
-        return {"n1": {10889: SCRIPT_0}, "n2": {10890: SCRIPT_1}}
+    async def dump_stacks(self, pids, *, python, timeout, flight):
+        self.asked.append((pids, python("n1"), flight))
+        return {"n1": {10889: {"threads": SCRIPT_0}}, "n2": {10890: {"threads": SCRIPT_1}}}
 
     def exclude(self, host, reason):
         return False
@@ -201,7 +201,7 @@ def test_the_loop_dumps_every_rank_before_teardown_and_names_the_culprit(tmp_pat
     runner = HangingRunner(tmp_path / "heartbeat")
     summary = asyncio.run(Supervisor(cfg, runner).run())
     assert summary["exit_code"] == 0
-    assert runner.asked == [({"n1": [10889], "n2": [10890]}, "/opt/py")]
+    assert runner.asked == [({"n1": [10889], "n2": [10890]}, "/opt/py", {})]  # no rank armed a flight recorder
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[:6] == ["start", "launch", "failure", "hang_stacks", "health", "diagnosis"]
@@ -231,10 +231,10 @@ def test_the_node_side_dump_reads_a_running_and_a_stopped_process_and_reports_a_
         dumps = asyncio.run(dump_stacks({"localhost": pids}, transport=LocalTransport(), python=sys.executable,
                                         timeout=30))["localhost"]
         for pid in (running.pid, stopped.pid):  # --nonblocking: a stopped process is read all the same
-            place = where(frames(dumps[pid]))
+            place = where(frames(dumps[pid]["threads"]))
             assert (place.function, place.file, place.call) == ("stuck_in_read", "<string>", None), dumps[pid]
-            assert set(frames(dumps[pid])[0]) == {"name", "filename", "short_filename", "line"}  # no locals
-        assert dumps[gone.pid].startswith("py-spy: Error:"), dumps[gone.pid]
+            assert set(frames(dumps[pid]["threads"])[0]) == {"name", "filename", "short_filename", "line"}  # no locals
+        assert dumps[gone.pid]["error"].startswith("py-spy: Error:"), dumps[gone.pid]
     finally:
         for proc in (running, stopped):
             os.kill(proc.pid, signal.SIGCONT)
@@ -249,4 +249,4 @@ def test_a_node_without_py_spy_answers_with_the_reason_for_each_pid(tmp_path, mo
     monkeypatch.setenv("PATH", str(tmp_path))
     dumps = asyncio.run(dump_stacks({"localhost": [1, 2]}, transport=LocalTransport(), python=str(bare), timeout=30))
     why = f"py-spy not found next to {bare} or on PATH"
-    assert dumps == {"localhost": {1: why, 2: why}}
+    assert dumps == {"localhost": {1: {"error": why}, 2: {"error": why}}}

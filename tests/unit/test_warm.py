@@ -353,9 +353,9 @@ def test_stacks_are_dumped_where_the_ranks_run_after_in_run_replacements():
     from orchestrator.supervisor.hangdump import dump_ranks
 
     class Dumper:
-        async def dump_stacks(self, pids, *, python, timeout):
+        async def dump_stacks(self, pids, *, python, timeout, flight):
             self.asked = {h: (p, python(h)) for h, p in pids.items()}
-            return {h: {pid: [] for pid in p} for h, p in pids.items()}
+            return {h: {pid: {"threads": []} for pid in p} for h, p in pids.items()}
 
     plan = build_plan(engine("--config", "tiny", launcher="warm"), [Host("a", 1), Host("b", 1)], [Host("s", 1)])
     runner = Dumper()
