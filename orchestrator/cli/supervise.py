@@ -159,7 +159,7 @@ supervise_command = click.Command(
                      help="A node whose ranks spend at least RATIO x the median node's time in their rank-local "
                           "compute (the optimizer step) is a straggler..."),
         click.Option(["--straggler-steps"], type=int, default=50, show_default=True,
-                     help="...when it is that slow for most of this many steps."),
+                     help="...when it is that slow throughout this many steps."),
         click.Option(["--straggler-action"], type=click.Choice(["replace", "name", "off"]), default="replace",
                      show_default=True, help="replace: swap a straggler for a spare at the next checkpoint (with no "
                      "spare: name it); name: only name it (events, status); off: no detection, no timing."),

@@ -76,7 +76,7 @@ class SuperviseSection:
     straggler_threshold: float = field(default=1.10, metadata=doc(
         "A node whose ranks spend at least this multiple of the median node's time in their rank-local compute "
         "is a straggler..."))
-    straggler_steps: int = field(default=50, metadata=doc("...when it is that slow for most of this many steps."))
+    straggler_steps: int = field(default=50, metadata=doc("...when it is that slow throughout this many steps."))
     straggler_action: Literal["replace", "name", "off"] = field(default="replace", metadata=doc(
         "replace: swap a straggler for a spare at the next checkpoint (no spare: name it); name: only name it; "
         "off: no detection."))

@@ -16,10 +16,13 @@ so every rank's step takes as long. Only ranks doing the same local work are com
 How: the detector differences the totals into windows of at least steps/5 steps (all ranks, the same span of
 steps: they train in lock step). In each window a node's mean local time per step (its ranks of a group
 pooled) is divided by the median node's of that group (the lower median: with 2 nodes the faster one is the
-reference); a node's slowdown is its largest over the groups. A node is named when, over its windows of the
-last `steps` steps (at least 3 windows), the lower median slowdown is >= threshold: more than half of those
-windows were that slow. A one-off spike (a GC pause, one slow write) lifts one window and never names anyone;
-a checkpoint slows every rank alike, which the ratio cancels. Means, not medians, within a window: a CPU quota
+reference); a node's slowdown is its largest over the groups. A node is named when every one of its windows of
+the last `steps` steps (at least 3 windows) has a slowdown >= threshold: it was that slow throughout. A one-off
+spike (a GC pause, one slow write) lifts one window, and a burst of outside load on a shared machine a few, and
+neither names anyone (with "most windows" instead, such bursts gave about one false alarm per 3 minutes at the
+default threshold on the 2-core test machine; docs/benchmarks/straggler.md); a checkpoint slows every rank
+alike, which the ratio cancels. A node slowed in only some steps (pauses in 1 step of 10) is named once every
+window of `steps` had one. Means, not medians, within a window: a CPU quota
 pauses a process for whole CFS periods and such a pause falls in a short section in only some steps (measured
 on a 20% quota: the optimizer step's median unchanged, its mean 4x). The threshold must sit above the
 section's noise between healthy ranks (docs/benchmarks/straggler.md).
@@ -51,7 +54,7 @@ class StragglerOptions:
     threshold: float = 1.10
     """A node is slow when its local time per step is at least this multiple of the median node's."""
     steps: int = 50
-    """...for most of this many steps in a row."""
+    """...in every window of this many steps in a row."""
     action: str = "replace"
     """'replace' (from the spares, at the next checkpoint), 'name' (events only) or 'off'."""
 
@@ -73,7 +76,7 @@ class StragglerOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class Straggler:
-    """A node named slow: its slowdown (median over the windows that named it) and what it was measured on."""
+    """A node named slow: its slowdown (the smallest over the windows that named it) and what it was measured on."""
 
     host: str
     slowdown: float
@@ -169,10 +172,10 @@ class StragglerDetector:
         return recent[::-1] if covered >= self.options.steps and len(recent) >= MIN_WINDOWS else None
 
     def slowdown(self, host: str) -> float | None:
-        """The host's slowdown now: the lower median over recent(), so more than half of those windows were at
-        least that slow (None before there are enough windows)."""
+        """The host's slowdown now: the smallest over recent(), so every one of those windows was at least that
+        slow (None before there are enough windows)."""
         recent = self.recent(host)
-        return statistics.median_low(w.slowdown for w in recent) if recent else None
+        return min(w.slowdown for w in recent) if recent else None
 
     def slowdowns(self) -> dict[str, float]:
         """Every host's slowdown now, where there are enough windows."""

@@ -61,16 +61,36 @@ def test_a_node_slower_from_the_start_is_named_once_with_its_slowdown():
 
 
 def test_a_node_throttled_mid_run_by_a_cpu_quota_is_named_within_100_steps():
-    """A CFS quota: the process pauses ~80 ms now and then; the pause lands in the optimizer step in ~10% of steps.
-    The median step of the throttled rank is unchanged; its mean is ~2x."""
+    """A CFS quota of ~20%: the process pauses ~80 ms now and then; the pause lands in the optimizer step in ~25% of
+    steps (measured on the tiny engine: mean 4x, median unchanged)."""
+    rng = random.Random(1)
+
+    def seconds(step, host, group):
+        paused = host == "n2" and step > 200 and rng.random() < 0.25
+        return BASE * rng.uniform(0.9, 1.1) + (0.08 if paused else 0.0)
+
+    named = run(StragglerDetector(StragglerOptions()), Fleet(HOSTS), 500, seconds)
+    assert list(named) == ["n2"] and 200 < named["n2"] <= 300
+
+
+def test_a_node_paused_in_few_steps_needs_every_window_slow_so_it_is_named_later():
+    """Pauses in ~10% of steps: a third of the 10-step windows has none, and a node is named only once every window
+    of 50 steps was slow."""
     rng = random.Random(1)
 
     def seconds(step, host, group):
         paused = host == "n2" and step > 200 and rng.random() < 0.1
         return BASE * rng.uniform(0.9, 1.1) + (0.08 if paused else 0.0)
 
-    named = run(StragglerDetector(StragglerOptions()), Fleet(HOSTS), 500, seconds)
-    assert list(named) == ["n2"] and 200 < named["n2"] <= 300
+    named = run(StragglerDetector(StragglerOptions()), Fleet(HOSTS), 1000, seconds)
+    assert list(named) == ["n2"] and 300 < named["n2"] <= 600
+
+
+def test_a_burst_of_outside_load_on_one_node_for_30_steps_names_nobody():
+    """What a shared machine does (docs/benchmarks/straggler.md): for ~30 steps one node's optimizer step takes 4x,
+    then it is back: slow in most windows of 50 steps, not in every one."""
+    burst = lambda step, host, g: BASE * (4.0 if host == "n1" and 300 < step <= 330 else 1.0)  # noqa: E731
+    assert run(StragglerDetector(StragglerOptions()), Fleet(HOSTS), 600, burst) == {}
 
 
 def test_a_one_off_spike_never_names_a_node():
