@@ -42,7 +42,7 @@ async def dump_ranks(runner: AttemptRunner, plan: LaunchPlan, beats: dict[str, d
                 host = swaps[host]
             ranks[rank] = (host, pid)
             pids.setdefault(host, []).append(pid)
-            if flight_recorders and isinstance(beat.get("flight_recorder"), str):  # armed: it answers SIGUSR2 with a dump
+            if flight_recorders and isinstance(beat.get("flight_recorder"), str):  # armed: answers SIGUSR2 with one
                 flight.setdefault(host, {})[pid] = beat["flight_recorder"]
     pythons = {n.host: n.python for n in plan.started}
     try:

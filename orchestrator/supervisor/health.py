@@ -133,6 +133,6 @@ async def _run_script(pids: dict[str, list[int]], script: str, *, tag: str, args
     hosts = [h for h, p in pids.items() if p]
     if not hosts:
         return {}
-    return await run_on_async(hosts, lambda h: [_py(python, h), "-c", script, *args, *(pid_arg(h, p) for p in pids[h])], ssh=ssh,
-                              transport=transport, timeout=timeout, python=python, run_id=new_run_id() + tag,
+    return await run_on_async(hosts, lambda h: [_py(python, h), "-c", script, *args, *(pid_arg(h, p) for p in pids[h])],
+                              ssh=ssh, transport=transport, timeout=timeout, python=python, run_id=new_run_id() + tag,
                               tail_lines=max(len(p) for p in pids.values()) + 5)

@@ -172,10 +172,10 @@ def attempt_plan(cfg: SupervisorConfig, number: int, hosts: list[Host], spares: 
                  store: str | None = None) -> LaunchPlan:
     """The launch plan of attempt `number` (pure): run id RUNID-aN, logs under RUN_DIR/attempts/, heartbeat env
     (and ORCH_STEP_TIMING=0 when straggler detection is off), torch's flight recorder on with dumps to
-    RUN_DIR/flight-recorder/rank<N> (engine/flight_recorder.py; the user's --env wins); under warm restarts a spare keeper on each spare
-    (over SSH, or in a one-node srun step of its own under --via slurm) and the keepers' store at `store` (HOST:PORT on the head) when given; with a run dir
-    that is not shared, every node's launcher under the forwarder (relay.py; under Slurm SlurmSteps puts it in
-    front of the node entry instead)."""
+    RUN_DIR/flight-recorder/rank<N> (engine/flight_recorder.py; the user's --env wins); under warm restarts a
+    spare keeper on each spare (over SSH, or in a one-node srun step of its own under --via slurm) and the
+    keepers' store at `store` (HOST:PORT on the head) when given; with a run dir that is not shared, every node's
+    launcher under the forwarder (relay.py; under Slurm SlurmSteps puts it in front of the node entry instead)."""
     spec = cfg.spec
     # the code copy is kept between attempts: teardown, health check and backoff pass before the next one holds it
     pin_s = cfg.limits.backoff_max_s + (cfg.health_timeout or 0) + PIN_S

@@ -4,7 +4,8 @@
     result = await runner.run_attempt(plan, sink=show, stop=stop_event)             # show(OutputLine); AttemptResult
     result.exit_code, result.first_failure, result.config_error                      # 1, Failure(...), False
     health = await runner.check_hosts(["n1", "n2"], command=None, timeout=20)        # {"n1": "ok", ...}
-    stacks = await runner.dump_stacks({"n2": [4242]}, python=lambda h: "python3", timeout=20)  # {"n2": {4242: {"threads": [...]}}}
+    stacks = await runner.dump_stacks({"n2": [4242]}, python=lambda h: "python3", timeout=20)
+    stacks                                                     # {"n2": {4242: {"threads": [...]}}} (health.py)
 
 The loop (loop.py) only talks to an AttemptRunner: it never asks which kind it has. A runner ends the attempt
 when `stop` is set (a hang), tears it down on every host, and reports what it saw in one AttemptResult.

@@ -74,7 +74,8 @@ def test_the_recorder_names_the_culprit_only_when_the_stacks_single_nobody_out()
     nobody = {"culprit": "ranks 0-1 on n[1-2] all wait in synchronize at train.py:90 (step): no rank stands out",
               "culprit_ranks": []}
     merged = with_flight(nobody, flight)
-    assert merged["culprit_ranks"] == [1] and merged["culprit"] == f"{nobody['culprit']}; flight recorder: {flight['line']}"
+    assert merged["culprit_ranks"] == [1]
+    assert merged["culprit"] == f"{nobody['culprit']}; flight recorder: {flight['line']}"
     blamed = {"culprit": "rank 1 on n2 is in read at data.py:12 while ...", "culprit_ranks": [1]}
     assert with_flight(blamed, flight) == blamed | {"flight_recorder": flight}
     assert with_flight(blamed, None) == blamed
