@@ -192,6 +192,7 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=50, help="--straggler-steps")
     ap.add_argument("--quota", type=float, default=0.05, help="the capped host's share of one core")
     ap.add_argument("--fault-steps", type=int, default=300)
+    ap.add_argument("--fault-runs", type=int, default=1)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     parts = args.parts.split(",")
@@ -221,8 +222,8 @@ def main() -> int:
                 print(json.dumps(supervised(sb, work, f"clean-{n}", [a, b], None, steps=steps, every=20,
                                             threshold=args.clean_threshold, window=args.window, action="name",
                                             cap=None, minutes=args.clean_minutes or 15)), flush=True)
-            if "fault" in parts:
-                print(json.dumps(supervised(sb, work, "fault", [a, b], spare, steps=args.fault_steps, every=20,
+            for n in range(args.fault_runs if "fault" in parts else 0):
+                print(json.dumps(supervised(sb, work, f"fault-{n}", [a, b], spare, steps=args.fault_steps, every=20,
                                             threshold=args.threshold, window=args.window, action="replace",
                                             cap=(b, args.quota, 60))), flush=True)
         finally:
