@@ -144,13 +144,25 @@ class NodeWatch:
     def poll(self) -> str | None:
         now = time.monotonic()
         self.formed = self.formed or self.store.check([joined_key(0, 0)])
-        spares = [i for i in range(1, self.store.add(SPARES_KEY, 0) + 1)
-                  if i not in self.used and self._moving(spare_key(i, "beat"), now)]
+        spares = self._spares(now)
         for node_rank in range(self.nnodes):
             if (self._moving(beat_key(node_rank), now) is False and self.formed
                     and not self.store.check([done_key(node_rank)])):  # a node whose ranks finished stops beating
                 return self._replace(node_rank, spares, now)
         return None
+
+    def retire(self, node_rank: int) -> dict | None:
+        """Give node `node_rank`'s place to a spare now, as if it were lost (the supervisor swaps out a straggler):
+        its keeper finds its own name under the new generation's lost key and steps aside, exit 0. Returns the hand-
+        over (the node_lost event's fields, silent_s 0), or None when no spare keeper is beating."""
+        now = time.monotonic()
+        spares = self._spares(now)
+        return self._hand_over(node_rank, spares[0], now, silent=0.0) if spares else None
+
+    def _spares(self, now: float) -> list[int]:
+        """The spare keepers not handed a node yet and beating."""
+        return [i for i in range(1, self.store.add(SPARES_KEY, 0) + 1)
+                if i not in self.used and self._moving(spare_key(i, "beat"), now)]
 
     def _moving(self, key: str, now: float) -> bool | None:
         """Has the counter at `key` moved within the node timeout? None while it never moved."""
@@ -162,22 +174,26 @@ class NodeWatch:
         return now - previous[1] <= self.node_timeout
 
     def _replace(self, node_rank: int, spares: list[int], now: float) -> str | None:
-        info = node_info(self.store, node_rank) or {}
-        key = beat_key(node_rank)
-        silent = round(now - self.seen[key][1], 2)
+        silent = round(now - self.seen[beat_key(node_rank)][1], 2)
         if not spares:
+            info = node_info(self.store, node_rank) or {}
             return f"node {node_rank} ({info.get('host')}) lost: its keeper was silent for {silent} s and no spare " \
                    "keeper is left"
-        spare = spares[0]
+        self.report(self._hand_over(node_rank, spares[0], now, silent=silent))
+        return None
+
+    def _hand_over(self, node_rank: int, spare: int, now: float, *, silent: float) -> dict:
+        """Spare `spare` takes node `node_rank`'s place in a new generation; the node_lost event's fields."""
+        info = node_info(self.store, node_rank) or {}
+        key = beat_key(node_rank)
         self.used.add(spare)
         generation = self.store.add(GEN_KEY, 0) + 1
         self.store.set(lost_key(generation), json.dumps([node_rank, info.get("host")]))
         self.store.set(spare_key(spare, "node"), json.dumps({**info, "node_rank": node_rank}))
         self.store.add(GEN_KEY, 1)
         self.seen[key] = (self.store.add(key, 0), now)  # the spare's turn to beat
-        self.report({"event": "node_lost", "time": round(time.time(), 4), "node_rank": node_rank, "host": info.get("host"), "silent_s": silent,
-                     "spare": self.store.get(spare_key(spare, "host")).decode(), "generation": generation})
-        return None
+        return {"event": "node_lost", "time": round(time.time(), 4), "node_rank": node_rank, "host": info.get("host"),
+                "silent_s": silent, "spare": self.store.get(spare_key(spare, "host")).decode(), "generation": generation}
 
     def waiting_spares(self) -> list[int]:
         """The spares never handed a node (to tell them the run is over)."""

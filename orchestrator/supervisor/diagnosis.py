@@ -110,10 +110,7 @@ def diagnose(attempt: Attempt, health: dict[str, str]) -> Diagnosis:
     if attempt.error is not None:
         return Diagnosis(cause="launcher_error", host=None, detail=attempt.error)
     if (slow := attempt.straggler) is not None:
-        return Diagnosis(cause="straggler", host=slow.host,
-                         detail=f"{slow.slowdown:.2f}x the median node's local compute time over {slow.steps} "
-                                f"steps ({slow.compute_ms:.2f} vs {slow.median_ms:.2f} ms per step), named at step "
-                                f"{slow.step}")
+        return Diagnosis(cause="straggler", host=slow.host, detail=slow.describe())
     if attempt.hang is not None:
         return _hang(attempt.hang, attempt.probe or {}, unhealthy, attempt.stacks or {}, plan)
     first = result.first_failure if result is not None else None

@@ -27,7 +27,8 @@ stopped by signal N; 2 when the attempt reports a configuration error (Slurm's r
 
 The heartbeats also feed the straggler detector (straggler.py), which may stop an attempt at a checkpoint to
 swap a slow node for a spare (a "straggler" diagnosis). Under warm restarts (warm.py) a rank exit or a hang
-does not end the attempt: the node keepers replace the rank in-run.
+does not end the attempt: the node keepers replace the rank in-run; and a straggler is swapped for a spare
+keeper in-run, as a lost node is.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class Supervisor:
         self.events.emit("launch", attempt=number, run_id=plan.run_id, hosts=plan.hosts, world_size=plan.world_size,
                          resume_step=resume, skipped_checkpoints=skipped, logs=str(Path(plan.run_dir) / "logs"))
         watch = StragglerWatch(self.cfg.straggler, events=self.events, checkpoint=lambda: self._newest_checkpoint()[0],
-                               attempt=number, spares=len(spares))
+                               attempt=number, spares=len(spares), at_once=store is not None and bool(plan.spares))
 
         def sink(line: OutputLine) -> None:
             if attempt.rank_exit is None and not stop.is_set() and (found := parse_rank_exit(line)) is not None:
@@ -184,6 +185,8 @@ class Supervisor:
             if self.warm is not None and self.warm.hang_check_paused(time.time()):
                 continue  # the ranks killed for a hang are being replaced
             beats = read_heartbeats(self.heartbeat_dir)
+            if self.warm is not None:
+                beats = self.warm.live(beats)
             stalled = stalled_ranks(beats, now=time.time(), hang_timeout=self.cfg.hang_timeout,
                                     startup_timeout=self.cfg.startup_timeout, launched_at=attempt.launched_at,
                                     expected=plan.world_size)
@@ -205,8 +208,13 @@ class Supervisor:
                     continue
                 stop.set()
             elif (slow := watch.poll(beats)) is not None:
-                attempt.straggler = slow
-                stop.set()
+                if not watch.at_once:
+                    attempt.straggler = slow
+                    stop.set()
+                elif self.warm.swap_straggler(attempt, slow, store):
+                    watch.swapped()
+                else:
+                    watch.at_next_checkpoint()
         try:
             attempt.result = task.result()
         except Exception as exc:  # noqa: BLE001 - a launcher-side error is one more failure to recover from

@@ -27,9 +27,11 @@ pauses a process for whole CFS periods and such a pause falls in a short section
 on a 20% quota: the optimizer step's median unchanged, its mean 4x). The threshold must sit above the
 section's noise between healthy ranks (docs/benchmarks/straggler.md).
 
-Actions: "replace" -- once named, and when the run has a spare, the attempt is stopped as soon as a
-checkpoint newer than the naming step is committed, and the policy swaps the node for a spare (policy.py); the
-run loses at most the steps since that checkpoint. "name" -- events only. "off" -- no detection, and the
+Actions: "replace" -- once named, and when the run has a spare: under warm restarts with spare keepers, a spare
+takes the node's place in-run at once, restoring its ranks from the in-memory snapshots as for a lost node
+(supervisor/warm.py; at most a step lost); otherwise the attempt is stopped as soon as a checkpoint newer than
+the naming step is committed, and the policy swaps the node for a spare (policy.py); the run loses at most the
+steps since that checkpoint. "name" -- events only. "off" -- no detection, and the
 ranks are told not to time anything (ORCH_STEP_TIMING=0).
 """
 
@@ -91,6 +93,11 @@ class Straggler:
     """The median node's, over the same windows."""
     windows: list[tuple[int, float]] = field(default_factory=list)
     """(steps, slowdown) of each of those windows, oldest first."""
+
+    def describe(self) -> str:
+        """'1.52x the median node's local compute time over 50 steps (9.12 vs 6.00 ms per step), named at step 80'"""
+        return (f"{self.slowdown:.2f}x the median node's local compute time over {self.steps} steps "
+                f"({self.compute_ms:.2f} vs {self.median_ms:.2f} ms per step), named at step {self.step}")
 
     def to_event(self) -> dict:
         return {"host": self.host, "slowdown": round(self.slowdown, 3), "step": self.step, "steps": self.steps,
@@ -207,14 +214,18 @@ class StragglerWatch:
     under action "replace" with a spare, says when to stop the attempt (a checkpoint newer than the naming)."""
 
     def __init__(self, options: StragglerOptions, *, events, checkpoint: Callable[[], int | None], attempt: int,
-                 spares: int):
+                 spares: int, at_once: bool = False):
         """checkpoint(): the newest checkpoint's step or None (the supervisor's: the run dir's DCP checkpoints,
-        else the node-local ones the engine reported)."""
+        else the node-local ones the engine reported). at_once: a straggler to replace is handed out as soon as it
+        is named, for a swap in-run (warm restarts with spare keepers: the spare restores the node's ranks from
+        their in-memory snapshots), not at the next checkpoint."""
         self.options, self.events, self.checkpoint, self.attempt = options, events, checkpoint, attempt
         self.detector = StragglerDetector(options)
+        self.spares, self.at_once = spares, at_once
         self.replace = options.action == "replace" and spares > 0
         self.pending: Straggler | None = None
-        """The first straggler named while a replacement is possible: swapped out at the next checkpoint."""
+        """The first straggler named while a replacement is possible: swapped out at once or at the next
+        checkpoint."""
 
     def poll(self, beats: dict[str, dict]) -> Straggler | None:
         """Feed one poll's heartbeats; returns the straggler to replace once its checkpoint is committed."""
@@ -223,13 +234,15 @@ class StragglerWatch:
         for found in self.detector.observe(beats):
             plan = "name"
             if self.replace and self.pending is None:
-                self.pending, plan = found, "replace at the next checkpoint"
+                self.pending, plan = found, "replace in-run" if self.at_once else "replace at the next checkpoint"
             elif self.options.action == "replace":
                 plan = "name (no spare left)" if self.pending is None else "name (one replacement at a time)"
             self.events.emit("straggler", attempt=self.attempt, **found.to_event(),
                              threshold=self.options.threshold, action=plan)
         if self.pending is None:
             return None
+        if self.at_once:
+            return self.pending  # the loop swaps it in-run and says so (warm.py)
         checkpoint = self.checkpoint()  # only while a replacement waits: a directory scan
         if checkpoint is None or checkpoint <= self.pending.step:
             return None
@@ -240,3 +253,13 @@ class StragglerWatch:
         self.events.emit("failure", attempt=self.attempt, kind="straggler", host=self.pending.host,
                          checkpoint_step=checkpoint)
         return self.pending
+
+    def swapped(self) -> None:
+        """The pending straggler was swapped for a spare in-run: one spare fewer; the next one named may be too."""
+        self.spares -= 1
+        self.replace = self.options.action == "replace" and self.spares > 0
+        self.pending = None
+
+    def at_next_checkpoint(self) -> None:
+        """No swap in-run was possible: the pending straggler waits for the next checkpoint (a cold swap)."""
+        self.at_once = False

@@ -6,6 +6,7 @@
     await warm.kill_hung(attempt, stalled, probe)         # True: the stuck ranks were killed, the attempt goes on
     warm.hang_check_paused(now)                           # True while the killed ranks' replacements start
     warm.stopped_ranks(beats)                             # heartbeats of ranks a keeper saw stopped (SIGSTOP)
+    warm.swap_straggler(attempt, straggler, store)        # True: a spare keeper took the slow node's place in-run
 
 Under warm restarts (engine/keeper.py) a rank failure does not end the attempt: the node's keeper replaces the
 rank from a standby and every rank restores the newest in-memory snapshot. The supervisor sees it through the
@@ -23,7 +24,9 @@ A lost node (its keeper silent for the keepers' node timeout) with a spare keepe
   replace      {host, spare, warm: true}     the spare keeps the node's place for the rest of the run
   warm_restart, then warm_resumed as above (phases add spare_joined: the spare fetched the node's snapshots)
 The lost node's heartbeat files are removed (the spare's ranks write their own), and the next attempt, if any,
-runs on the spare instead of the lost host. The supervisor hosts the keepers' store for each attempt (HeadStore)
+runs on the spare instead of the lost host. A straggler to replace (straggler.py) is swapped the same way, at
+once, when a spare keeper is beating: failure {kind: "straggler", warm: true}, diagnosis {cause: "straggler",
+action: "warm_replace", spare}, replace {warm: true}; its keeper sees itself replaced and steps aside. The supervisor hosts the keepers' store for each attempt (HeadStore)
 and watches the keepers' beats itself, so that no node is special: node 0 may be lost too. When the head's
 address for the nodes cannot be found (no route to the first host), node 0's keeper hosts the store and watches,
 and a loss of node 0 ends the attempt (cold restart). Under --via slurm the keepers run inside the attempt's srun
@@ -69,6 +72,7 @@ class HeadStore:
 
         store = HeadStore("10.0.0.1", nnodes=2, on_event=print, on_give_up=print)   # any free port
         attempt_plan(cfg, number, hosts, spares, store=store.endpoint)              # "10.0.0.1:41234"
+        store.retire(1)        # a spare keeper takes node 1's place now (a straggler): the hand-over, or None
         store.close()                                                              # when the attempt ended
 
     on_event(event) gets each node_lost event (engine/warm.py NodeWatch), on_give_up(reason) the reason the run
@@ -84,19 +88,26 @@ class HeadStore:
         self.watch = NodeWatch(self.store, nnodes=nnodes, node_timeout=node_timeout, report=on_event)
         self.on_give_up = on_give_up
         self.stopping = threading.Event()
+        self.lock = threading.Lock()  # the watch thread's polls and retire() from the supervisor's loop
         self.thread = threading.Thread(target=self._run, daemon=True, name="head-store-watch")
         self.thread.start()
 
     def _run(self) -> None:
         while not self.stopping.wait(BEAT_S):
             try:
-                reason = self.watch.poll()
+                with self.lock:
+                    reason = self.watch.poll()
             except Exception as exc:  # noqa: BLE001 - a watch error must not take the supervisor down
                 log.warning("watching the keepers' beats: %s", exc)
                 continue
             if reason is not None:
                 self.on_give_up(reason)
                 return
+
+    def retire(self, node_rank: int) -> dict | None:
+        """A spare keeper takes node `node_rank`'s place now (engine/warm.py NodeWatch.retire); None: no spare."""
+        with self.lock:
+            return self.watch.retire(node_rank)
 
     def close(self) -> None:
         self.stopping.set()
@@ -118,6 +129,7 @@ class WarmRestarts:
         self.resumes = 0
         self.paused_until = 0.0
         self.awaiting_loss: set[str] = set()  # unreachable hosts the keepers were given time to replace
+        self.swapped_out: set[str] = set()  # heartbeat hostnames of stragglers swapped for a spare in-run
         self.address: str | None = None  # the head's, as the nodes dial it ('' when not found)
 
     # ---- the keepers' store -----------------------------------------------------------------------------------
@@ -211,6 +223,34 @@ class WarmRestarts:
         self.events.emit("replace", host=host, spare=spare, warm=True)
         self._forget_beats(attempt.plan.nodes[event["node_rank"]].ranks if "node_rank" in event else ())
         self.paused_until = time.time() + self.hang_timeout  # the spare's ranks have not beaten yet
+
+    def swap_straggler(self, attempt, slow, store: HeadStore) -> bool:
+        """Swap a straggler for a spare keeper in-run (HeadStore.retire): its keeper steps aside (its ranks end),
+        and the spare restores the node's ranks from their in-memory snapshots, as for a lost node. False when no
+        spare keeper is beating (the caller then swaps it cold at the next checkpoint)."""
+        placed = attempt.plan.rank_location(slow.ranks[0]) if slow.ranks else None
+        handed = store.retire(attempt.plan.hosts.index(placed[0])) if placed else None
+        if handed is None:
+            return False
+        host, spare = placed[0], handed["spare"]
+        self.phases = {"exit": handed["time"], "seen": time.time()}
+        self.recovering = attempt.number
+        attempt.swaps[host] = spare
+        self.swapped_out.add(slow.host)
+        self.events.emit("failure", attempt=attempt.number, kind="straggler", warm=True, host=slow.host,
+                         step=slow.step)
+        self.events.emit("diagnosis", attempt=attempt.number, cause="straggler", host=slow.host, rank=None,
+                         signal=None, action="warm_replace", spare=spare,
+                         detail=f"{slow.describe()}; {spare} takes its place")
+        self.events.emit("replace", host=host, spare=spare, warm=True)
+        self._forget_beats(attempt.plan.nodes[handed["node_rank"]].ranks)
+        self.paused_until = time.time() + self.hang_timeout  # the spare's ranks have not beaten yet
+        return True
+
+    def live(self, beats: dict[str, dict]) -> dict[str, dict]:
+        """The heartbeats but those of stragglers swapped out in-run: their ranks end after the swap, and a last
+        beat written then would look like a hang and stop the straggler windows."""
+        return {k: b for k, b in beats.items() if b.get("host") not in self.swapped_out}
 
     def _forget_beats(self, ranks) -> None:
         """Remove the lost node's heartbeat files: they would look like a hang, and the spare writes its own."""

@@ -421,3 +421,42 @@ def test_standbys_are_raised_to_the_ranks_priority_once_the_ranks_joined_a_while
     finally:
         standby.kill()
         standby.proc.wait()
+
+
+def test_a_straggler_is_swapped_for_a_beating_spare_keeper_in_run_and_its_beats_are_left_out(tmp_path):
+    import json
+
+    from orchestrator.engine import warm as keys
+    from orchestrator.supervisor.straggler import Straggler
+    from orchestrator.supervisor.warm import HeadStore, WarmRestarts
+
+    store = HeadStore("127.0.0.1", nnodes=2, on_event=lambda e: None, on_give_up=lambda r: None)
+    try:
+        store.store.set(keys.node_key(1), json.dumps({"host": "b", "first_rank": 1, "nproc": 1}))
+        events, attempt = _Events(), _attempt()
+        warm = WarmRestarts(events, _Runner(()), hang_timeout=3, heartbeat_dir=tmp_path)
+        slow = Straggler(host="b", slowdown=8.5, step=89, steps=50, ranks=[1], compute_ms=100.0, median_ms=12.0)
+        assert not warm.swap_straggler(attempt, slow, store)  # no spare keeper yet: the caller swaps it cold
+        spare = store.store.add(keys.SPARES_KEY, 1)
+        store.store.set(keys.spare_key(spare, "host"), "s")
+        store.store.add(keys.spare_key(spare, "beat"), 1)
+        assert warm.swap_straggler(attempt, slow, store)
+        assert json.loads(store.store.get(keys.lost_key(1))) == [1, "b"]  # b's keeper reads it and steps aside
+        assert attempt.swaps == {"b": "s"} and [k for k, _ in events.emitted] == ["failure", "diagnosis", "replace"]
+        assert events.emitted[1][1]["action"] == "warm_replace" and events.emitted[1][1]["spare"] == "s"
+        assert warm.live({"a-rank0": {"host": "a"}, "b-rank1": {"host": "b"}}) == {"a-rank0": {"host": "a"}}
+    finally:
+        store.close()
+
+
+def test_a_straggler_watch_at_once_hands_it_out_without_a_checkpoint_and_falls_back_to_one():
+    from orchestrator.supervisor.straggler import StragglerOptions, StragglerWatch
+
+    watch = StragglerWatch(StragglerOptions(), events=_Events(), checkpoint=lambda: None, attempt=0, spares=1,
+                           at_once=True)
+    watch.pending = object()
+    assert watch.poll({}) is watch.pending  # no checkpoint was committed
+    watch.at_next_checkpoint()
+    assert watch.poll({}) is None  # now it waits for one
+    watch.swapped()
+    assert watch.pending is None and not watch.replace  # the only spare is used
