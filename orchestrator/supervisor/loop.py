@@ -161,7 +161,9 @@ class Supervisor:
         self.events.emit("launch", attempt=number, run_id=plan.run_id, hosts=plan.hosts, world_size=plan.world_size,
                          resume_step=resume, skipped_checkpoints=skipped, logs=str(Path(plan.run_dir) / "logs"))
         watch = StragglerWatch(self.cfg.straggler, events=self.events, checkpoint=lambda: self._newest_checkpoint()[0],
-                               attempt=number, spares=len(spares), at_once=store is not None and bool(plan.spares))
+                               attempt=number, spares=len(spares),
+                               # in-run swaps are tested over SSH; under Slurm a straggler is swapped cold
+                               at_once=store is not None and bool(plan.spares) and self.cfg.via == "ssh")
 
         def sink(line: OutputLine) -> None:
             if attempt.rank_exit is None and not stop.is_set() and (found := parse_rank_exit(line)) is not None:
