@@ -4,8 +4,9 @@
     .venv/bin/python bench/flight_recorder.py --runs 5 --steps 500
 
 Parts (gloo, OMP_NUM_THREADS=1, torchrun with 2 processes on this machine):
-  collective  2 ranks doing --collectives small all_reduces in a row, recorder on and off, interleaved: the
-              time per collective; on - off is what recording one costs (its entry and the Python frames)
+  collective  one process (a one-rank gloo group, so the collective itself is short) doing --collectives small
+              all_reduces in a row, recorder on and off, interleaved: the time per collective; on - off is what
+              recording one costs (its entry and the Python frames)
   count       the tiny engine with the recorder on, once: collectives recorded per step (its own dump at exit)
   engine      the tiny engine, --runs runs of each, on and off interleaved: the median step time of each run
 The cost per step is count x (on - off) of the collective part; the engine part is the end-to-end check, which on
@@ -30,15 +31,14 @@ from orchestrator.engine.flight_recorder import run_env  # noqa: E402
 PY = sys.executable
 LOOP = """
 import os, sys, time, torch, torch.distributed as dist
-dist.init_process_group("gloo")
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 t, n = torch.ones(8), int(sys.argv[1])
 for _ in range(50):
     dist.all_reduce(t)
 begin = time.perf_counter()
 for _ in range(n):
     dist.all_reduce(t)
-if dist.get_rank() == 0:
-    print("US", (time.perf_counter() - begin) / n * 1e6)
+print("US", (time.perf_counter() - begin) / n * 1e6)
 dist.destroy_process_group()
 """
 COUNT = """
@@ -77,7 +77,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="engine runs of each (on, off)")
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--collectives", type=int, default=5000)
+    ap.add_argument("--collectives", type=int, default=20000)
     ap.add_argument("--loops", type=int, default=5, help="collective loops of each (on, off)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="orch-bench-fr-"))
@@ -85,7 +85,8 @@ def main() -> int:
     per: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(args.loops):
         for on in (True, False):
-            out = torchrun(["--no-python", PY, "-c", LOOP, str(args.collectives)], env(work, on))
+            out = subprocess.run([PY, "-c", LOOP, str(args.collectives)], env=env(work, on), capture_output=True,
+                                 text=True, check=True).stdout
             per[on].append(float(out.split("US")[1].split()[0]))
     added_us = statistics.median(per[True]) - statistics.median(per[False])
     print(json.dumps({"collective_us": {"on": per[True], "off": per[False], "added_median": round(added_us, 2)}}),

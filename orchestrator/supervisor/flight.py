@@ -66,7 +66,10 @@ def _order(name: str) -> tuple:
 def _group(name: str, have: Sequence[RankDump], all_ranks: list[int]) -> dict | None:
     status = {d.rank: d.flight["pg_status"][name] for d in have if name in (d.flight.get("pg_status") or {})}
     enqueued = {r: int(s.get("last_enqueued_collective", -1)) for r, s in status.items()}
-    completed = {r: int(s.get("last_completed_collective", -1)) for r, s in status.items()}
+    # gloo's status counts a collective completed only once the next one is enqueued: its entries say sooner
+    done = {d.rank: max((int(e.get("collective_seq_id", -1)) for e in (d.flight.get("entries") or {}).get(name, [])
+                         if e.get("retired") or e.get("state") == "completed"), default=-1) for d in have}
+    completed = {r: max(int(s.get("last_completed_collective", -1)), done.get(r, -1)) for r, s in status.items()}
     newest = max(enqueued.values(), default=-1)
     if newest < 0 or all(completed[r] >= newest for r in status):
         return None  # nothing in flight in this group

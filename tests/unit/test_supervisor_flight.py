@@ -66,6 +66,9 @@ def test_a_rank_that_could_not_dump_is_said_and_not_counted_as_behind():
 
 def test_idle_groups_are_left_out_and_no_dump_at_all_is_no_report():
     assert flight_report(ranks(summary(4, 4), summary(4, 4)))["line"] == "no collective in flight"
+    lagging = summary(4, 4)  # gloo's status counts the last collective completed only when the next one comes
+    lagging["pg_status"]["0"]["last_completed_collective"] = 3
+    assert flight_report(ranks(lagging, lagging))["line"] == "no collective in flight"
     assert flight_report([RankDump(0, "n1", 5, threads=[])]) is None
 
 
