@@ -193,7 +193,8 @@ class NodeWatch:
         self.store.add(GEN_KEY, 1)
         self.seen[key] = (self.store.add(key, 0), now)  # the spare's turn to beat
         return {"event": "node_lost", "time": round(time.time(), 4), "node_rank": node_rank, "host": info.get("host"),
-                "silent_s": silent, "spare": self.store.get(spare_key(spare, "host")).decode(), "generation": generation}
+                "silent_s": silent, "spare": self.store.get(spare_key(spare, "host")).decode(),
+                "generation": generation}
 
     def waiting_spares(self) -> list[int]:
         """The spares never handed a node (to tell them the run is over)."""

@@ -204,7 +204,7 @@ class Supervisor:
                                                                  "missing")} for b in stalled])
                 # a rank its keeper saw stopped is the culprit already: no flight recorder dump to wait for (a rank's
                 # first one takes a second or two)
-                attempt.probe = await self._probe(stalled, attempt, beats, flight=found != "stopped")
+                attempt.probe = await self._probe(stalled, attempt, beats, flight_recorders=found != "stopped")
                 if self.warm is not None and await self.warm.kill_hung(attempt, stalled, attempt.probe):
                     attempt.hang = None  # the keepers replace the killed ranks: the attempt goes on
                     continue
@@ -226,11 +226,12 @@ class Supervisor:
         self._poll_metrics(attempt)
         return attempt
 
-    async def _probe(self, stalled: list[dict], attempt: Attempt, beats: dict[str, dict], *, flight: bool) -> dict:
+    async def _probe(self, stalled: list[dict], attempt: Attempt, beats: dict[str, dict], *,
+                     flight_recorders: bool) -> dict:
         """The stalled ranks' /proc states; meanwhile every rank's Python stack and flight recorder (hangdump.py,
         stacks.py, flight.py)."""
         dumps = asyncio.ensure_future(dump_ranks(self.runner, attempt.plan, beats, timeout=self.cfg.health_timeout,
-                                                swaps=attempt.swaps, flight_recorders=flight))
+                                                swaps=attempt.swaps, flight_recorders=flight_recorders))
         try:
             probe = await self.runner.probe_pids(pids_by_host(stalled), timeout=self.cfg.health_timeout)
         except Exception as exc:  # noqa: BLE001 - the probe only sharpens the diagnosis

@@ -21,13 +21,13 @@ the last `steps` steps (at least 3 windows) has a slowdown >= threshold: it was 
 spike (a GC pause, one slow write) lifts one window, and a burst of outside load on a shared machine a few, and
 neither names anyone (judged by "most windows" instead, the windows of a 30-minute clean run on the 2-core test
 machine gave 51 alarm episodes at the default threshold, by "every window" none; docs/benchmarks/straggler.md);
-a checkpoint slows every rank alike, which the ratio cancels. A node slowed in only some steps (pauses in 1 step of 10) is named once every
-window of `steps` had one. Means, not medians, within a window: a CPU quota
+a checkpoint slows every rank alike, which the ratio cancels. A node slowed in only some steps (pauses in 1
+step of 10) is named once every window of `steps` had one. Means, not medians, within a window: a CPU quota
 pauses a process for whole CFS periods and such a pause falls in a short section in only some steps (measured
 on a 20% quota: the optimizer step's median unchanged, its mean 4x). The threshold must sit above the
 section's noise between healthy ranks (docs/benchmarks/straggler.md).
 
-Actions: "replace" -- once named, and when the run has a spare: under warm restarts with spare keepers, a spare
+Actions: "replace" -- once named, and when the run has a spare: under warm restarts over SSH with spare keepers, a spare
 takes the node's place in-run at once, restoring its ranks from the in-memory snapshots as for a lost node
 (supervisor/warm.py; at most a step lost); otherwise the attempt is stopped as soon as a checkpoint newer than
 the naming step is committed, and the policy swaps the node for a spare (policy.py); the run loses at most the

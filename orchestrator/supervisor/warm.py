@@ -24,10 +24,11 @@ A lost node (its keeper silent for the keepers' node timeout) with a spare keepe
   replace      {host, spare, warm: true}     the spare keeps the node's place for the rest of the run
   warm_restart, then warm_resumed as above (phases add spare_joined: the spare fetched the node's snapshots)
 The lost node's heartbeat files are removed (the spare's ranks write their own), and the next attempt, if any,
-runs on the spare instead of the lost host. A straggler to replace (straggler.py) is swapped the same way, at
-once, when a spare keeper is beating: failure {kind: "straggler", warm: true}, diagnosis {cause: "straggler",
-action: "warm_replace", spare}, replace {warm: true}; its keeper sees itself replaced and steps aside. The supervisor hosts the keepers' store for each attempt (HeadStore)
-and watches the keepers' beats itself, so that no node is special: node 0 may be lost too. When the head's
+runs on the spare instead of the lost host. A straggler to replace (straggler.py) is swapped the same way over
+SSH, at once, when a spare keeper is beating: failure {kind: "straggler", warm: true}, diagnosis {cause:
+"straggler", action: "warm_replace", spare}, replace {warm: true}; its keeper sees itself replaced and steps
+aside. The supervisor hosts the keepers' store for each attempt (HeadStore) and watches the keepers' beats
+itself, so that no node is special: node 0 may be lost too. When the head's
 address for the nodes cannot be found (no route to the first host), node 0's keeper hosts the store and watches,
 and a loss of node 0 ends the attempt (cold restart). Under --via slurm the keepers run inside the attempt's srun
 step and each spare keeper in a one-node step of its own; a lost node is replaced the same way (supervisor/slurm.py).
