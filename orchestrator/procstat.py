@@ -5,8 +5,7 @@
                           # one process for good (a recycled PID has another start time)
 """
 
-from __future__ import annotations
-
+# no `from __future__` import: rank_dump.py sends this module inline, in front of its own code (inline.py)
 __all__ = ["process_start", "process_state"]
 
 

@@ -4,7 +4,7 @@ asks, even while its main thread waits in a hung one.
     # the supervisor sets (launch env): TORCH_FR_BUFFER_SIZE=2000 TORCH_FR_DUMP_TEMP_FILE=RUN_DIR/flight-recorder/rank
     heartbeat.flight_recorder = arm(rank)   # the engine, in the main thread: the dump's path, or None (not armed)
     # then, on the rank's node: kill -USR2 PID  ->  RUN_DIR/flight-recorder/rank3 (torch's pickle, replaced atomically)
-    python -m torch.distributed.flight_recorder.fr_trace RUN_DIR/flight-recorder -j     # torch's own offline reader
+    python -m torch.distributed.flight_recorder.fr_trace RUN_DIR/flight-recorder -j     # torch's reader (NCCL dumps)
 
 The recorder is torch's (gloo and NCCL process groups record every collective: sequence number, op, sizes, the
 Python frames that called it, its state); TORCH_FR_BUFFER_SIZE entries are kept.
@@ -32,7 +32,7 @@ still reads but calls deprecated: a run's env gets the first)."""
 FILE_ENV = ("TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE")
 """The dump file's prefix (the rank is appended); NCCL's watchdog writes there too on a collective's timeout."""
 _armed: dict = {}
-"""The process's dumper: {"rank": the rank it dumps as, "thread": ...}; a process arms once."""
+"""The process's dumper: {"path": where it dumps now, "sockets": its wakeup pair}; a process arms once."""
 
 
 def run_env(prefix: str, given: dict[str, str], entries: int = 2000) -> dict[str, str]:
@@ -60,7 +60,7 @@ def arm(rank: int) -> str | None:
     if path is None or threading.current_thread() is not threading.main_thread():
         return None
     if _armed:
-        _armed["rank"] = rank
+        _armed["path"] = path
         return path
     receive, send = socket.socketpair()
     send.setblocking(False)
@@ -75,9 +75,8 @@ def arm(rank: int) -> str | None:
         signal.signal(DUMP_SIGNAL, signal.SIG_DFL)
         receive.close(), send.close()
         return None
-    _armed.update(rank=rank, sockets=(receive, send))  # held: a closed socket ends the wakeups
-    _armed["thread"] = threading.Thread(target=_serve, args=(receive,), name="flight-recorder-dump", daemon=True)
-    _armed["thread"].start()
+    _armed.update(path=path, sockets=(receive, send))  # held: a closed socket ends the wakeups
+    threading.Thread(target=_serve, args=(receive,), name="flight-recorder-dump", daemon=True).start()
     return path
 
 
@@ -92,7 +91,7 @@ def _serve(receive: socket.socket) -> None:
             interval = sys.getswitchinterval()
             sys.setswitchinterval(1e-5)
             try:
-                _write(dump_path(_armed["rank"]))
+                _write(_armed["path"])
             except Exception as exc:  # noqa: BLE001 - a failed dump must never take the rank down
                 print(f"flight recorder dump failed: {exc}", flush=True)
             finally:

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from orchestrator.procstat import process_state
+
 LAST_ENTRIES = 4
 FRAMES = 12
 KEEP = ("name", "filename", "short_filename", "line")
@@ -36,14 +38,6 @@ def short_filename(filename):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return os.path.basename(filename)
-
-
-def state_of(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
 
 
 def summary(dump):
@@ -66,7 +60,7 @@ def ask_flight(targets):
     """Signal every armed rank that can answer; pid -> (path, mtime before) of those asked, pid -> why not."""
     asked, refused = {}, {}
     for pid, path in targets.items():
-        state = state_of(pid)
+        state = process_state(pid) or "gone"
         if state in ("T", "t", "Z", "gone"):
             refused[pid] = "no flight recorder dump: the process is %s" % {"T": "stopped", "t": "stopped by a tracer",
                                                                            "Z": "a zombie"}.get(state, state)

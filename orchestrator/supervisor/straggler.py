@@ -222,10 +222,14 @@ class StragglerWatch:
         self.options, self.events, self.checkpoint, self.attempt = options, events, checkpoint, attempt
         self.detector = StragglerDetector(options)
         self.spares, self.at_once = spares, at_once
-        self.replace = options.action == "replace" and spares > 0
         self.pending: Straggler | None = None
         """The first straggler named while a replacement is possible: swapped out at once or at the next
         checkpoint."""
+
+    @property
+    def replace(self) -> bool:
+        """A straggler named now may be swapped for a spare."""
+        return self.options.action == "replace" and self.spares > 0
 
     def poll(self, beats: dict[str, dict]) -> Straggler | None:
         """Feed one poll's heartbeats; returns the straggler to replace once its checkpoint is committed."""
@@ -257,7 +261,6 @@ class StragglerWatch:
     def swapped(self) -> None:
         """The pending straggler was swapped for a spare in-run: one spare fewer; the next one named may be too."""
         self.spares -= 1
-        self.replace = self.options.action == "replace" and self.spares > 0
         self.pending = None
 
     def at_next_checkpoint(self) -> None:

@@ -212,18 +212,13 @@ class WarmRestarts:
 
     def _node_lost(self, attempt, event: dict) -> None:
         host, spare = event.get("host"), event.get("spare")
-        self.phases = {"exit": event["time"], "seen": time.time()}
-        self.recovering = attempt.number
-        attempt.swaps[host] = spare
         self.awaiting_loss.discard(host)
-        self.events.emit("failure", attempt=attempt.number, kind="node_lost", warm=True, host=host,
-                         node_rank=event.get("node_rank"), silent_s=event.get("silent_s"))
-        self.events.emit("diagnosis", attempt=attempt.number, cause="node_lost", host=host, rank=None, signal=None,
-                         action="warm_replace", spare=spare,
-                         detail=f"{host}'s keeper was silent for {event.get('silent_s')} s; {spare} takes its place")
-        self.events.emit("replace", host=host, spare=spare, warm=True)
-        self._forget_beats(attempt.plan.nodes[event["node_rank"]].ranks if "node_rank" in event else ())
-        self.paused_until = time.time() + self.hang_timeout  # the spare's ranks have not beaten yet
+        self._spare_took_place(
+            attempt, event, host,
+            failure={"kind": "node_lost", "host": host, "node_rank": event.get("node_rank"),
+                     "silent_s": event.get("silent_s")},
+            diagnosis={"cause": "node_lost", "host": host,
+                       "detail": f"{host}'s keeper was silent for {event.get('silent_s')} s; {spare} takes its place"})
 
     def swap_straggler(self, attempt, slow, store: HeadStore) -> bool:
         """Swap a straggler for a spare keeper in-run (HeadStore.retire): its keeper steps aside (its ranks end),
@@ -233,20 +228,27 @@ class WarmRestarts:
         handed = store.retire(attempt.plan.hosts.index(placed[0])) if placed else None
         if handed is None:
             return False
-        host, spare = placed[0], handed["spare"]
+        self.swapped_out.add(slow.host)
+        self._spare_took_place(
+            attempt, handed, placed[0],
+            failure={"kind": "straggler", "host": slow.host, "step": slow.step},
+            diagnosis={"cause": "straggler", "host": slow.host,
+                       "detail": f"{slow.describe()}; {handed['spare']} takes its place"})
+        return True
+
+    def _spare_took_place(self, attempt, handed: dict, host: str, *, failure: dict, diagnosis: dict) -> None:
+        """A spare keeper took the place of plan host `host` in-run (handed: the node_lost event's fields): the
+        recovery's start, the swap, its failure, diagnosis and replace events, and the node's beats forgotten."""
+        spare = handed.get("spare")
         self.phases = {"exit": handed["time"], "seen": time.time()}
         self.recovering = attempt.number
         attempt.swaps[host] = spare
-        self.swapped_out.add(slow.host)
-        self.events.emit("failure", attempt=attempt.number, kind="straggler", warm=True, host=slow.host,
-                         step=slow.step)
-        self.events.emit("diagnosis", attempt=attempt.number, cause="straggler", host=slow.host, rank=None,
-                         signal=None, action="warm_replace", spare=spare,
-                         detail=f"{slow.describe()}; {spare} takes its place")
+        self.events.emit("failure", attempt=attempt.number, warm=True, **failure)
+        self.events.emit("diagnosis", attempt=attempt.number, rank=None, signal=None, action="warm_replace",
+                         spare=spare, **diagnosis)
         self.events.emit("replace", host=host, spare=spare, warm=True)
-        self._forget_beats(attempt.plan.nodes[handed["node_rank"]].ranks)
+        self._forget_beats(attempt.plan.nodes[handed["node_rank"]].ranks if "node_rank" in handed else ())
         self.paused_until = time.time() + self.hang_timeout  # the spare's ranks have not beaten yet
-        return True
 
     def live(self, beats: dict[str, dict]) -> dict[str, dict]:
         """The heartbeats but those of stragglers swapped out in-run: their ranks end after the swap, and a last
